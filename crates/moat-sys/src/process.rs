@@ -1,0 +1,192 @@
+//! Process creation and process-wide attributes that `nix` does not wrap: `clone3` (with
+//! `CLONE_PIDFD`, `CLONE_PARENT` and namespace flags), `pidfd_open`, `pidfd_send_signal`, the session
+//! keyring, `close_range` and the start time of a pid (to tell a live process from a reused pid).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+use crate::Result;
+
+/// What `clone3` returned in the calling process.
+#[derive(Debug)]
+pub enum Forked {
+    /// We are the parent; the child has this pid and, when asked for, a pidfd.
+    Parent { pid: Pid, pidfd: Option<OwnedFd> },
+    /// We are the child.
+    Child,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Number of threads of the calling process, read from `/proc/thread-self/../stat`-equivalent
+/// `/proc/self/stat` (field 20).
+pub fn thread_count() -> Result<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").map_err(|e| io_errno(&e))?;
+    let after = stat.rsplit_once(')').map(|(_, r)| r).ok_or(Errno::EINVAL)?;
+    // Fields after the command name start at field 3 (state); num_threads is field 20.
+    after
+        .split_whitespace()
+        .nth(17)
+        .and_then(|s| s.parse().ok())
+        .ok_or(Errno::EINVAL)
+}
+
+/// `clone3(2)` without a new stack: fork-like, with `flags` (namespace flags, `CLONE_PARENT`, ...)
+/// and the child's exit signal SIGCHLD. With `want_pidfd` the parent also gets a pidfd.
+///
+/// Refuses (EBUSY) when the calling process has more than one thread, because a child forked from a
+/// multi-threaded process may only call async-signal-safe functions; moat's create path is
+/// single-threaded, which is what makes it sound for the child to allocate afterwards.
+pub fn clone3(flags: u64, want_pidfd: bool) -> Result<Forked> {
+    if thread_count()? != 1 {
+        return Err(Errno::EBUSY);
+    }
+    let mut pidfd: libc::c_int = -1;
+    let mut args = CloneArgs {
+        flags: flags
+            | if want_pidfd {
+                libc::CLONE_PIDFD as u64
+            } else {
+                0
+            },
+        exit_signal: if flags & libc::CLONE_PARENT as u64 != 0 {
+            0
+        } else {
+            libc::SIGCHLD as u64
+        },
+        ..Default::default()
+    };
+    if want_pidfd {
+        args.pidfd = &mut pidfd as *mut libc::c_int as u64;
+    }
+    // SAFETY: `args` is a valid, initialised clone_args of the size we pass; no stack is given,
+    // so the child continues on a copy of our stack like fork(2). The process is single-threaded
+    // (checked above), so the child may run arbitrary Rust code: no lock can be held by another
+    // thread at the time of the copy.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match ret {
+        -1 => Err(Errno::last()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent {
+            pid: Pid::from_raw(pid as i32),
+            // SAFETY: with CLONE_PIDFD the kernel stored a new, owned descriptor in `pidfd`.
+            pidfd: want_pidfd.then(|| unsafe { OwnedFd::from_raw_fd(pidfd) }),
+        }),
+    }
+}
+
+/// `pidfd_open(2)`.
+pub fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the kernel returned a new descriptor that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `pidfd_send_signal(2)`: signal the exact process the pidfd refers to (no pid-reuse race).
+pub fn pidfd_send_signal(pidfd: &OwnedFd, sig: i32) -> Result<()> {
+    // SAFETY: plain syscall; a null siginfo is allowed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+/// Join a new anonymous session keyring (what runc does unless `--no-new-keyring`), so the
+/// container does not share the host session's keys.
+pub fn join_new_session_keyring(name: &str) -> Result<()> {
+    let name = std::ffi::CString::new(name).map_err(|_| Errno::EINVAL)?;
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+    let r = unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr()) };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+/// Mark every descriptor from `first` upwards close-on-exec (`close_range(CLOSE_RANGE_CLOEXEC)`),
+/// falling back to walking `/proc/self/fd` on kernels without it.
+pub fn cloexec_from(first: i32) -> Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: plain syscall with integer arguments; it only changes descriptor flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            u32::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let dir = std::fs::read_dir("/proc/self/fd").map_err(|e| io_errno(&e))?;
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= first)
+        .collect();
+    for fd in fds {
+        // Descriptors that are already closed (the directory's own) give EBADF: ignore.
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
+    Ok(())
+}
+
+/// Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat), or None when the
+/// process does not exist or is a zombie.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let mut fields = after.split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    // state is field 3; starttime is field 22 -> 19 more.
+    fields.nth(18)?.parse().ok()
+}
+
+/// Convert an `std::io::Error` into an errno, EIO when it carries none.
+pub fn io_errno(e: &std::io::Error) -> Errno {
+    e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO)
+}
