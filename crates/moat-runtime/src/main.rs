@@ -1,1 +1,280 @@
-fn main() {}
+//! `moat-runtime`: the runc-compatible command line of moat. It turns runc's flags into calls on
+//! the runtime core (`moat-container`) and reports failures as one `error:` line on stderr (and in
+//! `--log`), with a non-zero exit status.
+
+mod features;
+mod log;
+mod run;
+mod spec_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use moat_container::{state::Status, Store};
+
+use crate::log::{LogFormat, Logger};
+
+/// An OCI container runtime with runc's command line: namespaces today, VMs tomorrow.
+///
+/// Typical use: `moat-runtime spec` in a bundle directory holding `rootfs/`, then
+/// `moat-runtime run --bundle . mycontainer`. podman (`--runtime`), containerd (`runc` shim with
+/// `BinaryName`) and Docker can call it in place of runc.
+#[derive(Parser, Debug)]
+#[command(name = "moat-runtime", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Directory holding the state of containers.
+    #[arg(long, default_value = "/run/moat", value_name = "DIR")]
+    root: PathBuf,
+    /// Append log lines to FILE (errors are also printed on stderr).
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
+    /// Format of the lines in --log.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log debug details.
+    #[arg(long)]
+    debug: bool,
+    /// Use systemd to manage cgroups (needs a running systemd; refused with a clear error otherwise).
+    #[arg(long)]
+    systemd_cgroup: bool,
+    /// Rootless mode (auto, true or false). moat currently runs containers as root only.
+    #[arg(long, value_name = "auto|true|false", default_value = "auto")]
+    rootless: String,
+    /// Accepted for runc compatibility (checkpoint/restore is not supported).
+    #[arg(long, hide = true, value_name = "PATH")]
+    criu: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a container from a bundle; its process waits until `start`.
+    Create(CreateArgs),
+    /// Start the user process of a created container.
+    Start { id: String },
+    /// Print the OCI state of a container as JSON.
+    State { id: String },
+    /// Send a signal (default SIGTERM) to a container's init, or to all its processes with --all.
+    Kill {
+        /// Signal every process in the container's cgroup.
+        #[arg(short, long)]
+        all: bool,
+        id: String,
+        /// Signal name (KILL, SIGKILL) or number (9).
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+    },
+    /// Delete a container and everything it holds (cgroup, state); --force kills it first.
+    Delete {
+        #[arg(short, long)]
+        force: bool,
+        id: String,
+    },
+    /// Create and start a container; without --detach, wait and exit with its status.
+    Run {
+        #[command(flatten)]
+        create: CreateArgs,
+        /// Return once the container has started.
+        #[arg(short, long)]
+        detach: bool,
+        /// Keep the container's state after it exits (runc's --keep).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// List containers.
+    #[command(alias = "ps-all")]
+    List {
+        #[arg(short, long, value_parser = ["table", "json"], default_value = "table")]
+        format: String,
+        /// Print only the ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Write a default config.json into the bundle.
+    Spec {
+        /// Write a spec for a rootless container (user namespace mapping the current user).
+        #[arg(long)]
+        rootless: bool,
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+    },
+    /// Print the OCI features this runtime implements as JSON.
+    Features,
+    /// Not implemented yet (see the project's issues): exec, ps, pause, resume, update, events,
+    /// checkpoint, restore.
+    #[command(external_subcommand)]
+    Other(Vec<String>),
+}
+
+#[derive(clap::Args, Debug)]
+struct CreateArgs {
+    /// Path to the bundle directory (holding config.json).
+    #[arg(short, long, default_value = ".")]
+    bundle: PathBuf,
+    /// Write the container init's pid to this file.
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// Unix socket that receives the pty master when process.terminal is true.
+    #[arg(long, value_name = "SOCK")]
+    console_socket: Option<PathBuf>,
+    /// Use MS_MOVE + chroot instead of pivot_root (for a rootfs on initramfs).
+    #[arg(long)]
+    no_pivot: bool,
+    /// Do not create a new session keyring for the container.
+    #[arg(long)]
+    no_new_keyring: bool,
+    /// Pass N extra file descriptors (3..3+N) to the container process.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    preserve_fds: u32,
+    id: String,
+}
+
+impl CreateArgs {
+    fn options(&self, systemd: bool) -> moat_container::CreateOptions {
+        moat_container::CreateOptions {
+            id: self.id.clone(),
+            bundle: self.bundle.clone(),
+            pid_file: self.pid_file.clone(),
+            console_socket: self.console_socket.clone(),
+            no_pivot: self.no_pivot,
+            no_new_keyring: self.no_new_keyring,
+            preserve_fds: self.preserve_fds,
+            systemd_cgroup: systemd,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut log = Logger::new(cli.log.as_deref(), cli.log_format, cli.debug);
+    // CVE-2019-5736: run from a sealed copy of ourselves before touching a container's namespaces.
+    if matches!(cli.cmd, Cmd::Create(_) | Cmd::Run { .. })
+        && !moat_sys::fd::running_from_sealed_copy()
+    {
+        let e = moat_sys::fd::reexec_from_sealed_copy();
+        log.error(&format!(
+            "re-execute from a sealed copy of the runtime binary: {e}"
+        ));
+        return ExitCode::FAILURE;
+    }
+    log.debug(&format!("{:?}", cli.cmd));
+    match dispatch(&cli, &mut log) {
+        Ok(code) => code,
+        Err(e) => {
+            log.error(&one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: &Cli, log: &mut Logger) -> Result<ExitCode> {
+    let store = Store::new(&cli.root);
+    match &cli.rootless[..] {
+        "auto" | "false" => {}
+        "true" => bail!("--rootless true: rootless containers are not supported yet; run as root"),
+        other => bail!("--rootless {other:?}: expected auto, true or false"),
+    }
+    match &cli.cmd {
+        Cmd::Create(a) => {
+            moat_container::create(&store, &a.options(cli.systemd_cgroup))
+                .with_context(|| format!("create container {}", a.id))?;
+        }
+        Cmd::Start { id } => moat_container::start::start(&store, id)
+            .with_context(|| format!("start container {id}"))?,
+        Cmd::State { id } => {
+            let st = store.load(id)?;
+            println!("{}", serde_json::to_string_pretty(&store.oci_state(&st))?);
+        }
+        Cmd::Kill { all, id, signal } => {
+            let sig = moat_container::kill::parse_signal(signal)
+                .with_context(|| format!("kill container {id}: unknown signal {signal:?}"))?;
+            moat_container::kill::kill(&store, id, sig, *all)
+                .with_context(|| format!("kill container {id}"))?;
+        }
+        Cmd::Delete { force, id } => moat_container::delete::delete(&store, id, *force)
+            .with_context(|| format!("delete container {id}"))?,
+        Cmd::Run {
+            create,
+            detach,
+            keep,
+        } => {
+            return run::run(
+                &store,
+                &create.options(cli.systemd_cgroup),
+                *detach,
+                *keep,
+                log,
+            )
+        }
+        Cmd::List { format, quiet } => list(&store, format, *quiet)?,
+        Cmd::Spec { rootless, bundle } => spec_cmd::write_spec(bundle, *rootless)?,
+        Cmd::Features => println!("{}", serde_json::to_string_pretty(&features::features())?),
+        Cmd::Other(args) => {
+            let name = args.first().map(String::as_str).unwrap_or("");
+            match name {
+                "exec" | "ps" | "pause" | "resume" | "update" | "events" => {
+                    bail!("`{name}` is not implemented in this moat-runtime build yet")
+                }
+                "checkpoint" | "restore" => {
+                    bail!("`{name}`: checkpoint/restore is not supported by moat")
+                }
+                _ => bail!("unknown command {name:?}; see `moat-runtime --help`"),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(store: &Store, format: &str, quiet: bool) -> Result<()> {
+    let mut states = Vec::new();
+    for id in store.list()? {
+        if let Ok(st) = store.load(&id) {
+            states.push(store.oci_state(&st));
+        }
+    }
+    if quiet {
+        for s in &states {
+            println!("{}", s.id);
+        }
+    } else if format == "json" {
+        println!("{}", serde_json::to_string(&states)?);
+    } else {
+        println!(
+            "{:<20} {:<8} {:<10} {:<40} {:<32} OWNER",
+            "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+        );
+        for s in &states {
+            println!(
+                "{:<20} {:<8} {:<10} {:<40} {:<32} {}",
+                s.id,
+                s.pid,
+                s.status,
+                s.bundle.display(),
+                s.created,
+                if s.owner.is_empty() { "root" } else { &s.owner }
+            );
+        }
+    }
+    let _ = Status::Stopped;
+    Ok(())
+}
+
+/// The error and its causes on one line, skipping a cause whose text the previous message already
+/// carries (library errors often embed their source).
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}

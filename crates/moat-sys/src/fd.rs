@@ -149,3 +149,31 @@ pub fn owned(fd: RawFd) -> OwnedFd {
     // SAFETY: callers pass only descriptors that a system call just created for them.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
+
+/// `ioctl(TIOCSWINSZ)`.
+pub fn set_winsize(fd: BorrowedFd<'_>, ws: &nix::pty::Winsize) -> Result<()> {
+    // SAFETY: `ws` is a valid winsize for the duration of the call.
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TIOCSWINSZ,
+            ws as *const nix::pty::Winsize,
+        )
+    };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+/// `ioctl(TIOCSCTTY)`: make `fd` the controlling terminal of this session.
+pub fn set_controlling_tty(fd: BorrowedFd<'_>) -> Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}

@@ -190,3 +190,35 @@ pub fn start_time(pid: i32) -> Option<u64> {
 pub fn io_errno(e: &std::io::Error) -> Errno {
     e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO)
 }
+
+/// `setrlimit(2)` for one resource.
+pub fn setrlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `lim` is a valid rlimit that outlives the call.
+    if unsafe { libc::setrlimit(resource, &lim) } == 0 {
+        Ok(())
+    } else {
+        Err(Errno::last())
+    }
+}
+
+/// `_exit(2)`: leave at once, without running the parent's atexit handlers or flushing stdio
+/// buffers that a forked child inherited.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// `setdomainname(2)`.
+pub fn setdomainname(name: &str) -> Result<()> {
+    // SAFETY: the pointer and length describe `name`, valid for the call.
+    let r = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(Errno::last())
+    }
+}

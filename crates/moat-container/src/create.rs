@@ -1,0 +1,299 @@
+//! `create`: the runtime's side of starting a container. Validates the bundle before touching the
+//! host, records state before each resource it creates (so that `delete --force` after a `kill -9`
+//! of the runtime finds and frees everything), forks the init with `clone3`, answers its requests
+//! (id maps, hooks) and returns once the init waits on the exec fifo.
+//!
+//! A failing create undoes what it did (the [`Undo`] guard): no state dir, cgroup or process stays.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::error::{ContainerError, Result};
+use crate::init::InitArgs;
+use crate::namespaces::NsPlan;
+use crate::spec::{load_bundle, Bundle};
+use crate::state::{StateFile, Store};
+use crate::sync::{FromInit, ToInit};
+
+/// Options of `create` (runc's flags).
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub no_pivot: bool,
+    pub no_new_keyring: bool,
+    pub preserve_fds: u32,
+    pub systemd_cgroup: bool,
+}
+
+/// A created container.
+#[derive(Debug)]
+pub struct Created {
+    pub pid: i32,
+    pub state: StateFile,
+}
+
+/// Undo guard: on drop (unless disarmed) kills what was started and removes what was created.
+struct Undo<'a> {
+    store: &'a Store,
+    id: String,
+    pids: Vec<Pid>,
+    cgroup: Option<moat_cgroups::Cgroup>,
+    armed: bool,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for pid in &self.pids {
+            let _ = nix::sys::signal::kill(*pid, Signal::SIGKILL);
+            let _ = waitpid(*pid, None);
+        }
+        if let Some(cg) = &self.cgroup {
+            let _ = cg.destroy();
+        }
+        let _ = self.store.remove(&self.id);
+    }
+}
+
+pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
+    crate::state::validate_id(&opts.id)?;
+    let bundle = load_bundle(&opts.bundle)?;
+    check_supported(&bundle)?;
+    let linux = bundle.spec.linux().as_ref();
+    let cg_path = linux
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.to_string_lossy().into_owned());
+    let cgroup = moat_cgroups::Cgroup::resolve(cg_path.as_deref(), &opts.id, opts.systemd_cgroup)?;
+    let plan = NsPlan::from_spec(&bundle.spec);
+
+    let _lock = store.create_dir(&opts.id)?;
+    let mut undo = Undo {
+        store,
+        id: opts.id.clone(),
+        pids: vec![],
+        cgroup: None,
+        armed: true,
+    };
+    let mut st = StateFile {
+        id: opts.id.clone(),
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        pid: 0,
+        pid_start: 0,
+        created: crate::state::now_rfc3339(),
+        annotations: bundle
+            .spec
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        cgroup: Some(cgroup.clone()),
+        create_done: false,
+        hooks: bundle.spec.hooks().clone(),
+        owner: String::new(),
+    };
+    store.save(&st)?;
+    cgroup.create()?;
+    undo.cgroup = Some(cgroup.clone());
+    crate::resources::apply(&cgroup, &bundle.spec)?;
+
+    let fifo = store.fifo(&opts.id);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622))
+        .map_err(crate::error::sys(format!("mkfifo {}", fifo.display())))?;
+    // mkfifo applies the umask.
+    nix::sys::stat::fchmodat(
+        None,
+        &fifo,
+        nix::sys::stat::Mode::from_bits_truncate(0o622),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
+    .map_err(crate::error::sys(format!("chmod {}", fifo.display())))?;
+
+    let console: Option<OwnedFd> = match &opts.console_socket {
+        Some(p) => Some(
+            UnixStream::connect(p)
+                .map_err(|source| ContainerError::ConsoleSocket {
+                    path: p.clone(),
+                    source,
+                })?
+                .into(),
+        ),
+        None => None,
+    };
+    let (parent, child) =
+        crate::sync::pair().map_err(crate::error::sys("create sync socketpair"))?;
+
+    let args = InitArgs {
+        id: &opts.id,
+        spec: &bundle.spec,
+        bundle: &bundle.dir,
+        rootfs: &bundle.rootfs,
+        plan: &plan,
+        fifo: &fifo,
+        console: console.as_ref(),
+        no_pivot: opts.no_pivot,
+        no_new_keyring: opts.no_new_keyring,
+        preserve_fds: opts.preserve_fds,
+        cgroup: Some(&cgroup),
+    };
+    let stage1 = match moat_sys::process::clone3(plan.clone_flags, false)
+        .map_err(crate::error::sys("clone3 the container init"))?
+    {
+        moat_sys::process::Forked::Child => {
+            drop(parent);
+            crate::init::run(&args, child)
+        }
+        moat_sys::process::Forked::Parent { pid, .. } => pid,
+    };
+    drop(child);
+    drop(console);
+    undo.pids.push(stage1);
+    st.pid = stage1.as_raw();
+    st.pid_start = moat_sys::process::start_time(st.pid).unwrap_or(0);
+    store.save(&st)?;
+    cgroup.add_pid(stage1.as_raw())?;
+    if plan.new_userns() && plan.clone_flags & libc::CLONE_NEWUSER as u64 != 0 {
+        write_id_maps(&bundle, stage1.as_raw())?;
+    }
+    parent
+        .send(&ToInit::Start)
+        .map_err(crate::error::sys("write to container init"))?;
+
+    let mut init = stage1;
+    loop {
+        let msg = parent
+            .recv::<FromInit>()
+            .map_err(crate::error::sys("read from container init"))?;
+        match msg {
+            Some(FromInit::NeedMaps { pid }) => {
+                write_id_maps(&bundle, pid)?;
+                parent
+                    .send(&ToInit::MapsWritten)
+                    .map_err(crate::error::sys("write to container init"))?;
+            }
+            Some(FromInit::InitPid { pid }) => {
+                init = Pid::from_raw(pid);
+                undo.pids.push(init);
+                // Stage 1 exits right after sending this.
+                let _ = waitpid(stage1, None);
+                undo.pids.retain(|p| *p != stage1);
+                st.pid = pid;
+                st.pid_start = moat_sys::process::start_time(pid).unwrap_or(0);
+                store.save(&st)?;
+            }
+            Some(FromInit::RunHooks) => {
+                let state = state_json(store, &st);
+                let hooks = bundle.spec.hooks().as_ref();
+                crate::hooks::run_all(
+                    "prestart",
+                    hooks.and_then(|h| h.prestart().as_ref()),
+                    &state,
+                )?;
+                crate::hooks::run_all(
+                    "createRuntime",
+                    hooks.and_then(|h| h.create_runtime().as_ref()),
+                    &state,
+                )?;
+                parent
+                    .send(&ToInit::HooksDone { state })
+                    .map_err(crate::error::sys("write to container init"))?;
+            }
+            Some(FromInit::Ready) => break,
+            Some(FromInit::Failed(f)) => return Err(f.into()),
+            None => {
+                let how = match waitpid(init, None) {
+                    Ok(WaitStatus::Exited(_, c)) => format!("exit status {c}"),
+                    Ok(WaitStatus::Signaled(_, s, _)) => format!("killed by {s}"),
+                    other => format!("{other:?}"),
+                };
+                return Err(ContainerError::InitDied(how));
+            }
+        }
+    }
+    st.pid = init.as_raw();
+    st.pid_start = moat_sys::process::start_time(st.pid).unwrap_or(0);
+    st.create_done = true;
+    store.save(&st)?;
+    if let Some(pf) = &opts.pid_file {
+        write_pid_file(pf, st.pid)?;
+    }
+    undo.armed = false;
+    Ok(Created {
+        pid: st.pid,
+        state: st,
+    })
+}
+
+fn state_json(store: &Store, st: &StateFile) -> String {
+    let mut s = store.oci_state(st);
+    s.status = crate::state::Status::Creating;
+    s.pid = st.pid;
+    serde_json::to_string(&s).unwrap_or_default()
+}
+
+/// Write `/proc/<pid>/{uid,gid}_map` from the spec.
+fn write_id_maps(bundle: &Bundle, pid: i32) -> Result<()> {
+    let linux = bundle.spec.linux().as_ref();
+    for (file, maps) in [
+        ("uid_map", linux.and_then(|l| l.uid_mappings().clone())),
+        ("gid_map", linux.and_then(|l| l.gid_mappings().clone())),
+    ] {
+        let text: String = maps
+            .unwrap_or_default()
+            .iter()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect();
+        let path = PathBuf::from(format!("/proc/{pid}/{file}"));
+        std::fs::write(&path, text).map_err(crate::error::io("write user namespace map", path))?;
+    }
+    Ok(())
+}
+
+/// Write the pid file atomically (temp file + rename), as containerd and conmon expect.
+pub fn write_pid_file(path: &std::path::Path, pid: i32) -> Result<()> {
+    let tmp = path.with_extension("moat-tmp");
+    std::fs::write(&tmp, pid.to_string()).map_err(crate::error::io("write pid file", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(crate::error::io("write pid file", path))
+}
+
+/// Refuse what this backend does not implement yet instead of silently ignoring it.
+fn check_supported(b: &Bundle) -> Result<()> {
+    let linux = b.spec.linux().as_ref();
+    if linux.and_then(|l| l.seccomp().as_ref()).is_some() {
+        return Err(ContainerError::Unsupported(
+            "linux.seccomp: seccomp filters are not supported by this moat build yet; remove linux.seccomp (e.g. podman --security-opt seccomp=unconfined)".into(),
+        ));
+    }
+    if b.spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.apparmor_profile().as_ref())
+        .is_some_and(|p| !p.is_empty())
+    {
+        return Err(ContainerError::Unsupported(
+            "process.apparmorProfile: AppArmor is not supported by this moat build yet".into(),
+        ));
+    }
+    if linux.and_then(|l| l.intel_rdt().as_ref()).is_some() {
+        return Err(ContainerError::Unsupported(
+            "linux.intelRdt: Intel RDT is not supported".into(),
+        ));
+    }
+    if linux.and_then(|l| l.personality().as_ref()).is_some() {
+        return Err(ContainerError::Unsupported(
+            "linux.personality: not supported yet".into(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,442 @@
+//! The container's init, from the moment `clone3` returns in the child until `execve` of the
+//! user's program. It runs in a forked copy of the runtime (no re-exec of a second binary): joins
+//! and creates namespaces, forks once more only when a PID or time namespace demands it, builds the
+//! rootfs, sets up the console and credentials, reports `Ready` to the runtime and then blocks on
+//! the exec fifo until `start`.
+//!
+//! What it must never do: return into the runtime's code (every path ends in `execve` or `_exit`),
+//! or leave a runtime descriptor open across `execve`.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
+use nix::sys::stat::Mode;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::error::{InitFailure, Step};
+use crate::namespaces::NsPlan;
+use crate::rootfs::{self, RootfsPlan};
+use crate::sync::{Channel, FromInit, ToInit};
+
+type R<T> = std::result::Result<T, InitFailure>;
+
+/// Everything the init needs, borrowed from the runtime's memory (the child has a copy of it).
+pub struct InitArgs<'a> {
+    pub id: &'a str,
+    pub spec: &'a Spec,
+    pub bundle: &'a Path,
+    pub rootfs: &'a Path,
+    pub plan: &'a NsPlan,
+    pub fifo: &'a Path,
+    pub console: Option<&'a OwnedFd>,
+    pub no_pivot: bool,
+    pub no_new_keyring: bool,
+    pub preserve_fds: u32,
+    pub cgroup: Option<&'a moat_cgroups::Cgroup>,
+}
+
+/// Entry point in the child after clone3. Never returns.
+pub fn run(args: &InitArgs<'_>, ch: Channel) -> ! {
+    let err = match stage1(args, &ch) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let _ = ch.send(&FromInit::Failed(err));
+    // SAFETY-free exit: skip atexit handlers and buffered-IO flushing of the parent's copy.
+    moat_sys::process::exit_now(1)
+}
+
+fn wait_for(ch: &Channel) -> R<ToInit> {
+    match ch.recv::<ToInit>() {
+        Ok(Some(m)) => Ok(m),
+        // The runtime died or gave up: nothing to report to.
+        Ok(None) => moat_sys::process::exit_now(1),
+        Err(e) => Err(InitFailure::new(Step::Setup, "read from runtime", e)),
+    }
+}
+
+fn stage1(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallible> {
+    let setup = |what: &'static str| move |e| InitFailure::new(Step::Setup, what, e);
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(setup("set parent-death signal"))?;
+    if !matches!(wait_for(ch)?, ToInit::Start) {
+        return Err(InitFailure::msg(
+            Step::Setup,
+            "unexpected message from runtime",
+        ));
+    }
+    let plan = args.plan;
+    // Open every namespace to join before joining any: paths resolve in the runtime's namespaces.
+    let mut joins = Vec::new();
+    for (typ, path) in &plan.joins {
+        let fd = nix::fcntl::open(
+            path.as_path(),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map(moat_sys::fd::owned)
+        .map_err(|e| {
+            InitFailure::new(
+                Step::JoinNamespace,
+                format!("open {:?} namespace {}", typ, path.display()),
+                e,
+            )
+        })?;
+        joins.push((*typ, path, fd));
+    }
+    // The user namespace first: it owns the others.
+    joins.sort_by_key(|(t, _, _)| if *t == LinuxNamespaceType::User { 0 } else { 1 });
+    for (typ, path, fd) in &joins {
+        nix::sched::setns(
+            fd,
+            CloneFlags::from_bits_truncate(NsPlan::flag(*typ) as i32),
+        )
+        .map_err(|e| {
+            InitFailure::new(
+                Step::JoinNamespace,
+                format!("join {:?} namespace {}", typ, path.display()),
+                e,
+            )
+        })?;
+    }
+    drop(joins);
+    let unshare = plan.unshare_flags;
+    if unshare & libc::CLONE_NEWUSER as u64 != 0 {
+        nix::sched::unshare(CloneFlags::CLONE_NEWUSER)
+            .map_err(|e| InitFailure::new(Step::Unshare, "unshare user namespace", e))?;
+    }
+    if plan.new_userns() {
+        ch.send(&FromInit::NeedMaps {
+            pid: nix::unistd::getpid().as_raw(),
+        })
+        .map_err(setup("write to runtime"))?;
+        if !matches!(wait_for(ch)?, ToInit::MapsWritten) {
+            return Err(InitFailure::msg(
+                Step::Setup,
+                "unexpected message from runtime",
+            ));
+        }
+    }
+    if plan.new_userns()
+        || plan
+            .joins
+            .iter()
+            .any(|(t, _)| *t == LinuxNamespaceType::User)
+    {
+        // Become root of the user namespace (uid 0 must be mapped).
+        let root = nix::unistd::Uid::from_raw(0);
+        let rootg = nix::unistd::Gid::from_raw(0);
+        nix::unistd::setresgid(rootg, rootg, rootg).map_err(|e| {
+            InitFailure::new(
+                Step::User,
+                "setgid 0 in the user namespace (is gid 0 mapped?)",
+                e,
+            )
+        })?;
+        nix::unistd::setresuid(root, root, root).map_err(|e| {
+            InitFailure::new(
+                Step::User,
+                "setuid 0 in the user namespace (is uid 0 mapped?)",
+                e,
+            )
+        })?;
+    }
+    let rest = unshare & !(libc::CLONE_NEWUSER as u64);
+    if rest != 0 {
+        nix::sched::unshare(CloneFlags::from_bits_truncate(rest as i32)).map_err(|e| {
+            InitFailure::new(
+                Step::Unshare,
+                format!("unshare namespaces {}", NsPlan::describe(rest)),
+                e,
+            )
+        })?;
+    }
+    if rest & libc::CLONE_NEWTIME as u64 != 0 {
+        write_time_offsets(args.spec)?;
+    }
+    if plan.second_fork {
+        match moat_sys::process::clone3(libc::CLONE_PARENT as u64, false)
+            .map_err(|e| InitFailure::new(Step::Fork, "fork the container init", e))?
+        {
+            moat_sys::process::Forked::Parent { pid, .. } => {
+                let _ = ch.send(&FromInit::InitPid { pid: pid.as_raw() });
+                moat_sys::process::exit_now(0);
+            }
+            moat_sys::process::Forked::Child => {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(setup("set parent-death signal"))?;
+            }
+        }
+    }
+    container_init(args, ch)
+}
+
+fn write_time_offsets(spec: &Spec) -> R<()> {
+    let offsets = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.time_offsets().clone())
+        .unwrap_or_default();
+    let mut text = String::new();
+    for (clock, off) in offsets {
+        text.push_str(&format!(
+            "{clock} {} {}\n",
+            off.secs().unwrap_or(0),
+            off.nanosecs().unwrap_or(0)
+        ));
+    }
+    if text.is_empty() {
+        return Ok(());
+    }
+    std::fs::write("/proc/self/timens_offsets", text).map_err(|e| {
+        InitFailure::new(
+            Step::Setup,
+            "write /proc/self/timens_offsets",
+            moat_sys::process::io_errno(&e),
+        )
+    })
+}
+
+fn container_init(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallible> {
+    let spec = args.spec;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| InitFailure::msg(Step::Setup, "process missing"))?;
+    let linux = spec.linux().as_ref();
+    nix::unistd::setsid().map_err(|e| InitFailure::new(Step::Setup, "setsid", e))?;
+    if !args.no_new_keyring {
+        match moat_sys::process::join_new_session_keyring(&format!("_ses.{}", args.id)) {
+            Ok(()) | Err(Errno::ENOSYS) | Err(Errno::EPERM) | Err(Errno::EACCES)
+            | Err(Errno::EDQUOT) => {}
+            Err(e) => {
+                return Err(InitFailure::new(
+                    Step::Setup,
+                    "join a new session keyring",
+                    e,
+                ))
+            }
+        }
+    }
+    crate::process::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
+
+    let plan = RootfsPlan {
+        spec,
+        bundle: args.bundle,
+        rootfs: args.rootfs,
+        in_userns: args.plan.in_userns(),
+        new_cgroupns: args.plan.new_cgroupns(),
+        cgroup: args.cgroup,
+    };
+    let root = rootfs::prepare(&plan)?;
+    ch.send(&FromInit::RunHooks)
+        .map_err(|e| InitFailure::new(Step::Setup, "write to runtime", e))?;
+    let state = match wait_for(ch)? {
+        ToInit::HooksDone { state } => state,
+        _ => {
+            return Err(InitFailure::msg(
+                Step::Setup,
+                "unexpected message from runtime",
+            ))
+        }
+    };
+    crate::hooks::run_all(
+        "createContainer",
+        spec.hooks()
+            .as_ref()
+            .and_then(|h| h.create_container().as_ref()),
+        &state,
+    )
+    .map_err(|e| InitFailure::msg(Step::Hook, e.to_string()))?;
+
+    // Held as O_PATH across the root switch; reopened for writing when the init is ready.
+    let fifo = nix::fcntl::open(
+        args.fifo,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map(moat_sys::fd::owned)
+    .map_err(|e| {
+        InitFailure::new(
+            Step::Setup,
+            format!("open exec fifo {}", args.fifo.display()),
+            e,
+        )
+    })?;
+    moat_sys::resolve::mkdir_all_in_root(
+        root.as_fd(),
+        process.cwd(),
+        moat_sys::resolve::Leaf::Dir,
+        0o755,
+    )
+    .map_err(|e| {
+        InitFailure::new(
+            Step::Cwd,
+            format!("create working directory {}", process.cwd().display()),
+            e,
+        )
+    })?;
+
+    rootfs::switch_root(&root, args.no_pivot)?;
+    drop(root);
+    rootfs::finish(spec)?;
+    for (k, v) in linux.and_then(|l| l.sysctl().clone()).unwrap_or_default() {
+        write_sysctl(&k, &v)?;
+    }
+    if let Some(h) = spec.hostname() {
+        if !args.plan.new_uts() {
+            return Err(InitFailure::msg(
+                Step::Hostname,
+                "hostname is set but the container has no UTS namespace of its own",
+            ));
+        }
+        nix::unistd::sethostname(h)
+            .map_err(|e| InitFailure::new(Step::Hostname, format!("sethostname {h}"), e))?;
+    }
+    if let Some(d) = spec.domainname() {
+        if !args.plan.new_uts() {
+            return Err(InitFailure::msg(
+                Step::Hostname,
+                "domainname is set but the container has no UTS namespace of its own",
+            ));
+        }
+        moat_sys::process::setdomainname(d)
+            .map_err(|e| InitFailure::new(Step::Hostname, format!("setdomainname {d}"), e))?;
+    }
+    if let Some(adj) = process.oom_score_adj() {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| {
+            InitFailure::new(
+                Step::Setup,
+                format!("set oom_score_adj {adj} (lowering it needs CAP_SYS_RESOURCE)"),
+                moat_sys::process::io_errno(&e),
+            )
+        })?;
+    }
+    if process.terminal().unwrap_or(false) {
+        let sock = args.console.ok_or_else(|| {
+            InitFailure::msg(
+                Step::Console,
+                "process.terminal is true but no --console-socket was given",
+            )
+        })?;
+        crate::console::setup(sock, process.console_size())?;
+    }
+
+    let caps = process.capabilities().as_ref();
+    crate::process::apply_bounding(caps)?;
+    crate::process::set_user(process)?;
+    crate::process::apply_caps(caps)?;
+    crate::process::enter_cwd(process.cwd())?;
+    let env = crate::process::exec_env(process);
+    let env_strings: Vec<String> = env
+        .iter()
+        .map(|c| c.to_string_lossy().into_owned())
+        .collect();
+    let argv: Vec<std::ffi::CString> = process
+        .args()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| {
+            std::ffi::CString::new(a)
+                .map_err(|_| InitFailure::msg(Step::Executable, "process.args contains a NUL byte"))
+        })
+        .collect::<R<_>>()?;
+    let exe = crate::process::find_executable(
+        &process
+            .args()
+            .as_ref()
+            .map(|a| a[0].clone())
+            .unwrap_or_default(),
+        &env_strings,
+    )?;
+    let exe = std::ffi::CString::new(exe.into_os_string().into_encoded_bytes())
+        .map_err(|_| InitFailure::msg(Step::Executable, "path contains NUL"))?;
+
+    nix::sys::prctl::set_pdeathsig(None)
+        .map_err(|e| InitFailure::new(Step::Setup, "clear parent-death signal", e))?;
+    ch.send(&FromInit::Ready)
+        .map_err(|e| InitFailure::new(Step::Setup, "write to runtime", e))?;
+
+    // From here on the runtime has returned; failures go to the container's stderr.
+    wait_exec_fifo(&fifo);
+    drop(fifo);
+    if let Err(e) = crate::hooks::run_all(
+        "startContainer",
+        spec.hooks()
+            .as_ref()
+            .and_then(|h| h.start_container().as_ref()),
+        &state,
+    ) {
+        fatal(&e.to_string());
+    }
+    if let Some(mask) = process.user().umask() {
+        nix::sys::stat::umask(Mode::from_bits_truncate(mask));
+    }
+    if process.no_new_privileges().unwrap_or(false) {
+        if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+            fatal(&format!("set no_new_privs: {e}"));
+        }
+    }
+    if let Err(e) = moat_sys::process::cloexec_from(3 + args.preserve_fds as i32) {
+        fatal(&format!("close runtime descriptors: {e}"));
+    }
+    for fd in 3..3 + args.preserve_fds as i32 {
+        if let Ok(owned) = moat_sys::fd::own_inherited(fd) {
+            let _ = moat_sys::fd::set_cloexec(owned.as_fd(), false);
+            std::mem::forget(owned);
+        }
+    }
+    let e = nix::unistd::execve(&exe, &argv, &env).unwrap_err();
+    fatal(&format!("exec {}: {}", exe.to_string_lossy(), e.desc()));
+}
+
+fn fatal(msg: &str) -> ! {
+    eprintln!("error: container init: {msg}");
+    moat_sys::process::exit_now(127)
+}
+
+fn wait_exec_fifo(fifo: &OwnedFd) {
+    let path = moat_sys::resolve::proc_fd_path(fifo.as_fd());
+    match nix::fcntl::open(
+        path.as_str(),
+        nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => {
+            let fd = moat_sys::fd::owned(fd);
+            let _ = nix::unistd::write(&fd, b"0");
+        }
+        Err(e) => fatal(&format!("open exec fifo: {e}")),
+    }
+}
+
+fn write_sysctl(key: &str, value: &str) -> R<()> {
+    if key.is_empty() || key.contains("..") || key.starts_with('/') {
+        return Err(InitFailure::msg(
+            Step::Sysctl,
+            format!("invalid sysctl name {key:?}"),
+        ));
+    }
+    let rel = key.replace('.', "/");
+    let slash = nix::fcntl::open(
+        "/proc/sys",
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_DIRECTORY,
+        Mode::empty(),
+    )
+    .map(moat_sys::fd::owned)
+    .map_err(|e| InitFailure::new(Step::Sysctl, "open /proc/sys (is /proc mounted?)", e))?;
+    let fd = moat_sys::resolve::open_in_root(
+        slash.as_fd(),
+        Path::new(&rel),
+        libc::O_WRONLY | libc::O_TRUNC,
+        0,
+    )
+    .map_err(|e| InitFailure::new(Step::Sysctl, format!("open /proc/sys/{rel}"), e))?;
+    nix::unistd::write(&fd, value.as_bytes())
+        .map_err(|e| InitFailure::new(Step::Sysctl, format!("set {key}={value}"), e))?;
+    let _ = fd.as_raw_fd();
+    Ok(())
+}

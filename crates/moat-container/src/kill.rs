@@ -1,0 +1,88 @@
+//! `kill`: send a signal to a container's init (through a pidfd, so a reused pid is never hit), or
+//! with `--all` to every process in its cgroup.
+
+use nix::sys::signal::Signal;
+
+use crate::error::{ContainerError, Result};
+use crate::state::{Status, Store};
+
+/// Parse a signal as runc does: `9`, `KILL`, `SIGKILL`, `sigkill`.
+pub fn parse_signal(s: &str) -> Option<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    if let Ok(sig) = name.parse::<Signal>() {
+        return Some(sig as i32);
+    }
+    // Real-time signals: SIGRTMIN+n / SIGRTMAX-n.
+    let rtmin = libc::SIGRTMIN();
+    let rtmax = libc::SIGRTMAX();
+    if name == "SIGRTMIN" {
+        return Some(rtmin);
+    }
+    if name == "SIGRTMAX" {
+        return Some(rtmax);
+    }
+    if let Some(n) = name
+        .strip_prefix("SIGRTMIN+")
+        .and_then(|n| n.parse::<i32>().ok())
+    {
+        return (rtmin + n <= rtmax).then_some(rtmin + n);
+    }
+    if let Some(n) = name
+        .strip_prefix("SIGRTMAX-")
+        .and_then(|n| n.parse::<i32>().ok())
+    {
+        return (rtmax - n >= rtmin).then_some(rtmax - n);
+    }
+    None
+}
+
+pub fn kill(store: &Store, id: &str, signal: i32, all: bool) -> Result<()> {
+    let st = store.load(id)?;
+    let status = store.status(&st);
+    if status == Status::Stopped && !all {
+        return Err(ContainerError::BadStatus {
+            id: id.into(),
+            action: "kill",
+            status: status.to_string(),
+        });
+    }
+    if all {
+        if let Some(cg) = &st.cgroup {
+            for pid in cg.pids()? {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    Signal::try_from(signal).ok(),
+                );
+            }
+        }
+        return Ok(());
+    }
+    signal_init(&st, signal)
+}
+
+/// Signal the recorded init if it is still the same process.
+pub fn signal_init(st: &crate::state::StateFile, signal: i32) -> Result<()> {
+    let pidfd = moat_sys::process::pidfd_open(nix::unistd::Pid::from_raw(st.pid)).map_err(
+        crate::error::sys(format!("open pidfd of container {} init {}", st.id, st.pid)),
+    )?;
+    // Check identity after opening the pidfd: if the start time still matches, the pidfd is ours.
+    if !crate::state::init_alive(st) {
+        return Err(ContainerError::BadStatus {
+            id: st.id.clone(),
+            action: "kill",
+            status: "stopped".into(),
+        });
+    }
+    moat_sys::process::pidfd_send_signal(&pidfd, signal).map_err(crate::error::sys(format!(
+        "signal {signal} to container {} init {}",
+        st.id, st.pid
+    )))
+}

@@ -1,0 +1,109 @@
+//! Which namespaces a container creates and joins, and how: the plan decides which namespace flags
+//! go straight into `clone3` (the fast path: one fork, no unshare) and which must be set up with
+//! `setns`/`unshare` in the child, and whether a second fork is needed (a new PID or time namespace
+//! applies only to children of the process that creates it).
+
+use std::path::PathBuf;
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+/// The namespace plan of one container.
+#[derive(Debug, Clone, Default)]
+pub struct NsPlan {
+    /// Flags of namespaces to create.
+    pub new: u64,
+    /// Namespaces to join, by path.
+    pub joins: Vec<(LinuxNamespaceType, PathBuf)>,
+    /// Flags given to clone3.
+    pub clone_flags: u64,
+    /// Flags the child unshares itself.
+    pub unshare_flags: u64,
+    /// Whether the child forks the real init.
+    pub second_fork: bool,
+}
+
+impl NsPlan {
+    pub fn flag(t: LinuxNamespaceType) -> u64 {
+        (match t {
+            LinuxNamespaceType::Mount => libc::CLONE_NEWNS,
+            LinuxNamespaceType::Cgroup => libc::CLONE_NEWCGROUP,
+            LinuxNamespaceType::Uts => libc::CLONE_NEWUTS,
+            LinuxNamespaceType::Ipc => libc::CLONE_NEWIPC,
+            LinuxNamespaceType::User => libc::CLONE_NEWUSER,
+            LinuxNamespaceType::Pid => libc::CLONE_NEWPID,
+            LinuxNamespaceType::Network => libc::CLONE_NEWNET,
+            LinuxNamespaceType::Time => libc::CLONE_NEWTIME,
+        }) as u64
+    }
+
+    pub fn from_spec(spec: &Spec) -> NsPlan {
+        let mut plan = NsPlan::default();
+        for ns in spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .unwrap_or_default()
+        {
+            match ns.path() {
+                Some(p) => plan.joins.push((ns.typ(), p.clone())),
+                None => plan.new |= Self::flag(ns.typ()),
+            }
+        }
+        let time = libc::CLONE_NEWTIME as u64;
+        let pid = libc::CLONE_NEWPID as u64;
+        // The cgroup namespace is always unshared by the child, after the runtime has moved it
+        // into the container's cgroup, so that the namespace is rooted there.
+        let cgroup = libc::CLONE_NEWCGROUP as u64;
+        if plan.joins.is_empty() && plan.new & time == 0 {
+            plan.clone_flags = plan.new & !cgroup;
+            plan.unshare_flags = plan.new & cgroup;
+            plan.second_fork = false;
+        } else {
+            plan.clone_flags = 0;
+            plan.unshare_flags = plan.new;
+            plan.second_fork = plan.new & (pid | time) != 0
+                || plan
+                    .joins
+                    .iter()
+                    .any(|(t, _)| matches!(t, LinuxNamespaceType::Pid | LinuxNamespaceType::Time));
+        }
+        plan
+    }
+
+    pub fn new_userns(&self) -> bool {
+        self.new & libc::CLONE_NEWUSER as u64 != 0
+    }
+    pub fn in_userns(&self) -> bool {
+        self.new_userns()
+            || self
+                .joins
+                .iter()
+                .any(|(t, _)| *t == LinuxNamespaceType::User)
+    }
+    pub fn new_cgroupns(&self) -> bool {
+        self.new & libc::CLONE_NEWCGROUP as u64 != 0
+    }
+    pub fn new_uts(&self) -> bool {
+        self.new & libc::CLONE_NEWUTS as u64 != 0
+    }
+
+    /// Human-readable list of flags, for error messages.
+    pub fn describe(flags: u64) -> String {
+        let names = [
+            (libc::CLONE_NEWUSER, "user"),
+            (libc::CLONE_NEWNS, "mount"),
+            (libc::CLONE_NEWPID, "pid"),
+            (libc::CLONE_NEWNET, "network"),
+            (libc::CLONE_NEWIPC, "ipc"),
+            (libc::CLONE_NEWUTS, "uts"),
+            (libc::CLONE_NEWCGROUP, "cgroup"),
+            (libc::CLONE_NEWTIME, "time"),
+        ];
+        names
+            .iter()
+            .filter(|(f, _)| flags & *f as u64 != 0)
+            .map(|(_, n)| *n)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}

@@ -1,0 +1,177 @@
+//! Loading and validating a bundle's `config.json`. Parse errors name the JSON field
+//! (`linux.namespaces[2].type`) thanks to `serde_path_to_error`; semantic checks that the type
+//! system cannot express (a mount namespace is required, namespaces appear once, destinations are
+//! absolute) are made here, before anything is created on the host.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::error::{ContainerError, Result};
+
+/// A loaded, validated bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// Absolute path of the bundle directory.
+    pub dir: PathBuf,
+    pub spec: Spec,
+    /// Absolute path of the root filesystem.
+    pub rootfs: PathBuf,
+}
+
+/// Read `<bundle>/config.json`, parse it and check it.
+pub fn load_bundle(bundle: &Path) -> Result<Bundle> {
+    let dir = std::path::absolute(bundle).map_err(|source| ContainerError::Io {
+        what: "resolve bundle",
+        path: bundle.into(),
+        source,
+    })?;
+    let path = dir.join("config.json");
+    let data = std::fs::read(&path).map_err(|source| ContainerError::ReadConfig {
+        path: path.clone(),
+        source,
+    })?;
+    let spec = parse_spec(&data).map_err(|(field, message)| ContainerError::ParseConfig {
+        path: path.clone(),
+        field,
+        message,
+    })?;
+    validate(&spec)?;
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| invalid("root", "missing: the bundle must name its root filesystem"))?;
+    let rootfs = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        dir.join(root.path())
+    };
+    let meta = std::fs::metadata(&rootfs)
+        .map_err(|e| invalid("root.path", &format!("{}: {e}", rootfs.display())))?;
+    if !meta.is_dir() {
+        return Err(invalid(
+            "root.path",
+            &format!("{} is not a directory", rootfs.display()),
+        ));
+    }
+    Ok(Bundle { dir, spec, rootfs })
+}
+
+/// Parse config.json bytes; on error return (field path, message).
+pub fn parse_spec(data: &[u8]) -> std::result::Result<Spec, (String, String)> {
+    let de = &mut serde_json::Deserializer::from_slice(data);
+    serde_path_to_error::deserialize::<_, Spec>(de).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." {
+            "config".to_owned()
+        } else {
+            field
+        };
+        (field, e.into_inner().to_string())
+    })
+}
+
+fn invalid(field: &str, message: &str) -> ContainerError {
+    ContainerError::InvalidConfig {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Checks the type system does not make.
+pub fn validate(spec: &Spec) -> Result<()> {
+    if spec.root().is_none() {
+        return Err(invalid(
+            "root",
+            "missing: the bundle must name its root filesystem",
+        ));
+    }
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| invalid("process", "missing"))?;
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(invalid("process.args", "must name the program to run"));
+    }
+    if !process.cwd().is_absolute() {
+        return Err(invalid("process.cwd", "must be an absolute path"));
+    }
+    let linux = spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| invalid("linux", "missing"))?;
+    let mut seen = HashSet::new();
+    let namespaces = linux.namespaces().clone().unwrap_or_default();
+    for (i, ns) in namespaces.iter().enumerate() {
+        if !seen.insert(ns.typ()) {
+            return Err(invalid(
+                &format!("linux.namespaces[{i}]"),
+                &format!("namespace {:?} is listed twice", ns.typ()),
+            ));
+        }
+        if let Some(p) = ns.path() {
+            if !p.is_absolute() {
+                return Err(invalid(
+                    &format!("linux.namespaces[{i}].path"),
+                    "must be an absolute path",
+                ));
+            }
+        }
+    }
+    if !seen.contains(&LinuxNamespaceType::Mount) {
+        return Err(invalid("linux.namespaces", "a mount namespace is required"));
+    }
+    let has_userns = seen.contains(&LinuxNamespaceType::User);
+    if !has_userns
+        && (linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+            || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty()))
+    {
+        return Err(invalid(
+            "linux.uidMappings",
+            "mappings are given but there is no user namespace",
+        ));
+    }
+    let new_userns = namespaces
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
+    if new_userns && linux.uid_mappings().as_ref().is_none_or(|m| m.is_empty()) {
+        return Err(invalid(
+            "linux.uidMappings",
+            "a new user namespace needs uidMappings and gidMappings",
+        ));
+    }
+    if linux.time_offsets().as_ref().is_some_and(|t| !t.is_empty())
+        && !seen.contains(&LinuxNamespaceType::Time)
+    {
+        return Err(invalid(
+            "linux.timeOffsets",
+            "time offsets need a time namespace",
+        ));
+    }
+    for (i, m) in spec.mounts().clone().unwrap_or_default().iter().enumerate() {
+        if !m.destination().is_absolute() {
+            return Err(invalid(
+                &format!("mounts[{i}].destination"),
+                &format!("{:?} must be an absolute path", m.destination()),
+            ));
+        }
+        for o in m.options().clone().unwrap_or_default() {
+            if crate::mountopts::parse_option(&o).is_none() {
+                return Err(invalid(
+                    &format!("mounts[{i}].options"),
+                    &format!("unknown mount option {o:?}"),
+                ));
+            }
+        }
+    }
+    if let Some(p) = linux.rootfs_propagation() {
+        if crate::mountopts::propagation(p).is_none() {
+            return Err(invalid(
+                "linux.rootfsPropagation",
+                &format!("unknown propagation {p:?}"),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! `start`: release a created container's init from the exec fifo so it executes the user's
+//! program, then run the poststart hooks.
+
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::stat::Mode;
+
+use crate::error::{ContainerError, Result};
+use crate::state::{init_alive, Status, Store};
+
+pub fn start(store: &Store, id: &str) -> Result<()> {
+    let _lock = store.lock(id)?;
+    let st = store.load(id)?;
+    let status = store.status(&st);
+    if status != Status::Created {
+        return Err(ContainerError::BadStatus {
+            id: id.into(),
+            action: "start",
+            status: status.to_string(),
+        });
+    }
+    let fifo_path = store.fifo(id);
+    let fifo = nix::fcntl::open(
+        &fifo_path,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map(moat_sys::fd::owned)
+    .map_err(crate::error::sys(format!(
+        "open exec fifo {}",
+        fifo_path.display()
+    )))?;
+    // The init opens the fifo for writing once it sees a reader, then writes one byte.
+    loop {
+        let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(100u16)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => {
+                if !init_alive(&st) {
+                    return Err(ContainerError::BadStatus {
+                        id: id.into(),
+                        action: "start",
+                        status: "stopped (the init exited before start)".into(),
+                    });
+                }
+            }
+            Ok(_) => {
+                let mut b = [0u8; 1];
+                match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&fifo), &mut b) {
+                    Ok(1) => break,
+                    Ok(_) | Err(nix::errno::Errno::EAGAIN) => {
+                        // POLLHUP without data: the writer has not written yet or died.
+                        if !init_alive(&st) {
+                            return Err(ContainerError::BadStatus {
+                                id: id.into(),
+                                action: "start",
+                                status: "stopped (the init exited before start)".into(),
+                            });
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => {
+                        return Err(ContainerError::Sys {
+                            what: format!("read exec fifo {}", fifo_path.display()),
+                            errno: e,
+                        })
+                    }
+                }
+            }
+            Err(e) => {
+                return Err(ContainerError::Sys {
+                    what: format!("poll exec fifo {}", fifo_path.display()),
+                    errno: e,
+                })
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&fifo_path);
+    let mut oci = store.oci_state(&st);
+    oci.status = Status::Running;
+    let state = serde_json::to_string(&oci).unwrap_or_default();
+    // A failing poststart hook is reported but does not stop the container (OCI runtime spec).
+    if let Err(e) = crate::hooks::run_all(
+        "poststart",
+        st.hooks.as_ref().and_then(|h| h.poststart().as_ref()),
+        &state,
+    ) {
+        eprintln!("warning: {e}");
+    }
+    Ok(())
+}

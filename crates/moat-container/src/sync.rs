@@ -1,0 +1,97 @@
+//! The create protocol between the runtime (parent) and the container's init (child): typed
+//! messages, one per `SOCK_SEQPACKET` datagram, encoded as JSON. The child reports failures as
+//! [`InitFailure`] so the parent can name the exact step; an EOF means the other side died.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::error::InitFailure;
+
+/// Parent → init.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToInit {
+    /// The init is in its cgroup (and has its id maps if its user namespace came from clone3): go on.
+    Start,
+    /// uid_map/gid_map of the new user namespace are written.
+    MapsWritten,
+    /// prestart/createRuntime hooks ran; the state JSON to hand to createContainer hooks.
+    HooksDone { state: String },
+}
+
+/// Init → parent.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromInit {
+    /// The process `pid` (host pid) has a new user namespace that needs its id maps.
+    NeedMaps {
+        pid: i32,
+    },
+    /// Stage 1 forked the real init (host pid) and is exiting.
+    InitPid {
+        pid: i32,
+    },
+    /// The mounts are in place: run prestart and createRuntime hooks now.
+    RunHooks,
+    /// Setup is complete; the init now waits on the exec fifo.
+    Ready,
+    Failed(InitFailure),
+}
+
+/// One end of the sync socket.
+#[derive(Debug)]
+pub struct Channel {
+    fd: OwnedFd,
+}
+
+/// A connected pair: (parent end, child end).
+pub fn pair() -> nix::Result<(Channel, Channel)> {
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    Ok((Channel { fd: a }, Channel { fd: b }))
+}
+
+impl Channel {
+    pub fn send<T: Serialize>(&self, msg: &T) -> nix::Result<()> {
+        let data = serde_json::to_vec(msg).map_err(|_| nix::errno::Errno::EINVAL)?;
+        loop {
+            match nix::sys::socket::send(
+                self.fd.as_raw_fd(),
+                &data,
+                nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => return r.map(|_| ()),
+            }
+        }
+    }
+
+    /// Receive one message; `Ok(None)` on EOF (the peer exited).
+    pub fn recv<T: DeserializeOwned>(&self) -> nix::Result<Option<T>> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = loop {
+            match nix::sys::socket::recv(
+                self.fd.as_raw_fd(),
+                &mut buf,
+                nix::sys::socket::MsgFlags::empty(),
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => break r?,
+            }
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        serde_json::from_slice(&buf[..n])
+            .map(Some)
+            .map_err(|_| nix::errno::Errno::EBADMSG)
+    }
+
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}

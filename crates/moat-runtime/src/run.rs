@@ -1,0 +1,71 @@
+//! `moat-runtime run`: create and start a container in one call, forward signals to its init,
+//! wait for it, delete it, and exit with its status (128+N when killed by signal N), as runc does.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use moat_container::Store;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::log::Logger;
+
+const FORWARDED: &[Signal] = &[
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTERM,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+    Signal::SIGCONT,
+    Signal::SIGALRM,
+];
+
+pub fn run(
+    store: &Store,
+    opts: &moat_container::CreateOptions,
+    detach: bool,
+    keep: bool,
+    log: &mut Logger,
+) -> Result<ExitCode> {
+    let created = moat_container::create(store, opts)
+        .with_context(|| format!("create container {}", opts.id))?;
+    if let Err(e) = moat_container::start::start(store, &opts.id) {
+        let _ = moat_container::delete::delete(store, &opts.id, true);
+        return Err(e).with_context(|| format!("start container {}", opts.id));
+    }
+    if detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let pid = Pid::from_raw(created.pid);
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    for s in FORWARDED {
+        set.add(*s);
+    }
+    set.thread_block().context("block signals")?;
+    let status = loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => break code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+            Ok(_) => {}
+            Err(nix::errno::Errno::ECHILD) => break 255,
+            Err(e) => return Err(e).context("wait for container init"),
+        }
+        match set.wait() {
+            Ok(Signal::SIGCHLD) => {}
+            Ok(sig) => {
+                log.debug(&format!("forwarding {sig} to container {}", opts.id));
+                let _ = nix::sys::signal::kill(pid, sig);
+            }
+            Err(_) => {}
+        }
+    };
+    if !keep {
+        moat_container::delete::delete(store, &opts.id, true)
+            .with_context(|| format!("delete container {}", opts.id))?;
+    }
+    Ok(ExitCode::from(status.clamp(0, 255) as u8))
+}
