@@ -1,14 +1,36 @@
 //! `moat-cgroups` owns the container's cgroup: where it is (v1 per-controller hierarchies, the
 //! hybrid layout with a cgroup2 mount at /sys/fs/cgroup/unified, or pure v2), creating it, placing
-//! processes in it, applying `linux.resources`, freezing, stats and removal.
+//! processes in it, applying `linux.resources`, freezing, killing, stats and removal.
 //!
-//! The interface is one closed enum, [`Cgroup`], with a v1 and a v2 implementation. What it must
-//! never do: silently ignore a resource it was asked to enforce.
+//! The interface is one closed enum, [`Cgroup`], with a v1 and a v2 implementation:
+//! - [`v1`]: per-controller directories (and, in the hybrid layout, the unified directory for the
+//!   controllers that only cgroup2 owns, such as hugetlb on some hosts),
+//! - [`v2`]: one directory in the unified hierarchy,
+//! - [`devices`]: the device rules (v1 `devices.allow`/`devices.deny` lines, v2 eBPF program),
+//! - [`stats`]: the `events --stats` data, shaped like runc's.
+//!
+//! What it must never do: silently ignore a resource it was asked to enforce. Every field of
+//! `linux.resources` is either written or refused with [`CgroupError::Unsupported`] naming the
+//! field; a value the kernel refuses yields [`CgroupError::Resource`] naming field and file.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+mod common;
+pub mod devices;
+mod fsio;
+mod mounts;
+pub mod stats;
+pub mod v1;
+pub mod v2;
 
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
+
+pub use common::{blkio_weight_to_io, shares_to_weight};
+pub(crate) use fsio::write;
+pub use stats::Stats;
 
 /// Errors of this crate; each names the cgroup file or directory involved.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +68,45 @@ pub enum CgroupError {
     NoSystemd,
     #[error("{0}")]
     Unsupported(String),
+    /// A resource value the kernel (or our validation) refused.
+    #[error("{field}: write {value:?} to {path}: {source}")]
+    Resource {
+        field: String,
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A resource value that is invalid before anything is written.
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    /// Unexpected content in a cgroup file.
+    #[error("parse {path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    /// A bpf(2) step of the v2 device program failed.
+    #[error("linux.resources.devices: {op} on {path}: {source}{log}")]
+    Bpf {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: moat_sys::Errno,
+        /// The verifier log (prefixed with a newline) when the load was refused.
+        log: String,
+    },
+    #[error("{op} {path}: timed out after {secs}s (state {state:?})")]
+    Timeout {
+        op: &'static str,
+        path: PathBuf,
+        secs: u64,
+        state: String,
+    },
+    #[error("send signal {signal} to pid {pid}: {source}")]
+    Signal {
+        pid: i32,
+        signal: i32,
+        #[source]
+        source: moat_sys::Errno,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, CgroupError>;
@@ -60,7 +121,7 @@ pub enum Cgroup {
     V2 { dir: PathBuf },
 }
 
-const ROOT: &str = "/sys/fs/cgroup";
+pub(crate) const ROOT: &str = "/sys/fs/cgroup";
 
 /// Which layout the host uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,12 +134,9 @@ pub enum Layout {
 
 /// Detect the host's layout from the filesystem type of /sys/fs/cgroup.
 pub fn layout() -> Result<Layout> {
-    if std::path::Path::new(ROOT)
-        .join("cgroup.controllers")
-        .exists()
-    {
+    if Path::new(ROOT).join("cgroup.controllers").exists() {
         Ok(Layout::V2)
-    } else if std::path::Path::new(ROOT).is_dir() {
+    } else if Path::new(ROOT).is_dir() {
         Ok(Layout::V1)
     } else {
         Err(CgroupError::NoCgroupFs)
@@ -91,7 +149,7 @@ pub fn layout() -> Result<Layout> {
 /// - relative `a/b`: below the runtime's own cgroup (as the OCI spec says)
 /// - `slice:prefix:name` (systemd form): mapped to its cgroupfs path `/<slice path>/<prefix>-<name>.scope`.
 pub fn relative_path(cgroups_path: Option<&str>, id: &str, systemd: bool) -> Result<PathBuf> {
-    if systemd && !std::path::Path::new("/run/systemd/system").exists() {
+    if systemd && !Path::new("/run/systemd/system").exists() {
         return Err(CgroupError::NoSystemd);
     }
     let p = match cgroups_path {
@@ -150,33 +208,6 @@ fn own_cgroup_v2_or_first() -> Option<String> {
         })
 }
 
-/// The v1 hierarchies mounted on this host (directories under /sys/fs/cgroup that are cgroup
-/// mounts), including the unified cgroup2 mount in hybrid mode.
-fn v1_hierarchies() -> Result<Vec<PathBuf>> {
-    let mounts =
-        std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| CgroupError::Read {
-            path: "/proc/self/mountinfo".into(),
-            source,
-        })?;
-    let mut out = Vec::new();
-    for line in mounts.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else {
-            continue;
-        };
-        let fstype = post.split_whitespace().next().unwrap_or("");
-        let mnt = pre.split_whitespace().nth(4).unwrap_or("");
-        if (fstype == "cgroup" || fstype == "cgroup2") && mnt.starts_with(ROOT) && mnt != ROOT {
-            out.push(PathBuf::from(mnt));
-        }
-    }
-    out.sort();
-    out.dedup();
-    if out.is_empty() {
-        return Err(CgroupError::NoCgroupFs);
-    }
-    Ok(out)
-}
-
 impl Cgroup {
     /// Resolve the directories of a container's cgroup without creating anything.
     pub fn resolve(cgroups_path: Option<&str>, id: &str, systemd: bool) -> Result<Cgroup> {
@@ -187,7 +218,7 @@ impl Cgroup {
                 dir: PathBuf::from(ROOT).join(rel),
             }),
             Layout::V1 => Ok(Cgroup::V1 {
-                dirs: v1_hierarchies()?
+                dirs: mounts::hierarchies()?
                     .into_iter()
                     .map(|h| h.join(&rel))
                     .collect(),
@@ -204,16 +235,22 @@ impl Cgroup {
     }
 
     /// Create the directories (and parents). On v1, cpuset.cpus/mems are filled from the parent
-    /// so that tasks can be attached.
+    /// so that tasks can be attached. In a cgroup2 hierarchy (pure v2, or the unified mount of
+    /// the hybrid layout) every controller available at the root is enabled down to the parent,
+    /// best effort: a controller that cannot be enabled (e.g. the no-internal-process rule) makes
+    /// the resources that need it fail later with an error naming the missing file.
     pub fn create(&self) -> Result<()> {
         for dir in self.dirs() {
             if dir.starts_with(format!("{ROOT}/cpuset")) {
-                create_cpuset_dirs(&dir)?;
+                v1::create_cpuset_dirs(&dir)?;
             } else {
                 std::fs::create_dir_all(&dir).map_err(|source| CgroupError::Create {
                     path: dir.clone(),
                     source,
                 })?;
+                if dir.join("cgroup.controllers").exists() {
+                    v2::enable_controllers(&dir);
+                }
             }
         }
         Ok(())
@@ -227,28 +264,147 @@ impl Cgroup {
         Ok(())
     }
 
+    /// The directory whose `cgroup.procs` (recursively) lists the container's processes.
+    fn procs_dir(&self) -> PathBuf {
+        match self {
+            Cgroup::V1 { dirs } => {
+                let m = v1::V1Dirs::from_dirs(dirs);
+                m.get("pids")
+                    .or_else(|| m.get("freezer"))
+                    .map(Path::to_path_buf)
+                    .or_else(|| dirs.first().cloned())
+                    .unwrap_or_default()
+            }
+            Cgroup::V2 { dir } => dir.clone(),
+        }
+    }
+
     /// Pids currently in the cgroup (first hierarchy that has processes, including nested cgroups).
     pub fn pids(&self) -> Result<Vec<i32>> {
-        let dir = match self {
-            Cgroup::V1 { dirs } => dirs
-                .iter()
-                .find(|d| {
-                    d.starts_with(format!("{ROOT}/pids"))
-                        || d.starts_with(format!("{ROOT}/freezer"))
-                })
-                .or(dirs.first())
-                .cloned()
-                .unwrap_or_default(),
-            Cgroup::V2 { dir } => dir.clone(),
-        };
         let mut out = Vec::new();
-        collect_pids(&dir, &mut out);
+        collect_pids(&self.procs_dir(), &mut out);
+        out.sort_unstable();
+        out.dedup();
         Ok(out)
     }
 
-    /// Remove the cgroup and every nested cgroup the container created, deepest first. Processes
-    /// still inside must have been killed by the caller; a busy directory is retried briefly.
+    /// Apply every field of `res`; see the module docs of [`v1`] and [`v2`] for the files.
+    pub fn apply(&self, res: &LinuxResources) -> Result<()> {
+        match self {
+            Cgroup::V1 { dirs } => v1::apply(&v1::V1Dirs::from_dirs(dirs), res),
+            Cgroup::V2 { dir } => v2::apply(dir, res),
+        }
+    }
+
+    /// Update the limits of a running container: the same as [`Cgroup::apply`]. With
+    /// `memory.checkBeforeUpdate: true`, a memory limit below the current usage is refused
+    /// (instead of letting the kernel reclaim or OOM-kill).
+    pub fn update(&self, res: &LinuxResources) -> Result<()> {
+        self.apply(res)
+    }
+
+    /// Freeze every process of the cgroup and wait until the kernel reports it frozen.
+    pub fn freeze(&self) -> Result<()> {
+        match self {
+            Cgroup::V1 { dirs } => v1::freeze(&v1::V1Dirs::from_dirs(dirs), true),
+            Cgroup::V2 { dir } => v2::freeze(dir, true),
+        }
+    }
+
+    /// Thaw the cgroup.
+    pub fn thaw(&self) -> Result<()> {
+        match self {
+            Cgroup::V1 { dirs } => v1::freeze(&v1::V1Dirs::from_dirs(dirs), false),
+            Cgroup::V2 { dir } => v2::freeze(dir, false),
+        }
+    }
+
+    /// Whether the cgroup is (completely) frozen.
+    pub fn is_frozen(&self) -> Result<bool> {
+        match self {
+            Cgroup::V1 { dirs } => v1::is_frozen(&v1::V1Dirs::from_dirs(dirs)),
+            Cgroup::V2 { dir } => v2::is_frozen(dir),
+        }
+    }
+
+    /// Resource usage, shaped like the `data` of runc's `events --stats`.
+    pub fn stats(&self) -> Result<Stats> {
+        match self {
+            Cgroup::V1 { dirs } => stats::v1(&v1::V1Dirs::from_dirs(dirs)),
+            Cgroup::V2 { dir } => stats::v2(dir),
+        }
+    }
+
+    /// How many processes the kernel's OOM killer killed in this cgroup so far (v2
+    /// `memory.events` `oom_kill`, v1 `memory.oom_control` `oom_kill`).
+    pub fn oom_kill_count(&self) -> Result<u64> {
+        match self {
+            Cgroup::V1 { dirs } => {
+                let m = v1::V1Dirs::from_dirs(dirs);
+                let dir = m.get("memory").ok_or_else(|| {
+                    CgroupError::Unsupported("oom events: memory controller not mounted".into())
+                })?;
+                fsio::keyed_u64(&dir.join("memory.oom_control"), "oom_kill")
+            }
+            Cgroup::V2 { dir } => fsio::keyed_u64(&dir.join("memory.events"), "oom_kill"),
+        }
+    }
+
+    /// Send `signal` to every process of the cgroup, nested cgroups included. The cgroup is
+    /// frozen around the signalling where the freezer is available, so that a process cannot fork
+    /// a child that escapes the signal; a cgroup that was frozen before stays frozen unless the
+    /// signal is SIGKILL (frozen tasks cannot die). On v2 with `cgroup.kill` (Linux 5.14),
+    /// SIGKILL is delivered by the kernel atomically.
+    pub fn kill_all(&self, signal: i32) -> Result<()> {
+        if let Cgroup::V2 { dir } = self {
+            if signal == libc::SIGKILL && dir.join("cgroup.kill").exists() {
+                return write(&dir.join("cgroup.kill"), "1");
+            }
+        }
+        let sig = moat_sys::nix::sys::signal::Signal::try_from(signal).map_err(|source| {
+            CgroupError::Signal {
+                pid: 0,
+                signal,
+                source,
+            }
+        })?;
+        let was_frozen = self.is_frozen().unwrap_or(false);
+        let froze = !was_frozen && self.freeze().is_ok();
+        if !was_frozen && !froze {
+            // A half-frozen cgroup would hold some tasks: undo before signalling.
+            let _ = self.thaw();
+        }
+        let mut first_err = None;
+        for pid in self.pids()? {
+            let target = moat_sys::nix::unistd::Pid::from_raw(pid);
+            match moat_sys::nix::sys::signal::kill(target, sig) {
+                Ok(()) | Err(moat_sys::Errno::ESRCH) => {}
+                Err(source) => {
+                    first_err.get_or_insert(CgroupError::Signal {
+                        pid,
+                        signal,
+                        source,
+                    });
+                }
+            }
+        }
+        if froze || (was_frozen && signal == libc::SIGKILL) {
+            self.thaw()?;
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Remove the cgroup and every nested cgroup, deepest first. Processes still inside are
+    /// killed (SIGKILL via [`Cgroup::kill_all`]) and waited for up to 5 s; a busy directory is
+    /// retried briefly.
     pub fn destroy(&self) -> Result<()> {
+        if !self.pids()?.is_empty() {
+            self.kill_all(libc::SIGKILL)?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !self.pids()?.is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         for dir in self.dirs() {
             remove_tree(&dir)?;
         }
@@ -256,7 +412,7 @@ impl Cgroup {
     }
 }
 
-fn collect_pids(dir: &std::path::Path, out: &mut Vec<i32>) {
+fn collect_pids(dir: &Path, out: &mut Vec<i32>) {
     if let Ok(s) = std::fs::read_to_string(dir.join("cgroup.procs")) {
         out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
     }
@@ -269,7 +425,7 @@ fn collect_pids(dir: &std::path::Path, out: &mut Vec<i32>) {
     }
 }
 
-fn remove_tree(dir: &std::path::Path) -> Result<()> {
+fn remove_tree(dir: &Path) -> Result<()> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -286,14 +442,14 @@ fn remove_tree(dir: &std::path::Path) -> Result<()> {
         }
     }
     // rmdir fails with EBUSY while the last killed tasks are still exiting: retry for up to ~2 s.
-    let mut delay = std::time::Duration::from_millis(1);
+    let mut delay = Duration::from_millis(1);
     for _ in 0..40 {
         match std::fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                 std::thread::sleep(delay);
-                delay = (delay * 2).min(std::time::Duration::from_millis(100));
+                delay = (delay * 2).min(Duration::from_millis(100));
             }
             Err(source) => {
                 return Err(CgroupError::Remove {
@@ -309,53 +465,5 @@ fn remove_tree(dir: &std::path::Path) -> Result<()> {
     })
 }
 
-fn create_cpuset_dirs(dir: &std::path::Path) -> Result<()> {
-    // Create each missing level and copy cpus/mems from its parent: a v1 cpuset with empty
-    // cpuset.cpus refuses tasks.
-    let mut to_create = Vec::new();
-    let mut cur = dir.to_path_buf();
-    while !cur.exists() {
-        to_create.push(cur.clone());
-        if !cur.pop() {
-            break;
-        }
-    }
-    for d in to_create.into_iter().rev() {
-        std::fs::create_dir(&d)
-            .or_else(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
-            .map_err(|source| CgroupError::Create {
-                path: d.clone(),
-                source,
-            })?;
-        let parent = d.parent().unwrap_or(std::path::Path::new(ROOT));
-        for f in ["cpuset.cpus", "cpuset.mems"] {
-            let cur = read(&d.join(f))?;
-            if cur.trim().is_empty() {
-                let v = read(&parent.join(f))?;
-                write(&d.join(f), v.trim())?;
-            }
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn write(path: &std::path::Path, value: &str) -> Result<()> {
-    std::fs::write(path, value).map_err(|source| CgroupError::Write {
-        path: path.into(),
-        value: value.into(),
-        source,
-    })
-}
-
-pub(crate) fn read(path: &std::path::Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
-        path: path.into(),
-        source,
-    })
-}
+#[cfg(test)]
+mod tests;

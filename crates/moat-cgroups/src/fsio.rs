@@ -1,0 +1,104 @@
+//! Reading and writing cgroup interface files. Every resource write goes through [`set`], which
+//! names the spec field and the file in its error and never creates a file: a missing interface
+//! file means the controller (or the feature) is absent, and that is reported as such.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::Path;
+
+use crate::{CgroupError, Result};
+
+pub(crate) fn write(path: &Path, value: &str) -> Result<()> {
+    std::fs::write(path, value).map_err(|source| CgroupError::Write {
+        path: path.into(),
+        value: value.into(),
+        source,
+    })
+}
+
+pub(crate) fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Whether `dir/file` exists.
+pub(crate) fn has(dir: &Path, file: &str) -> bool {
+    dir.join(file).exists()
+}
+
+/// Write `value` to the existing interface file `dir/file` on behalf of spec field `field`.
+pub(crate) fn set(dir: &Path, file: &str, value: &str, field: &str) -> Result<()> {
+    let path = dir.join(file);
+    let res = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(value.as_bytes()));
+    match res {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(CgroupError::Unsupported(format!(
+                "{field}: {} does not exist (controller not available or feature not supported by this kernel)",
+                path.display()
+            )))
+        }
+        Err(source) => Err(CgroupError::Resource {
+            field: field.into(),
+            path,
+            value: value.into(),
+            source,
+        }),
+    }
+}
+
+/// Parse a single number; "max" reads as `u64::MAX`.
+pub(crate) fn parse_u64(path: &Path, s: &str) -> Result<u64> {
+    let s = s.trim();
+    if s == "max" {
+        return Ok(u64::MAX);
+    }
+    s.parse().map_err(|_| CgroupError::Parse {
+        path: path.into(),
+        reason: format!("expected a number, got {s:?}"),
+    })
+}
+
+/// Read a single-number file; "max" reads as `u64::MAX`.
+pub(crate) fn read_u64(path: &Path) -> Result<u64> {
+    parse_u64(path, &read(path)?)
+}
+
+/// Read a single-number file if it exists; 0 when it does not.
+pub(crate) fn read_u64_opt(path: &Path) -> Result<u64> {
+    if path.exists() {
+        read_u64(path)
+    } else {
+        Ok(0)
+    }
+}
+
+/// Parse a flat keyed file ("key value" per line); values that are not numbers are skipped.
+pub(crate) fn parse_keyed(s: &str) -> BTreeMap<String, u64> {
+    s.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(char::is_whitespace)?;
+            Some((k.to_owned(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Read a flat keyed file, or an empty map if it does not exist.
+pub(crate) fn read_keyed_opt(path: &Path) -> Result<BTreeMap<String, u64>> {
+    if path.exists() {
+        Ok(parse_keyed(&read(path)?))
+    } else {
+        Ok(BTreeMap::new())
+    }
+}
+
+/// One key of a flat keyed file (0 if the key is absent, error if the file is absent).
+pub(crate) fn keyed_u64(path: &Path, key: &str) -> Result<u64> {
+    Ok(parse_keyed(&read(path)?).get(key).copied().unwrap_or(0))
+}
