@@ -1,28 +1,78 @@
 //! Applying `linux.resources` to the container's cgroup at create time. The cgroup crate enforces
 //! every resource it knows or refuses it with the field named; nothing is silently ignored.
+//!
+//! Device rules get what runc adds after the spec's own rules: the standard devices every container
+//! needs (null, zero, full, random, urandom, tty, ptmx, pts) and one rule per `linux.devices`
+//! entry, so that a spec's "deny all" does not take /dev/null away.
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{
+    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxResources, Spec,
+};
 
-use crate::error::{ContainerError, Result};
+use crate::error::Result;
+
+/// (type, major, minor, access) of the devices every container may use.
+const DEFAULT_ALLOWED: &[(LinuxDeviceType, Option<i64>, Option<i64>, &str)] = &[
+    (LinuxDeviceType::C, None, None, "m"),
+    (LinuxDeviceType::B, None, None, "m"),
+    (LinuxDeviceType::C, Some(1), Some(3), "rwm"),
+    (LinuxDeviceType::C, Some(1), Some(5), "rwm"),
+    (LinuxDeviceType::C, Some(1), Some(7), "rwm"),
+    (LinuxDeviceType::C, Some(1), Some(8), "rwm"),
+    (LinuxDeviceType::C, Some(1), Some(9), "rwm"),
+    (LinuxDeviceType::C, Some(5), Some(0), "rwm"),
+    (LinuxDeviceType::C, Some(5), Some(1), "rwm"),
+    (LinuxDeviceType::C, Some(5), Some(2), "rwm"),
+    (LinuxDeviceType::C, Some(136), None, "rwm"),
+];
+
+fn rule(
+    typ: LinuxDeviceType,
+    major: Option<i64>,
+    minor: Option<i64>,
+    access: &str,
+) -> LinuxDeviceCgroup {
+    let mut b = LinuxDeviceCgroupBuilder::default()
+        .allow(true)
+        .typ(typ)
+        .access(access.to_owned());
+    if let Some(m) = major {
+        b = b.major(m);
+    }
+    if let Some(m) = minor {
+        b = b.minor(m);
+    }
+    b.build()
+        .expect("a device rule with every field set builds")
+}
+
+/// The resources to apply: the spec's, with the device rules completed.
+pub fn effective(spec: &Spec) -> Option<LinuxResources> {
+    let linux = spec.linux().as_ref()?;
+    let mut res = linux.resources().clone()?;
+    if let Some(devs) = res.devices().clone().filter(|d| !d.is_empty()) {
+        let mut devs = devs;
+        devs.extend(
+            DEFAULT_ALLOWED
+                .iter()
+                .map(|(t, ma, mi, a)| rule(*t, *ma, *mi, a)),
+        );
+        for d in linux.devices().clone().unwrap_or_default() {
+            let t = match d.typ() {
+                LinuxDeviceType::B => LinuxDeviceType::B,
+                LinuxDeviceType::P => continue,
+                _ => LinuxDeviceType::C,
+            };
+            devs.push(rule(t, Some(d.major()), Some(d.minor()), "rwm"));
+        }
+        res.set_devices(Some(devs));
+    }
+    Some(res)
+}
 
 pub fn apply(cgroup: &moat_cgroups::Cgroup, spec: &Spec) -> Result<()> {
-    let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) else {
-        return Ok(());
-    };
-    let _ = cgroup;
-    // Interim: until resource control lands, refuse any limit rather than ignore it.
-    let json = serde_json::to_value(res).unwrap_or_default();
-    if let Some(obj) = json.as_object() {
-        for (k, v) in obj {
-            let empty = v.is_null()
-                || v.as_array().is_some_and(|a| a.is_empty())
-                || v.as_object().is_some_and(|o| o.is_empty());
-            if !empty && k != "devices" {
-                return Err(ContainerError::Unsupported(format!(
-                    "linux.resources.{k}: resource limits are not supported by this moat build yet"
-                )));
-            }
-        }
+    if let Some(res) = effective(spec) {
+        cgroup.apply(&res)?;
     }
     Ok(())
 }

@@ -232,6 +232,13 @@ impl Store {
         if !st.create_done {
             return Status::Creating;
         }
+        if st
+            .cgroup
+            .as_ref()
+            .is_some_and(|c| c.is_frozen().unwrap_or(false))
+        {
+            return Status::Paused;
+        }
         if self.fifo(&st.id).exists() {
             Status::Created
         } else {

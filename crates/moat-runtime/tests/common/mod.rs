@@ -1,0 +1,291 @@
+//! Shared helpers of the integration tests: a busybox-static bundle built from scratch, a private
+//! runtime root per test, unique ids, and the "nothing left behind" check.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_moat-runtime");
+
+/// Where the tests take busybox from (Debian's busybox-static).
+pub fn busybox() -> PathBuf {
+    let p =
+        PathBuf::from(std::env::var("MOAT_TEST_BUSYBOX").unwrap_or_else(|_| "/bin/busybox".into()));
+    assert!(
+        p.exists(),
+        "{} is missing: install busybox-static (the tests need it)",
+        p.display()
+    );
+    p
+}
+
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests create real containers and must run as root"
+    );
+}
+
+/// A unique container id for this test process.
+pub fn id(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A bundle: `rootfs/` with busybox and its applets, and a config.json made from the runtime's
+/// default spec with `terminal` off and the given args.
+pub struct Bundle {
+    pub dir: tempfile::TempDir,
+    pub spec: Value,
+}
+
+impl Bundle {
+    pub fn new(args: &[&str]) -> Bundle {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("moat-bundle-")
+            .tempdir()
+            .unwrap();
+        let rootfs = dir.path().join("rootfs");
+        for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::copy(busybox(), rootfs.join("bin/busybox")).unwrap();
+        let list = Command::new(busybox()).arg("--list").output().unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
+        }
+        std::fs::write(
+            rootfs.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+        let out = Command::new(BIN)
+            .args(["spec", "--bundle"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "spec: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut spec: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap())
+                .unwrap();
+        spec["process"]["terminal"] = json!(false);
+        spec["process"]["args"] = json!(args);
+        // Tests write into the rootfs unless they ask for a read-only one.
+        spec["root"]["readonly"] = json!(false);
+        let b = Bundle { dir, spec };
+        b.save();
+        b
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.path().join("rootfs")
+    }
+
+    pub fn save(&self) {
+        std::fs::write(
+            self.dir.path().join("config.json"),
+            serde_json::to_vec_pretty(&self.spec).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// Set `args` and save.
+    pub fn args(&mut self, args: &[&str]) -> &mut Self {
+        self.spec["process"]["args"] = json!(args);
+        self.save();
+        self
+    }
+
+    pub fn sh(&mut self, script: &str) -> &mut Self {
+        self.args(&["sh", "-c", script])
+    }
+}
+
+/// A private runtime root (`--root`), removed at the end of the test.
+pub struct Rt {
+    pub root: tempfile::TempDir,
+}
+
+impl Default for Rt {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Rt {
+    pub fn new() -> Rt {
+        Rt {
+            root: tempfile::Builder::new()
+                .prefix("moat-root-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--root").arg(self.root.path());
+        c.stdin(Stdio::null());
+        c
+    }
+
+    pub fn out(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Run a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.out(args);
+        assert!(
+            o.status.success(),
+            "moat-runtime {args:?} failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `run` the bundle and return (exit code, stdout, stderr).
+    pub fn run(&self, b: &Bundle, id: &str) -> (i32, String, String) {
+        let o = self
+            .cmd()
+            .args(["run", "--bundle"])
+            .arg(b.path())
+            .arg(id)
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
+    /// `run` that must exit 0; returns stdout.
+    pub fn run_ok(&self, b: &Bundle, id: &str) -> String {
+        let (code, out, err) = self.run(b, id);
+        assert_eq!(
+            code, 0,
+            "run {id}: exit {code}\nstdout: {out}\nstderr: {err}"
+        );
+        out
+    }
+
+    /// `create` with the container's stdio on files (a pipe would stay open in the container's
+    /// init, so waiting for its end would wait for the container).
+    pub fn create(&self, b: &Bundle, id: &str) {
+        let o = self.create_out(b, id, &[]);
+        assert!(
+            o.status.success(),
+            "create {id}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// `create` with extra flags; returns the output (stderr read from a file).
+    pub fn create_out(&self, b: &Bundle, id: &str, flags: &[&str]) -> Output {
+        let err = tempfile::NamedTempFile::new().unwrap();
+        let mut o = self
+            .cmd()
+            .arg("create")
+            .args(flags)
+            .arg("--bundle")
+            .arg(b.path())
+            .arg(id)
+            .stdout(Stdio::null())
+            .stderr(err.reopen().unwrap())
+            .output()
+            .unwrap();
+        o.stderr = std::fs::read(err.path()).unwrap();
+        o
+    }
+
+    pub fn state(&self, id: &str) -> Value {
+        serde_json::from_str(&self.ok(&["state", id])).unwrap()
+    }
+
+    pub fn status(&self, id: &str) -> String {
+        self.state(id)["status"].as_str().unwrap().to_owned()
+    }
+
+    /// Wait until the container reports `status` (up to 10 s).
+    pub fn wait_status(&self, id: &str, status: &str) {
+        for _ in 0..1000 {
+            let o = self.out(&["state", id]);
+            if o.status.success() {
+                let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+                if v["status"] == status {
+                    return;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("container {id} never reached status {status}");
+    }
+}
+
+/// Directories of a container's cgroup with the default cgroupsPath (`/moat/<id>`).
+pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        out.push(PathBuf::from(format!("/sys/fs/cgroup/moat/{id}")));
+    } else {
+        for e in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            out.push(e.path().join("moat").join(id));
+        }
+    }
+    out
+}
+
+/// Assert that nothing of container `id` remains: state dir, cgroup, mounts of the bundle, processes.
+pub fn assert_clean(rt: &Rt, id: &str, bundle: Option<&Path>) {
+    let dir = rt.root.path().join(id);
+    assert!(!dir.exists(), "state dir {} left behind", dir.display());
+    for d in cgroup_dirs(id) {
+        assert!(!d.exists(), "cgroup {} left behind", d.display());
+    }
+    if let Some(b) = bundle {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let b = b.to_string_lossy();
+        assert!(
+            !mounts.contains(&*b),
+            "a mount of bundle {b} is left on the host:\n{mounts}"
+        );
+    }
+}
+
+/// Pids whose command line mentions `needle` (to find stray processes).
+pub fn pids_with_cmdline(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            if String::from_utf8_lossy(&c)
+                .replace('\0', " ")
+                .contains(needle)
+            {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
