@@ -91,7 +91,7 @@ fn stage1(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallible> {
     for (typ, path, fd) in &joins {
         nix::sched::setns(
             fd,
-            CloneFlags::from_bits_truncate(NsPlan::flag(*typ) as i32),
+            CloneFlags::from_bits_retain(NsPlan::flag(*typ) as i32),
         )
         .map_err(|e| {
             InitFailure::new(
@@ -107,7 +107,8 @@ fn stage1(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallible> {
         nix::sched::unshare(CloneFlags::CLONE_NEWUSER)
             .map_err(|e| InitFailure::new(Step::Unshare, "unshare user namespace", e))?;
     }
-    if plan.new_userns() {
+    if unshare & libc::CLONE_NEWUSER as u64 != 0 {
+        // With clone3(CLONE_NEWUSER) the runtime wrote the maps before sending Start.
         ch.send(&FromInit::NeedMaps {
             pid: nix::unistd::getpid().as_raw(),
         })
@@ -145,7 +146,7 @@ fn stage1(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallible> {
     }
     let rest = unshare & !(libc::CLONE_NEWUSER as u64);
     if rest != 0 {
-        nix::sched::unshare(CloneFlags::from_bits_truncate(rest as i32)).map_err(|e| {
+        nix::sched::unshare(CloneFlags::from_bits_retain(rest as i32)).map_err(|e| {
             InitFailure::new(
                 Step::Unshare,
                 format!("unshare namespaces {}", NsPlan::describe(rest)),
@@ -286,7 +287,7 @@ fn container_init(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallib
         write_sysctl(&k, &v)?;
     }
     if let Some(h) = spec.hostname() {
-        if !args.plan.new_uts() {
+        if !args.plan.has(LinuxNamespaceType::Uts) {
             return Err(InitFailure::msg(
                 Step::Hostname,
                 "hostname is set but the container has no UTS namespace of its own",
@@ -296,7 +297,7 @@ fn container_init(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallib
             .map_err(|e| InitFailure::new(Step::Hostname, format!("sethostname {h}"), e))?;
     }
     if let Some(d) = spec.domainname() {
-        if !args.plan.new_uts() {
+        if !args.plan.has(LinuxNamespaceType::Uts) {
             return Err(InitFailure::msg(
                 Step::Hostname,
                 "domainname is set but the container has no UTS namespace of its own",

@@ -83,8 +83,9 @@ impl NsPlan {
     pub fn new_cgroupns(&self) -> bool {
         self.new & libc::CLONE_NEWCGROUP as u64 != 0
     }
-    pub fn new_uts(&self) -> bool {
-        self.new & libc::CLONE_NEWUTS as u64 != 0
+    /// Whether the container has a namespace of this type, new or joined.
+    pub fn has(&self, t: LinuxNamespaceType) -> bool {
+        self.new & Self::flag(t) != 0 || self.joins.iter().any(|(j, _)| *j == t)
     }
 
     /// Human-readable list of flags, for error messages.

@@ -56,72 +56,76 @@ pub enum Leaf {
 }
 
 /// Create `path` (and its missing parents, mode 0755) inside `root`, never leaving it, and return an
-/// `O_PATH` descriptor on the result. The parents are resolved with `RESOLVE_IN_ROOT`, so a symlink
-/// planted in the rootfs can redirect creation only to somewhere else inside the root.
-pub fn mkdir_all_in_root(
-    root: BorrowedFd<'_>,
-    path: &Path,
-    leaf: Leaf,
-    mode: u32,
-) -> Result<OwnedFd> {
-    match open_in_root(root, path, libc::O_PATH, 0) {
-        Ok(fd) => return Ok(fd),
-        Err(Errno::ENOENT) => {}
-        Err(e) => return Err(e),
+/// `O_PATH` descriptor on the result. Symlinks met on the way are followed as if `root` were `/`
+/// (an absolute target restarts at the root, `..` stops at the root), so a symlink planted in the
+/// rootfs can redirect creation only to somewhere else inside the root. Every open goes through
+/// `RESOLVE_IN_ROOT`, so a component swapped for a symlink during the walk cannot escape either.
+pub fn mkdir_all_in_root(root: BorrowedFd<'_>, path: &Path, leaf: Leaf, mode: u32) -> Result<OwnedFd> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    fn comps(p: &Path) -> Vec<OsString> {
+        p.components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_owned()),
+                Component::ParentDir => Some(OsString::from("..")),
+                _ => None,
+            })
+            .collect()
     }
-    let comps: Vec<_> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_owned()),
-            _ => None,
-        })
-        .collect();
-    if comps.is_empty() {
-        return open_in_root(root, Path::new("/"), libc::O_PATH, 0);
-    }
-    // Walk down: each step opens the parent inside the root, then creates one component in it.
-    let mut cur = open_in_root(root, Path::new("/"), libc::O_PATH | libc::O_DIRECTORY, 0)?;
-    let mut sofar = std::path::PathBuf::from("/");
-    for (i, name) in comps.iter().enumerate() {
-        let last = i + 1 == comps.len();
-        sofar.push(name);
-        match open_in_root(root, &sofar, libc::O_PATH, 0) {
-            Ok(fd) => {
-                cur = fd;
-                continue;
+    let mut pending: VecDeque<OsString> = comps(path).into();
+    let mut cur = std::path::PathBuf::from("/");
+    let mut links = 0;
+    while let Some(name) = pending.pop_front() {
+        if name == ".." {
+            cur.pop();
+            continue;
+        }
+        let last = pending.is_empty();
+        let parent = open_in_root(root, &cur, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        match nix::sys::stat::fstatat(Some(parent.as_raw_fd()), name.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                links += 1;
+                if links > 40 {
+                    return Err(Errno::ELOOP);
+                }
+                let target = nix::fcntl::readlinkat(Some(parent.as_raw_fd()), name.as_os_str())?;
+                let target = Path::new(&target);
+                if target.is_absolute() {
+                    cur = std::path::PathBuf::from("/");
+                }
+                for c in comps(target).into_iter().rev() {
+                    pending.push_front(c);
+                }
             }
-            Err(Errno::ENOENT) => {}
+            Ok(_) => cur.push(&name),
+            Err(Errno::ENOENT) => {
+                let r = if last && leaf == Leaf::File {
+                    nix::fcntl::openat(
+                        Some(parent.as_raw_fd()),
+                        name.as_os_str(),
+                        nix::fcntl::OFlag::O_CREAT
+                            | nix::fcntl::OFlag::O_EXCL
+                            | nix::fcntl::OFlag::O_NOFOLLOW
+                            | nix::fcntl::OFlag::O_CLOEXEC
+                            | nix::fcntl::OFlag::O_WRONLY,
+                        Mode::from_bits_truncate(mode),
+                    )
+                    .map(|fd| drop(crate::fd::owned(fd)))
+                } else {
+                    let m = if last { mode } else { 0o755 };
+                    nix::sys::stat::mkdirat(Some(parent.as_raw_fd()), name.as_os_str(), Mode::from_bits_truncate(m))
+                };
+                match r {
+                    Ok(()) => cur.push(&name),
+                    // Created by someone else meanwhile: look at it again.
+                    Err(Errno::EEXIST) => pending.push_front(name),
+                    Err(e) => return Err(e),
+                }
+            }
             Err(e) => return Err(e),
         }
-        // The component is missing: `cur` is its parent as resolved inside the root.
-        if last && leaf == Leaf::File {
-            let fd = nix::fcntl::openat(
-                Some(cur.as_raw_fd()),
-                name.as_os_str(),
-                nix::fcntl::OFlag::O_CREAT
-                    | nix::fcntl::OFlag::O_NOFOLLOW
-                    | nix::fcntl::OFlag::O_CLOEXEC
-                    | nix::fcntl::OFlag::O_WRONLY,
-                Mode::from_bits_truncate(mode),
-            );
-            match fd {
-                Ok(fd) => drop(crate::fd::owned(fd)),
-                Err(Errno::EEXIST) => {}
-                Err(e) => return Err(e),
-            }
-        } else {
-            match nix::sys::stat::mkdirat(
-                Some(cur.as_raw_fd()),
-                name.as_os_str(),
-                Mode::from_bits_truncate(if last { mode } else { 0o755 }),
-            ) {
-                Ok(()) | Err(Errno::EEXIST) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        cur = open_in_root(root, &sofar, libc::O_PATH, 0)?;
     }
-    Ok(cur)
+    open_in_root(root, &cur, libc::O_PATH, 0)
 }
 
 /// The `/proc/self/fd/N` path of a descriptor, for the calls (mount(2), chdir through procfs) that
