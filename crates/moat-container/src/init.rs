@@ -89,17 +89,15 @@ fn stage1(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallible> {
     // The user namespace first: it owns the others.
     joins.sort_by_key(|(t, _, _)| if *t == LinuxNamespaceType::User { 0 } else { 1 });
     for (typ, path, fd) in &joins {
-        nix::sched::setns(
-            fd,
-            CloneFlags::from_bits_retain(NsPlan::flag(*typ) as i32),
-        )
-        .map_err(|e| {
-            InitFailure::new(
-                Step::JoinNamespace,
-                format!("join {:?} namespace {}", typ, path.display()),
-                e,
-            )
-        })?;
+        nix::sched::setns(fd, CloneFlags::from_bits_retain(NsPlan::flag(*typ) as i32)).map_err(
+            |e| {
+                InitFailure::new(
+                    Step::JoinNamespace,
+                    format!("join {:?} namespace {}", typ, path.display()),
+                    e,
+                )
+            },
+        )?;
     }
     drop(joins);
     let unshare = plan.unshare_flags;
@@ -362,7 +360,9 @@ fn container_init(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallib
         .map_err(|e| InitFailure::new(Step::Setup, "write to runtime", e))?;
 
     // From here on the runtime has returned; failures go to the container's stderr.
-    wait_exec_fifo(&fifo);
+    // The write end stays open (close-on-exec) until execve: `start` reads until EOF, so it
+    // returns only once the user's program runs (or the init died), after startContainer hooks.
+    let _exec_fifo = wait_exec_fifo(&fifo);
     drop(fifo);
     if let Err(e) = crate::hooks::run_all(
         "startContainer",

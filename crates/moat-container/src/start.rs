@@ -33,34 +33,23 @@ pub fn start(store: &Store, id: &str) -> Result<()> {
         "open exec fifo {}",
         fifo_path.display()
     )))?;
-    // The init opens the fifo for writing once it sees a reader, then writes one byte.
+    // The init opens the fifo for writing once it sees a reader and writes one byte; its write
+    // end closes on execve (close-on-exec), so EOF after the byte means the user's program runs.
+    let mut got_byte = false;
     loop {
         let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(100u16)) {
-            Ok(0) | Err(nix::errno::Errno::EINTR) => {
-                if !init_alive(&st) {
-                    return Err(ContainerError::BadStatus {
-                        id: id.into(),
-                        action: "start",
-                        status: "stopped (the init exited before start)".into(),
-                    });
-                }
-            }
+            Ok(0) | Err(nix::errno::Errno::EINTR) => {}
             Ok(_) => {
-                let mut b = [0u8; 1];
+                let mut b = [0u8; 16];
                 match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&fifo), &mut b) {
-                    Ok(1) => break,
-                    Ok(_) | Err(nix::errno::Errno::EAGAIN) => {
-                        // POLLHUP without data: the writer has not written yet or died.
-                        if !init_alive(&st) {
-                            return Err(ContainerError::BadStatus {
-                                id: id.into(),
-                                action: "start",
-                                status: "stopped (the init exited before start)".into(),
-                            });
-                        }
+                    Ok(0) if got_byte => break,
+                    Ok(0) => {
+                        // No writer yet (or it closed without writing): wait a little.
                         std::thread::sleep(Duration::from_millis(1));
                     }
+                    Ok(_) => got_byte = true,
+                    Err(nix::errno::Errno::EAGAIN) => {}
                     Err(e) => {
                         return Err(ContainerError::Sys {
                             what: format!("read exec fifo {}", fifo_path.display()),
@@ -75,6 +64,16 @@ pub fn start(store: &Store, id: &str) -> Result<()> {
                     errno: e,
                 })
             }
+        }
+        if !init_alive(&st) {
+            if got_byte {
+                break;
+            }
+            return Err(ContainerError::BadStatus {
+                id: id.into(),
+                action: "start",
+                status: "stopped (the init exited before start)".into(),
+            });
         }
     }
     let _ = std::fs::remove_file(&fifo_path);

@@ -5,25 +5,41 @@ use common::*;
 use serde_json::json;
 
 fn host_ns(kind: &str) -> String {
-    std::fs::read_link(format!("/proc/self/ns/{kind}")).unwrap().to_string_lossy().into_owned()
+    std::fs::read_link(format!("/proc/self/ns/{kind}"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[test]
 fn every_namespace_is_new() {
     let rt = Rt::new();
     let mut b = Bundle::new(&["true"]);
-    b.spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "time"}));
+    b.spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "time"}));
     b.sh("echo pid=$$; for n in pid net ipc uts mnt cgroup time; do echo $n=$(readlink /proc/self/ns/$n); done; cat /proc/self/cgroup; ip link 2>/dev/null | grep -c '^[0-9]' || ls /sys/class/net");
     let out = rt.run_ok(&b, &id("ns"));
     assert!(out.contains("pid=1\n"), "{out}");
     for n in ["pid", "net", "ipc", "uts", "mnt", "cgroup", "time"] {
-        let line = out.lines().find(|l| l.starts_with(&format!("{n}="))).unwrap();
-        assert_ne!(line.split_once('=').unwrap().1, host_ns(n), "{n} namespace is the host's");
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{n}=")))
+            .unwrap();
+        assert_ne!(
+            line.split_once('=').unwrap().1,
+            host_ns(n),
+            "{n} namespace is the host's"
+        );
     }
     // In its own cgroup namespace the container sees itself at the root.
     for l in out.lines().filter(|l| l.contains(":/")) {
         if l.starts_with(|c: char| c.is_ascii_digit()) && l.split(':').count() == 3 {
-            assert!(l.ends_with(":/"), "cgroup line {l} does not show the namespace root");
+            assert!(
+                l.ends_with(":/"),
+                "cgroup line {l} does not show the namespace root"
+            );
         }
     }
 }
@@ -48,38 +64,72 @@ fn hostname_and_domainname() {
     b.sh("hostname; cat /proc/sys/kernel/domainname");
     let out = rt.run_ok(&b, &id("uts"));
     assert_eq!(out, "inside-moat\nexample.test\n");
-    assert_ne!(std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(), "inside-moat");
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim(),
+        "inside-moat"
+    );
 }
 
 #[test]
 fn user_namespace_with_mappings() {
     let rt = Rt::new();
     let mut b = Bundle::new(&["true"]);
-    b.spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+    b.spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
     b.spec["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
     b.spec["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
     // The rootfs must be owned by the mapped root to be usable.
-    let st = std::process::Command::new("chown").args(["-R", "100000:100000"]).arg(b.rootfs()).status().unwrap();
+    let st = std::process::Command::new("chown")
+        .args(["-R", "100000:100000"])
+        .arg(b.rootfs())
+        .status()
+        .unwrap();
     assert!(st.success());
     b.sh("cat /proc/self/uid_map /proc/self/gid_map; id -u; touch /tmp/owned");
     let out = rt.run_ok(&b, &id("userns"));
     let words: Vec<&str> = out.split_whitespace().collect();
-    assert_eq!(&words[..7], &["0", "100000", "65536", "0", "100000", "65536", "0"], "{out}");
+    assert_eq!(
+        &words[..7],
+        &["0", "100000", "65536", "0", "100000", "65536", "0"],
+        "{out}"
+    );
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(b.rootfs().join("tmp/owned")).unwrap().uid(), 100000);
+    assert_eq!(
+        std::fs::metadata(b.rootfs().join("tmp/owned"))
+            .unwrap()
+            .uid(),
+        100000
+    );
 }
 
 #[test]
 fn time_namespace_offsets() {
     let rt = Rt::new();
     let mut b = Bundle::new(&["true"]);
-    b.spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "time"}));
-    b.spec["linux"]["timeOffsets"] = json!({"boottime": {"secs": 864000, "nanosecs": 0}, "monotonic": {"secs": 86400}});
+    b.spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "time"}));
+    b.spec["linux"]["timeOffsets"] =
+        json!({"boottime": {"secs": 864000, "nanosecs": 0}, "monotonic": {"secs": 86400}});
     b.sh("cut -d. -f1 /proc/uptime");
     let out = rt.run_ok(&b, &id("timens"));
     let inside: u64 = out.trim().parse().unwrap();
-    let host: f64 = std::fs::read_to_string("/proc/uptime").unwrap().split_whitespace().next().unwrap().parse().unwrap();
-    assert!(inside as f64 >= host + 864000.0 - 5.0, "uptime inside {inside} vs host {host}");
+    let host: f64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        inside as f64 >= host + 864000.0 - 5.0,
+        "uptime inside {inside} vs host {host}"
+    );
 }
 
 #[test]
@@ -118,14 +168,24 @@ fn join_pid_namespace_by_path() {
     rt.ok(&["start", &ida]);
     let pid = rt.state(&ida)["pid"].as_i64().unwrap();
     let mut b = Bundle::new(&["true"]);
-    for n in b.spec["linux"]["namespaces"].as_array_mut().unwrap().iter_mut() {
+    for n in b.spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+    {
         if n["type"] == "pid" {
             n["path"] = json!(format!("/proc/{pid}/ns/pid"));
         }
     }
     b.sh("cat /proc/1/cmdline | tr '\\0' ' '; echo; echo self=$$");
     let out = rt.run_ok(&b, &id("pidb"));
-    assert!(out.starts_with("sleep 1000 \n"), "pid 1 of container a not visible: {out}");
-    assert!(!out.contains("self=1\n"), "joined pid namespace but got pid 1: {out}");
+    assert!(
+        out.starts_with("sleep 1000 \n"),
+        "pid 1 of container a not visible: {out}"
+    );
+    assert!(
+        !out.contains("self=1\n"),
+        "joined pid namespace but got pid 1: {out}"
+    );
     rt.ok(&["delete", "--force", &ida]);
 }

@@ -12,7 +12,12 @@ fn readonly_root_rejects_writes() {
     b.spec["root"]["readonly"] = json!(true);
     b.sh("touch /x 2>&1 || echo refused; touch /dev/shm/ok && echo tmpfs-writable");
     let out = rt.run_ok(&b, &id("ro"));
-    assert!(out.contains("Read-only file system") && out.contains("refused") && out.contains("tmpfs-writable"), "{out}");
+    assert!(
+        out.contains("Read-only file system")
+            && out.contains("refused")
+            && out.contains("tmpfs-writable"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -29,9 +34,15 @@ fn bind_mounts_ro_rw_and_files() {
     mounts.push(json!({"destination": "/etc/single", "type": "bind", "source": file, "options": ["bind", "ro"]}));
     b.sh("cat /data/ro/data /etc/single; echo x > /data/ro/new 2>/dev/null || echo ro-refused; echo written > /data/rw/new && echo rw-ok; grep ' /data/ro ' /proc/mounts");
     let out = rt.run_ok(&b, &id("bind"));
-    assert!(out.contains("from-host\none-file\nro-refused\nrw-ok\n"), "{out}");
+    assert!(
+        out.contains("from-host\none-file\nro-refused\nrw-ok\n"),
+        "{out}"
+    );
     assert!(out.lines().last().unwrap().contains("ro,nosuid"), "{out}");
-    assert_eq!(std::fs::read_to_string(host.path().join("new")).unwrap(), "written\n");
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("new")).unwrap(),
+        "written\n"
+    );
 }
 
 #[test]
@@ -42,10 +53,16 @@ fn tmpfs_with_size_and_mode_and_flags() {
     b.sh("grep ' /scratch ' /proc/mounts; stat -c %a /scratch; dd if=/dev/zero of=/scratch/big bs=1k count=2048 2>/dev/null; stat -c %s /scratch/big");
     let out = rt.run_ok(&b, &id("tmpfs"));
     let line = out.lines().next().unwrap();
-    assert!(line.contains("noexec") && line.contains("nodev") && line.contains("size=1024k"), "{out}");
+    assert!(
+        line.contains("noexec") && line.contains("nodev") && line.contains("size=1024k"),
+        "{out}"
+    );
     assert!(out.contains("\n1770\n"), "{out}");
     let written: u64 = out.lines().last().unwrap().parse().unwrap();
-    assert!(written <= 1024 * 1024, "the 1m size limit was not enforced: {out}");
+    assert!(
+        written <= 1024 * 1024,
+        "the 1m size limit was not enforced: {out}"
+    );
 }
 
 #[test]
@@ -54,7 +71,14 @@ fn proc_sys_devpts_mqueue_cgroup_mounts() {
     let mut b = Bundle::new(&["true"]);
     b.sh("for m in /proc /sys /dev/pts /dev/mqueue /dev/shm /sys/fs/cgroup; do grep -q \" $m \" /proc/mounts && echo ok $m; done; ls /sys/fs/cgroup | head -3");
     let out = rt.run_ok(&b, &id("kinds"));
-    for m in ["/proc", "/sys", "/dev/pts", "/dev/mqueue", "/dev/shm", "/sys/fs/cgroup"] {
+    for m in [
+        "/proc",
+        "/sys",
+        "/dev/pts",
+        "/dev/mqueue",
+        "/dev/shm",
+        "/sys/fs/cgroup",
+    ] {
         assert!(out.contains(&format!("ok {m}\n")), "{m} not mounted: {out}");
     }
 }
@@ -67,7 +91,12 @@ fn default_devices_and_symlinks() {
     let out = rt.run_ok(&b, &id("dev"));
     assert!(out.contains("crw-rw-rw- 1, 3 /dev/null"), "{out}");
     assert!(out.contains("crw-rw-rw- 5, 0 /dev/tty"), "{out}");
-    assert!(out.contains("pts/ptmx\n/proc/self/fd\n/proc/self/fd/0\n/proc/self/fd/1\n/proc/self/fd/2\n"), "{out}");
+    assert!(
+        out.contains(
+            "pts/ptmx\n/proc/self/fd\n/proc/self/fd/0\n/proc/self/fd/1\n/proc/self/fd/2\n"
+        ),
+        "{out}"
+    );
     assert!(out.trim_end().ends_with('4'), "{out}");
 }
 
@@ -89,9 +118,18 @@ fn masked_and_readonly_paths() {
     std::fs::write(b.rootfs().join("secret/key"), "hidden").unwrap();
     std::fs::create_dir_all(b.rootfs().join("frozen")).unwrap();
     std::fs::write(b.rootfs().join("etc/masked-file"), "hidden").unwrap();
-    b.spec["linux"]["maskedPaths"].as_array_mut().unwrap().push(json!("/secret"));
-    b.spec["linux"]["maskedPaths"].as_array_mut().unwrap().push(json!("/etc/masked-file"));
-    b.spec["linux"]["readonlyPaths"].as_array_mut().unwrap().push(json!("/frozen"));
+    b.spec["linux"]["maskedPaths"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("/secret"));
+    b.spec["linux"]["maskedPaths"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("/etc/masked-file"));
+    b.spec["linux"]["readonlyPaths"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("/frozen"));
     b.sh("wc -c < /etc/masked-file; ls /secret | wc -l; touch /frozen/x 2>/dev/null || echo frozen-ro; echo 1 > /proc/sys/kernel/domainname 2>/dev/null || echo procsys-ro");
     let out = rt.run_ok(&b, &id("mask"));
     assert_eq!(out, "0\n0\nfrozen-ro\nprocsys-ro\n");
@@ -114,7 +152,13 @@ fn no_pivot_uses_move_and_chroot() {
     let mut b = Bundle::new(&["true"]);
     b.sh("ls /; echo ok");
     let id = id("nopivot");
-    let o = rt.cmd().args(["run", "--no-pivot", "--bundle"]).arg(b.path()).arg(&id).output().unwrap();
+    let o = rt
+        .cmd()
+        .args(["run", "--no-pivot", "--bundle"])
+        .arg(b.path())
+        .arg(&id)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("bin\n") && out.ends_with("ok\n"), "{out}");
@@ -129,10 +173,19 @@ fn rootfs_propagation_shared_and_mount_propagation() {
     b.spec["mounts"].as_array_mut().unwrap().push(json!({"destination": "/prop", "type": "tmpfs", "source": "tmpfs", "options": ["rprivate"]}));
     b.sh("grep -E ' / | /prop ' /proc/self/mountinfo");
     let out = rt.run_ok(&b, &id("prop"));
-    let root = out.lines().find(|l| l.split_whitespace().nth(4) == Some("/")).unwrap();
+    let root = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/"))
+        .unwrap();
     assert!(root.contains("shared:"), "root not shared: {out}");
-    let prop = out.lines().find(|l| l.split_whitespace().nth(4) == Some("/prop")).unwrap();
-    assert!(!prop.contains("shared:") && !prop.contains("master:"), "/prop not private: {out}");
+    let prop = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/prop"))
+        .unwrap();
+    assert!(
+        !prop.contains("shared:") && !prop.contains("master:"),
+        "/prop not private: {out}"
+    );
 }
 
 /// CVE-2021-30465 class: a mount target that is a symlink pointing out of the rootfs must be
@@ -153,8 +206,16 @@ fn mount_target_symlink_cannot_escape_rootfs() {
     let id = id("symlink");
     let out = rt.run_ok(&b, &id);
     assert_eq!(out, "done\n");
-    assert_eq!(std::fs::read_dir(host.path()).unwrap().count(), 0, "a mount target escaped to the host dir");
+    assert_eq!(
+        std::fs::read_dir(host.path()).unwrap().count(),
+        0,
+        "a mount target escaped to the host dir"
+    );
     // The targets were created inside the rootfs instead.
-    assert!(b.rootfs().join(host.path().strip_prefix("/").unwrap()).join("sub").is_dir());
+    assert!(b
+        .rootfs()
+        .join(host.path().strip_prefix("/").unwrap())
+        .join("sub")
+        .is_dir());
     assert_clean(&rt, &id, Some(b.path()));
 }
