@@ -280,10 +280,11 @@ fn container_init(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallib
 
     rootfs::switch_root(&root, args.no_pivot)?;
     drop(root);
-    rootfs::finish(spec)?;
+    // Sysctls before the read-only and masked paths: /proc/sys is usually one of them (runc's order).
     for (k, v) in linux.and_then(|l| l.sysctl().clone()).unwrap_or_default() {
         write_sysctl(&k, &v)?;
     }
+    rootfs::finish(spec)?;
     if let Some(h) = spec.hostname() {
         if !args.plan.has(LinuxNamespaceType::Uts) {
             return Err(InitFailure::msg(

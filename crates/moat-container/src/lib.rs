@@ -16,6 +16,7 @@ pub mod init;
 pub mod kill;
 pub mod mountopts;
 pub mod namespaces;
+pub mod pause;
 pub mod process;
 pub mod resources;
 pub mod rootfs;

@@ -4,6 +4,7 @@
 
 mod features;
 mod log;
+mod resource_cmds;
 mod run;
 mod spec_cmd;
 
@@ -103,8 +104,31 @@ enum Cmd {
     },
     /// Print the OCI features this runtime implements as JSON.
     Features,
-    /// Not implemented yet (see the project's issues): exec, ps, pause, resume, update, events,
-    /// checkpoint, restore.
+    /// Freeze every process of a running container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// Change the resource limits of a live container.
+    Update(resource_cmds::UpdateArgs),
+    /// List the processes of a container (ps arguments may follow the id; --format json gives pids).
+    Ps {
+        #[arg(short, long, value_parser = ["table", "json"], default_value = "table")]
+        format: String,
+        id: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Print container events as JSON lines: stats every --interval and oom; --stats prints one.
+    Events {
+        /// Print one stats event and exit.
+        #[arg(long)]
+        stats: bool,
+        /// Interval between stats events.
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        id: String,
+    },
+    /// Not implemented yet: exec, checkpoint, restore.
     #[command(external_subcommand)]
     Other(Vec<String>),
 }
@@ -211,11 +235,31 @@ fn dispatch(cli: &Cli, log: &mut Logger) -> Result<ExitCode> {
         }
         Cmd::List { format, quiet } => list(&store, format, *quiet)?,
         Cmd::Spec { rootless, bundle } => spec_cmd::write_spec(bundle, *rootless)?,
+        Cmd::Pause { id } => moat_container::pause::pause(&store, id)
+            .with_context(|| format!("pause container {id}"))?,
+        Cmd::Resume { id } => moat_container::pause::resume(&store, id)
+            .with_context(|| format!("resume container {id}"))?,
+        Cmd::Update(a) => resource_cmds::update(&store, a)?,
+        Cmd::Ps {
+            format,
+            id,
+            ps_args,
+        } => resource_cmds::ps(&store, id, format, ps_args)
+            .with_context(|| format!("ps container {id}"))?,
+        Cmd::Events {
+            stats,
+            interval,
+            id,
+        } => {
+            let every = resource_cmds::parse_interval(interval)?;
+            resource_cmds::events(&store, id, *stats, every)
+                .with_context(|| format!("events of container {id}"))?
+        }
         Cmd::Features => println!("{}", serde_json::to_string_pretty(&features::features())?),
         Cmd::Other(args) => {
             let name = args.first().map(String::as_str).unwrap_or("");
             match name {
-                "exec" | "ps" | "pause" | "resume" | "update" | "events" => {
+                "exec" => {
                     bail!("`{name}` is not implemented in this moat-runtime build yet")
                 }
                 "checkpoint" | "restore" => {

@@ -1,0 +1,271 @@
+//! Resource control, observed from inside and outside: memory (OOM kill + oom event), pids, cpu
+//! quota, devices, pause/resume, update, ps and events.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn detach(rt: &Rt, b: &Bundle, id: &str) {
+    let st = rt
+        .cmd()
+        .args(["run", "-d", "--bundle"])
+        .arg(b.path())
+        .arg(id)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "run -d {id}");
+}
+
+#[test]
+fn memory_limit_oom_kills_and_events_report_it() {
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["true"]);
+    b.spec["linux"]["resources"]["memory"] =
+        json!({"limit": 32 * 1024 * 1024, "swap": 32 * 1024 * 1024});
+    b.sh("sleep 1; x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived");
+    let id = id("oom");
+    detach(&rt, &b, &id);
+    let mut events = rt
+        .cmd()
+        .args(["events", "--interval", "1s", &id])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    rt.wait_status(&id, "stopped");
+    let out = events.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| serde_json::from_str::<serde_json::Value>(l)
+                .map(|v| v["type"] == "oom")
+                .unwrap_or(false)),
+        "no oom event: {text}"
+    );
+    rt.ok(&["delete", &id]);
+    assert_clean(&rt, &id, Some(b.path()));
+}
+
+#[test]
+fn pids_limit_stops_a_fork_bomb() {
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["true"]);
+    b.spec["linux"]["resources"]["pids"] = json!({"limit": 10});
+    // The inner shell forks until it fails (and then exits); the outer one stays as pid 1.
+    b.sh("sh -c 'while :; do sleep 100 & done' 2>/dev/null; sleep 100");
+    let id = id("pids");
+    detach(&rt, &b, &id);
+    std::thread::sleep(Duration::from_millis(800));
+    let pids: Vec<i64> = serde_json::from_str(&rt.ok(&["ps", "--format", "json", &id])).unwrap();
+    assert!(
+        pids.len() <= 10,
+        "{} processes with a pids limit of 10",
+        pids.len()
+    );
+    assert!(
+        pids.len() >= 8,
+        "the fork bomb did not run: {} processes",
+        pids.len()
+    );
+    assert_eq!(rt.status(&id), "running");
+    rt.ok(&["delete", "--force", &id]);
+    assert_clean(&rt, &id, Some(b.path()));
+}
+
+#[test]
+fn cpu_quota_caps_cpu_time() {
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["true"]);
+    b.spec["linux"]["resources"]["cpu"] = json!({"quota": 20000, "period": 100000});
+    b.sh("while :; do :; done");
+    let id = id("cpu");
+    detach(&rt, &b, &id);
+    let usage = |rt: &Rt| -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&rt.ok(&["events", "--stats", &id])).unwrap();
+        v["data"]["cpu"]["usage"]["total"].as_u64().unwrap()
+    };
+    let start = usage(&rt);
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    let used = usage(&rt) - start;
+    let wall = t.elapsed().as_nanos() as u64;
+    assert!(
+        used < wall * 35 / 100,
+        "used {used} ns of cpu in {wall} ns wall with a 20% quota"
+    );
+    assert!(
+        used > wall * 5 / 100,
+        "the busy loop did not run: {used} ns"
+    );
+    rt.ok(&["delete", "--force", &id]);
+    assert_clean(&rt, &id, Some(b.path()));
+}
+
+#[test]
+fn a_device_not_allowed_cannot_be_opened() {
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["true"]);
+    b.spec["process"]["capabilities"]["bounding"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("CAP_MKNOD"));
+    b.spec["process"]["capabilities"]["effective"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("CAP_MKNOD"));
+    b.spec["process"]["capabilities"]["permitted"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("CAP_MKNOD"));
+    // /dev/mem (1:1) is not in the allow list; /dev/zero (1:5) is.
+    b.sh("mknod /tmp/mem c 1 1 && mknod /tmp/zero c 1 5; head -c 1 /tmp/mem >/dev/null 2>&1 && echo mem-open || echo mem-denied; head -c 1 /tmp/zero | wc -c");
+    let out = rt.run_ok(&b, &id("devices"));
+    assert_eq!(out, "mem-denied\n1\n");
+}
+
+#[test]
+fn pause_stops_progress_and_resume_restarts_it() {
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["true"]);
+    b.sh("i=0; while :; do i=$((i+1)); echo $i > /tmp/c.tmp; mv /tmp/c.tmp /tmp/count; done");
+    let id = id("pause");
+    detach(&rt, &b, &id);
+    // The writer truncates then writes: take the largest of a few reads.
+    let count = || {
+        (0..20)
+            .filter_map(|_| {
+                std::fs::read_to_string(b.rootfs().join("tmp/count"))
+                    .ok()?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    rt.ok(&["pause", &id]);
+    assert_eq!(rt.status(&id), "paused");
+    let a = count();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(count(), a, "the counter moved while paused");
+    assert!(
+        !rt.out(&["pause", &id]).status.success(),
+        "pausing a paused container must fail"
+    );
+    rt.ok(&["resume", &id]);
+    assert_eq!(rt.status(&id), "running");
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(count() > a, "the counter did not move after resume");
+    rt.ok(&["delete", "--force", &id]);
+    assert_clean(&rt, &id, Some(b.path()));
+}
+
+#[test]
+fn update_changes_live_limits_and_ps_lists_pids() {
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.spec["linux"]["resources"]["pids"] = json!({"limit": 100});
+    b.save();
+    let id = id("update");
+    detach(&rt, &b, &id);
+    let pids_max = || {
+        let v1 = format!("/sys/fs/cgroup/pids/moat/{id}/pids.max");
+        let v2 = format!("/sys/fs/cgroup/moat/{id}/pids.max");
+        std::fs::read_to_string(v1)
+            .or_else(|_| std::fs::read_to_string(v2))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(pids_max(), "100");
+    rt.ok(&["update", "--pids-limit", "42", "--memory", "64m", &id]);
+    assert_eq!(pids_max(), "42");
+    let stats: serde_json::Value =
+        serde_json::from_str(&rt.ok(&["events", "--stats", &id])).unwrap();
+    assert_eq!(stats["type"], "stats");
+    assert_eq!(stats["data"]["memory"]["usage"]["limit"], 64 * 1024 * 1024);
+    assert_eq!(stats["data"]["pids"]["limit"], 42);
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("r.json"), r#"{"pids": {"limit": 7}}"#).unwrap();
+    rt.ok(&[
+        "update",
+        "--resources",
+        d.path().join("r.json").to_str().unwrap(),
+        &id,
+    ]);
+    assert_eq!(pids_max(), "7");
+    let pid = rt.state(&id)["pid"].as_i64().unwrap();
+    let pids: Vec<i64> = serde_json::from_str(&rt.ok(&["ps", "--format", "json", &id])).unwrap();
+    assert_eq!(pids, vec![pid]);
+    let table = rt.ok(&["ps", &id]);
+    assert!(
+        table.starts_with("UID") && table.contains("sleep 1000"),
+        "{table}"
+    );
+    rt.ok(&["delete", "--force", &id]);
+    assert_clean(&rt, &id, Some(b.path()));
+}
+
+#[test]
+fn tiny_memory_limit_errors_or_works_but_never_hangs() {
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["true"]);
+    b.spec["linux"]["resources"]["memory"] = json!({"limit": 512 * 1024});
+    b.sh("echo tiny");
+    let id = id("tiny");
+    let mut child = rt
+        .cmd()
+        .args(["run", "--bundle"])
+        .arg(b.path())
+        .arg(&id)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(_st) = child.try_wait().unwrap() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run with a 512k memory limit hung"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        (out.status.success() && so == "tiny\n")
+            || se.starts_with("error: ")
+            || out.status.code() == Some(137),
+        "status {:?} stdout {so} stderr {se}",
+        out.status
+    );
+    let _ = rt.out(&["delete", "--force", &id]);
+    assert_clean(&rt, &id, Some(b.path()));
+}
+
+#[test]
+fn unsupported_resource_values_are_refused_with_the_field() {
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["true"]);
+    b.spec["linux"]["resources"]["cpu"] = json!({"cpus": "0-4095"});
+    b.save();
+    let id = id("badres");
+    let o = rt.create_out(&b, &id, &[]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with("error: ") && err.contains("linux.resources.cpu.cpus"),
+        "{err}"
+    );
+    assert_clean(&rt, &id, Some(b.path()));
+}
