@@ -400,7 +400,7 @@ fn fatal(msg: &str) -> ! {
     moat_sys::process::exit_now(127)
 }
 
-fn wait_exec_fifo(fifo: &OwnedFd) {
+fn wait_exec_fifo(fifo: &OwnedFd) -> OwnedFd {
     let path = moat_sys::resolve::proc_fd_path(fifo.as_fd());
     match nix::fcntl::open(
         path.as_str(),
@@ -410,6 +410,7 @@ fn wait_exec_fifo(fifo: &OwnedFd) {
         Ok(fd) => {
             let fd = moat_sys::fd::owned(fd);
             let _ = nix::unistd::write(&fd, b"0");
+            fd
         }
         Err(e) => fatal(&format!("open exec fifo: {e}")),
     }

@@ -41,10 +41,6 @@ impl Logger {
         }
     }
 
-    pub fn warn(&mut self, msg: &str) {
-        self.write("warning", msg);
-    }
-
     pub fn error(&mut self, msg: &str) {
         self.write("error", msg);
         eprintln!("error: {msg}");

@@ -109,7 +109,7 @@ enum Cmd {
     /// Thaw a paused container.
     Resume { id: String },
     /// Change the resource limits of a live container.
-    Update(resource_cmds::UpdateArgs),
+    Update(Box<resource_cmds::UpdateArgs>),
     /// List the processes of a container (ps arguments may follow the id; --format json gives pids).
     Ps {
         #[arg(short, long, value_parser = ["table", "json"], default_value = "table")]

@@ -28,7 +28,7 @@ fn memory_limit_oom_kills_and_events_report_it() {
     b.sh("sleep 1; x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived");
     let id = id("oom");
     detach(&rt, &b, &id);
-    let mut events = rt
+    let events = rt
         .cmd()
         .args(["events", "--interval", "1s", &id])
         .stdout(std::process::Stdio::piped())
