@@ -146,6 +146,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
         no_new_keyring: opts.no_new_keyring,
         preserve_fds: opts.preserve_fds,
         cgroup: Some(&cgroup),
+        exec: false,
     };
     let stage1 = match moat_sys::process::clone3(plan.clone_flags, false)
         .map_err(crate::error::sys("clone3 the container init"))?

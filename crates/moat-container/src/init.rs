@@ -35,6 +35,8 @@ pub struct InitArgs<'a> {
     pub no_new_keyring: bool,
     pub preserve_fds: u32,
     pub cgroup: Option<&'a moat_cgroups::Cgroup>,
+    /// `exec` into a running container instead of creating one.
+    pub exec: bool,
 }
 
 /// Entry point in the child after clone3. Never returns.
@@ -169,7 +171,11 @@ fn stage1(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallible> {
             }
         }
     }
-    container_init(args, ch)
+    if args.exec {
+        exec_process(args, ch)
+    } else {
+        container_init(args, ch)
+    }
 }
 
 fn write_time_offsets(spec: &Spec) -> R<()> {
@@ -314,46 +320,7 @@ fn container_init(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallib
             )
         })?;
     }
-    if process.terminal().unwrap_or(false) {
-        let sock = args.console.ok_or_else(|| {
-            InitFailure::msg(
-                Step::Console,
-                "process.terminal is true but no --console-socket was given",
-            )
-        })?;
-        crate::console::setup(sock, process.console_size())?;
-    }
-
-    let caps = process.capabilities().as_ref();
-    crate::process::apply_bounding(caps)?;
-    crate::process::set_user(process)?;
-    crate::process::apply_caps(caps)?;
-    crate::process::enter_cwd(process.cwd())?;
-    let env = crate::process::exec_env(process);
-    let env_strings: Vec<String> = env
-        .iter()
-        .map(|c| c.to_string_lossy().into_owned())
-        .collect();
-    let argv: Vec<std::ffi::CString> = process
-        .args()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|a| {
-            std::ffi::CString::new(a)
-                .map_err(|_| InitFailure::msg(Step::Executable, "process.args contains a NUL byte"))
-        })
-        .collect::<R<_>>()?;
-    let exe = crate::process::find_executable(
-        &process
-            .args()
-            .as_ref()
-            .map(|a| a[0].clone())
-            .unwrap_or_default(),
-        &env_strings,
-    )?;
-    let exe = std::ffi::CString::new(exe.into_os_string().into_encoded_bytes())
-        .map_err(|_| InitFailure::msg(Step::Executable, "path contains NUL"))?;
+    let prepared = prepare_process(args, process)?;
 
     nix::sys::prctl::set_pdeathsig(None)
         .map_err(|e| InitFailure::new(Step::Setup, "clear parent-death signal", e))?;
@@ -374,6 +341,59 @@ fn container_init(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallib
     ) {
         fatal(&e.to_string());
     }
+    exec_prepared(process, &prepared, args.preserve_fds)
+}
+
+/// The program to execute, resolved before `Ready` so that a missing binary fails `create`.
+struct Prepared {
+    exe: std::ffi::CString,
+    argv: Vec<std::ffi::CString>,
+    env: Vec<std::ffi::CString>,
+}
+
+/// Console, capabilities, user and working directory of the process; then find its executable.
+fn prepare_process(args: &InitArgs<'_>, process: &oci_spec::runtime::Process) -> R<Prepared> {
+    if process.terminal().unwrap_or(false) {
+        let sock = args.console.ok_or_else(|| {
+            InitFailure::msg(
+                Step::Console,
+                "process.terminal is true but no --console-socket was given",
+            )
+        })?;
+        crate::console::setup(sock, process.console_size())?;
+    }
+    let caps = process.capabilities().as_ref();
+    crate::process::apply_bounding(caps)?;
+    crate::process::set_user(process)?;
+    crate::process::apply_caps(caps)?;
+    crate::process::enter_cwd(process.cwd())?;
+    let env = crate::process::exec_env(process);
+    let env_strings: Vec<String> = env
+        .iter()
+        .map(|c| c.to_string_lossy().into_owned())
+        .collect();
+    let argv: Vec<std::ffi::CString> = process
+        .args()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| {
+            std::ffi::CString::new(a)
+                .map_err(|_| InitFailure::msg(Step::Executable, "process.args contains a NUL byte"))
+        })
+        .collect::<R<_>>()?;
+    let arg0 = argv
+        .first()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let exe = crate::process::find_executable(&arg0, &env_strings)?;
+    let exe = std::ffi::CString::new(exe.into_os_string().into_encoded_bytes())
+        .map_err(|_| InitFailure::msg(Step::Executable, "path contains NUL"))?;
+    Ok(Prepared { exe, argv, env })
+}
+
+/// The last steps before `execve`: umask, no_new_privs, seccomp, closing every runtime descriptor.
+fn exec_prepared(process: &oci_spec::runtime::Process, p: &Prepared, preserve_fds: u32) -> ! {
     if let Some(mask) = process.user().umask() {
         nix::sys::stat::umask(Mode::from_bits_truncate(mask));
     }
@@ -382,17 +402,36 @@ fn container_init(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallib
             fatal(&format!("set no_new_privs: {e}"));
         }
     }
-    if let Err(e) = moat_sys::process::cloexec_from(3 + args.preserve_fds as i32) {
+    if let Err(e) = moat_sys::process::cloexec_from(3 + preserve_fds as i32) {
         fatal(&format!("close runtime descriptors: {e}"));
     }
-    for fd in 3..3 + args.preserve_fds as i32 {
+    for fd in 3..3 + preserve_fds as i32 {
         if let Ok(owned) = moat_sys::fd::own_inherited(fd) {
             let _ = moat_sys::fd::set_cloexec(owned.as_fd(), false);
             std::mem::forget(owned);
         }
     }
-    let e = nix::unistd::execve(&exe, &argv, &env).unwrap_err();
-    fatal(&format!("exec {}: {}", exe.to_string_lossy(), e.desc()));
+    let e = nix::unistd::execve(&p.exe, &p.argv, &p.env).unwrap_err();
+    fatal(&format!("exec {}: {}", p.exe.to_string_lossy(), e.desc()));
+}
+
+/// `exec`: a new process in the namespaces of a running container (already joined by stage 1).
+fn exec_process(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallible> {
+    let process = args
+        .spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| InitFailure::msg(Step::Setup, "process missing"))?;
+    if process.terminal().unwrap_or(false) {
+        nix::unistd::setsid().map_err(|e| InitFailure::new(Step::Setup, "setsid", e))?;
+    }
+    crate::process::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
+    let prepared = prepare_process(args, process)?;
+    nix::sys::prctl::set_pdeathsig(None)
+        .map_err(|e| InitFailure::new(Step::Setup, "clear parent-death signal", e))?;
+    ch.send(&FromInit::Ready)
+        .map_err(|e| InitFailure::new(Step::Setup, "write to runtime", e))?;
+    exec_prepared(process, &prepared, args.preserve_fds)
 }
 
 fn fatal(msg: &str) -> ! {

@@ -11,6 +11,7 @@ pub mod console;
 pub mod create;
 pub mod delete;
 pub mod error;
+pub mod exec;
 pub mod hooks;
 pub mod init;
 pub mod kill;

@@ -70,6 +70,36 @@ impl NsPlan {
         plan
     }
 
+    /// The plan of `exec`: join every namespace of the process `pid`.
+    pub fn join_all(pid: i32, types: &[LinuxNamespaceType]) -> NsPlan {
+        let joins: Vec<(LinuxNamespaceType, PathBuf)> = types
+            .iter()
+            .map(|t| {
+                let name = match t {
+                    LinuxNamespaceType::Mount => "mnt",
+                    LinuxNamespaceType::Network => "net",
+                    LinuxNamespaceType::Cgroup => "cgroup",
+                    LinuxNamespaceType::Uts => "uts",
+                    LinuxNamespaceType::Ipc => "ipc",
+                    LinuxNamespaceType::User => "user",
+                    LinuxNamespaceType::Pid => "pid",
+                    LinuxNamespaceType::Time => "time",
+                };
+                (*t, PathBuf::from(format!("/proc/{pid}/ns/{name}")))
+            })
+            .collect();
+        let second_fork = joins
+            .iter()
+            .any(|(t, _)| matches!(t, LinuxNamespaceType::Pid | LinuxNamespaceType::Time));
+        NsPlan {
+            new: 0,
+            joins,
+            clone_flags: 0,
+            unshare_flags: 0,
+            second_fork,
+        }
+    }
+
     pub fn new_userns(&self) -> bool {
         self.new & libc::CLONE_NEWUSER as u64 != 0
     }

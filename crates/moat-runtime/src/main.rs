@@ -2,6 +2,7 @@
 //! the runtime core (`moat-container`) and reports failures as one `error:` line on stderr (and in
 //! `--log`), with a non-zero exit status.
 
+mod exec_cmd;
 mod features;
 mod log;
 mod resource_cmds;
@@ -128,7 +129,9 @@ enum Cmd {
         interval: String,
         id: String,
     },
-    /// Not implemented yet: exec, checkpoint, restore.
+    /// Run a new process inside a running container; waits and returns its exit status unless -d.
+    Exec(Box<exec_cmd::ExecArgs>),
+    /// Not implemented: checkpoint, restore.
     #[command(external_subcommand)]
     Other(Vec<String>),
 }
@@ -175,7 +178,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut log = Logger::new(cli.log.as_deref(), cli.log_format, cli.debug);
     // CVE-2019-5736: run from a sealed copy of ourselves before touching a container's namespaces.
-    if matches!(cli.cmd, Cmd::Create(_) | Cmd::Run { .. })
+    if matches!(cli.cmd, Cmd::Create(_) | Cmd::Run { .. } | Cmd::Exec(_))
         && !moat_sys::fd::running_from_sealed_copy()
     {
         let e = moat_sys::fd::reexec_from_sealed_copy();
@@ -235,6 +238,7 @@ fn dispatch(cli: &Cli, log: &mut Logger) -> Result<ExitCode> {
         }
         Cmd::List { format, quiet } => list(&store, format, *quiet)?,
         Cmd::Spec { rootless, bundle } => spec_cmd::write_spec(bundle, *rootless)?,
+        Cmd::Exec(a) => return exec_cmd::exec(&store, a, log),
         Cmd::Pause { id } => moat_container::pause::pause(&store, id)
             .with_context(|| format!("pause container {id}"))?,
         Cmd::Resume { id } => moat_container::pause::resume(&store, id)
@@ -259,9 +263,6 @@ fn dispatch(cli: &Cli, log: &mut Logger) -> Result<ExitCode> {
         Cmd::Other(args) => {
             let name = args.first().map(String::as_str).unwrap_or("");
             match name {
-                "exec" => {
-                    bail!("`{name}` is not implemented in this moat-runtime build yet")
-                }
                 "checkpoint" | "restore" => {
                     bail!("`{name}`: checkpoint/restore is not supported by moat")
                 }

@@ -39,33 +39,38 @@ pub fn run(
     if detach {
         return Ok(ExitCode::SUCCESS);
     }
-    let pid = Pid::from_raw(created.pid);
+    let status = wait_forwarding(Pid::from_raw(created.pid), log)?;
+    if !keep {
+        moat_container::delete::delete(store, &opts.id, true)
+            .with_context(|| format!("delete container {}", opts.id))?;
+    }
+    Ok(ExitCode::from(status.clamp(0, 255) as u8))
+}
+
+/// Wait for our child `pid` while forwarding the usual terminal and job-control signals to it;
+/// returns its exit status, 128+N when killed by signal N.
+pub fn wait_forwarding(pid: Pid, log: &mut Logger) -> Result<i32> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
     for s in FORWARDED {
         set.add(*s);
     }
     set.thread_block().context("block signals")?;
-    let status = loop {
+    loop {
         match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => break code,
-            Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
             Ok(_) => {}
-            Err(nix::errno::Errno::ECHILD) => break 255,
-            Err(e) => return Err(e).context("wait for container init"),
+            Err(nix::errno::Errno::ECHILD) => return Ok(255),
+            Err(e) => return Err(e).context("wait for the container process"),
         }
         match set.wait() {
             Ok(Signal::SIGCHLD) => {}
             Ok(sig) => {
-                log.debug(&format!("forwarding {sig} to container {}", opts.id));
+                log.debug(&format!("forwarding {sig} to {pid}"));
                 let _ = nix::sys::signal::kill(pid, sig);
             }
             Err(_) => {}
         }
-    };
-    if !keep {
-        moat_container::delete::delete(store, &opts.id, true)
-            .with_context(|| format!("delete container {}", opts.id))?;
     }
-    Ok(ExitCode::from(status.clamp(0, 255) as u8))
 }

@@ -47,6 +47,9 @@ pub fn thread_count() -> Result<u64> {
         .ok_or(Errno::EINVAL)
 }
 
+/// Set in a child created by [`clone3`]: it is single-threaded by construction.
+static IN_FORKED_CHILD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// `clone3(2)` without a new stack: fork-like, with `flags` (namespace flags, `CLONE_PARENT`, ...)
 /// and the child's exit signal SIGCHLD. With `want_pidfd` the parent also gets a pidfd.
 ///
@@ -54,7 +57,9 @@ pub fn thread_count() -> Result<u64> {
 /// multi-threaded process may only call async-signal-safe functions; moat's create path is
 /// single-threaded, which is what makes it sound for the child to allocate afterwards.
 pub fn clone3(flags: u64, want_pidfd: bool) -> Result<Forked> {
-    if thread_count()? != 1 {
+    // A child made by this function starts with one thread, and the runtime's child code never
+    // starts another; its /proc may already be a container's, where /proc/self is absent.
+    if !IN_FORKED_CHILD.load(std::sync::atomic::Ordering::Relaxed) && thread_count()? != 1 {
         return Err(Errno::EBUSY);
     }
     let mut pidfd: libc::c_int = -1;
@@ -88,7 +93,10 @@ pub fn clone3(flags: u64, want_pidfd: bool) -> Result<Forked> {
     };
     match ret {
         -1 => Err(Errno::last()),
-        0 => Ok(Forked::Child),
+        0 => {
+            IN_FORKED_CHILD.store(true, std::sync::atomic::Ordering::Relaxed);
+            Ok(Forked::Child)
+        }
         pid => Ok(Forked::Parent {
             pid: Pid::from_raw(pid as i32),
             // SAFETY: with CLONE_PIDFD the kernel stored a new, owned descriptor in `pidfd`.

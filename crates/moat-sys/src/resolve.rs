@@ -60,7 +60,12 @@ pub enum Leaf {
 /// (an absolute target restarts at the root, `..` stops at the root), so a symlink planted in the
 /// rootfs can redirect creation only to somewhere else inside the root. Every open goes through
 /// `RESOLVE_IN_ROOT`, so a component swapped for a symlink during the walk cannot escape either.
-pub fn mkdir_all_in_root(root: BorrowedFd<'_>, path: &Path, leaf: Leaf, mode: u32) -> Result<OwnedFd> {
+pub fn mkdir_all_in_root(
+    root: BorrowedFd<'_>,
+    path: &Path,
+    leaf: Leaf,
+    mode: u32,
+) -> Result<OwnedFd> {
     use std::collections::VecDeque;
     use std::ffi::OsString;
     fn comps(p: &Path) -> Vec<OsString> {
@@ -82,7 +87,11 @@ pub fn mkdir_all_in_root(root: BorrowedFd<'_>, path: &Path, leaf: Leaf, mode: u3
         }
         let last = pending.is_empty();
         let parent = open_in_root(root, &cur, libc::O_PATH | libc::O_DIRECTORY, 0)?;
-        match nix::sys::stat::fstatat(Some(parent.as_raw_fd()), name.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        match nix::sys::stat::fstatat(
+            Some(parent.as_raw_fd()),
+            name.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
             Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
                 links += 1;
                 if links > 40 {
@@ -113,7 +122,11 @@ pub fn mkdir_all_in_root(root: BorrowedFd<'_>, path: &Path, leaf: Leaf, mode: u3
                     .map(|fd| drop(crate::fd::owned(fd)))
                 } else {
                     let m = if last { mode } else { 0o755 };
-                    nix::sys::stat::mkdirat(Some(parent.as_raw_fd()), name.as_os_str(), Mode::from_bits_truncate(m))
+                    nix::sys::stat::mkdirat(
+                        Some(parent.as_raw_fd()),
+                        name.as_os_str(),
+                        Mode::from_bits_truncate(m),
+                    )
                 };
                 match r {
                     Ok(()) => cur.push(&name),
