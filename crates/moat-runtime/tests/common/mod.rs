@@ -4,40 +4,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{json, Value};
 
+#[path = "../support/mod.rs"]
+pub mod support;
+#[allow(unused_imports)]
+pub use support::{busybox, id, pids_with_cmdline, require_root};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_moat-runtime");
-
-/// Where the tests take busybox from (Debian's busybox-static).
-pub fn busybox() -> PathBuf {
-    let p =
-        PathBuf::from(std::env::var("MOAT_TEST_BUSYBOX").unwrap_or_else(|_| "/bin/busybox".into()));
-    assert!(
-        p.exists(),
-        "{} is missing: install busybox-static (the tests need it)",
-        p.display()
-    );
-    p
-}
-
-pub fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests create real containers and must run as root"
-    );
-}
-
-/// A unique container id for this test process.
-pub fn id(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
 
 /// A bundle: `rootfs/` with busybox and its applets, and a config.json made from the runtime's
 /// default spec with `terminal` off and the given args.
@@ -241,6 +216,23 @@ impl Rt {
     }
 }
 
+impl Drop for Rt {
+    /// A failed test must not leak containers: force-delete whatever is left in this root.
+    fn drop(&mut self) {
+        if let Ok(rd) = std::fs::read_dir(self.root.path()) {
+            for e in rd.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = self
+                    .cmd()
+                    .args(["delete", "--force", &id])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
 /// Directories of a container's cgroup with the default cgroupsPath (`/moat/<id>`).
 pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -269,23 +261,4 @@ pub fn assert_clean(rt: &Rt, id: &str, bundle: Option<&Path>) {
             "a mount of bundle {b} is left on the host:\n{mounts}"
         );
     }
-}
-
-/// Pids whose command line mentions `needle` (to find stray processes).
-pub fn pids_with_cmdline(needle: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
-            if String::from_utf8_lossy(&c)
-                .replace('\0', " ")
-                .contains(needle)
-            {
-                out.push(pid);
-            }
-        }
-    }
-    out
 }

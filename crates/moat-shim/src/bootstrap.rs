@@ -1,0 +1,56 @@
+//! The shim's start-up handshake with containerd (the `start` action), kept in one place because
+//! it changed over containerd's history. containerd 1.6 (Debian 12) reads a plain socket address
+//! (`unix:///run/containerd/s/<hash>`) from the shim's stdout; later versions still accept it.
+//! (containerd-shim's own handler answers with a JSON document that 1.6 cannot parse.)
+//!
+//! One shim per pod: a container that carries the CRI annotations of an existing sandbox is
+//! answered with the sandbox shim's address instead of a new shim.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+
+/// Handle `start`: print the address of the shim that will serve this container.
+pub fn start(args: &[String]) -> Result<String, String> {
+    let flags = containerd_shim::parse(&args[1..]).map_err(|e| format!("parse flags: {e}"))?;
+    if flags.namespace.is_empty() || flags.id.is_empty() {
+        return Err("start: -namespace and -id are required".into());
+    }
+    let grouping = crate::service::pod_grouping(&flags.id);
+    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &grouping);
+    let path = address.strip_prefix("unix://").unwrap_or(&address);
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Ok(address);
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .args([
+            "-namespace",
+            &flags.namespace,
+            "-id",
+            &flags.id,
+            "-address",
+            &flags.address,
+            "-socket",
+            &address,
+        ]);
+    if flags.debug {
+        cmd.arg("-debug");
+    }
+    // The serving shim must not die with containerd's `start` process group.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().map_err(|e| format!("spawn the shim: {e}"))?;
+    // The serving shim closes its stdout once its socket listens.
+    let mut sink = Vec::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_end(&mut sink);
+    }
+    if let Ok(Some(status)) = child.try_wait() {
+        if !status.success() {
+            return Err(format!("the shim exited during start-up: {status}"));
+        }
+    }
+    Ok(address)
+}

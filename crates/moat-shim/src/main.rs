@@ -1,0 +1,55 @@
+//! `containerd-shim-moat-v2`: the containerd shim v2 of moat. containerd starts one per pod (the
+//! containers of a CRI sandbox share the sandbox's shim); the shim serves the Task API over ttrpc
+//! and drives containers through the runtime core (`moat-container`) as a library.
+//!
+//! Forking a multi-threaded process and then running arbitrary code in the child is unsound, and
+//! the ttrpc server is multi-threaded; so before any thread starts, the shim forks a single-threaded
+//! *zygote* (see `zygote`), which forks a short-lived worker per create/exec that calls the core
+//! exactly as `moat-runtime create` does. The container's init is then reparented to the shim,
+//! a child subreaper, which reaps it and reports its exit.
+
+mod bootstrap;
+mod io;
+mod metrics;
+mod serve;
+mod service;
+mod zygote;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let action = args.last().map(String::as_str).unwrap_or("");
+    let serving = !matches!(action, "start" | "delete")
+        && !args
+            .iter()
+            .any(|a| a == "-info" || a == "-v" || a == "--version");
+    if action == "start" {
+        match bootstrap::start(&args) {
+            Ok(address) => {
+                print!("{address}");
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("error: containerd-shim-moat-v2 start: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    if serving {
+        // CVE-2019-5736: container inits are forks of this process; run from a sealed copy.
+        if !moat_sys::fd::running_from_sealed_copy() {
+            let e = moat_sys::fd::reexec_from_sealed_copy();
+            eprintln!("error: containerd-shim-moat-v2: re-execute from a sealed copy: {e}");
+            std::process::exit(1);
+        }
+        if let Err(e) = zygote::start_global() {
+            eprintln!("error: containerd-shim-moat-v2: start the zygote: {e}");
+            std::process::exit(1);
+        }
+        if let Err(e) = serve::serve(&args) {
+            eprintln!("error: containerd-shim-moat-v2: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    containerd_shim::run::<service::Service>("io.containerd.moat.v2", None);
+}

@@ -1,0 +1,95 @@
+//! Serving the Task API: the ttrpc server on the socket containerd chose, the reaper, and the
+//! service registered under both the `containerd.task.v2.Task` name (containerd 1.x) and the
+//! `containerd.task.v3.Task` name (containerd 2.x): the messages are the same.
+
+use std::collections::HashMap;
+use std::os::fd::IntoRawFd;
+use std::sync::Arc;
+
+use containerd_shim::monitor::monitor_notify_by_pid;
+use containerd_shim::protos::ttrpc::{MethodHandler, Server};
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Config, Shim};
+use nix::sys::wait::{waitpid, WaitStatus};
+
+use crate::service::Service;
+
+type Methods = HashMap<String, Box<dyn MethodHandler + Send + Sync>>;
+
+fn methods(task: &Arc<Service>, version: &str) -> Methods {
+    let svc: Arc<dyn containerd_shim::Task + Send + Sync> = task.clone();
+    containerd_shim::protos::create_task(svc)
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k.replace(
+                    "containerd.task.v3.",
+                    &format!("containerd.task.{version}."),
+                ),
+                v,
+            )
+        })
+        .collect()
+}
+
+/// Reap every child (the shim is a child subreaper: container inits and exec'd processes are
+/// reparented to it) and report exits to the exit monitor.
+fn reaper() {
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, code)) => {
+                let _ = monitor_notify_by_pid(pid.as_raw(), code);
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                let _ = monitor_notify_by_pid(pid.as_raw(), 128 + sig as i32);
+            }
+            Ok(_) => {}
+            Err(nix::errno::Errno::ECHILD) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+pub fn serve(args: &[String]) -> Result<(), String> {
+    let flags = containerd_shim::parse(&args[1..]).map_err(|e| format!("parse flags: {e}"))?;
+    if flags.socket.is_empty() || flags.namespace.is_empty() {
+        return Err("-socket and -namespace are required".into());
+    }
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| format!("become a child subreaper: {e}"))?;
+    std::thread::spawn(reaper);
+    let ttrpc_address =
+        std::env::var("TTRPC_ADDRESS").map_err(|_| "TTRPC_ADDRESS is not set".to_string())?;
+    let publisher = RemotePublisher::new(&ttrpc_address)
+        .map_err(|e| format!("connect to containerd {ttrpc_address}: {e}"))?;
+    let mut shim = Service::new("io.containerd.moat.v2", &flags, &mut Config::default());
+    let task = Arc::new(shim.create_task_service(publisher));
+
+    let path = flags
+        .socket
+        .strip_prefix("unix://")
+        .unwrap_or(&flags.socket)
+        .to_owned();
+    if let Some(parent) = std::path::Path::new(&path).parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path)
+        .map_err(|e| format!("listen on {path}: {e}"))?;
+    let mut server = Server::new()
+        .add_listener(listener.into_raw_fd())
+        .map_err(|e| format!("ttrpc listener: {e}"))?
+        .register_service(methods(&task, "v2"))
+        .register_service(methods(&task, "v3"));
+    server
+        .start()
+        .map_err(|e| format!("start the ttrpc server: {e}"))?;
+    // Tell `start` (which reads our stdout until EOF) that the socket listens.
+    let _ = nix::unistd::dup2(2, 1);
+    shim.wait();
+    server.shutdown();
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
