@@ -38,6 +38,8 @@ pub struct CreateOptions {
 pub struct Created {
     pub pid: i32,
     pub state: StateFile,
+    /// Non-fatal findings (e.g. seccomp rules naming syscalls this architecture lacks).
+    pub warnings: Vec<String>,
 }
 
 /// Undo guard: on drop (unless disarmed) kills what was started and removes what was created.
@@ -75,6 +77,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
         .map(|p| p.to_string_lossy().into_owned());
     let cgroup = moat_cgroups::Cgroup::resolve(cg_path.as_deref(), &opts.id, opts.systemd_cgroup)?;
     let plan = NsPlan::from_spec(&bundle.spec);
+    let seccomp = crate::seccomp::plan(&bundle.spec)?;
 
     let _lock = store.create_dir(&opts.id)?;
     let mut undo = Undo {
@@ -147,6 +150,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
         preserve_fds: opts.preserve_fds,
         cgroup: Some(&cgroup),
         exec: false,
+        seccomp: seccomp.as_ref(),
     };
     let stage1 = match moat_sys::process::clone3(plan.clone_flags, false)
         .map_err(crate::error::sys("clone3 the container init"))?
@@ -233,6 +237,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
     Ok(Created {
         pid: st.pid,
         state: st,
+        warnings: seccomp.map(|s| s.warnings).unwrap_or_default(),
     })
 }
 
@@ -271,11 +276,6 @@ pub fn write_pid_file(path: &std::path::Path, pid: i32) -> Result<()> {
 /// Refuse what this backend does not implement yet instead of silently ignoring it.
 fn check_supported(b: &Bundle) -> Result<()> {
     let linux = b.spec.linux().as_ref();
-    if linux.and_then(|l| l.seccomp().as_ref()).is_some() {
-        return Err(ContainerError::Unsupported(
-            "linux.seccomp: seccomp filters are not supported by this moat build yet; remove linux.seccomp (e.g. podman --security-opt seccomp=unconfined)".into(),
-        ));
-    }
     if b.spec
         .process()
         .as_ref()

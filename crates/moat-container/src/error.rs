@@ -27,6 +27,8 @@ pub enum Step {
     User,
     Cwd,
     Executable,
+    Seccomp,
+    Apparmor,
     Setup,
 }
 

@@ -65,6 +65,7 @@ pub fn exec(store: &Store, opts: &ExecOptions, process: Process) -> Result<Pid> 
         .map(|n| n.typ())
         .collect();
     let plan = NsPlan::join_all(st.pid, &types);
+    let seccomp = crate::seccomp::plan(&spec)?;
     let console: Option<OwnedFd> = match &opts.console_socket {
         Some(p) => Some(
             UnixStream::connect(p)
@@ -91,6 +92,7 @@ pub fn exec(store: &Store, opts: &ExecOptions, process: Process) -> Result<Pid> 
         preserve_fds: opts.preserve_fds,
         cgroup: st.cgroup.as_ref(),
         exec: true,
+        seccomp: seccomp.as_ref(),
     };
     let stage1 = match moat_sys::process::clone3(0, false)
         .map_err(crate::error::sys("fork the exec process"))?

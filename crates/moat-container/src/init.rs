@@ -37,6 +37,8 @@ pub struct InitArgs<'a> {
     pub cgroup: Option<&'a moat_cgroups::Cgroup>,
     /// `exec` into a running container instead of creating one.
     pub exec: bool,
+    /// The compiled seccomp filter, if the spec has one.
+    pub seccomp: Option<&'a crate::seccomp::SeccompPlan>,
 }
 
 /// Entry point in the child after clone3. Never returns.
@@ -320,7 +322,7 @@ fn container_init(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallib
             )
         })?;
     }
-    let prepared = prepare_process(args, process)?;
+    let prepared = prepare_process(args, process, &state)?;
 
     nix::sys::prctl::set_pdeathsig(None)
         .map_err(|e| InitFailure::new(Step::Setup, "clear parent-death signal", e))?;
@@ -341,7 +343,7 @@ fn container_init(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallib
     ) {
         fatal(&e.to_string());
     }
-    exec_prepared(process, &prepared, args.preserve_fds)
+    exec_prepared(process, &prepared, args, &state)
 }
 
 /// The program to execute, resolved before `Ready` so that a missing binary fails `create`.
@@ -352,7 +354,11 @@ struct Prepared {
 }
 
 /// Console, capabilities, user and working directory of the process; then find its executable.
-fn prepare_process(args: &InitArgs<'_>, process: &oci_spec::runtime::Process) -> R<Prepared> {
+fn prepare_process(
+    args: &InitArgs<'_>,
+    process: &oci_spec::runtime::Process,
+    state: &str,
+) -> R<Prepared> {
     if process.terminal().unwrap_or(false) {
         let sock = args.console.ok_or_else(|| {
             InitFailure::msg(
@@ -361,6 +367,12 @@ fn prepare_process(args: &InitArgs<'_>, process: &oci_spec::runtime::Process) ->
             )
         })?;
         crate::console::setup(sock, process.console_size())?;
+    }
+    // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it before dropping it.
+    if let Some(sc) = args.seccomp {
+        if !process.no_new_privileges().unwrap_or(false) {
+            crate::seccomp::install(sc, state)?;
+        }
     }
     let caps = process.capabilities().as_ref();
     crate::process::apply_bounding(caps)?;
@@ -393,7 +405,13 @@ fn prepare_process(args: &InitArgs<'_>, process: &oci_spec::runtime::Process) ->
 }
 
 /// The last steps before `execve`: umask, no_new_privs, seccomp, closing every runtime descriptor.
-fn exec_prepared(process: &oci_spec::runtime::Process, p: &Prepared, preserve_fds: u32) -> ! {
+fn exec_prepared(
+    process: &oci_spec::runtime::Process,
+    p: &Prepared,
+    args: &InitArgs<'_>,
+    state: &str,
+) -> ! {
+    let preserve_fds = args.preserve_fds;
     if let Some(mask) = process.user().umask() {
         nix::sys::stat::umask(Mode::from_bits_truncate(mask));
     }
@@ -411,6 +429,14 @@ fn exec_prepared(process: &oci_spec::runtime::Process, p: &Prepared, preserve_fd
             std::mem::forget(owned);
         }
     }
+    // Last step before execve: the runtime's own system calls are never filtered.
+    if let Some(sc) = args.seccomp {
+        if process.no_new_privileges().unwrap_or(false) {
+            if let Err(e) = crate::seccomp::install(sc, state) {
+                fatal(&e.to_string());
+            }
+        }
+    }
     let e = nix::unistd::execve(&p.exe, &p.argv, &p.env).unwrap_err();
     fatal(&format!("exec {}: {}", p.exe.to_string_lossy(), e.desc()));
 }
@@ -426,12 +452,12 @@ fn exec_process(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallible
         nix::unistd::setsid().map_err(|e| InitFailure::new(Step::Setup, "setsid", e))?;
     }
     crate::process::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
-    let prepared = prepare_process(args, process)?;
+    let prepared = prepare_process(args, process, "{}")?;
     nix::sys::prctl::set_pdeathsig(None)
         .map_err(|e| InitFailure::new(Step::Setup, "clear parent-death signal", e))?;
     ch.send(&FromInit::Ready)
         .map_err(|e| InitFailure::new(Step::Setup, "write to runtime", e))?;
-    exec_prepared(process, &prepared, args.preserve_fds)
+    exec_prepared(process, &prepared, args, "{}")
 }
 
 fn fatal(msg: &str) -> ! {

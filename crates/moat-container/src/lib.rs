@@ -21,6 +21,7 @@ pub mod pause;
 pub mod process;
 pub mod resources;
 pub mod rootfs;
+pub mod seccomp;
 pub mod spec;
 pub mod start;
 pub mod state;

@@ -150,7 +150,10 @@ pub fn apply_caps(caps: Option<&LinuxCapabilities>) -> R<()> {
     caps::set(None, CapSet::Permitted, &p).map_err(cerr("permitted"))?;
     // An ambient capability must be permitted and inheritable; runc and crun skip the others
     // (runc's default spec lists ambient capabilities that are not inheritable).
-    let a: HashSet<Cap> = a.into_iter().filter(|c| p.contains(c) && i.contains(c)).collect();
+    let a: HashSet<Cap> = a
+        .into_iter()
+        .filter(|c| p.contains(c) && i.contains(c))
+        .collect();
     caps::set(None, CapSet::Ambient, &a).map_err(cerr("ambient"))?;
     Ok(())
 }

@@ -1,5 +1,7 @@
-//! `moat-runtime spec`: write the default config.json (runc's default, kept as a reviewed data
-//! file), optionally adapted for a rootless container.
+//! `moat-runtime spec`: write the hardened default config.json: the base in `data/spec.json`
+//! (Docker's 14 default capabilities, masked and read-only paths, no_new_privs) plus the default
+//! seccomp allowlist of `moat-seccomp` (Docker's profile), both reviewed data files; optionally
+//! adapted for a rootless container.
 
 use std::path::Path;
 
