@@ -177,10 +177,30 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
 
     let mut init = stage1;
     loop {
-        let msg = parent
-            .recv::<FromInit>()
-            .map_err(crate::error::sys("read from container init"))?;
+        let (msg, mut fds) = match parent
+            .recv_with_fds::<FromInit>()
+            .map_err(crate::error::sys("read from container init"))?
+        {
+            Some((m, fds)) => (Some(m), fds),
+            None => (None, vec![]),
+        };
         match msg {
+            Some(FromInit::SeccompFd) => {
+                let fd = fds.pop().ok_or_else(|| {
+                    ContainerError::Unsupported("seccomp notify descriptor missing".into())
+                })?;
+                if let Some(path) = seccomp.as_ref().and_then(|s| s.listener_path.clone()) {
+                    let mut s = store.oci_state(&st);
+                    s.status = crate::state::Status::Creating;
+                    s.pid = st.pid;
+                    let state = serde_json::to_string(&s).unwrap_or_default();
+                    let meta = seccomp
+                        .as_ref()
+                        .map(|s| s.listener_metadata.clone())
+                        .unwrap_or_default();
+                    crate::seccomp::send_listener(&fd, &path, &meta, st.pid, &state)?;
+                }
+            }
             Some(FromInit::NeedMaps { pid }) => {
                 write_id_maps(&bundle, pid)?;
                 parent

@@ -115,10 +115,32 @@ pub fn exec(store: &Store, opts: &ExecOptions, process: Process) -> Result<Pid> 
             .map_err(crate::error::sys("write to exec process"))?;
         let mut proc_pid = stage1;
         loop {
-            match parent
-                .recv::<FromInit>()
+            let (msg, mut fds) = match parent
+                .recv_with_fds::<FromInit>()
                 .map_err(crate::error::sys("read from exec process"))?
             {
+                Some((m, fds)) => (Some(m), fds),
+                None => (None, vec![]),
+            };
+            match msg {
+                Some(FromInit::SeccompFd) => {
+                    let fd = fds.pop().ok_or_else(|| {
+                        ContainerError::Unsupported("seccomp notify descriptor missing".into())
+                    })?;
+                    if let Some(sc) = &seccomp {
+                        if let Some(path) = &sc.listener_path {
+                            let state =
+                                serde_json::to_string(&store.oci_state(&st)).unwrap_or_default();
+                            crate::seccomp::send_listener(
+                                &fd,
+                                path,
+                                &sc.listener_metadata,
+                                proc_pid.as_raw(),
+                                &state,
+                            )?;
+                        }
+                    }
+                }
                 Some(FromInit::InitPid { pid }) => {
                     proc_pid = Pid::from_raw(pid);
                     pids.push(proc_pid);

@@ -322,7 +322,7 @@ fn container_init(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallib
             )
         })?;
     }
-    let prepared = prepare_process(args, process, &state)?;
+    let prepared = prepare_process(args, process, ch)?;
 
     nix::sys::prctl::set_pdeathsig(None)
         .map_err(|e| InitFailure::new(Step::Setup, "clear parent-death signal", e))?;
@@ -343,7 +343,7 @@ fn container_init(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallib
     ) {
         fatal(&e.to_string());
     }
-    exec_prepared(process, &prepared, args, &state)
+    exec_prepared(process, &prepared, args)
 }
 
 /// The program to execute, resolved before `Ready` so that a missing binary fails `create`.
@@ -357,7 +357,7 @@ struct Prepared {
 fn prepare_process(
     args: &InitArgs<'_>,
     process: &oci_spec::runtime::Process,
-    state: &str,
+    ch: &Channel,
 ) -> R<Prepared> {
     if process.terminal().unwrap_or(false) {
         let sock = args.console.ok_or_else(|| {
@@ -369,9 +369,21 @@ fn prepare_process(
         crate::console::setup(sock, process.console_size())?;
     }
     // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it before dropping it.
+    // A notify filter is installed here too, so that its descriptor reaches the runtime.
     if let Some(sc) = args.seccomp {
-        if !process.no_new_privileges().unwrap_or(false) {
-            crate::seccomp::install(sc, state)?;
+        if !process.no_new_privileges().unwrap_or(false) || sc.has_listener() {
+            if sc.has_listener() {
+                let _ = nix::sys::prctl::set_no_new_privs();
+            }
+            if let Some(fd) = crate::seccomp::install(sc)? {
+                ch.send_fd(&FromInit::SeccompFd, fd.as_fd()).map_err(|e| {
+                    InitFailure::new(
+                        Step::Seccomp,
+                        "hand the notify descriptor to the runtime",
+                        e,
+                    )
+                })?;
+            }
         }
     }
     let caps = process.capabilities().as_ref();
@@ -405,12 +417,7 @@ fn prepare_process(
 }
 
 /// The last steps before `execve`: umask, no_new_privs, seccomp, closing every runtime descriptor.
-fn exec_prepared(
-    process: &oci_spec::runtime::Process,
-    p: &Prepared,
-    args: &InitArgs<'_>,
-    state: &str,
-) -> ! {
+fn exec_prepared(process: &oci_spec::runtime::Process, p: &Prepared, args: &InitArgs<'_>) -> ! {
     let preserve_fds = args.preserve_fds;
     if let Some(mask) = process.user().umask() {
         nix::sys::stat::umask(Mode::from_bits_truncate(mask));
@@ -431,8 +438,8 @@ fn exec_prepared(
     }
     // Last step before execve: the runtime's own system calls are never filtered.
     if let Some(sc) = args.seccomp {
-        if process.no_new_privileges().unwrap_or(false) {
-            if let Err(e) = crate::seccomp::install(sc, state) {
+        if process.no_new_privileges().unwrap_or(false) && !sc.has_listener() {
+            if let Err(e) = crate::seccomp::install(sc) {
                 fatal(&e.to_string());
             }
         }
@@ -452,12 +459,12 @@ fn exec_process(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallible
         nix::unistd::setsid().map_err(|e| InitFailure::new(Step::Setup, "setsid", e))?;
     }
     crate::process::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
-    let prepared = prepare_process(args, process, "{}")?;
+    let prepared = prepare_process(args, process, ch)?;
     nix::sys::prctl::set_pdeathsig(None)
         .map_err(|e| InitFailure::new(Step::Setup, "clear parent-death signal", e))?;
     ch.send(&FromInit::Ready)
         .map_err(|e| InitFailure::new(Step::Setup, "write to runtime", e))?;
-    exec_prepared(process, &prepared, args, "{}")
+    exec_prepared(process, &prepared, args)
 }
 
 fn fatal(msg: &str) -> ! {

@@ -52,41 +52,47 @@ pub fn plan(spec: &Spec) -> Result<Option<SeccompPlan>> {
     }))
 }
 
-/// Install the filter on the calling (init) process; hand the listener descriptor out if any.
-pub fn install(plan: &SeccompPlan, state_json: &str) -> std::result::Result<(), InitFailure> {
-    let listener = moat_sys::seccomp::set_mode_filter(&plan.program, plan.flags)
-        .map_err(|e| InitFailure::new(Step::Seccomp, "install the seccomp filter", e))?;
-    if let (Some(fd), Some(path)) = (listener, &plan.listener_path) {
-        send_listener(&fd, path, &plan.listener_metadata, state_json)?;
-    }
-    Ok(())
+/// Install the filter on the calling (init) process; returns the notify listener descriptor, if
+/// the filter has one (the init hands it to the runtime, which sends it to `listenerPath` from
+/// the host's mount namespace: the path is not reachable from inside the container).
+pub fn install(plan: &SeccompPlan) -> std::result::Result<Option<OwnedFd>, InitFailure> {
+    moat_sys::seccomp::set_mode_filter(&plan.program, plan.flags)
+        .map_err(|e| InitFailure::new(Step::Seccomp, "install the seccomp filter", e))
 }
 
-fn send_listener(
+impl SeccompPlan {
+    /// Whether the filter hands a notify descriptor out (then it is installed before `Ready`).
+    pub fn has_listener(&self) -> bool {
+        self.flags & moat_sys::seccomp::FILTER_FLAG_NEW_LISTENER != 0
+    }
+}
+
+/// Runtime side: send the notify descriptor of process `pid` to the listener at `path`, with the
+/// container process state the OCI runtime spec defines.
+pub fn send_listener(
     fd: &OwnedFd,
     path: &PathBuf,
     metadata: &str,
+    pid: i32,
     state_json: &str,
-) -> std::result::Result<(), InitFailure> {
-    let fail = |what: String| move |e| InitFailure::new(Step::Seccomp, what, e);
+) -> Result<()> {
     let state: serde_json::Value =
         serde_json::from_str(state_json).unwrap_or(serde_json::Value::Null);
     let msg = serde_json::json!({
         "ociVersion": crate::state::OCI_VERSION,
         "fds": ["seccompFd"],
-        "pid": nix::unistd::getpid().as_raw(),
+        "pid": pid,
         "metadata": metadata,
         "state": state,
     });
-    let sock = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
-        InitFailure::new(
-            Step::Seccomp,
-            format!("connect to seccomp listener {}", path.display()),
-            moat_sys::process::io_errno(&e),
-        )
-    })?;
+    let sock =
+        std::os::unix::net::UnixStream::connect(path).map_err(|source| ContainerError::Io {
+            what: "connect to seccomp listener",
+            path: path.clone(),
+            source,
+        })?;
     moat_sys::fd::send_fds(sock.as_fd(), msg.to_string().as_bytes(), &[fd.as_raw_fd()]).map_err(
-        fail(format!(
+        crate::error::sys(format!(
             "send the seccomp notify descriptor to {}",
             path.display()
         )),

@@ -33,6 +33,8 @@ pub enum FromInit {
     },
     /// The mounts are in place: run prestart and createRuntime hooks now.
     RunHooks,
+    /// The seccomp notify listener descriptor rides along (SCM_RIGHTS): send it to listenerPath.
+    SeccompFd,
     /// Setup is complete; the init now waits on the exec fifo.
     Ready,
     Failed(InitFailure),
@@ -68,6 +70,33 @@ impl Channel {
                 r => return r.map(|_| ()),
             }
         }
+    }
+
+    /// Send a message with one descriptor attached.
+    pub fn send_fd<T: Serialize>(
+        &self,
+        msg: &T,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> nix::Result<()> {
+        let data = serde_json::to_vec(msg).map_err(|_| nix::errno::Errno::EINVAL)?;
+        moat_sys::fd::send_fds(self.fd.as_fd(), &data, &[fd.as_raw_fd()])
+    }
+
+    /// Receive one message and any descriptors attached; `Ok(None)` on EOF.
+    pub fn recv_with_fds<T: DeserializeOwned>(&self) -> nix::Result<Option<(T, Vec<OwnedFd>)>> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let (n, fds) = loop {
+            match moat_sys::fd::recv_fds(self.fd.as_fd(), &mut buf) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => break r?,
+            }
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        serde_json::from_slice(&buf[..n])
+            .map(|m| Some((m, fds)))
+            .map_err(|_| nix::errno::Errno::EBADMSG)
     }
 
     /// Receive one message; `Ok(None)` on EOF (the peer exited).

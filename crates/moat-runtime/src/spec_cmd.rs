@@ -13,6 +13,8 @@ const DEFAULT_SPEC: &str = include_str!("data/spec.json");
 pub fn default_spec(rootless: bool) -> Result<Value> {
     let mut spec: Value =
         serde_json::from_str(DEFAULT_SPEC).context("parse built-in default spec")?;
+    spec["linux"]["seccomp"] = serde_json::from_str(moat_seccomp::DEFAULT_PROFILE_JSON)
+        .context("parse built-in seccomp profile")?;
     if rootless {
         let uid = nix::unistd::getuid().as_raw();
         let gid = nix::unistd::getgid().as_raw();

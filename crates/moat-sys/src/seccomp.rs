@@ -14,7 +14,7 @@ pub const FILTER_FLAG_NEW_LISTENER: u32 = 8;
 /// calling thread. The caller has set no_new_privs or holds CAP_SYS_ADMIN. Returns the listener
 /// descriptor when `flags` has NEW_LISTENER. Does not allocate.
 pub fn set_mode_filter(prog: &[u8], flags: u32) -> Result<Option<OwnedFd>> {
-    if prog.is_empty() || prog.len() % 8 != 0 || prog.len() / 8 > 4096 {
+    if prog.is_empty() || !prog.len().is_multiple_of(8) || prog.len() / 8 > 4096 {
         return Err(Errno::EINVAL);
     }
     let fprog = libc::sock_fprog {
