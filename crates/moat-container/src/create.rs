@@ -296,15 +296,8 @@ pub fn write_pid_file(path: &std::path::Path, pid: i32) -> Result<()> {
 /// Refuse what this backend does not implement yet instead of silently ignoring it.
 fn check_supported(b: &Bundle) -> Result<()> {
     let linux = b.spec.linux().as_ref();
-    if b.spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.apparmor_profile().as_ref())
-        .is_some_and(|p| !p.is_empty())
-    {
-        return Err(ContainerError::Unsupported(
-            "process.apparmorProfile: AppArmor is not supported by this moat build yet".into(),
-        ));
+    if let Some(p) = b.spec.process() {
+        crate::lsm::check(p).map_err(ContainerError::Unsupported)?;
     }
     if linux.and_then(|l| l.intel_rdt().as_ref()).is_some() {
         return Err(ContainerError::Unsupported(

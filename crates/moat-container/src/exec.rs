@@ -56,6 +56,9 @@ pub fn exec(store: &Store, opts: &ExecOptions, process: Process) -> Result<Pid> 
     let mut spec = bundle.spec.clone();
     spec.set_process(Some(process));
     crate::spec::validate(&spec)?;
+    if let Some(p) = spec.process() {
+        crate::lsm::check(p).map_err(ContainerError::Unsupported)?;
+    }
     let types: Vec<LinuxNamespaceType> = spec
         .linux()
         .as_ref()

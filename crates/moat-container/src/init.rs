@@ -436,6 +436,9 @@ fn exec_prepared(process: &oci_spec::runtime::Process, p: &Prepared, args: &Init
             std::mem::forget(owned);
         }
     }
+    if let Err(e) = crate::lsm::apply_at_exec(process) {
+        fatal(&e.to_string());
+    }
     // Last step before execve: the runtime's own system calls are never filtered.
     if let Some(sc) = args.seccomp {
         if process.no_new_privileges().unwrap_or(false) && !sc.has_listener() {

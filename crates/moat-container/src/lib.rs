@@ -9,12 +9,14 @@
 
 pub mod console;
 pub mod create;
+pub mod defaults;
 pub mod delete;
 pub mod error;
 pub mod exec;
 pub mod hooks;
 pub mod init;
 pub mod kill;
+pub mod lsm;
 pub mod mountopts;
 pub mod namespaces;
 pub mod pause;

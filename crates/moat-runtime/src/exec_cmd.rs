@@ -45,7 +45,7 @@ pub struct ExecArgs {
     /// Set no_new_privs for the process.
     #[arg(long)]
     pub no_new_privs: bool,
-    /// AppArmor profile for the process (not supported yet: refused when given).
+    /// AppArmor profile for the process (refused with a clear error where AppArmor is off).
     #[arg(long)]
     pub apparmor: Option<String>,
     /// SELinux process label (ignored when SELinux is disabled, as runc does).

@@ -293,3 +293,33 @@ fn terminal_without_console_socket_is_refused() {
     );
     assert_clean(&rt, &id, Some(b.path()));
 }
+
+#[test]
+fn apparmor_profile_is_applied_or_refused_and_selinux_label_ignored_when_disabled() {
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["true"]);
+    b.spec["process"]["apparmorProfile"] = json!("unconfined");
+    b.sh("cat /proc/self/attr/current 2>/dev/null; echo ok");
+    let id = id("apparmor");
+    let (code, out, err) = rt.run(&b, &id);
+    let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|s| s.starts_with('Y'));
+    if enabled {
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("unconfined"), "{out}");
+    } else {
+        assert_ne!(code, 0);
+        assert!(
+            err.starts_with("error: ") && err.contains("AppArmor is not enabled"),
+            "{err}"
+        );
+    }
+    assert_clean(&rt, &id, Some(b.path()));
+    if !std::path::Path::new("/sys/fs/selinux/enforce").exists() {
+        let mut b = Bundle::new(&["true"]);
+        b.spec["process"]["selinuxLabel"] = json!("system_u:system_r:container_t:s0:c1,c2");
+        b.spec["linux"]["mountLabel"] = json!("system_u:object_r:container_file_t:s0:c1,c2");
+        b.sh("echo ran");
+        assert_eq!(rt.run_ok(&b, &common::id("selinux")), "ran\n");
+    }
+}
