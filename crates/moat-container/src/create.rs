@@ -164,9 +164,9 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
     drop(child);
     drop(console);
     undo.pids.push(stage1);
+    // No state write here: after a kill -9 of this process, `delete --force` finds the
+    // processes through the cgroup recorded by the first write.
     st.pid = stage1.as_raw();
-    st.pid_start = moat_sys::process::start_time(st.pid).unwrap_or(0);
-    store.save(&st)?;
     cgroup.add_pid(stage1.as_raw())?;
     if plan.new_userns() && plan.clone_flags & libc::CLONE_NEWUSER as u64 != 0 {
         write_id_maps(&bundle, stage1.as_raw())?;
@@ -214,8 +214,6 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
                 let _ = waitpid(stage1, None);
                 undo.pids.retain(|p| *p != stage1);
                 st.pid = pid;
-                st.pid_start = moat_sys::process::start_time(pid).unwrap_or(0);
-                store.save(&st)?;
             }
             Some(FromInit::RunHooks) => {
                 let state = state_json(store, &st);
