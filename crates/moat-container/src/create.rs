@@ -186,20 +186,10 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
         };
         match msg {
             Some(FromInit::SeccompFd) => {
-                let fd = fds.pop().ok_or_else(|| {
-                    ContainerError::Unsupported("seccomp notify descriptor missing".into())
-                })?;
-                if let Some(path) = seccomp.as_ref().and_then(|s| s.listener_path.clone()) {
-                    let mut s = store.oci_state(&st);
-                    s.status = crate::state::Status::Creating;
-                    s.pid = st.pid;
-                    let state = serde_json::to_string(&s).unwrap_or_default();
-                    let meta = seccomp
-                        .as_ref()
-                        .map(|s| s.listener_metadata.clone())
-                        .unwrap_or_default();
-                    crate::seccomp::send_listener(&fd, &path, &meta, st.pid, &state)?;
-                }
+                let mut state = store.oci_state(&st);
+                state.status = crate::state::Status::Creating;
+                state.pid = st.pid;
+                crate::seccomp::forward_listener(seccomp.as_ref(), fds.pop(), st.pid, &state)?;
             }
             Some(FromInit::NeedMaps { pid }) => {
                 write_id_maps(&bundle, pid)?;

@@ -127,22 +127,13 @@ pub fn exec(store: &Store, opts: &ExecOptions, process: Process) -> Result<Pid> 
             };
             match msg {
                 Some(FromInit::SeccompFd) => {
-                    let fd = fds.pop().ok_or_else(|| {
-                        ContainerError::Unsupported("seccomp notify descriptor missing".into())
-                    })?;
-                    if let Some(sc) = &seccomp {
-                        if let Some(path) = &sc.listener_path {
-                            let state =
-                                serde_json::to_string(&store.oci_state(&st)).unwrap_or_default();
-                            crate::seccomp::send_listener(
-                                &fd,
-                                path,
-                                &sc.listener_metadata,
-                                proc_pid.as_raw(),
-                                &state,
-                            )?;
-                        }
-                    }
+                    let state = store.oci_state(&st);
+                    crate::seccomp::forward_listener(
+                        seccomp.as_ref(),
+                        fds.pop(),
+                        proc_pid.as_raw(),
+                        &state,
+                    )?;
                 }
                 Some(FromInit::InitPid { pid }) => {
                     proc_pid = Pid::from_raw(pid);

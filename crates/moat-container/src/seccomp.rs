@@ -67,6 +67,29 @@ impl SeccompPlan {
     }
 }
 
+/// Runtime side of `FromInit::SeccompFd`: send the descriptor the init handed over to the plan's
+/// listener, with the container's state.
+pub fn forward_listener(
+    plan: Option<&SeccompPlan>,
+    fd: Option<OwnedFd>,
+    pid: i32,
+    state: &crate::state::OciState,
+) -> Result<()> {
+    let fd = fd.ok_or_else(|| {
+        ContainerError::Unsupported("the seccomp notify descriptor is missing".into())
+    })?;
+    match plan.and_then(|p| p.listener_path.as_ref().map(|path| (p, path))) {
+        Some((p, path)) => send_listener(
+            &fd,
+            path,
+            &p.listener_metadata,
+            pid,
+            &serde_json::to_string(state).unwrap_or_default(),
+        ),
+        None => Ok(()),
+    }
+}
+
 /// Runtime side: send the notify descriptor of process `pid` to the listener at `path`, with the
 /// container process state the OCI runtime spec defines.
 pub fn send_listener(

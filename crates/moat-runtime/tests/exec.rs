@@ -181,7 +181,6 @@ fn exec_failures_are_clear() {
 #[test]
 fn exec_with_tty_through_console_socket() {
     use std::io::{Read, Write};
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let rt = Rt::new();
     let b = Bundle::new(&["sleep", "1000"]);
     let id = id("exectty");
@@ -204,25 +203,8 @@ fn exec_with_tty_through_console_socket() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let (conn, _) = listener.accept().unwrap();
-    let mut buf = [0u8; 256];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = nix::sys::socket::recvmsg::<()>(
-        conn.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        nix::sys::socket::MsgFlags::empty(),
-    )
-    .unwrap();
-    let mut master = None;
-    for c in msg.cmsgs().unwrap() {
-        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
-            // SAFETY: SCM_RIGHTS gave us this new descriptor.
-            master = Some(unsafe { OwnedFd::from_raw_fd(fds[0]) });
-        }
-    }
-    let mut m: std::fs::File = master.expect("no pty master").into();
+    let (_, master) = accept_fd(&listener);
+    let mut m: std::fs::File = master.into();
     m.write_all(b"abc\n").unwrap();
     let mut out = Vec::new();
     let mut chunk = [0u8; 256];

@@ -223,7 +223,6 @@ fn unsafe_pre_exec(cmd: &mut std::process::Command, a: i32, b: i32) {
 #[test]
 fn terminal_through_console_socket() {
     use std::io::{Read, Write};
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let rt = Rt::new();
     let mut b = Bundle::new(&["true"]);
     b.spec["process"]["terminal"] = json!(true);
@@ -235,25 +234,8 @@ fn terminal_through_console_socket() {
     let id = id("tty");
     let o = rt.create_out(&b, &id, &["--console-socket", sock_path.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let (conn, _) = listener.accept().unwrap();
-    let mut buf = [0u8; 256];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = nix::sys::socket::recvmsg::<()>(
-        conn.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        nix::sys::socket::MsgFlags::empty(),
-    )
-    .unwrap();
-    let mut master = None;
-    for c in msg.cmsgs().unwrap() {
-        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
-            // SAFETY: SCM_RIGHTS gave us this new descriptor.
-            master = Some(unsafe { OwnedFd::from_raw_fd(fds[0]) });
-        }
-    }
-    let master: std::fs::File = master.expect("no pty master received").into();
+    let (_, master) = accept_fd(&listener);
+    let master: std::fs::File = master.into();
     rt.ok(&["start", &id]);
     let mut m = master;
     m.write_all(b"typed\n").unwrap();

@@ -119,7 +119,7 @@ fn exec_gets_the_filter_and_runtime_syscalls_are_not_filtered() {
 
 #[test]
 fn notify_listener_receives_the_fd_and_answers() {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::AsRawFd;
     let rt = Rt::new();
     let d = tempfile::tempdir().unwrap();
     let sock = d.path().join("listener.sock");
@@ -134,27 +134,8 @@ fn notify_listener_receives_the_fd_and_answers() {
     b.sh("mkdir /tmp/z 2>&1; echo mkdir=$?");
     let id = id("scnotify");
     let handler = std::thread::spawn(move || {
-        let (conn, _) = listener.accept().unwrap();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = nix::sys::socket::recvmsg::<()>(
-            conn.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            nix::sys::socket::MsgFlags::empty(),
-        )
-        .unwrap();
-        let n = msg.bytes;
-        let mut fd = None;
-        for c in msg.cmsgs().unwrap() {
-            if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
-                // SAFETY: SCM_RIGHTS gave us this new descriptor.
-                fd = Some(unsafe { OwnedFd::from_raw_fd(fds[0]) });
-            }
-        }
-        let state: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap();
-        let fd = fd.expect("no seccomp fd received");
+        let (payload, fd) = accept_fd(&listener);
+        let state: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         // struct seccomp_notif (80 bytes) and seccomp_notif_resp (24 bytes).
         let mut notif = [0u8; 80];
         // SAFETY: SECCOMP_IOCTL_NOTIF_RECV fills a seccomp_notif of 80 bytes.

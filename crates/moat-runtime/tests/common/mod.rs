@@ -262,3 +262,13 @@ pub fn assert_clean(rt: &Rt, id: &str, bundle: Option<&Path>) {
         );
     }
 }
+
+/// Accept one connection on `listener` and receive one descriptor (SCM_RIGHTS) with its payload,
+/// as a console socket or a seccomp listener does.
+pub fn accept_fd(listener: &std::os::unix::net::UnixListener) -> (Vec<u8>, std::os::fd::OwnedFd) {
+    let (conn, _) = listener.accept().unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let (n, mut fds) = moat_sys::fd::recv_fds(std::os::fd::AsFd::as_fd(&conn), &mut buf).unwrap();
+    buf.truncate(n);
+    (buf, fds.pop().expect("no descriptor received"))
+}
