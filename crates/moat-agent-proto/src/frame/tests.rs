@@ -1,0 +1,240 @@
+//! Unit tests of the framing, including a deterministic random-bytes property test (the same
+//! property the cargo-fuzz target in `fuzz/` checks with coverage guidance).
+
+use super::*;
+use crate::messages::*;
+
+fn sample_host() -> Vec<HostMessage> {
+    vec![
+        HostMessage {
+            id: 1,
+            request: Request::Ping,
+        },
+        HostMessage {
+            id: 2,
+            request: Request::Create {
+                container_id: "c1".into(),
+                config_json: r#"{"ociVersion":"1.2.0"}"#.into(),
+                rootfs: RootfsDisk {
+                    serial: "rootfs0".into(),
+                    fstype: "ext4".into(),
+                    readonly: true,
+                },
+            },
+        },
+        HostMessage {
+            id: 3,
+            request: Request::Kill {
+                container_id: "c1".into(),
+                exec_id: Some("e".into()),
+                signal: 9,
+                all: false,
+            },
+        },
+        HostMessage {
+            id: 4,
+            request: Request::Shutdown,
+        },
+    ]
+}
+
+fn sample_guest() -> Vec<GuestMessage> {
+    vec![
+        GuestMessage::Ready {
+            version: crate::PROTOCOL_VERSION,
+            kernel_release: "6.1.0".into(),
+        },
+        GuestMessage::Response {
+            id: 2,
+            result: Err(AgentError {
+                code: ErrorCode::NotFound,
+                message: "container c1".into(),
+            }),
+        },
+        GuestMessage::Output {
+            container_id: "c1".into(),
+            exec_id: None,
+            stream: Stream::Stderr,
+            data: vec![0, 255, 10],
+        },
+        GuestMessage::Exited {
+            container_id: "c1".into(),
+            exec_id: None,
+            status: ExitStatus::Signal(9),
+        },
+    ]
+}
+
+#[test]
+fn round_trip_in_one_push_and_byte_by_byte() {
+    let mut all = Vec::new();
+    for m in sample_host() {
+        all.extend(encode(&m).unwrap());
+    }
+    let mut d = Decoder::<HostMessage>::new();
+    d.push(&all);
+    let got: Vec<_> = std::iter::from_fn(|| d.next_message())
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, sample_host());
+    assert!(d.is_idle());
+
+    let mut all = Vec::new();
+    for m in sample_guest() {
+        all.extend(encode(&m).unwrap());
+    }
+    let mut d = Decoder::<GuestMessage>::new();
+    let mut got = Vec::new();
+    for b in &all {
+        d.push(std::slice::from_ref(b));
+        while let Some(m) = d.next_message() {
+            got.push(m.unwrap());
+        }
+    }
+    assert_eq!(got, sample_guest());
+}
+
+#[test]
+fn malformed_frame_reports_id_and_stream_continues() {
+    let bad = br#"{"id":42,"request":{"launch_missiles":{}}}"#;
+    let mut bytes = (bad.len() as u32).to_le_bytes().to_vec();
+    bytes.extend_from_slice(bad);
+    bytes.extend(encode(&sample_host()[0]).unwrap());
+    let mut d = Decoder::<HostMessage>::new();
+    d.push(&bytes);
+    match d.next_message() {
+        Some(Err(DecodeError::Malformed { id: Some(42), .. })) => {}
+        other => panic!("expected malformed with id 42, got {other:?}"),
+    }
+    assert_eq!(d.next_message(), Some(Ok(sample_host()[0].clone())));
+}
+
+#[test]
+fn oversized_frame_is_skipped_without_buffering_it() {
+    let len = MAX_FRAME + 10;
+    let mut d = Decoder::<HostMessage>::new();
+    d.push(&(len as u32).to_le_bytes());
+    assert_eq!(d.next_message(), Some(Err(DecodeError::TooLarge { len })));
+    // Feed the oversized body in pieces; nothing is kept.
+    for _ in 0..(len / 4096 + 1) {
+        d.push(&[b'x'; 4096][..4096.min(len)]);
+        assert!(d.next_message().is_none() || d.buf.len() < 4096 * 2);
+    }
+    let mut d = Decoder::<HostMessage>::new();
+    d.push(&(len as u32).to_le_bytes());
+    d.push(&vec![b'x'; len]);
+    d.push(&encode(&sample_host()[0]).unwrap());
+    assert!(matches!(
+        d.next_message(),
+        Some(Err(DecodeError::TooLarge { .. }))
+    ));
+    assert_eq!(d.next_message(), Some(Ok(sample_host()[0].clone())));
+}
+
+#[test]
+fn encode_refuses_too_large() {
+    let m = GuestMessage::Output {
+        container_id: "c".into(),
+        exec_id: None,
+        stream: Stream::Stdout,
+        data: vec![200; MAX_FRAME],
+    };
+    assert!(matches!(encode(&m), Err(EncodeError::TooLarge { .. })));
+}
+
+/// xorshift64*: deterministic, no dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+#[test]
+fn random_and_mutated_bytes_never_panic() {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut valid = Vec::new();
+    for m in sample_host() {
+        valid.push(encode(&m).unwrap());
+    }
+    for m in sample_guest() {
+        valid.push(encode(&m).unwrap());
+    }
+    for round in 0..20_000 {
+        let bytes: Vec<u8> = if round % 2 == 0 {
+            let n = (rng.next() % 300) as usize;
+            (0..n).map(|_| rng.next() as u8).collect()
+        } else {
+            // Flip a few bytes of a valid frame (header included).
+            let mut v = valid[(rng.next() as usize) % valid.len()].clone();
+            for _ in 0..(rng.next() % 4 + 1) {
+                let i = (rng.next() as usize) % v.len();
+                v[i] = rng.next() as u8;
+            }
+            v
+        };
+        let mut h = Decoder::<HostMessage>::new();
+        let mut g = Decoder::<GuestMessage>::new();
+        let cut = (rng.next() as usize) % (bytes.len() + 1);
+        for part in [&bytes[..cut], &bytes[cut..]] {
+            h.push(part);
+            g.push(part);
+            let mut steps = 0;
+            while h.next_message().is_some() {
+                steps += 1;
+                assert!(steps < 1000, "decoder does not make progress");
+            }
+            while g.next_message().is_some() {}
+        }
+    }
+}
+
+#[test]
+fn deeply_nested_json_is_an_error_not_a_stack_overflow() {
+    let body = "[".repeat(100_000);
+    let mut bytes = (body.len() as u32).to_le_bytes().to_vec();
+    bytes.extend_from_slice(body.as_bytes());
+    let mut d = Decoder::<HostMessage>::new();
+    d.push(&bytes);
+    assert!(matches!(
+        d.next_message(),
+        Some(Err(DecodeError::Malformed { id: None, .. }))
+    ));
+}
+
+#[test]
+fn seed_corpus_holds_valid_frames() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/decode");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap();
+        let mut h = Decoder::<HostMessage>::new();
+        let mut g = Decoder::<GuestMessage>::new();
+        h.push(&bytes);
+        g.push(&bytes);
+        let ok_h = matches!(h.next_message(), Some(Ok(_)));
+        let ok_g = matches!(g.next_message(), Some(Ok(_)));
+        assert!(ok_h || ok_g, "corpus file does not decode");
+        n += 1;
+    }
+    assert!(n >= 4);
+}
+
+/// Regenerate the seed corpus: `MOAT_WRITE_CORPUS=1 cargo test -p moat-agent-proto`.
+#[test]
+fn write_seed_corpus_when_asked() {
+    if std::env::var_os("MOAT_WRITE_CORPUS").is_none() {
+        return;
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/decode");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, m) in sample_host().iter().enumerate() {
+        std::fs::write(dir.join(format!("host-{i}")), encode(m).unwrap()).unwrap();
+    }
+    for (i, m) in sample_guest().iter().enumerate() {
+        std::fs::write(dir.join(format!("guest-{i}")), encode(m).unwrap()).unwrap();
+    }
+}

@@ -1,0 +1,24 @@
+//! `moat-agent-proto`: the wire protocol between moat on the host and `moat-agent`, the PID 1 of
+//! a moat guest VM. It owns the typed messages ([`HostMessage`], [`GuestMessage`]) and their
+//! framing (a little-endian `u32` length, then that many bytes of JSON), and nothing else.
+//!
+//! The guest announces itself with [`GuestMessage::Ready`] carrying [`PROTOCOL_VERSION`]; the
+//! host refuses a guest with another version. Every request carries an id that its
+//! [`GuestMessage::Response`] repeats; output and exit events are unsolicited.
+//!
+//! What it must never do: perform I/O, or panic, allocate without bound or loop on hostile bytes.
+//! Both sides treat the other as untrusted, so [`Decoder`] turns every malformed frame into a
+//! [`DecodeError`] and keeps the stream in sync where the framing allows it.
+#![forbid(unsafe_code)]
+
+mod frame;
+mod messages;
+
+pub use frame::{encode, DecodeError, Decoder, EncodeError, HEADER_LEN, MAX_FRAME};
+pub use messages::*;
+
+/// The version of this protocol; bumped on any incompatible change of a message.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The `name=` of the virtio-serial port the agent listens on.
+pub const AGENT_PORT_NAME: &str = "io.moat.agent.0";

@@ -1,0 +1,150 @@
+//! The messages. Wire types only: the host and the agent translate them to and from their own
+//! types at the boundary (a container spec travels as the bundle's `config.json` text, so this
+//! crate does not depend on `oci-spec`).
+
+use serde::{Deserialize, Serialize};
+
+/// A request from the host, answered by one [`GuestMessage::Response`] with the same `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostMessage {
+    pub id: u64,
+    pub request: Request,
+}
+
+/// What the host asks of the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// Liveness check; answered with [`Reply::Pong`].
+    Ping,
+    /// Create a container from a bundle config and a root filesystem disk; its process waits
+    /// until [`Request::Start`].
+    Create {
+        container_id: String,
+        /// The bundle's `config.json`, verbatim.
+        config_json: String,
+        rootfs: RootfsDisk,
+    },
+    /// Start the process of a created container.
+    Start { container_id: String },
+    /// Run another process in a running container (`process_json` is an OCI `process` object).
+    Exec {
+        container_id: String,
+        exec_id: String,
+        process_json: String,
+    },
+    /// Send `signal` to the container's init (or to an exec'd process, or with `all` to every
+    /// process of the container).
+    Kill {
+        container_id: String,
+        exec_id: Option<String>,
+        signal: i32,
+        all: bool,
+    },
+    /// Delete a stopped container (or any, with `force`), unmounting its root filesystem.
+    Delete { container_id: String, force: bool },
+    /// End the sandbox: kill every container and power the VM off.
+    Shutdown,
+}
+
+/// The block device holding a container's root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootfsDisk {
+    /// The virtio-blk serial the host gave the disk; the agent finds it in /sys/block/*/serial.
+    pub serial: String,
+    /// Filesystem type, e.g. `ext4`.
+    pub fstype: String,
+    /// Mount read-only (the host also attaches the disk read-only).
+    pub readonly: bool,
+}
+
+/// A message from the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestMessage {
+    /// First message of the agent once it serves requests.
+    Ready {
+        version: u32,
+        /// The guest kernel's release (`uname -r`).
+        kernel_release: String,
+    },
+    /// The answer to request `id` (0 when the request was too malformed to carry an id).
+    Response {
+        id: u64,
+        result: Result<Reply, AgentError>,
+    },
+    /// Bytes a container process wrote to stdout or stderr.
+    Output {
+        container_id: String,
+        exec_id: Option<String>,
+        stream: Stream,
+        data: Vec<u8>,
+    },
+    /// A container's init (or exec'd process) ended; sent after all its output.
+    Exited {
+        container_id: String,
+        exec_id: Option<String>,
+        status: ExitStatus,
+    },
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Pong,
+    Done,
+    /// The guest pid of the created container's init or of the exec'd process.
+    Pid(i32),
+}
+
+/// Which output stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The shell convention: the code, or 128+N when killed by signal N.
+    pub fn as_shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// A failed request: a typed code the host can act on and a message naming what failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct AgentError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Closed set of failure classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame could not be decoded.
+    Malformed,
+    /// The request is well-formed but its arguments are not acceptable.
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    /// Finding or mounting the root filesystem disk failed.
+    Rootfs,
+    /// The container backend refused or failed.
+    Container,
+    Io,
+}

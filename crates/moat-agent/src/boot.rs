@@ -1,0 +1,179 @@
+//! Guest boot: the steps a PID 1 on an initramfs takes before it can serve requests. Mount the
+//! kernel filesystems, load the kernel modules shipped in the initramfs (in the order the host
+//! resolved), move onto a tmpfs root (pivot_root(2) refuses the initramfs itself, and containers
+//! need it), and find the virtio-serial port the host named.
+//!
+//! What it must never do: guess device numbers. The port is found by its name, a disk by the
+//! serial the host gave it.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, MsFlags};
+
+use crate::error::{AgentFailure, Result};
+use crate::log;
+
+/// Directory of the initramfs holding the `.ko` files, loaded in name order (`NN-name.ko`).
+pub const MODULE_DIR: &str = "/lib/moat-modules";
+
+fn do_mount(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    let _ = std::fs::create_dir_all(target);
+    mount(Some(src), target, Some(fstype), flags, data).map_err(|e| AgentFailure::Sys {
+        what: format!("mount {fstype} at {target}"),
+        errno: e,
+    })
+}
+
+/// Everything before serving: returns the path of the agent's port.
+pub fn boot(port_name: &str) -> Result<PathBuf> {
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    do_mount("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, None)?;
+    do_mount("proc", "/proc", "proc", nosuid, None)?;
+    do_mount("sysfs", "/sys", "sysfs", nosuid, None)?;
+    log::open_kmsg();
+    load_modules(Path::new(MODULE_DIR))?;
+    switch_to_tmpfs()?;
+    do_mount("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, None)?;
+    do_mount(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=755"),
+    )?;
+    do_mount(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None,
+    )?;
+    find_port(port_name, Duration::from_secs(10))
+}
+
+/// Load every module of `dir` in name order; an already loaded (or built-in) one is fine.
+fn load_modules(dir: &Path) -> Result<()> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(AgentFailure::io("read module dir", dir, e)),
+    };
+    files.sort();
+    for f in files {
+        let file = File::open(&f).map_err(|e| AgentFailure::io("open module", &f, e))?;
+        match nix::kmod::finit_module(file.as_fd(), c"", nix::kmod::ModuleInitFlags::empty()) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => {
+                return Err(AgentFailure::Sys {
+                    what: format!("finit_module {}", f.display()),
+                    errno: e,
+                })
+            }
+        }
+        // The initramfs is never freed; at least drop the file's pages.
+        let _ = std::fs::remove_file(&f);
+    }
+    Ok(())
+}
+
+/// switch_root(8) without exec: a tmpfs becomes `/` (MS_MOVE + chroot), carrying the kernel
+/// filesystems along, so that containers can pivot_root(2) later.
+fn switch_to_tmpfs() -> Result<()> {
+    let new = "/newroot";
+    do_mount("tmpfs", new, "tmpfs", MsFlags::MS_NOSUID, Some("mode=755"))?;
+    for m in ["/dev", "/proc", "/sys"] {
+        let target = format!("{new}{m}");
+        let _ = std::fs::create_dir_all(&target);
+        mount(
+            Some(m),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(|e| AgentFailure::Sys {
+            what: format!("move {m} to {target}"),
+            errno: e,
+        })?;
+    }
+    for d in ["run", "tmp"] {
+        let _ = std::fs::create_dir_all(format!("{new}/{d}"));
+    }
+    let sys = |what: &str| {
+        let what = what.to_string();
+        move |e| AgentFailure::Sys { what, errno: e }
+    };
+    nix::unistd::chdir(new).map_err(sys("chdir /newroot"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(sys("move /newroot to /"))?;
+    nix::unistd::chroot(".").map_err(sys("chroot /newroot"))?;
+    nix::unistd::chdir("/").map_err(sys("chdir /"))?;
+    Ok(())
+}
+
+/// The /dev node of the virtio-serial port named `name` (the `name=` of QEMU's virtserialport).
+fn find_port(name: &str, timeout: Duration) -> Result<PathBuf> {
+    let start = Instant::now();
+    let class = Path::new("/sys/class/virtio-ports");
+    loop {
+        if let Ok(rd) = std::fs::read_dir(class) {
+            for e in rd.flatten() {
+                let n = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
+                if n.trim_end() == name {
+                    let dev = Path::new("/dev").join(e.file_name());
+                    if dev.exists() {
+                        return Ok(dev);
+                    }
+                }
+            }
+        }
+        if start.elapsed() > timeout {
+            return Err(AgentFailure::NotFound(format!(
+                "virtio-serial port named {name:?} under {}",
+                class.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The /dev node of the block device whose virtio serial is `serial`.
+pub fn find_disk(serial: &str, timeout: Duration) -> Result<PathBuf> {
+    let start = Instant::now();
+    loop {
+        if let Ok(rd) = std::fs::read_dir("/sys/block") {
+            for e in rd.flatten() {
+                let s = std::fs::read_to_string(e.path().join("serial")).unwrap_or_default();
+                if s.trim_end() == serial {
+                    return Ok(Path::new("/dev").join(e.file_name()));
+                }
+            }
+        }
+        if start.elapsed() > timeout {
+            return Err(AgentFailure::NotFound(format!(
+                "disk with serial {serial:?} under /sys/block"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kill what is left, flush the disks and power the VM off. Never returns.
+pub fn power_off() -> ! {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), nix::sys::signal::SIGKILL);
+    nix::unistd::sync();
+    let e = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    log::error(&format!("power off: {e:?}"));
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,453 @@
+//! The request loop: one thread, one `poll(2)` over the port and the output pipes, and a
+//! non-blocking reap of exited children on every turn. Single-threaded on purpose:
+//! `moat-container` forks with clone3 and refuses (EBUSY) to do so from a multi-threaded process,
+//! since the child runs Rust code that could meet a lock held by another thread.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use moat_agent_proto::{
+    encode, DecodeError, Decoder, ExitStatus, GuestMessage, HostMessage, Reply, Request,
+    RootfsDisk, Stream, PROTOCOL_VERSION,
+};
+use moat_container::Store;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::error::{AgentFailure, Result};
+use crate::stdio::{lend, Pipes};
+use crate::{boot, log};
+
+/// A container id and, for an exec'd process, its exec id.
+pub type Key = (String, Option<String>);
+
+struct Proc {
+    pid: i32,
+    open_pipes: u8,
+    status: Option<(ExitStatus, Instant)>,
+}
+
+struct Pipe {
+    file: File,
+    key: Key,
+    stream: Stream,
+}
+
+struct Agent {
+    port: File,
+    store: Store,
+    bundles: HashMap<String, PathBuf>,
+    procs: HashMap<Key, Proc>,
+    pipes: Vec<Pipe>,
+}
+
+const BUNDLES: &str = "/run/moat-agent/bundles";
+/// How long an exit waits for the process's pipes to close (a daemon may hold them open).
+const EOF_GRACE: Duration = Duration::from_millis(500);
+/// Poll timeout: the latency of noticing an exit.
+const TICK_MS: u16 = 20;
+
+pub fn serve(port_path: &Path) -> Result<()> {
+    let port = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(port_path)
+        .map_err(|e| AgentFailure::io("open port", port_path, e))?;
+    let mut agent = Agent {
+        port,
+        store: Store::new("/run/moat"),
+        bundles: HashMap::new(),
+        procs: HashMap::new(),
+        pipes: Vec::new(),
+    };
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    agent.send(&GuestMessage::Ready {
+        version: PROTOCOL_VERSION,
+        kernel_release: release,
+    });
+    agent.run();
+    Ok(())
+}
+
+impl Agent {
+    fn send(&mut self, msg: &GuestMessage) {
+        match encode(msg) {
+            Ok(frame) => {
+                if let Err(e) = self.port.write_all(&frame) {
+                    log::error(&format!("write to host: {e}"));
+                }
+            }
+            Err(e) => log::error(&format!("encode reply: {e}")),
+        }
+    }
+
+    fn run(&mut self) {
+        let mut dec = Decoder::<HostMessage>::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got_any = false;
+        loop {
+            let (port_ready, ready_pipes) = match self.wait_ready() {
+                Ok(r) => r,
+                Err(e) => {
+                    log::error(&format!("poll: {e}"));
+                    return;
+                }
+            };
+            for i in ready_pipes.into_iter().rev() {
+                self.drain_pipe(i, &mut buf);
+            }
+            if port_ready {
+                match self.port.read(&mut buf) {
+                    // EOF: the host is not connected; before the first byte it may not be yet.
+                    Ok(0) if !got_any => std::thread::sleep(Duration::from_millis(20)),
+                    Ok(0) => {
+                        log::info("host closed the port; shutting down");
+                        self.shutdown();
+                        return;
+                    }
+                    Ok(n) => {
+                        got_any = true;
+                        dec.push(&buf[..n]);
+                        while let Some(m) = dec.next_message() {
+                            if self.dispatch(m) {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        log::error(&format!("read from host: {e}"));
+                        self.shutdown();
+                        return;
+                    }
+                }
+            }
+            self.reap();
+            self.report_exits();
+        }
+    }
+
+    /// Wait for the port or a pipe to be readable (or one tick): (port readable, ready pipes).
+    fn wait_ready(&self) -> nix::Result<(bool, Vec<usize>)> {
+        let mut fds = vec![PollFd::new(self.port.as_fd(), PollFlags::POLLIN)];
+        for p in &self.pipes {
+            fds.push(PollFd::new(p.file.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::from(TICK_MS)) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => return Ok((false, vec![])),
+            Err(e) => return Err(e),
+        }
+        let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+        let pipes = fds[1..]
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| ready(f))
+            .map(|(i, _)| i)
+            .collect();
+        Ok((ready(&fds[0]), pipes))
+    }
+
+    fn drain_pipe(&mut self, i: usize, buf: &mut [u8]) {
+        let n = loop {
+            match self.pipes[i].file.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r.unwrap_or(0),
+            }
+        };
+        if n == 0 {
+            let p = self.pipes.swap_remove(i);
+            if let Some(proc_) = self.procs.get_mut(&p.key) {
+                proc_.open_pipes = proc_.open_pipes.saturating_sub(1);
+            }
+            return;
+        }
+        let p = &self.pipes[i];
+        let msg = GuestMessage::Output {
+            container_id: p.key.0.clone(),
+            exec_id: p.key.1.clone(),
+            stream: p.stream,
+            data: buf[..n].to_vec(),
+        };
+        self.send(&msg);
+    }
+
+    /// Handle one decoded (or undecodable) frame; true when the loop must end.
+    fn dispatch(&mut self, m: std::result::Result<HostMessage, DecodeError>) -> bool {
+        match m {
+            Ok(m) => {
+                let shutdown = m.request == Request::Shutdown;
+                let result = self.handle(m.request).map_err(|e| {
+                    log::error(&format!("request {}: {e}", m.id));
+                    e.to_wire()
+                });
+                self.send(&GuestMessage::Response { id: m.id, result });
+                shutdown
+            }
+            Err(e) => {
+                let id = match &e {
+                    DecodeError::Malformed { id, .. } => id.unwrap_or(0),
+                    DecodeError::TooLarge { .. } => 0,
+                };
+                self.send(&GuestMessage::Response {
+                    id,
+                    result: Err(moat_agent_proto::AgentError {
+                        code: moat_agent_proto::ErrorCode::Malformed,
+                        message: e.to_string(),
+                    }),
+                });
+                false
+            }
+        }
+    }
+
+    /// Collect every exited child (we are PID 1: orphans are ours too).
+    fn reap(&mut self) {
+        loop {
+            let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, c)) => (pid, ExitStatus::Code(c)),
+                Ok(WaitStatus::Signaled(pid, s, _)) => (pid, ExitStatus::Signal(s as i32)),
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            };
+            if let Some(p) = self.procs.values_mut().find(|p| p.pid == pid.as_raw()) {
+                p.status = Some((status, Instant::now()));
+            }
+        }
+    }
+
+    /// Send `Exited` for each process that ended and whose output is flushed (or late).
+    fn report_exits(&mut self) {
+        let done: Vec<Key> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| {
+                p.status
+                    .is_some_and(|(_, t)| p.open_pipes == 0 || t.elapsed() > EOF_GRACE)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in done {
+            if let Some(Proc {
+                status: Some((status, _)),
+                ..
+            }) = self.procs.remove(&key)
+            {
+                self.send(&GuestMessage::Exited {
+                    container_id: key.0,
+                    exec_id: key.1,
+                    status,
+                });
+            }
+        }
+    }
+
+    fn handle(&mut self, req: Request) -> Result<Reply> {
+        match req {
+            Request::Ping => Ok(Reply::Pong),
+            Request::Create {
+                container_id,
+                config_json,
+                rootfs,
+            } => self.create(&container_id, &config_json, &rootfs),
+            Request::Start { container_id } => {
+                moat_container::start::start(&self.store, &container_id)?;
+                Ok(Reply::Done)
+            }
+            Request::Exec {
+                container_id,
+                exec_id,
+                process_json,
+            } => self.exec(&container_id, &exec_id, &process_json),
+            Request::Kill {
+                container_id,
+                exec_id: Some(exec_id),
+                signal,
+                ..
+            } => {
+                let key = (container_id, Some(exec_id));
+                let p = self
+                    .procs
+                    .get(&key)
+                    .ok_or_else(|| AgentFailure::NotFound(format!("exec {key:?}")))?;
+                let sig = nix::sys::signal::Signal::try_from(signal)
+                    .map_err(|_| AgentFailure::Invalid(format!("signal {signal}")))?;
+                nix::sys::signal::kill(Pid::from_raw(p.pid), sig).map_err(|errno| {
+                    AgentFailure::Sys {
+                        what: format!("kill {} {sig}", p.pid),
+                        errno,
+                    }
+                })?;
+                Ok(Reply::Done)
+            }
+            Request::Kill {
+                container_id,
+                exec_id: None,
+                signal,
+                all,
+            } => {
+                moat_container::kill::kill(&self.store, &container_id, signal, all)?;
+                Ok(Reply::Done)
+            }
+            Request::Delete {
+                container_id,
+                force,
+            } => {
+                moat_container::delete::delete(&self.store, &container_id, force)?;
+                self.release_bundle(&container_id);
+                Ok(Reply::Done)
+            }
+            Request::Shutdown => {
+                self.shutdown();
+                Ok(Reply::Done)
+            }
+        }
+    }
+
+    fn create(&mut self, id: &str, config_json: &str, disk: &RootfsDisk) -> Result<Reply> {
+        moat_container::state::validate_id(id)?;
+        if self.bundles.contains_key(id) {
+            return Err(AgentFailure::Exists(format!("container {id}")));
+        }
+        let mut config: serde_json::Value = serde_json::from_str(config_json)
+            .map_err(|e| AgentFailure::Invalid(format!("config.json: {e}")))?;
+        let root = config
+            .as_object_mut()
+            .ok_or_else(|| AgentFailure::Invalid("config.json: not an object".into()))?
+            .entry("root")
+            .or_insert_with(|| serde_json::json!({}));
+        let Some(root) = root.as_object_mut() else {
+            return Err(AgentFailure::Invalid(
+                "config.json: root is not an object".into(),
+            ));
+        };
+        root.insert("path".into(), "rootfs".into());
+        if !["ext4", "ext2", "xfs", "erofs", "squashfs"].contains(&disk.fstype.as_str()) {
+            return Err(AgentFailure::Invalid(format!("fstype {:?}", disk.fstype)));
+        }
+        let bundle = Path::new(BUNDLES).join(id);
+        let rootfs = bundle.join("rootfs");
+        std::fs::create_dir_all(&rootfs).map_err(|e| AgentFailure::io("create", &rootfs, e))?;
+        self.bundles.insert(id.to_string(), bundle.clone());
+        let r = self.create_in(id, &bundle, &rootfs, &config, disk);
+        if r.is_err() {
+            self.release_bundle(id);
+        }
+        r
+    }
+
+    fn create_in(
+        &mut self,
+        id: &str,
+        bundle: &Path,
+        rootfs: &Path,
+        config: &serde_json::Value,
+        disk: &RootfsDisk,
+    ) -> Result<Reply> {
+        let dev = boot::find_disk(&disk.serial, Duration::from_secs(5))?;
+        let flags = if disk.readonly {
+            MsFlags::MS_RDONLY
+        } else {
+            MsFlags::empty()
+        };
+        mount(
+            Some(&dev),
+            rootfs,
+            Some(disk.fstype.as_str()),
+            flags,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            AgentFailure::Rootfs(format!(
+                "mount {} at {}: {e}",
+                dev.display(),
+                rootfs.display()
+            ))
+        })?;
+        let cfg = bundle.join("config.json");
+        std::fs::write(&cfg, config.to_string()).map_err(|e| AgentFailure::io("write", &cfg, e))?;
+        let pipes = Pipes::new()?;
+        let created = {
+            let _lent = lend(&pipes)?;
+            let opts = moat_container::CreateOptions {
+                id: id.to_string(),
+                bundle: bundle.to_path_buf(),
+                ..Default::default()
+            };
+            let created = moat_container::create(&self.store, &opts)?;
+            self.register((id.to_string(), None), created.pid);
+            created
+        };
+        self.watch(pipes, (id.to_string(), None));
+        Ok(Reply::Pid(created.pid))
+    }
+
+    fn exec(&mut self, id: &str, exec_id: &str, process_json: &str) -> Result<Reply> {
+        let key = (id.to_string(), Some(exec_id.to_string()));
+        if self.procs.contains_key(&key) {
+            return Err(AgentFailure::Exists(format!("exec {exec_id} in {id}")));
+        }
+        let process: oci_spec::runtime::Process = serde_json::from_str(process_json)
+            .map_err(|e| AgentFailure::Invalid(format!("process: {e}")))?;
+        let pipes = Pipes::new()?;
+        let pid = {
+            let _lent = lend(&pipes)?;
+            let opts = moat_container::exec::ExecOptions {
+                id: id.to_string(),
+                ..Default::default()
+            };
+            let pid = moat_container::exec::exec(&self.store, &opts, process)?.as_raw();
+            self.register(key.clone(), pid);
+            pid
+        };
+        self.watch(pipes, key);
+        Ok(Reply::Pid(pid))
+    }
+
+    fn watch(&mut self, pipes: Pipes, key: Key) {
+        for (file, stream) in pipes.into_readers() {
+            self.pipes.push(Pipe {
+                file,
+                key: key.clone(),
+                stream,
+            });
+        }
+    }
+
+    fn register(&mut self, key: Key, pid: i32) {
+        self.procs.insert(
+            key,
+            Proc {
+                pid,
+                open_pipes: 2,
+                status: None,
+            },
+        );
+    }
+
+    fn release_bundle(&mut self, id: &str) {
+        if let Some(bundle) = self.bundles.remove(id) {
+            let rootfs = bundle.join("rootfs");
+            let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir_all(&bundle);
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let ids: Vec<String> = self.bundles.keys().cloned().collect();
+        for id in ids {
+            if let Err(e) = moat_container::delete::delete(&self.store, &id, true) {
+                log::error(&format!("delete {id}: {e}"));
+            }
+            self.release_bundle(&id);
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! Guest assets: the kernel (Debian's `linux-image-cloud-amd64`, fetched with `apt-get download`
+//! and unpacked with `dpkg-deb -x` into the cache), the kernel modules the agent needs (with their
+//! dependencies, read from each module's `.modinfo`), and the initramfs, written by moat itself
+//! and cached under the SHA-256 of what it holds.
+//!
+//! Cache layout under [`cache_dir`]: `kernel/<release>/{vmlinuz,modules/}` plus a `.complete`
+//! marker written last, and `initramfs/<hash>.cpio`. Writers go through a temporary name and a
+//! rename, so a killed setup never leaves a half asset that looks complete.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::cpio::CpioWriter;
+use crate::error::{Result, VmError};
+
+/// The Debian package whose dependency names the current cloud kernel.
+pub const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
+/// Modules the agent loads, in this order after their dependencies (virtio-mmio transport, the
+/// root filesystem disk, the agent's serial port).
+pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "virtio_console"];
+
+/// The cache directory: `$MOAT_VM_DIR`, or /var/lib/moat/vm.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("MOAT_VM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/moat/vm"))
+}
+
+/// A guest kernel in the cache.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    pub release: String,
+    pub vmlinuz: PathBuf,
+    pub modules: PathBuf,
+}
+
+/// The cached kernel, if a complete one is there.
+pub fn cached_kernel(cache: &Path) -> Option<Kernel> {
+    let rd = std::fs::read_dir(cache.join("kernel")).ok()?;
+    let mut found: Vec<Kernel> = rd
+        .flatten()
+        .filter(|e| e.path().join(".complete").exists())
+        .map(|e| Kernel {
+            release: e.file_name().to_string_lossy().into_owned(),
+            vmlinuz: e.path().join("vmlinuz"),
+            modules: e.path().join("modules"),
+        })
+        .collect();
+    found.sort_by(|a, b| a.release.cmp(&b.release));
+    found.pop()
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let text = format!("{cmd:?}").replace('"', "");
+    let out = cmd.output().map_err(|source| VmError::Spawn {
+        program: text.clone(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(VmError::Command {
+            command: text,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The cached kernel, fetched first when missing (`apt-get download` of the cloud kernel, with
+/// one `apt-get update` if apt does not know the package yet).
+pub fn ensure_kernel(cache: &Path) -> Result<Kernel> {
+    if let Some(k) = cached_kernel(cache) {
+        return Ok(k);
+    }
+    let missing = |reason: String| VmError::KernelMissing {
+        dir: cache.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(cache.join("kernel")).map_err(VmError::io("create", cache))?;
+    let work = cache.join(format!("fetch.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(VmError::io("create", &work))?;
+    let result = fetch_into(cache, &work);
+    let _ = std::fs::remove_dir_all(&work);
+    result.map_err(|e| missing(e.to_string()))?;
+    cached_kernel(cache).ok_or_else(|| missing("fetched, but no kernel found".into()))
+}
+
+fn apt_download(work: &Path, pkg: &str) -> Result<PathBuf> {
+    let dl = |w: &Path| {
+        run(Command::new("apt-get")
+            .args(["download", "-q", pkg])
+            .current_dir(w))
+    };
+    if dl(work).is_err() {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        dl(work)?;
+    }
+    std::fs::read_dir(work)
+        .map_err(VmError::io("read", work))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let n = p.file_name().unwrap_or_default().to_string_lossy();
+            n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb")
+        })
+        .ok_or_else(|| VmError::Config(format!("apt-get download {pkg} wrote no .deb")))
+}
+
+fn fetch_into(cache: &Path, work: &Path) -> Result<()> {
+    let meta = apt_download(work, KERNEL_META_PACKAGE)?;
+    let depends = run(Command::new("dpkg-deb").arg("-f").arg(&meta).arg("Depends"))?;
+    let image = depends
+        .split([',', '|'])
+        .map(|d| d.split_whitespace().next().unwrap_or(""))
+        .find(|d| d.starts_with("linux-image-"))
+        .ok_or_else(|| {
+            VmError::Config(format!(
+                "{KERNEL_META_PACKAGE} depends on no linux-image: {depends}"
+            ))
+        })?
+        .to_string();
+    let deb = apt_download(work, &image)?;
+    let x = work.join("x");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x))?;
+    let boot = x.join("boot");
+    let vmlinuz = std::fs::read_dir(&boot)
+        .map_err(VmError::io("read", &boot))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .starts_with("vmlinuz-")
+        })
+        .ok_or_else(|| VmError::Config(format!("no vmlinuz-* in {}", boot.display())))?;
+    let release =
+        vmlinuz.file_name().unwrap_or_default().to_string_lossy()["vmlinuz-".len()..].to_string();
+    let staged = work.join("staged");
+    std::fs::create_dir_all(&staged).map_err(VmError::io("create", &staged))?;
+    std::fs::rename(&vmlinuz, staged.join("vmlinuz")).map_err(VmError::io("move", &vmlinuz))?;
+    let mods = x.join("lib/modules").join(&release);
+    std::fs::rename(&mods, staged.join("modules")).map_err(VmError::io("move", &mods))?;
+    std::fs::write(staged.join(".complete"), &release).map_err(VmError::io("write", &staged))?;
+    let dest = cache.join("kernel").join(&release);
+    let _ = std::fs::remove_dir_all(&dest);
+    std::fs::rename(&staged, &dest).map_err(VmError::io("move kernel to", &dest))
+}
+
+/// The `depends=` of a module's `.modinfo` section (NUL-separated `key=value` strings).
+pub fn modinfo_depends(ko: &[u8]) -> Vec<String> {
+    const KEY: &[u8] = b"\0depends=";
+    let Some(at) = ko.windows(KEY.len()).position(|w| w == KEY) else {
+        return vec![];
+    };
+    let rest = &ko[at + KEY.len()..];
+    let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+    String::from_utf8_lossy(&rest[..end])
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.replace('-', "_"))
+        .collect()
+}
+
+fn index_modules(dir: &Path, out: &mut HashMap<String, PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(dir)
+        .map_err(VmError::io("read", dir))?
+        .flatten()
+    {
+        let p = e.path();
+        let ft = e.file_type().map_err(VmError::io("stat", &p))?;
+        if ft.is_dir() {
+            index_modules(&p, out)?;
+        } else {
+            let n = e.file_name().to_string_lossy().into_owned();
+            for ext in [".ko", ".ko.xz", ".ko.zst", ".ko.gz"] {
+                if let Some(stem) = n.strip_suffix(ext) {
+                    out.entry(stem.replace('-', "_")).or_insert(p.clone());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `wanted` and their dependencies, dependencies first, as (name, path of the .ko).
+pub fn resolve_modules(modules: &Path, wanted: &[&str]) -> Result<Vec<(String, PathBuf)>> {
+    let mut index = HashMap::new();
+    index_modules(modules, &mut index)?;
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    fn visit(
+        name: &str,
+        index: &HashMap<String, PathBuf>,
+        modules: &Path,
+        seen: &mut HashSet<String>,
+        order: &mut Vec<(String, PathBuf)>,
+    ) -> Result<()> {
+        if !seen.insert(name.to_string()) {
+            return Ok(());
+        }
+        let path = index.get(name).ok_or_else(|| VmError::ModuleMissing {
+            name: name.into(),
+            dir: modules.to_path_buf(),
+        })?;
+        if !path.to_string_lossy().ends_with(".ko") {
+            return Err(VmError::ModuleCompressed { path: path.clone() });
+        }
+        let bytes = std::fs::read(path).map_err(VmError::io("read", path))?;
+        for d in modinfo_depends(&bytes) {
+            visit(&d, index, modules, seen, order)?;
+        }
+        order.push((name.to_string(), path.clone()));
+        Ok(())
+    }
+    for w in wanted {
+        visit(w, &index, modules, &mut seen, &mut order)?;
+    }
+    Ok(order)
+}
+
+/// Build (or find in the cache) the initramfs holding `agent` as /init and the modules; returns
+/// its path. The name is the SHA-256 of the contents.
+pub fn ensure_initramfs(cache: &Path, kernel: &Kernel, agent: &Path) -> Result<PathBuf> {
+    let agent_bytes = std::fs::read(agent).map_err(VmError::io("read agent binary", agent))?;
+    if !agent_bytes.starts_with(b"\x7fELF") {
+        return Err(VmError::AgentBinary {
+            path: agent.to_path_buf(),
+            reason: "not an ELF executable".into(),
+        });
+    }
+    if elf_interpreter(&agent_bytes) {
+        return Err(VmError::AgentBinary {
+            path: agent.to_path_buf(),
+            reason: "dynamically linked (has PT_INTERP); the initramfs has no libc: build it \
+                     static (--target x86_64-unknown-linux-musl, or RUSTFLAGS=-Ctarget-feature=+crt-static)"
+                .into(),
+        });
+    }
+    let modules = resolve_modules(&kernel.modules, GUEST_MODULES)?;
+    let mut w = CpioWriter::new(Vec::with_capacity(agent_bytes.len() + (1 << 20)));
+    let io = |e| VmError::Io {
+        what: "write initramfs entry",
+        path: agent.to_path_buf(),
+        source: e,
+    };
+    for d in [
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "newroot",
+        "lib",
+        "lib/moat-modules",
+    ] {
+        w.dir(d, 0o755).map_err(io)?;
+    }
+    w.char_device("dev/console", 0o600, 5, 1).map_err(io)?;
+    w.file("init", 0o755, &agent_bytes).map_err(io)?;
+    for (i, (name, path)) in modules.iter().enumerate() {
+        let bytes = std::fs::read(path).map_err(VmError::io("read module", path))?;
+        w.file(&format!("lib/moat-modules/{i:02}-{name}.ko"), 0o644, &bytes)
+            .map_err(io)?;
+    }
+    let bytes = w.finish().map_err(io)?;
+    let hash = Sha256::digest(&bytes);
+    let hex: String = hash.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let dir = cache.join("initramfs");
+    std::fs::create_dir_all(&dir).map_err(VmError::io("create", &dir))?;
+    let path = dir.join(format!("{hex}.cpio"));
+    if !path.exists() {
+        let tmp = dir.join(format!(".{hex}.{}", std::process::id()));
+        std::fs::write(&tmp, &bytes).map_err(VmError::io("write", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(VmError::io("rename", &path))?;
+    }
+    Ok(path)
+}
+
+/// True if a 64-bit little-endian ELF file asks for a program interpreter (is dynamically linked).
+pub fn elf_interpreter(elf: &[u8]) -> bool {
+    let rd = |at: usize, n: usize| -> Option<u64> {
+        let b = elf.get(at..at + n)?;
+        Some(
+            b.iter()
+                .rev()
+                .fold(0u64, |acc, x| (acc << 8) | u64::from(*x)),
+        )
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (rd(0x20, 8), rd(0x36, 2), rd(0x38, 2))
+    else {
+        return false;
+    };
+    (0..phnum).any(|i| {
+        usize::try_from(phoff + i * phentsize)
+            .ok()
+            .and_then(|at| rd(at, 4))
+            == Some(3)
+    })
+}
+
+/// Build an ext4 image at `out` holding `dir` (e2fsprogs' `mkfs.ext4 -d`, no mount needed),
+/// sized to the tree plus headroom.
+pub fn build_ext4_image(dir: &Path, out: &Path) -> Result<()> {
+    fn size_of(p: &Path) -> u64 {
+        let Ok(m) = std::fs::symlink_metadata(p) else {
+            return 0;
+        };
+        if m.is_dir() {
+            std::fs::read_dir(p)
+                .map(|rd| rd.flatten().map(|e| size_of(&e.path()) + 4096).sum())
+                .unwrap_or(0)
+        } else {
+            m.len()
+        }
+    }
+    let kib = (size_of(dir) * 5 / 4) / 1024 + 16 * 1024;
+    run(Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-O",
+            "^has_journal",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
+        .arg(dir)
+        .arg(out)
+        .arg(format!("{kib}k")))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modinfo_depends_reads_the_list() {
+        let ko = b"junk\0license=GPL\0depends=virtio,virtio_ring\0name=virtio_blk\0";
+        assert_eq!(modinfo_depends(ko), vec!["virtio", "virtio_ring"]);
+        assert!(modinfo_depends(b"\0depends=\0").is_empty());
+        assert!(modinfo_depends(b"nothing").is_empty());
+    }
+}

@@ -1,0 +1,278 @@
+//! The host's client of the agent protocol over the VM's agent socket. Requests are answered in
+//! order; output and exit events that arrive meanwhile are queued for [`AgentClient::wait_exit`].
+//! Every frame from the guest is decoded as hostile input: a bad frame is an error, never a panic.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use moat_agent_proto::{
+    encode, Decoder, ExitStatus, GuestMessage, HostMessage, Reply, Request, RootfsDisk, Stream,
+    PROTOCOL_VERSION,
+};
+
+use crate::error::{Result, VmError};
+
+/// How long one request may take in the guest (a create under TCG takes a fraction of this).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The connection to one guest agent.
+pub struct AgentClient {
+    stream: UnixStream,
+    dec: Decoder<GuestMessage>,
+    next_id: u64,
+    events: VecDeque<GuestMessage>,
+    kernel_release: String,
+}
+
+/// What a process wrote and how it ended.
+#[derive(Debug, Clone)]
+pub struct ProcessOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub status: ExitStatus,
+}
+
+impl AgentClient {
+    /// Wait for the agent's `Ready` and check its protocol version.
+    pub fn handshake(stream: UnixStream, timeout: Duration) -> Result<AgentClient> {
+        let mut c = AgentClient {
+            stream,
+            dec: Decoder::new(),
+            next_id: 1,
+            events: VecDeque::new(),
+            kernel_release: String::new(),
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            match c.read_message(deadline)? {
+                GuestMessage::Ready {
+                    version,
+                    kernel_release,
+                } => {
+                    if version != PROTOCOL_VERSION {
+                        return Err(VmError::ProtocolVersion {
+                            guest: version,
+                            host: PROTOCOL_VERSION,
+                        });
+                    }
+                    c.kernel_release = kernel_release;
+                    return Ok(c);
+                }
+                other => c.events.push_back(other),
+            }
+        }
+    }
+
+    /// The guest kernel's release, as the agent reported it.
+    pub fn kernel_release(&self) -> &str {
+        &self.kernel_release
+    }
+
+    fn read_message(&mut self, deadline: Instant) -> Result<GuestMessage> {
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            if let Some(m) = self.dec.next_message() {
+                return Ok(m?);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(VmError::AgentTimeout {
+                    secs: left.as_secs(),
+                });
+            }
+            let _ = self.stream.set_read_timeout(Some(left));
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Err(VmError::Disconnected),
+                Ok(n) => self.dec.push(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(VmError::AgentTimeout { secs: 0 })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(VmError::Disconnected),
+            }
+        }
+    }
+
+    /// Write raw bytes to the agent (a frame built by the caller, e.g. to check that the agent
+    /// survives a malformed one).
+    pub fn send_frame_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream
+            .write_all(bytes)
+            .map_err(|_| VmError::Disconnected)
+    }
+
+    /// Send `request` and wait for its response. Other messages (output, exits, responses to
+    /// frames the agent could not decode, with id 0) are queued.
+    pub fn request(&mut self, request: Request) -> Result<Reply> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let what = request_name(&request);
+        let frame = encode(&HostMessage { id, request })?;
+        self.send_frame_bytes(&frame)?;
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            match self.read_message(deadline)? {
+                GuestMessage::Response { id: rid, result } if rid == id => {
+                    return result.map_err(|source| VmError::Agent {
+                        request: what,
+                        source,
+                    })
+                }
+                other => self.events.push_back(other),
+            }
+        }
+    }
+
+    pub fn ping(&mut self) -> Result<()> {
+        expect_done(self.request(Request::Ping)?, "ping", Reply::Pong)
+    }
+
+    /// Create a container; returns its init's guest pid.
+    pub fn create(&mut self, id: &str, config_json: &str, rootfs: RootfsDisk) -> Result<i32> {
+        let r = self.request(Request::Create {
+            container_id: id.into(),
+            config_json: config_json.into(),
+            rootfs,
+        })?;
+        pid_of(r, "create")
+    }
+
+    pub fn start(&mut self, id: &str) -> Result<()> {
+        let r = self.request(Request::Start {
+            container_id: id.into(),
+        })?;
+        expect_done(r, "start", Reply::Done)
+    }
+
+    /// Run `process_json` (an OCI process) in container `id`; returns its guest pid.
+    pub fn exec(&mut self, id: &str, exec_id: &str, process_json: &str) -> Result<i32> {
+        let r = self.request(Request::Exec {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            process_json: process_json.into(),
+        })?;
+        pid_of(r, "exec")
+    }
+
+    pub fn kill(&mut self, id: &str, exec_id: Option<&str>, signal: i32, all: bool) -> Result<()> {
+        let r = self.request(Request::Kill {
+            container_id: id.into(),
+            exec_id: exec_id.map(String::from),
+            signal,
+            all,
+        })?;
+        expect_done(r, "kill", Reply::Done)
+    }
+
+    pub fn delete(&mut self, id: &str, force: bool) -> Result<()> {
+        let r = self.request(Request::Delete {
+            container_id: id.into(),
+            force,
+        })?;
+        expect_done(r, "delete", Reply::Done)
+    }
+
+    /// Ask the agent to end the sandbox (it answers, then powers the VM off).
+    pub fn shutdown(&mut self) -> Result<()> {
+        let r = self.request(Request::Shutdown)?;
+        expect_done(r, "shutdown", Reply::Done)
+    }
+
+    /// Messages received but not consumed yet.
+    pub fn pending(&self) -> impl Iterator<Item = &GuestMessage> {
+        self.events.iter()
+    }
+
+    /// Collect the output of container `id`'s init (or of exec `exec_id`) until it exits.
+    pub fn wait_exit(
+        &mut self,
+        id: &str,
+        exec_id: Option<&str>,
+        timeout: Duration,
+    ) -> Result<ProcessOutput> {
+        let deadline = Instant::now() + timeout;
+        let mut out = ProcessOutput {
+            stdout: vec![],
+            stderr: vec![],
+            status: ExitStatus::Code(-1),
+        };
+        let mine = |c: &str, e: &Option<String>| c == id && e.as_deref() == exec_id;
+        let mut others = VecDeque::new();
+        let result = loop {
+            let m = match self.events.pop_front() {
+                Some(m) => m,
+                None => match self.read_message(deadline) {
+                    Ok(m) => m,
+                    Err(e) => break Err(e),
+                },
+            };
+            match m {
+                GuestMessage::Output {
+                    container_id,
+                    exec_id: e,
+                    stream,
+                    data,
+                } if mine(&container_id, &e) => match stream {
+                    Stream::Stdout => out.stdout.extend(data),
+                    Stream::Stderr => out.stderr.extend(data),
+                },
+                GuestMessage::Exited {
+                    container_id,
+                    exec_id: e,
+                    status,
+                } if mine(&container_id, &e) => {
+                    out.status = status;
+                    break Ok(out);
+                }
+                other => others.push_back(other),
+            }
+        };
+        others.append(&mut self.events);
+        self.events = others;
+        result
+    }
+}
+
+fn request_name(r: &Request) -> String {
+    match r {
+        Request::Ping => "ping".into(),
+        Request::Create { container_id, .. } => format!("create {container_id}"),
+        Request::Start { container_id } => format!("start {container_id}"),
+        Request::Exec {
+            container_id,
+            exec_id,
+            ..
+        } => format!("exec {exec_id} in {container_id}"),
+        Request::Kill { container_id, .. } => format!("kill {container_id}"),
+        Request::Delete { container_id, .. } => format!("delete {container_id}"),
+        Request::Shutdown => "shutdown".into(),
+    }
+}
+
+fn expect_done(r: Reply, what: &str, want: Reply) -> Result<()> {
+    if r == want {
+        Ok(())
+    } else {
+        Err(VmError::UnexpectedReply {
+            request: what.into(),
+            reply: format!("{r:?}"),
+        })
+    }
+}
+
+fn pid_of(r: Reply, what: &str) -> Result<i32> {
+    match r {
+        Reply::Pid(p) => Ok(p),
+        other => Err(VmError::UnexpectedReply {
+            request: what.into(),
+            reply: format!("{other:?}"),
+        }),
+    }
+}

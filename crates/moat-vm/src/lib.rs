@@ -1,0 +1,117 @@
+//! `moat-vm`: VM isolation for moat. A container runs inside a lightweight VM with its own guest
+//! kernel; inside, `moat-agent` (PID 1) runs it with the namespaces backend. This crate owns the
+//! host side: the [`Hypervisor`] interface and its QEMU `microvm` backend ([`qemu`]), the
+//! accelerator choice ([`accel`]), the guest assets (kernel, initramfs, root filesystem disk:
+//! [`assets`]) and the client of the agent protocol ([`client`]).
+//!
+//! What it must never do: trust the guest (every byte from the agent is decoded as hostile), leave
+//! a QEMU process or a run directory behind, or write a container's disk that was attached
+//! read-only. Transport decisions are in docs/vm-transport.md.
+#![forbid(unsafe_code)]
+
+pub mod accel;
+pub mod assets;
+pub mod client;
+pub mod cpio;
+pub mod error;
+pub mod qemu;
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+pub use client::{AgentClient, ProcessOutput};
+pub use error::{Result, VmError};
+
+/// A disk attached to the guest as virtio-blk; the agent finds it by `serial`.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub path: PathBuf,
+    /// At most 20 bytes (virtio-blk's serial field), `[A-Za-z0-9_-]`.
+    pub serial: String,
+    pub readonly: bool,
+}
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub cmdline: String,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub disks: Vec<Disk>,
+    /// Parent of the VM's private run directory.
+    pub run_parent: PathBuf,
+    /// How long to wait for the agent's `Ready` after QEMU started.
+    pub agent_timeout: Duration,
+}
+
+/// The kernel command line moat uses: serial console (errors only), no reboot loop on panic.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet loglevel=4 panic=-1 rdinit=/init";
+
+impl VmConfig {
+    pub fn new(kernel: PathBuf, initramfs: PathBuf) -> VmConfig {
+        VmConfig {
+            kernel,
+            initramfs,
+            // MOAT_VM_DEBUG=1: every kernel and agent message on the console log.
+            cmdline: if std::env::var_os("MOAT_VM_DEBUG").is_some() {
+                DEFAULT_CMDLINE.replace("quiet loglevel=4", "loglevel=7")
+            } else {
+                DEFAULT_CMDLINE.into()
+            },
+            memory_mib: 256,
+            vcpus: 1,
+            disks: vec![],
+            run_parent: std::env::temp_dir(),
+            agent_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        for d in &self.disks {
+            let ok = !d.serial.is_empty()
+                && d.serial.len() <= 20
+                && d.serial
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(VmError::Config(format!("disk serial {:?}", d.serial)));
+            }
+            // QEMU's option syntax splits on commas.
+            if d.path.to_string_lossy().contains(',') {
+                return Err(VmError::Config(format!(
+                    "disk path {} contains a comma",
+                    d.path.display()
+                )));
+            }
+        }
+        for p in [&self.kernel, &self.initramfs] {
+            if !p.is_file() {
+                return Err(VmError::Config(format!("{} is not a file", p.display())));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A hypervisor: boots a VM from a [`VmConfig`] and returns once its agent is ready.
+pub trait Hypervisor {
+    type Instance: VmInstance;
+    fn boot(&self, cfg: &VmConfig) -> Result<Self::Instance>;
+}
+
+/// A booted VM.
+pub trait VmInstance {
+    /// Host pid of the VM process.
+    fn pid(&self) -> u32;
+    /// The connection to the guest agent.
+    fn agent(&mut self) -> Result<&mut AgentClient>;
+    fn try_wait(&mut self) -> Result<Option<ExitStatus>>;
+    fn wait(&mut self) -> Result<ExitStatus>;
+    fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>>;
+    /// Ask the agent to power off; kill the VM after `grace`.
+    fn stop(&mut self, grace: Duration) -> Result<ExitStatus>;
+    fn kill(&mut self) -> Result<ExitStatus>;
+}

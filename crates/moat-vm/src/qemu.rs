@@ -1,0 +1,320 @@
+//! The QEMU backend: a `microvm` machine with no default devices, the guest kernel and moat's
+//! initramfs, one virtio-serial port for the agent (a unix socket on the host) and one
+//! virtio-blk disk per container root filesystem. QEMU runs with its seccomp sandbox
+//! (`-sandbox on`, no spawning, no privilege changes) and `-no-reboot`, so the guest powering
+//! off, rebooting or panicking ends the QEMU process.
+//!
+//! Each VM owns a private run directory (agent socket, console log) that is removed when the VM
+//! is waited for or dropped; dropping a running VM kills QEMU.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use moat_agent_proto::AGENT_PORT_NAME;
+
+use crate::accel::Accel;
+use crate::client::AgentClient;
+use crate::error::{Result, VmError};
+use crate::{Hypervisor, VmConfig, VmInstance};
+
+/// QEMU as the hypervisor.
+#[derive(Debug, Clone)]
+pub struct Qemu {
+    pub binary: PathBuf,
+    pub accel: Accel,
+}
+
+impl Qemu {
+    pub fn new(accel: Accel) -> Qemu {
+        Qemu {
+            binary: std::env::var_os("MOAT_QEMU")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64")),
+            accel,
+        }
+    }
+
+    /// The guest kernel command line. Under TCG the guest's TSC is the host's, but a loaded host
+    /// makes the guest's PIT calibration fail and the boot stall without a clocksource; so the
+    /// host's TSC frequency is passed in (`tsc_early_khz`) and the TSC declared reliable.
+    pub fn cmdline(&self, cfg: &VmConfig) -> String {
+        let mut c = cfg.cmdline.clone();
+        if self.accel == Accel::Tcg && !c.contains("tsc_early_khz=") {
+            if let Some(khz) = host_tsc_khz() {
+                c.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
+            }
+        }
+        c
+    }
+
+    /// The command line for `cfg` with its run directory `run`.
+    pub fn command(&self, cfg: &VmConfig, run: &Path) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.args(["-M", "microvm,x-option-roms=off,rtc=off,acpi=on"])
+            .args(["-accel", self.accel.as_str()]);
+        if self.accel == Accel::Kvm {
+            c.args(["-cpu", "host"]);
+        }
+        c.args([
+            "-m",
+            &cfg.memory_mib.to_string(),
+            "-smp",
+            &cfg.vcpus.to_string(),
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-no-reboot",
+            "-display",
+            "none",
+        ])
+        .args([
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ])
+        .arg("-kernel")
+        .arg(&cfg.kernel)
+        .arg("-initrd")
+        .arg(&cfg.initramfs)
+        .args(["-append", &self.cmdline(cfg)])
+        .arg("-serial")
+        .arg(format!("file:{}", run.join("console.log").display()))
+        .args(["-device", "virtio-serial-device"])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            run.join("agent.sock").display()
+        ))
+        .arg("-device")
+        .arg(format!(
+            "virtserialport,chardev=agent,name={AGENT_PORT_NAME}"
+        ));
+        for (i, d) in cfg.disks.iter().enumerate() {
+            c.arg("-drive").arg(format!(
+                "id=disk{i},file={},format=raw,if=none,readonly={}",
+                d.path.display(),
+                if d.readonly { "on" } else { "off" }
+            ));
+            c.arg("-device").arg(format!(
+                "virtio-blk-device,drive=disk{i},serial={}",
+                d.serial
+            ));
+        }
+        c.stdin(Stdio::null()).stdout(Stdio::null());
+        c
+    }
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl Hypervisor for Qemu {
+    type Instance = QemuVm;
+
+    fn boot(&self, cfg: &VmConfig) -> Result<QemuVm> {
+        cfg.validate()?;
+        let run = cfg.run_parent.join(format!(
+            "moat-vm-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(&run)
+                .map_err(VmError::io("create run dir", &run))?;
+        }
+        let stderr_path = run.join("qemu.stderr");
+        let spawned = std::fs::File::create(&stderr_path)
+            .map_err(VmError::io("create", &stderr_path))
+            .and_then(|f| {
+                self.command(cfg, &run)
+                    .stderr(f)
+                    .spawn()
+                    .map_err(|source| VmError::Spawn {
+                        program: self.binary.display().to_string(),
+                        source,
+                    })
+            });
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&run);
+                return Err(e);
+            }
+        };
+        // From here on, dropping `vm` kills QEMU and removes the run dir.
+        let mut vm = QemuVm {
+            child,
+            run,
+            status: None,
+            agent: None,
+        };
+        let stream = vm.connect(Duration::from_secs(10))?;
+        let client = AgentClient::handshake(stream, cfg.agent_timeout).map_err(|e| match e {
+            VmError::Disconnected | VmError::AgentTimeout { .. } => VmError::GuestFailed {
+                reason: e.to_string(),
+                qemu_stderr: vm.tail("qemu.stderr"),
+                console: vm.tail("console.log"),
+            },
+            e => e,
+        })?;
+        vm.agent = Some(client);
+        Ok(vm)
+    }
+}
+
+/// A running (or ended) QEMU VM.
+pub struct QemuVm {
+    child: Child,
+    run: PathBuf,
+    status: Option<ExitStatus>,
+    agent: Option<AgentClient>,
+}
+
+impl QemuVm {
+    /// The VM's private run directory (removed once QEMU has exited and was waited for).
+    pub fn run_dir(&self) -> &Path {
+        &self.run
+    }
+
+    /// The last lines of a file of the run dir, for error messages.
+    fn tail(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(self.run.join(name)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// The guest's console output so far (kernel messages and the agent's log).
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.run.join("console.log")).unwrap_or_default()
+    }
+
+    /// Connect to the agent socket; QEMU drops what the guest writes while no client is
+    /// connected, and the socket exists once QEMU has parsed its devices, long before the guest
+    /// can speak.
+    fn connect(&mut self, timeout: Duration) -> Result<std::os::unix::net::UnixStream> {
+        let sock = self.run.join("agent.sock");
+        let deadline = Instant::now() + timeout;
+        loop {
+            match std::os::unix::net::UnixStream::connect(&sock) {
+                Ok(s) => return Ok(s),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(VmError::Io {
+                        what: "connect to agent socket",
+                        path: sock,
+                        source: e,
+                    })
+                }
+                Err(_) => {
+                    if let Some(st) = self.try_wait()? {
+                        return Err(VmError::GuestFailed {
+                            reason: format!("qemu exited early: {st}"),
+                            qemu_stderr: self.tail("qemu.stderr"),
+                            console: String::new(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+
+    fn cleanup(&mut self) {
+        self.agent = None;
+        let _ = std::fs::remove_dir_all(&self.run);
+    }
+
+    fn reaped(&mut self, st: ExitStatus) -> ExitStatus {
+        self.status = Some(st);
+        self.cleanup();
+        st
+    }
+}
+
+impl VmInstance for QemuVm {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn agent(&mut self) -> Result<&mut AgentClient> {
+        self.agent.as_mut().ok_or(VmError::Disconnected)
+    }
+
+    fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        if let Some(st) = self.status {
+            return Ok(Some(st));
+        }
+        match self.child.try_wait() {
+            Ok(Some(st)) => Ok(Some(self.reaped(st))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(VmError::io("wait for qemu in", self.run.clone())(e)),
+        }
+    }
+
+    fn wait(&mut self) -> Result<ExitStatus> {
+        if let Some(st) = self.status {
+            return Ok(st);
+        }
+        let st = self
+            .child
+            .wait()
+            .map_err(VmError::io("wait for qemu in", self.run.clone()))?;
+        Ok(self.reaped(st))
+    }
+
+    fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.try_wait()? {
+                return Ok(Some(st));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stop(&mut self, grace: Duration) -> Result<ExitStatus> {
+        if let Some(a) = self.agent.as_mut() {
+            let _ = a.shutdown();
+        }
+        match self.wait_timeout(grace)? {
+            Some(st) => Ok(st),
+            None => self.kill(),
+        }
+    }
+
+    fn kill(&mut self) -> Result<ExitStatus> {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+        }
+        self.wait()
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        self.cleanup();
+    }
+}
+
+/// The host's TSC frequency in kHz, from /proc/cpuinfo on CPUs with a constant TSC.
+pub fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let flags = info.lines().find(|l| l.starts_with("flags"))?;
+    if !flags.split_whitespace().any(|f| f == "constant_tsc") {
+        return None;
+    }
+    let mhz = info.lines().find(|l| l.starts_with("cpu MHz"))?;
+    let mhz: f64 = mhz.split(':').nth(1)?.trim().parse().ok()?;
+    Some((mhz * 1000.0).round() as u64)
+}
