@@ -1,0 +1,254 @@
+//! `moat`: the high-level command line of moat, in the spirit of `docker` and `podman`. It pulls
+//! and manages images (`moat-image`), turns `moat run`'s flags into a hardened OCI spec and a
+//! bundle, and drives the runtime core (`moat-container`) as a library: no daemon, no second
+//! runtime binary. Errors are one `error: ...` line on stderr (or a JSON line with
+//! `--log-format json`); the exit status is 125 for moat's own failures, 126/127 when the
+//! container's command cannot be run or found, and the container's status otherwise.
+
+mod cni;
+mod error;
+mod images;
+mod lifecycle;
+mod meta;
+mod progress;
+mod run;
+mod runspec;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::CliError;
+use crate::images::RegistryOptions;
+use crate::run::Ctx;
+
+/// Run containers from OCI images with moat's hardened defaults.
+///
+/// Examples:
+///   moat pull busybox
+///   moat run --rm busybox echo hello
+///   moat run -d --name web --network bridge -p 127.0.0.1:8080:80 busybox httpd -f -p 80
+///   moat logs web; moat stop web; moat rm web
+///   moat run --rm --rootfs ./rootfs /bin/sh -c 'echo from a plain directory'
+///
+/// State lives under --root: images (blobs/, snapshots/, refs.json), containers (containers/<id>/
+/// with meta.json, bundle/, ctr.log) and the runtime core's state (runtime/).
+#[derive(Parser, Debug)]
+#[command(name = "moat", version, verbatim_doc_comment, propagate_version = true)]
+struct Cli {
+    /// Directory holding images, containers and runtime state.
+    #[arg(long, global = true, default_value = moat_image::store::DEFAULT_ROOT, value_name = "DIR")]
+    root: PathBuf,
+    /// Registry (HOST[:PORT]) to reach over plain HTTP; loopback registries always are. Repeatable.
+    #[arg(long, global = true, value_name = "HOST")]
+    insecure_registry: Vec<String>,
+    /// Format of error messages on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Pull an image from a registry (verified blob by blob, unpacked into shared snapshots).
+    Pull { reference: String },
+    /// List the images in the store.
+    Images {
+        /// Print only the manifest digests.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an image's name (blobs are freed by `moat image gc`).
+    Rmi {
+        /// Remove even if a container uses the image (its rootfs stays mounted).
+        #[arg(short, long)]
+        force: bool,
+        reference: String,
+    },
+    /// Import, export, inspect and garbage-collect images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Create and start a container from an image (or a directory with --rootfs).
+    ///
+    /// The container gets the hardened defaults: Docker's 14 capabilities, the default seccomp
+    /// profile, no_new_privs, masked /proc paths, its own pid, ipc, uts, mount, cgroup and network
+    /// namespaces (--network none: loopback only). Flags loosen this only where they say so.
+    Run(Box<run::RunArgs>),
+    /// List containers (running ones; -a for all).
+    Ps {
+        #[arg(short, long)]
+        all: bool,
+        /// Print only the short ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Stop containers: SIGTERM, then SIGKILL after --time seconds.
+    Stop {
+        /// Seconds to wait after SIGTERM.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Send a signal to a container's init.
+    Kill {
+        /// Signal name (TERM, SIGTERM) or number.
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove containers (their rootfs, log and state); -f stops running ones first.
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Run a command in a running container.
+    Exec(Box<lifecycle::ExecArgs>),
+    /// Print what moat knows about a container as JSON.
+    Inspect { container: String },
+    /// Print the output of a detached container.
+    Logs {
+        /// Keep printing until the container exits.
+        #[arg(short, long)]
+        follow: bool,
+        container: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCmd {
+    /// Import an OCI layout directory, an oci-archive or a docker-archive tarball.
+    Import {
+        path: PathBuf,
+        /// Name to tag the image with (needed when the archive carries no full name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Export an image as an OCI layout (PATH a directory or ending in /) or an oci-archive.
+    Export { reference: String, path: PathBuf },
+    /// Print an image's digests, layers and config as JSON.
+    Inspect { reference: String },
+    /// Remove blobs and snapshots no image or container references.
+    Gc,
+}
+
+/// The error and its causes on one line, skipping a cause whose text is already there.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // CVE-2019-5736: run from a sealed copy of ourselves before touching a container's namespaces.
+    if matches!(cli.cmd, Cmd::Run(_) | Cmd::Exec(_)) && !moat_sys::fd::running_from_sealed_copy() {
+        let e = moat_sys::fd::reexec_from_sealed_copy();
+        report(
+            cli.log_format,
+            &format!("re-execute from a sealed copy of moat: {e}"),
+        );
+        return ExitCode::from(125);
+    }
+    match dispatch(&cli) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            let code = e
+                .downcast_ref::<CliError>()
+                .map_or(125, CliError::exit_code);
+            report(cli.log_format, &one_line(&e));
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn report(format: LogFormat, msg: &str) {
+    match format {
+        LogFormat::Text => eprintln!("error: {msg}"),
+        LogFormat::Json => eprintln!(
+            "{}",
+            serde_json::json!({"level": "error", "msg": msg, "time": moat_container::state::now_rfc3339()})
+        ),
+    }
+}
+
+fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
+    let store = moat_image::Store::open(&cli.root).map_err(CliError::image(format!(
+        "open the store at {}",
+        cli.root.display()
+    )))?;
+    let ctx = Ctx {
+        paths: meta::Paths::new(&cli.root),
+        store,
+        reg: RegistryOptions {
+            insecure: cli.insecure_registry.clone(),
+        },
+    };
+    let each = |names: &[String], f: &dyn Fn(&str) -> error::Result<()>| -> anyhow::Result<()> {
+        let mut failed = None;
+        for n in names {
+            match f(n) {
+                Ok(()) => println!("{n}"),
+                Err(e) => {
+                    report(cli.log_format, &one_line(&anyhow::Error::new(e)));
+                    failed = Some(n.clone());
+                }
+            }
+        }
+        match failed {
+            Some(n) => Err(anyhow::anyhow!(
+                "not every container was handled (last failure: {n})"
+            )),
+            None => Ok(()),
+        }
+    };
+    match &cli.cmd {
+        Cmd::Pull { reference } => {
+            images::pull(&ctx.store, reference, &ctx.reg)?;
+        }
+        Cmd::Images { quiet, json } => images::list(&ctx.store, *quiet, *json)?,
+        Cmd::Rmi { force, reference } => images::remove(&ctx.store, &ctx.paths, reference, *force)?,
+        Cmd::Image(ImageCmd::Import { path, name }) => {
+            images::import(&ctx.store, path, name.as_deref())?
+        }
+        Cmd::Image(ImageCmd::Export { reference, path }) => {
+            images::export(&ctx.store, reference, path)?
+        }
+        Cmd::Image(ImageCmd::Inspect { reference }) => images::inspect(&ctx.store, reference)?,
+        Cmd::Image(ImageCmd::Gc) => images::gc(&ctx.store)?,
+        Cmd::Run(a) => return Ok(run::run(&ctx, a)?),
+        Cmd::Ps { all, quiet } => lifecycle::ps(&ctx, *all, *quiet)?,
+        Cmd::Stop { time, containers } => each(containers, &|n| lifecycle::stop(&ctx, n, *time))?,
+        Cmd::Kill { signal, containers } => {
+            each(containers, &|n| lifecycle::kill(&ctx, n, signal))?
+        }
+        Cmd::Rm { force, containers } => each(containers, &|n| lifecycle::rm(&ctx, n, *force))?,
+        Cmd::Exec(a) => return Ok(lifecycle::exec(&ctx, a)?),
+        Cmd::Inspect { container } => lifecycle::inspect(&ctx, container)?,
+        Cmd::Logs { follow, container } => lifecycle::logs(&ctx, container, *follow)?,
+    }
+    Ok(0)
+}

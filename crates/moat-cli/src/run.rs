@@ -1,0 +1,509 @@
+//! `moat run`: resolve (or pull) the image, claim a name, prepare the overlay rootfs, write the
+//! bundle (`containers/<id>/bundle/config.json`) and drive the runtime core's create and start.
+//!
+//! In the foreground the container's init is moat's own child (the core forks it with
+//! CLONE_PARENT), so moat forwards signals to it, waits, records the exit status and exits with
+//! it. With `-d` moat forks a monitor first: the monitor's stdio is the container's log file, it
+//! creates and starts the container, reports the outcome to moat over a pipe, then waits for the
+//! container and records its exit (removing it with `--rm`), while moat prints the id and exits.
+//!
+//! The create path is single-threaded: any pull happens before, in its own blocking call whose
+//! tokio runtime is gone (and its threads joined) before the core forks.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use moat_image::{ImageError, Store};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::error::{CliError, Result};
+use crate::images::RegistryOptions;
+use crate::meta::{self, Meta, Paths, Port, RootfsSource};
+use crate::runspec::{EtcFiles, SpecArgs};
+
+/// Everything a command needs to reach the stores.
+pub struct Ctx {
+    pub paths: Paths,
+    pub store: Store,
+    pub reg: RegistryOptions,
+}
+
+/// `moat run`'s own flags; the ones shaping the spec are in [`SpecArgs`].
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Remove the container (and its rootfs) when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Run in the background: print the id; output goes to the log (`moat logs`).
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Keep stdin open (without it the container's stdin is /dev/null).
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a terminal (not supported yet by `moat`; use moat-runtime with a console socket).
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Name of the container (default: a generated adjective_noun).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Publish a container port on the host (needs --network bridge).
+    #[arg(short, long, value_name = "[IP:]HOSTPORT:CTRPORT[/tcp|udp]")]
+    pub publish: Vec<String>,
+    /// Use DIR as the root filesystem instead of an image; all arguments are the command.
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// IMAGE [COMMAND [ARG...]], or COMMAND [ARG...] with --rootfs.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub args: Vec<String>,
+}
+
+/// Undoes a half-made container when dropped armed: runtime state, network, rootfs, dir, name.
+struct Undo<'a> {
+    ctx: &'a Ctx,
+    id: String,
+    name: Option<String>,
+    armed: bool,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            remove_everything(self.ctx, &self.id, self.name.as_deref());
+        }
+    }
+}
+
+/// Free all that a container holds; best effort, for cleanup paths.
+pub fn remove_everything(ctx: &Ctx, id: &str, name: Option<&str>) {
+    let rt = ctx.paths.runtime();
+    let _ = moat_container::delete::delete(&rt, id, true);
+    let meta = ctx.paths.load(id).ok();
+    if let Some(m) = &meta {
+        if m.ip.is_some() {
+            let _ = crate::cni::teardown(m, &ctx.paths.netns(id));
+        }
+    }
+    crate::cni::unpin_netns(&ctx.paths.netns(id));
+    if let Ok(r) = moat_image::snapshot::rootfs_of(&ctx.store, id) {
+        let _ = r.unmount();
+    }
+    let _ = std::fs::remove_dir_all(ctx.paths.container_dir(id));
+    if let Some(n) = name.or(meta.as_ref().map(|m| m.name.as_str())) {
+        ctx.paths.release_name(n, id);
+    }
+}
+
+/// The image's stored manifest, pulling it first when it is not in the store.
+fn image(ctx: &Ctx, reference: &str) -> Result<moat_image::StoredImage> {
+    match ctx.store.image(reference) {
+        Ok(i) => return Ok(i),
+        Err(ImageError::UnknownImage(_)) => {}
+        Err(e) => return Err(CliError::image(format!("look up image {reference}"))(e)),
+    }
+    eprintln!("Unable to find image '{reference}' locally");
+    let name = crate::images::pull(&ctx.store, reference, &ctx.reg)?;
+    wait_single_threaded();
+    ctx.store
+        .image(&name)
+        .map_err(CliError::image(format!("look up image {reference}")))
+}
+
+/// The core refuses to fork from a multi-threaded process; threads of a finished pull or unpack
+/// may take a moment to leave the thread group after being joined.
+fn wait_single_threaded() {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while moat_sys::process::thread_count().is_ok_and(|n| n != 1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn parse_ports(a: &RunArgs) -> Result<Vec<Port>> {
+    let mut out = Vec::new();
+    for p in &a.publish {
+        let (spec, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+        if proto != "tcp" && proto != "udp" {
+            return Err(CliError::Usage(format!(
+                "-p {p:?}: protocol must be tcp or udp"
+            )));
+        }
+        let parts: Vec<&str> = spec.split(':').collect();
+        let (ip, hp, cp) = match parts.as_slice() {
+            [h, c] => ("0.0.0.0", *h, *c),
+            [i, h, c] => (*i, *h, *c),
+            _ => {
+                return Err(CliError::Usage(format!(
+                    "-p {p:?}: expected [IP:]HOSTPORT:CTRPORT"
+                )))
+            }
+        };
+        let bad = || CliError::Usage(format!("-p {p:?}: ports are numbers 1-65535"));
+        let host_port: u16 = hp.parse().map_err(|_| bad())?;
+        let container_port: u16 = cp.parse().map_err(|_| bad())?;
+        if host_port == 0 || container_port == 0 || ip.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(bad());
+        }
+        out.push(Port {
+            host_ip: ip.into(),
+            host_port,
+            container_port,
+            protocol: proto.into(),
+        });
+    }
+    if !out.is_empty() && a.spec.network != "bridge" {
+        return Err(CliError::Usage(
+            "-p needs --network bridge (the container has no reachable address otherwise)".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Write the files moat mounts over the container's /etc.
+fn etc_files(dir: &Path, hostname: &str, network: &str) -> Result<EtcFiles> {
+    let w = |name: &str, body: String| -> Result<PathBuf> {
+        let p = dir.join(name);
+        std::fs::write(&p, body).map_err(CliError::io("write", &p))?;
+        Ok(p)
+    };
+    let hosts = if network == "host" {
+        std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+    } else {
+        format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n")
+    };
+    let resolv = match network {
+        "none" => None,
+        _ => {
+            let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            // A loopback resolver of the host is unreachable from another network namespace.
+            let usable = network == "host" || !host.contains("nameserver 127.");
+            Some(w(
+                "resolv.conf",
+                if usable {
+                    host
+                } else {
+                    "nameserver 8.8.8.8\n".into()
+                },
+            )?)
+        }
+    };
+    Ok(EtcFiles {
+        hostname: w("hostname", format!("{hostname}\n"))?,
+        hosts: w("hosts", hosts)?,
+        resolv_conf: resolv,
+    })
+}
+
+pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
+    if a.tty {
+        return Err(CliError::Usage(
+            "-t: terminals are not supported by `moat run` yet; run without -t".into(),
+        ));
+    }
+    let ports = parse_ports(a)?;
+    let (image, cmd): (Option<moat_image::StoredImage>, &[String]) = match &a.rootfs {
+        Some(_) => (None, &a.args[..]),
+        None => (Some(image(ctx, &a.args[0])?), &a.args[1..]),
+    };
+    let id = meta::new_id()?;
+    let mut undo = Undo {
+        ctx,
+        id: id.clone(),
+        name: None,
+        armed: true,
+    };
+    let name = match &a.name {
+        Some(n) => {
+            ctx.paths.reserve_name(n, &id)?;
+            n.clone()
+        }
+        None => {
+            let mut attempt = 0;
+            loop {
+                let n = meta::generate_name(attempt)?;
+                match ctx.paths.reserve_name(&n, &id) {
+                    Ok(()) => break n,
+                    Err(CliError::NameInUse { .. }) if attempt < 50 => attempt += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    };
+    undo.name = Some(name.clone());
+    let dir = ctx.paths.container_dir(&id);
+    let (rootfs, source, config) = match (&a.rootfs, &image) {
+        (Some(d), _) => {
+            let path = std::fs::canonicalize(d).map_err(CliError::io("open rootfs", d))?;
+            std::fs::create_dir_all(&dir).map_err(CliError::io("mkdir", &dir))?;
+            (
+                path.clone(),
+                RootfsSource::Dir { path },
+                oci_spec::image::ImageConfiguration::default(),
+            )
+        }
+        (None, Some(img)) => {
+            let digest = img.manifest_digest.to_string();
+            let r = moat_image::prepare_rootfs(
+                &ctx.store,
+                &digest,
+                &id,
+                &moat_image::UnpackOptions::default(),
+            )
+            .map_err(CliError::image(format!("prepare the rootfs of {name}")))?;
+            let norm = moat_image::reference::normalize(&a.args[0]).unwrap_or(a.args[0].clone());
+            (
+                r.path,
+                RootfsSource::Image { name: norm, digest },
+                img.config.clone(),
+            )
+        }
+        (None, None) => unreachable!("an image is resolved when there is no --rootfs"),
+    };
+    let hostname = a
+        .spec
+        .hostname
+        .clone()
+        .unwrap_or_else(|| id[..12].to_owned());
+    let etc = etc_files(&dir, &hostname, &a.spec.network)?;
+    let spec = crate::runspec::build(&a.spec, &config, cmd, &rootfs, &hostname, &etc, a.tty)?;
+    let bundle = ctx.paths.bundle(&id);
+    std::fs::create_dir_all(&bundle).map_err(CliError::io("mkdir", &bundle))?;
+    let cfg = bundle.join("config.json");
+    let body = serde_json::to_vec_pretty(&spec).unwrap_or_default();
+    std::fs::write(&cfg, body).map_err(CliError::io("write", &cfg))?;
+    let m = Meta {
+        id: id.clone(),
+        name: name.clone(),
+        rootfs: source,
+        command: spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().clone())
+            .unwrap_or_default(),
+        created: moat_container::state::now_rfc3339(),
+        auto_remove: a.rm,
+        detached: a.detach,
+        network: a.spec.network.clone(),
+        ports,
+        ip: None,
+        exit_code: None,
+        finished: None,
+    };
+    ctx.paths.save(&m)?;
+    wait_single_threaded();
+    if a.detach {
+        let code = detached(ctx, m, &mut undo)?;
+        println!("{id}");
+        return Ok(code);
+    }
+    if !a.interactive {
+        stdin_null()?;
+    }
+    let pid = create_and_start(ctx, m)?;
+    undo.armed = false;
+    let code = wait_forwarding(pid)?;
+    finish(ctx, &id, code);
+    Ok(code)
+}
+
+fn stdin_null() -> Result<()> {
+    let null = std::fs::File::open("/dev/null").map_err(CliError::io("open", "/dev/null"))?;
+    nix::unistd::dup2(null.as_raw_fd(), 0).map_err(CliError::sys("dup2 /dev/null onto stdin"))?;
+    Ok(())
+}
+
+/// Create the container, set up its network, start it; returns the init's pid. On failure the
+/// runtime state is removed (the caller's `Undo` removes the rest).
+fn create_and_start(ctx: &Ctx, mut m: Meta) -> Result<Pid> {
+    let rt = ctx.paths.runtime();
+    let opts = moat_container::CreateOptions {
+        id: m.id.clone(),
+        bundle: ctx.paths.bundle(&m.id),
+        ..Default::default()
+    };
+    let created = moat_container::create(&rt, &opts)
+        .map_err(CliError::container(format!("create container {}", m.name)))?;
+    let started = (|| -> Result<()> {
+        let pin = ctx.paths.netns(&m.id);
+        crate::cni::setup(&mut m, created.pid, &pin)?;
+        ctx.paths.save(&m)?;
+        moat_container::start::start(&rt, &m.id)
+            .map_err(CliError::container(format!("start container {}", m.name)))
+    })();
+    if let Err(e) = started {
+        let _ = moat_container::delete::delete(&rt, &m.id, true);
+        return Err(e);
+    }
+    Ok(Pid::from_raw(created.pid))
+}
+
+/// Record the exit of container `id`, free its runtime state and network, and remove it all
+/// when it was run with `--rm`.
+pub fn finish(ctx: &Ctx, id: &str, code: i32) {
+    let Ok(mut m) = ctx.paths.load(id) else {
+        // Removed meanwhile (`moat rm -f`): only the runtime state may be left.
+        let _ = moat_container::delete::delete(&ctx.paths.runtime(), id, true);
+        return;
+    };
+    if m.auto_remove {
+        remove_everything(ctx, id, Some(&m.name));
+        return;
+    }
+    // The exit status first: `moat stop` waits until it is recorded.
+    m.exit_code = Some(code);
+    m.finished = Some(moat_container::state::now_rfc3339());
+    let _ = ctx.paths.save(&m);
+    let _ = moat_container::delete::delete(&ctx.paths.runtime(), id, true);
+    if m.ip.is_some() {
+        let _ = crate::cni::teardown(&m, &ctx.paths.netns(id));
+        m.ip = None;
+        let _ = ctx.paths.save(&m);
+    }
+}
+
+/// `-d`: fork a monitor that creates, starts and waits for the container.
+fn detached(ctx: &Ctx, m: Meta, undo: &mut Undo<'_>) -> Result<i32> {
+    let log_path = ctx.paths.log(&m.id);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(CliError::io("open log", &log_path))?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(CliError::io("open", "/dev/null"))?;
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(CliError::sys("create the monitor pipe"))?;
+    let id = m.id.clone();
+    match moat_sys::process::clone3(0, false).map_err(CliError::sys("fork the monitor"))? {
+        moat_sys::process::Forked::Child => {
+            drop(rd);
+            monitor(ctx, m, undo, wr, &log, &null)
+        }
+        moat_sys::process::Forked::Parent { pid, .. } => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(rd).read_to_string(&mut msg);
+            // Reap the monitor only if it already exited (it outlives us otherwise).
+            let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+            if msg == "ok" {
+                undo.armed = false;
+                return Ok(0);
+            }
+            if let Some(rest) = msg.strip_prefix("err\t") {
+                undo.armed = false; // the monitor cleaned up
+                let (code, text) = rest.split_once('\t').unwrap_or(("125", rest));
+                return Err(CliError::Detached {
+                    code: code.parse().unwrap_or(125),
+                    message: text.into(),
+                });
+            }
+            Err(CliError::Usage(format!(
+                "container {id}: the monitor process exited before reporting"
+            )))
+        }
+    }
+}
+
+fn monitor(
+    ctx: &Ctx,
+    m: Meta,
+    undo: &mut Undo<'_>,
+    wr: OwnedFd,
+    log: &std::fs::File,
+    null: &std::fs::File,
+) -> ! {
+    let _ = nix::unistd::setsid();
+    let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
+    let _ = nix::unistd::dup2(log.as_raw_fd(), 1);
+    let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
+    let id = m.id.clone();
+    let mut wr = std::fs::File::from(wr);
+    match create_and_start(ctx, m) {
+        Ok(pid) => {
+            undo.armed = false;
+            let _ = wr.write_all(b"ok");
+            drop(wr);
+            let code = wait_plain(pid);
+            finish(ctx, &id, code);
+            std::process::exit(0)
+        }
+        Err(e) => {
+            remove_everything(ctx, &id, undo.name.as_deref());
+            undo.armed = false;
+            let code = e.exit_code();
+            let text = crate::one_line(&anyhow::Error::new(e));
+            let _ = write!(wr, "err\t{code}\t{text}");
+            std::process::exit(1)
+        }
+    }
+}
+
+fn exit_code(ws: WaitStatus) -> Option<i32> {
+    match ws {
+        WaitStatus::Exited(_, c) => Some(c),
+        WaitStatus::Signaled(_, s, _) => Some(128 + s as i32),
+        _ => None,
+    }
+}
+
+/// Wait for our child `pid` without forwarding signals (the monitor has no terminal).
+fn wait_plain(pid: Pid) -> i32 {
+    loop {
+        match waitpid(pid, None) {
+            Ok(ws) => {
+                if let Some(c) = exit_code(ws) {
+                    return c;
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return 255,
+        }
+    }
+}
+
+const FORWARDED: &[Signal] = &[
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTERM,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+    Signal::SIGCONT,
+    Signal::SIGALRM,
+];
+
+/// Wait for our child `pid` while forwarding terminal and job-control signals to it; returns
+/// its exit status, 128+N when killed by signal N.
+pub fn wait_forwarding(pid: Pid) -> Result<i32> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    for s in FORWARDED {
+        set.add(*s);
+    }
+    set.thread_block()
+        .map_err(CliError::sys("block signals while waiting"))?;
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(ws) => {
+                if let Some(c) = exit_code(ws) {
+                    return Ok(c);
+                }
+            }
+            Err(nix::errno::Errno::ECHILD) => return Ok(255),
+            Err(e) => return Err(CliError::sys(format!("wait for process {pid}"))(e)),
+        }
+        if let Ok(sig) = set.wait() {
+            if sig != Signal::SIGCHLD {
+                let _ = nix::sys::signal::kill(pid, sig);
+            }
+        }
+    }
+}

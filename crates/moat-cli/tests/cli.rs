@@ -1,0 +1,505 @@
+//! End-to-end tests of the `moat` binary with real containers (as root): runs from a plain
+//! directory and from imported and pulled images, detached containers with logs, stop and rm that
+//! leave nothing behind, bind mounts, cgroup limits, names and id prefixes, and bridge networking
+//! with a published port. Each test has its own store in a temporary directory.
+
+#[path = "../../moat-image/tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{is_root, write_layout, Comp, Tar};
+
+struct Moat {
+    root: tempfile::TempDir,
+}
+
+impl Moat {
+    fn new() -> Option<Moat> {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return None;
+        }
+        Some(Moat {
+            root: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_moat"))
+            .arg("--root")
+            .arg(self.root())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Run and require success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.cmd(args);
+        assert!(
+            o.status.success(),
+            "moat {args:?}: {:?}\nstdout: {}\nstderr: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// No container dir, mount, runtime state or cgroup of `id` is left.
+    fn assert_gone(&self, id: &str) {
+        assert!(!self.root().join("containers").join(id).exists());
+        assert!(!self.root().join("runtime").join(id).exists());
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = self.root().display().to_string();
+        assert!(
+            !mounts.lines().any(|l| l.contains(&root)),
+            "mounts left under the store"
+        );
+        for base in [
+            "/sys/fs/cgroup/memory",
+            "/sys/fs/cgroup/pids",
+            "/sys/fs/cgroup",
+        ] {
+            assert!(
+                !Path::new(base).join("moat").join(id).exists(),
+                "cgroup left in {base}"
+            );
+        }
+    }
+}
+
+impl Drop for Moat {
+    fn drop(&mut self) {
+        // Best effort: no container of this store outlives the test.
+        let ids = self.cmd(&["ps", "-a", "-q"]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = self.cmd(&["rm", "-f", id]);
+        }
+    }
+}
+
+fn busybox_rootfs() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let bin = d.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+    for c in ["sh", "echo", "cat", "id", "sleep", "touch", "true", "mkdir"] {
+        std::os::unix::fs::symlink("busybox", bin.join(c)).unwrap();
+    }
+    d
+}
+
+/// An OCI layout holding busybox with /etc/passwd, tagged `v1`.
+fn busybox_layout(dir: &Path) {
+    let bb = std::fs::read("/bin/busybox").expect("busybox-static installed");
+    let mut t = Tar::new();
+    t.dir("bin/").file_mode("bin/busybox", &bb, 0o755);
+    for c in ["sh", "echo", "cat", "id", "sleep", "touch", "httpd", "wget"] {
+        t.symlink(&format!("bin/{c}"), "busybox");
+    }
+    t.dir("etc/")
+        .file(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n",
+        )
+        .file("etc/group", b"root:x:0:\nnogroup:x:65534:\n");
+    write_layout(
+        dir,
+        "v1",
+        &[(t.finish(), Comp::Gzip)],
+        &["/bin/sh", "-c", "echo default"],
+    );
+}
+
+fn import(m: &Moat, name: &str) {
+    let layout = tempfile::tempdir().unwrap();
+    busybox_layout(layout.path());
+    let out = m.ok(&[
+        "image",
+        "import",
+        layout.path().to_str().unwrap(),
+        "--name",
+        name,
+    ]);
+    assert!(out.contains("Loaded image"), "{out}");
+}
+
+fn id_of(m: &Moat, name: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(&m.ok(&["inspect", name])).unwrap();
+    v["Id"].as_str().unwrap().to_owned()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn run_rootfs_prints_and_propagates_exit_status() {
+    let Some(m) = Moat::new() else { return };
+    let r = busybox_rootfs();
+    let rp = r.path().to_str().unwrap();
+    assert_eq!(
+        m.ok(&["run", "--rm", "--rootfs", rp, "echo", "hello"]),
+        "hello\n"
+    );
+    let o = m.cmd(&["run", "--rm", "--rootfs", rp, "sh", "-c", "exit 7"]);
+    assert_eq!(o.status.code(), Some(7));
+    let o = m.cmd(&["run", "--rm", "--rootfs", rp, "no-such-command"]);
+    assert_eq!(o.status.code(), Some(127));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with("error: create container") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(
+        m.cmd(&["run", "--rm", "--memory", "1x", "--rootfs", rp, "true"])
+            .status
+            .code(),
+        Some(125)
+    );
+    assert_eq!(m.ok(&["ps", "-a", "-q"]), "", "--rm left a container");
+}
+
+#[test]
+fn imported_image_runs_with_its_config() {
+    let Some(m) = Moat::new() else { return };
+    import(&m, "example.com/bb:v1");
+    let images = m.ok(&["images"]);
+    assert!(
+        images.contains("example.com/bb") && images.contains("v1"),
+        "{images}"
+    );
+    let out = m.ok(&[
+        "run",
+        "--rm",
+        "--hostname",
+        "box1",
+        "example.com/bb:v1",
+        "sh",
+        "-c",
+        "id; cat /etc/hostname; echo $HELLO",
+    ]);
+    assert_eq!(out, "uid=0(root) gid=0(root)\nbox1\nworld\n");
+    assert_eq!(m.ok(&["run", "--rm", "example.com/bb:v1"]), "default\n");
+    let out = m.ok(&[
+        "run",
+        "--rm",
+        "-u",
+        "nobody",
+        "-w",
+        "/tmp",
+        "example.com/bb:v1",
+        "sh",
+        "-c",
+        "id -u; pwd",
+    ]);
+    assert_eq!(out, "65534\n/tmp\n");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&m.ok(&["image", "inspect", "example.com/bb:v1"])).unwrap();
+    assert_eq!(inspect["Layers"].as_array().unwrap().len(), 1);
+    // Export and re-import under another name.
+    let out = tempfile::tempdir().unwrap();
+    let tarball = out.path().join("bb.tar");
+    m.ok(&[
+        "image",
+        "export",
+        "example.com/bb:v1",
+        tarball.to_str().unwrap(),
+    ]);
+    m.ok(&[
+        "image",
+        "import",
+        tarball.to_str().unwrap(),
+        "--name",
+        "example.com/copy:v2",
+    ]);
+    assert_eq!(
+        m.ok(&["run", "--rm", "example.com/copy:v2", "echo", "copy"]),
+        "copy\n"
+    );
+    m.ok(&["rmi", "example.com/copy:v2"]);
+    m.ok(&["image", "gc"]);
+    assert!(!m.ok(&["images"]).contains("copy"));
+}
+
+#[test]
+fn detached_container_logs_ps_stop_rm_leave_nothing() {
+    let Some(m) = Moat::new() else { return };
+    import(&m, "example.com/bb:v1");
+    let id = m
+        .ok(&["run", "-d", "--name", "web", "example.com/bb:v1", "sh", "-c", "echo started; echo to-stderr >&2; trap 'echo bye; exit 3' TERM; while true; do sleep 0.1; done"])
+        .trim()
+        .to_owned();
+    assert_eq!(id.len(), 64);
+    wait_for("log output", || {
+        m.ok(&["logs", "web"]).contains("to-stderr")
+    });
+    assert!(m.ok(&["logs", "web"]).contains("started"));
+    let ps = m.ok(&["ps"]);
+    assert!(
+        ps.contains(&id[..12]) && ps.contains("web") && ps.contains("running"),
+        "{ps}"
+    );
+    let inspect: serde_json::Value = serde_json::from_str(&m.ok(&["inspect", "web"])).unwrap();
+    assert_eq!(inspect["State"]["Status"], "running");
+    let pid = inspect["State"]["Pid"].as_i64().unwrap();
+    assert!(pid > 0 && Path::new(&format!("/proc/{pid}")).exists());
+    assert_eq!(
+        m.ok(&["exec", "web", "cat", "/etc/hostname"]),
+        format!("{}\n", &id[..12])
+    );
+    assert_eq!(
+        m.cmd(&["exec", "web", "sh", "-c", "exit 5"]).status.code(),
+        Some(5)
+    );
+    // A running container is not removed without -f.
+    assert_eq!(m.cmd(&["rm", "web"]).status.code(), Some(125));
+    m.ok(&["stop", "-t", "5", "web"]);
+    assert!(m.ok(&["logs", "web"]).contains("bye"));
+    assert!(!m.ok(&["ps"]).contains("web"));
+    let all = m.ok(&["ps", "-a"]);
+    assert!(all.contains("exited (3)"), "{all}");
+    m.ok(&["rm", "web"]);
+    m.assert_gone(&id);
+    assert!(!m.root().join("names/web").exists());
+}
+
+#[test]
+fn detached_rm_removes_itself_on_exit() {
+    let Some(m) = Moat::new() else { return };
+    import(&m, "example.com/bb:v1");
+    let id = m
+        .ok(&["run", "-d", "--rm", "example.com/bb:v1", "sleep", "0.2"])
+        .trim()
+        .to_owned();
+    wait_for("auto-removal", || {
+        !m.root().join("containers").join(&id).exists()
+    });
+    m.assert_gone(&id);
+}
+
+#[test]
+fn read_only_volume_rejects_writes() {
+    let Some(m) = Moat::new() else { return };
+    let r = busybox_rootfs();
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("f"), "from host").unwrap();
+    let ro = format!("{}:/data:ro", host.path().display());
+    let rw = format!("{}:/data", host.path().display());
+    let rp = r.path().to_str().unwrap();
+    assert_eq!(
+        m.ok(&["run", "--rm", "-v", &ro, "--rootfs", rp, "cat", "/data/f"]),
+        "from host"
+    );
+    let o = m.cmd(&[
+        "run",
+        "--rm",
+        "-v",
+        &ro,
+        "--rootfs",
+        rp,
+        "touch",
+        "/data/new",
+    ]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(!host.path().join("new").exists());
+    m.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &rw,
+        "--rootfs",
+        rp,
+        "touch",
+        "/data/new",
+    ]);
+    assert!(host.path().join("new").exists());
+    // --read-only root with a tmpfs for scratch space.
+    let o = m.cmd(&[
+        "run",
+        "--rm",
+        "--read-only",
+        "--tmpfs",
+        "/scratch",
+        "--rootfs",
+        rp,
+        "sh",
+        "-c",
+        "touch /scratch/x && touch /bin/x",
+    ]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(!r.path().join("bin/x").exists());
+}
+
+fn cgroup_file(id: &str, v1: &str, v2: &str) -> Option<String> {
+    [
+        PathBuf::from(format!("/sys/fs/cgroup/memory/moat/{id}/{v1}")),
+        PathBuf::from(format!("/sys/fs/cgroup/moat/{id}/{v2}")),
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok())
+}
+
+#[test]
+fn memory_limit_is_enforced() {
+    let Some(m) = Moat::new() else { return };
+    let r = busybox_rootfs();
+    let id = m
+        .ok(&[
+            "run",
+            "-d",
+            "--memory",
+            "32m",
+            "--pids-limit",
+            "50",
+            "--rootfs",
+            r.path().to_str().unwrap(),
+            "sleep",
+            "30",
+        ])
+        .trim()
+        .to_owned();
+    let limit = cgroup_file(&id, "memory.limit_in_bytes", "memory.max")
+        .expect("memory cgroup of the container");
+    assert_eq!(limit.trim(), (32u64 << 20).to_string());
+    m.ok(&["rm", "-f", &id[..16]]);
+    m.assert_gone(&id);
+}
+
+#[test]
+fn names_are_unique_and_ids_match_by_prefix() {
+    let Some(m) = Moat::new() else { return };
+    let r = busybox_rootfs();
+    let rp = r.path().to_str().unwrap();
+    m.ok(&["run", "--name", "one", "--rootfs", rp, "true"]);
+    let o = m.cmd(&["run", "--name", "one", "--rootfs", rp, "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already in use"));
+    m.ok(&["run", "--rootfs", rp, "true"]); // a generated name
+    let ids = m.ok(&["ps", "-a", "-q"]);
+    assert_eq!(ids.lines().count(), 2, "{ids}");
+    let one = id_of(&m, "one");
+    assert_eq!(id_of(&m, &one[..6]), one);
+    let other = ids
+        .lines()
+        .map(|i| id_of(&m, i))
+        .find(|i| *i != one)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&m.ok(&["inspect", &other])).unwrap();
+    assert!(
+        v["Name"].as_str().unwrap().contains('_'),
+        "generated adjective_noun: {v}"
+    );
+    assert_eq!(m.cmd(&["inspect", "nope"]).status.code(), Some(125));
+    for id in ids.lines() {
+        m.ok(&["rm", id]);
+    }
+    m.assert_gone(&one);
+}
+
+#[test]
+fn pull_from_local_registry_then_run() {
+    let Some(m) = Moat::new() else { return };
+    let Some(reg) = common::registry::Registry::start() else {
+        return;
+    };
+    let layout = tempfile::tempdir().unwrap();
+    busybox_layout(layout.path());
+    reg.push(layout.path(), "v1", "moat/bb");
+    let reference = format!("{}/moat/bb:v1", reg.addr());
+    let out = m.cmd(&["pull", &reference]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pulled"));
+    assert_eq!(
+        m.ok(&["run", "--rm", &reference, "echo", "pulled"]),
+        "pulled\n"
+    );
+    m.ok(&["rmi", &reference]);
+    // run pulls what is missing.
+    let o = m.cmd(&["run", "--rm", &reference, "echo", "again"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "again\n");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Unable to find image"));
+}
+
+#[test]
+fn bridge_network_publishes_a_port() {
+    let Some(m) = Moat::new() else { return };
+    if !Path::new("/usr/lib/cni/bridge").exists() {
+        eprintln!("skipped: containernetworking-plugins not installed");
+        return;
+    }
+    import(&m, "example.com/bb:v1");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let web = tempfile::tempdir().unwrap();
+    std::fs::write(web.path().join("index.html"), "hello from moat\n").unwrap();
+    let vol = format!("{}:/www:ro", web.path().display());
+    let publish = format!("127.0.0.1:{port}:80");
+    let id = m
+        .ok(&[
+            "run",
+            "-d",
+            "--network",
+            "bridge",
+            "-p",
+            &publish,
+            "-v",
+            &vol,
+            "example.com/bb:v1",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ])
+        .trim()
+        .to_owned();
+    let mut body = String::new();
+    wait_for("the published port", || {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = write!(s, "GET /index.html HTTP/1.0\r\n\r\n");
+        body.clear();
+        let _ = s.read_to_string(&mut body);
+        body.contains("hello from moat")
+    });
+    let inspect: serde_json::Value = serde_json::from_str(&m.ok(&["inspect", &id])).unwrap();
+    assert!(inspect["Network"]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .starts_with("10.88.87."));
+    m.ok(&["rm", "-f", &id]);
+    m.assert_gone(&id);
+    let nat = Command::new("iptables")
+        .args(["-t", "nat", "-S"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&nat.stdout).contains(&id),
+        "CNI rules of {id} left"
+    );
+}
