@@ -14,7 +14,7 @@ pull + unpack into a fresh store:
   skopeo  skopeo copy docker:// -> oci: layout, then umoci unpack into a bundle
 
 Each fresh store lives on the same filesystem (a temporary directory under /var/tmp). Reports
-median / p10 / p90 wall time in seconds and writes bench/PULL-RESULTS.md (--out).
+median / p10 / p90 wall time in seconds and writes bench/RESULTS.md (--out).
 """
 
 import argparse
@@ -160,7 +160,7 @@ def tools(ref, scratch):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", "--iterations", type=int, default=5)
-    ap.add_argument("--out", default=os.path.join(HERE, "PULL-RESULTS.md"))
+    ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build --release")
     args = ap.parse_args()
     if os.geteuid() != 0:
