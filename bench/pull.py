@@ -227,8 +227,9 @@ def main():
         "",
     ])
     print(report)
-    with open(args.out, "w") as f:
-        f.write(report)
+    # Append a dated section: bench/RESULTS.md keeps every run, runtime and pull alike.
+    with open(args.out, "a") as f:
+        f.write("\n## Image pull + unpack (bench/pull.py)\n\n" + report)
 
 
 if __name__ == "__main__":
