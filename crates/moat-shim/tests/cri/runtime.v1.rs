@@ -255,17 +255,7 @@ pub struct SecurityProfile {
 pub mod security_profile {
     /// Available profile types.
     #[allow(clippy::all)]
-    #[derive(
-        Clone,
-        Copy,
-        Debug,
-        PartialEq,
-        Eq,
-        Hash,
-        PartialOrd,
-        Ord,
-        ::prost::Enumeration
-    )]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
     #[repr(i32)]
     pub enum ProfileType {
         /// The container runtime default profile should be used.
@@ -313,10 +303,8 @@ pub struct LinuxPodSandboxConfig {
     pub security_context: ::core::option::Option<LinuxSandboxSecurityContext>,
     /// Sysctls holds linux sysctls config for the sandbox.
     #[prost(map = "string, string", tag = "3")]
-    pub sysctls: ::std::collections::HashMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
+    pub sysctls:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
     /// Optional overhead represents the overheads associated with this sandbox
     #[prost(message, optional, tag = "4")]
     pub overhead: ::core::option::Option<LinuxContainerResources>,
@@ -379,10 +367,8 @@ pub struct PodSandboxConfig {
     pub port_mappings: ::prost::alloc::vec::Vec<PortMapping>,
     /// Key-value pairs that may be used to scope and select individual resources.
     #[prost(map = "string, string", tag = "6")]
-    pub labels: ::std::collections::HashMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
+    pub labels:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
     /// Unstructured key-value map that may be set by the kubelet to store and
     /// retrieve arbitrary metadata. This will include any annotations set on a
     /// pod through the Kubernetes API.
@@ -400,10 +386,8 @@ pub struct PodSandboxConfig {
     /// and the CRI). Whenever possible, however, runtime authors SHOULD
     /// consider proposing new typed fields for any new features instead.
     #[prost(map = "string, string", tag = "7")]
-    pub annotations: ::std::collections::HashMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
+    pub annotations:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
     /// Optional configurations specific to Linux hosts.
     #[prost(message, optional, tag = "8")]
     pub linux: ::core::option::Option<LinuxPodSandboxConfig>,
@@ -522,19 +506,15 @@ pub struct PodSandboxStatus {
     pub linux: ::core::option::Option<LinuxPodSandboxStatus>,
     /// Labels are key-value pairs that may be used to scope and select individual resources.
     #[prost(map = "string, string", tag = "7")]
-    pub labels: ::std::collections::HashMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
+    pub labels:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
     /// Unstructured key-value map holding arbitrary metadata.
     /// Annotations MUST NOT be altered by the runtime; the value of this field
     /// MUST be identical to that of the corresponding PodSandboxConfig used to
     /// instantiate the pod sandbox this status represents.
     #[prost(map = "string, string", tag = "8")]
-    pub annotations: ::std::collections::HashMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
+    pub annotations:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
     /// runtime configuration used for this PodSandbox.
     #[prost(string, tag = "9")]
     pub runtime_handler: ::prost::alloc::string::String,
@@ -550,10 +530,8 @@ pub struct PodSandboxStatusResponse {
     /// debug, e.g. network namespace for linux container based container runtime.
     /// It should only be returned non-empty when Verbose is true.
     #[prost(map = "string, string", tag = "2")]
-    pub info: ::std::collections::HashMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
+    pub info:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
     /// Container statuses
     #[prost(message, repeated, tag = "3")]
     pub containers_statuses: ::prost::alloc::vec::Vec<ContainerStatus>,
@@ -584,10 +562,8 @@ pub struct PodSandboxFilter {
     /// Only api.MatchLabels is supported for now and the requirements
     /// are ANDed. MatchExpressions is not supported yet.
     #[prost(map = "string, string", tag = "3")]
-    pub label_selector: ::std::collections::HashMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
+    pub label_selector:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -614,19 +590,15 @@ pub struct PodSandbox {
     pub created_at: i64,
     /// Labels of the PodSandbox.
     #[prost(map = "string, string", tag = "5")]
-    pub labels: ::std::collections::HashMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
+    pub labels:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
     /// Unstructured key-value map holding arbitrary metadata.
     /// Annotations MUST NOT be altered by the runtime; the value of this field
     /// MUST be identical to that of the corresponding PodSandboxConfig used to
     /// instantiate this PodSandbox.
     #[prost(map = "string, string", tag = "6")]
-    pub annotations: ::std::collections::HashMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
+    pub annotations:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
     /// runtime configuration used for this PodSandbox.
     #[prost(string, tag = "7")]
     pub runtime_handler: ::prost::alloc::string::String,
@@ -649,10 +621,8 @@ pub struct ImageSpec {
     /// ImageSpec Annotations can be used to help the runtime target specific
     /// images in multi-arch images.
     #[prost(map = "string, string", tag = "2")]
-    pub annotations: ::std::collections::HashMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
+    pub annotations:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
     /// The container image reference specified by the user (e.g. image\[:tag\] or digest).
     /// Only set if available within the RPC context.
     #[prost(string, tag = "18")]
@@ -704,10 +674,8 @@ pub struct LinuxContainerResources {
     /// Each key/value in the map refers to the cgroup v2.
     /// e.g. "memory.max": "6937202688" or "io.weight": "default 100".
     #[prost(map = "string, string", tag = "9")]
-    pub unified: ::std::collections::HashMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
+    pub unified:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
     /// Memory swap limit in bytes. Default 0 (not specified).
     #[prost(int64, tag = "10")]
     pub memory_swap_limit_in_bytes: i64,
@@ -758,9 +726,7 @@ pub struct Capability {
     pub drop_capabilities: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     /// List of ambient capabilities to add.
     #[prost(string, repeated, tag = "3")]
-    pub add_ambient_capabilities: ::prost::alloc::vec::Vec<
-        ::prost::alloc::string::String,
-    >,
+    pub add_ambient_capabilities: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// LinuxContainerSecurityContext holds linux security configuration that will be applied to a container.
 #[allow(clippy::all)]
@@ -1076,10 +1042,8 @@ pub struct ContainerConfig {
     /// prefix ::= DNS_SUBDOMAIN
     /// name ::= DNS_LABEL
     #[prost(map = "string, string", tag = "9")]
-    pub labels: ::std::collections::HashMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
+    pub labels:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
     /// Unstructured key-value map that may be used by the kubelet to store and
     /// retrieve arbitrary metadata.
     ///
@@ -1091,10 +1055,8 @@ pub struct ContainerConfig {
     /// kubelet and the container runtime, annotations SHOULD NOT influence
     /// runtime behaviour.
     #[prost(map = "string, string", tag = "10")]
-    pub annotations: ::std::collections::HashMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
+    pub annotations:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
     /// Path relative to PodSandboxConfig.LogDirectory for container to store
     /// the log (STDOUT and STDERR) on the host.
     /// E.g.,
@@ -1179,10 +1141,8 @@ pub struct ContainerFilter {
     /// Only api.MatchLabels is supported for now and the requirements
     /// are ANDed. MatchExpressions is not supported yet.
     #[prost(map = "string, string", tag = "4")]
-    pub label_selector: ::std::collections::HashMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
+    pub label_selector:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1219,19 +1179,15 @@ pub struct Container {
     pub created_at: i64,
     /// Key-value pairs that may be used to scope and select individual resources.
     #[prost(map = "string, string", tag = "8")]
-    pub labels: ::std::collections::HashMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
+    pub labels:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
     /// Unstructured key-value map holding arbitrary metadata.
     /// Annotations MUST NOT be altered by the runtime; the value of this field
     /// MUST be identical to that of the corresponding ContainerConfig used to
     /// instantiate this Container.
     #[prost(map = "string, string", tag = "9")]
-    pub annotations: ::std::collections::HashMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
+    pub annotations:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
     /// Reference to the unique identifier of the image, on the node, as
     /// returned in the image service apis.
     ///
@@ -1292,19 +1248,15 @@ pub struct ContainerStatus {
     pub message: ::prost::alloc::string::String,
     /// Key-value pairs that may be used to scope and select individual resources.
     #[prost(map = "string, string", tag = "12")]
-    pub labels: ::std::collections::HashMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
+    pub labels:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
     /// Unstructured key-value map holding arbitrary metadata.
     /// Annotations MUST NOT be altered by the runtime; the value of this field
     /// MUST be identical to that of the corresponding ContainerConfig used to
     /// instantiate the Container this status represents.
     #[prost(map = "string, string", tag = "13")]
-    pub annotations: ::std::collections::HashMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
+    pub annotations:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
     /// Mounts for the container.
     #[prost(message, repeated, tag = "14")]
     pub mounts: ::prost::alloc::vec::Vec<Mount>,
@@ -1443,19 +1395,15 @@ pub struct ContainerAttributes {
     pub metadata: ::core::option::Option<ContainerMetadata>,
     /// Key-value pairs that may be used to scope and select individual resources.
     #[prost(map = "string, string", tag = "3")]
-    pub labels: ::std::collections::HashMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
+    pub labels:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
     /// Unstructured key-value map holding arbitrary metadata.
     /// Annotations MUST NOT be altered by the runtime; the value of this field
     /// MUST be identical to that of the corresponding ContainerConfig used to
     /// instantiate the Container this status represents.
     #[prost(map = "string, string", tag = "4")]
-    pub annotations: ::std::collections::HashMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
+    pub annotations:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
 }
 /// ContainerStats provides the resource usage statistics for a container.
 #[allow(clippy::all)]
@@ -1749,10 +1697,10 @@ pub mod runtime_service_client {
         dead_code,
         missing_docs,
         clippy::wildcard_imports,
-        clippy::let_unit_value,
+        clippy::let_unit_value
     )]
-    use tonic::codegen::*;
     use tonic::codegen::http::Uri;
+    use tonic::codegen::*;
     /// Runtime service defines the public APIs for remote container runtimes
     #[derive(Debug, Clone)]
     pub struct RuntimeServiceClient<T> {
@@ -1797,9 +1745,8 @@ pub mod runtime_service_client {
                     <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
                 >,
             >,
-            <T as tonic::codegen::Service<
-                http::Request<tonic::body::Body>,
-            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+            <T as tonic::codegen::Service<http::Request<tonic::body::Body>>>::Error:
+                Into<StdError> + std::marker::Send + std::marker::Sync,
         {
             RuntimeServiceClient::new(InterceptedService::new(inner, interceptor))
         }
@@ -1838,22 +1785,12 @@ pub mod runtime_service_client {
         pub async fn version(
             &mut self,
             request: impl tonic::IntoRequest<super::VersionRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::VersionResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::VersionResponse>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/runtime.v1.RuntimeService/Version",
-            );
+            let path = http::uri::PathAndQuery::from_static("/runtime.v1.RuntimeService/Version");
             let mut req = request.into_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("runtime.v1.RuntimeService", "Version"));
@@ -1864,25 +1801,19 @@ pub mod runtime_service_client {
         pub async fn run_pod_sandbox(
             &mut self,
             request: impl tonic::IntoRequest<super::RunPodSandboxRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::RunPodSandboxResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::RunPodSandboxResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/runtime.v1.RuntimeService/RunPodSandbox",
-            );
+            let path =
+                http::uri::PathAndQuery::from_static("/runtime.v1.RuntimeService/RunPodSandbox");
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(GrpcMethod::new("runtime.v1.RuntimeService", "RunPodSandbox"));
+            req.extensions_mut().insert(GrpcMethod::new(
+                "runtime.v1.RuntimeService",
+                "RunPodSandbox",
+            ));
             self.inner.unary(req, path, codec).await
         }
         /// StopPodSandbox stops any running process that is part of the sandbox and
@@ -1897,25 +1828,19 @@ pub mod runtime_service_client {
         pub async fn stop_pod_sandbox(
             &mut self,
             request: impl tonic::IntoRequest<super::StopPodSandboxRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::StopPodSandboxResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::StopPodSandboxResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/runtime.v1.RuntimeService/StopPodSandbox",
-            );
+            let path =
+                http::uri::PathAndQuery::from_static("/runtime.v1.RuntimeService/StopPodSandbox");
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(GrpcMethod::new("runtime.v1.RuntimeService", "StopPodSandbox"));
+            req.extensions_mut().insert(GrpcMethod::new(
+                "runtime.v1.RuntimeService",
+                "StopPodSandbox",
+            ));
             self.inner.unary(req, path, codec).await
         }
         /// RemovePodSandbox removes the sandbox. If there are any running containers
@@ -1925,27 +1850,19 @@ pub mod runtime_service_client {
         pub async fn remove_pod_sandbox(
             &mut self,
             request: impl tonic::IntoRequest<super::RemovePodSandboxRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::RemovePodSandboxResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::RemovePodSandboxResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/runtime.v1.RuntimeService/RemovePodSandbox",
-            );
+            let path =
+                http::uri::PathAndQuery::from_static("/runtime.v1.RuntimeService/RemovePodSandbox");
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(
-                    GrpcMethod::new("runtime.v1.RuntimeService", "RemovePodSandbox"),
-                );
+            req.extensions_mut().insert(GrpcMethod::new(
+                "runtime.v1.RuntimeService",
+                "RemovePodSandbox",
+            ));
             self.inner.unary(req, path, codec).await
         }
         /// PodSandboxStatus returns the status of the PodSandbox. If the PodSandbox is not
@@ -1953,149 +1870,107 @@ pub mod runtime_service_client {
         pub async fn pod_sandbox_status(
             &mut self,
             request: impl tonic::IntoRequest<super::PodSandboxStatusRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::PodSandboxStatusResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::PodSandboxStatusResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/runtime.v1.RuntimeService/PodSandboxStatus",
-            );
+            let path =
+                http::uri::PathAndQuery::from_static("/runtime.v1.RuntimeService/PodSandboxStatus");
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(
-                    GrpcMethod::new("runtime.v1.RuntimeService", "PodSandboxStatus"),
-                );
+            req.extensions_mut().insert(GrpcMethod::new(
+                "runtime.v1.RuntimeService",
+                "PodSandboxStatus",
+            ));
             self.inner.unary(req, path, codec).await
         }
         /// ListPodSandbox returns a list of PodSandboxes.
         pub async fn list_pod_sandbox(
             &mut self,
             request: impl tonic::IntoRequest<super::ListPodSandboxRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::ListPodSandboxResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::ListPodSandboxResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/runtime.v1.RuntimeService/ListPodSandbox",
-            );
+            let path =
+                http::uri::PathAndQuery::from_static("/runtime.v1.RuntimeService/ListPodSandbox");
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(GrpcMethod::new("runtime.v1.RuntimeService", "ListPodSandbox"));
+            req.extensions_mut().insert(GrpcMethod::new(
+                "runtime.v1.RuntimeService",
+                "ListPodSandbox",
+            ));
             self.inner.unary(req, path, codec).await
         }
         /// CreateContainer creates a new container in specified PodSandbox
         pub async fn create_container(
             &mut self,
             request: impl tonic::IntoRequest<super::CreateContainerRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::CreateContainerResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::CreateContainerResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/runtime.v1.RuntimeService/CreateContainer",
-            );
+            let path =
+                http::uri::PathAndQuery::from_static("/runtime.v1.RuntimeService/CreateContainer");
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(GrpcMethod::new("runtime.v1.RuntimeService", "CreateContainer"));
+            req.extensions_mut().insert(GrpcMethod::new(
+                "runtime.v1.RuntimeService",
+                "CreateContainer",
+            ));
             self.inner.unary(req, path, codec).await
         }
         /// StartContainer starts the container.
         pub async fn start_container(
             &mut self,
             request: impl tonic::IntoRequest<super::StartContainerRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::StartContainerResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::StartContainerResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/runtime.v1.RuntimeService/StartContainer",
-            );
+            let path =
+                http::uri::PathAndQuery::from_static("/runtime.v1.RuntimeService/StartContainer");
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(GrpcMethod::new("runtime.v1.RuntimeService", "StartContainer"));
+            req.extensions_mut().insert(GrpcMethod::new(
+                "runtime.v1.RuntimeService",
+                "StartContainer",
+            ));
             self.inner.unary(req, path, codec).await
         }
         /// ListContainers lists all containers by filters.
         pub async fn list_containers(
             &mut self,
             request: impl tonic::IntoRequest<super::ListContainersRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::ListContainersResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::ListContainersResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/runtime.v1.RuntimeService/ListContainers",
-            );
+            let path =
+                http::uri::PathAndQuery::from_static("/runtime.v1.RuntimeService/ListContainers");
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(GrpcMethod::new("runtime.v1.RuntimeService", "ListContainers"));
+            req.extensions_mut().insert(GrpcMethod::new(
+                "runtime.v1.RuntimeService",
+                "ListContainers",
+            ));
             self.inner.unary(req, path, codec).await
         }
         /// ExecSync runs a command in a container synchronously.
         pub async fn exec_sync(
             &mut self,
             request: impl tonic::IntoRequest<super::ExecSyncRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::ExecSyncResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::ExecSyncResponse>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/runtime.v1.RuntimeService/ExecSync",
-            );
+            let path = http::uri::PathAndQuery::from_static("/runtime.v1.RuntimeService/ExecSync");
             let mut req = request.into_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("runtime.v1.RuntimeService", "ExecSync"));
@@ -2106,25 +1981,19 @@ pub mod runtime_service_client {
         pub async fn container_stats(
             &mut self,
             request: impl tonic::IntoRequest<super::ContainerStatsRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::ContainerStatsResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::ContainerStatsResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/runtime.v1.RuntimeService/ContainerStats",
-            );
+            let path =
+                http::uri::PathAndQuery::from_static("/runtime.v1.RuntimeService/ContainerStats");
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(GrpcMethod::new("runtime.v1.RuntimeService", "ContainerStats"));
+            req.extensions_mut().insert(GrpcMethod::new(
+                "runtime.v1.RuntimeService",
+                "ContainerStats",
+            ));
             self.inner.unary(req, path, codec).await
         }
     }

@@ -1,0 +1,876 @@
+//! containerd-shim-moat-v2 under Kubernetes' Container Runtime Interface: a private containerd with
+//! its CRI plugin enabled and a runtime handler `moat` (`runtime_type = "io.containerd.moat.v2"`),
+//! driven over its gRPC socket by a CRI runtime.v1 client, as the kubelet would: a host-network pod
+//! with three containers, exec, stats, stop and removal. One shim serves the whole pod, and nothing
+//! of the pod is left afterwards. Also prints the shim's resident memory per pod.
+
+#[path = "../../moat-runtime/tests/support/mod.rs"]
+mod support;
+use support::*;
+
+/// The CRI runtime.v1 messages and client, generated from cri/cri.proto (see its header).
+#[allow(clippy::all, dead_code, missing_docs, unused_qualifications)]
+#[path = "cri/runtime.v1.rs"]
+mod cri_api;
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cri_api::runtime_service_client::RuntimeServiceClient;
+use cri_api::*;
+use serde_json::json;
+use tonic::transport::Channel;
+
+const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-moat-v2");
+const SHIM_NAME: &str = "containerd-shim-moat-v2";
+const PAUSE_IMAGE: &str = "localhost/moat-pause:test";
+/// The CRI plugin keeps its containers and images in this containerd namespace.
+const K8S_NS: &str = "k8s.io";
+/// Every CRI call must answer within this (RunPodSandbox and CreateContainer included).
+const RPC_LIMIT: Duration = Duration::from_secs(90);
+
+// ---------------------------------------------------------------------------------------------
+// A private containerd with the CRI plugin
+// ---------------------------------------------------------------------------------------------
+
+/// Like the shared harness's `Containerd`, but with the CRI plugin enabled and configured with the
+/// `moat` runtime handler, its sandbox image, and a CNI configuration directory of its own (the
+/// pod uses the host network, so no CNI plugin runs).
+struct CriContainerd {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// The cgroup parent of the pod (cgroupfs driver), relative to the cgroup root; ours to
+    /// remove, like the kubelet's.
+    cgroup_parent: String,
+}
+
+impl CriContainerd {
+    fn start(shim_dir: &Path) -> CriContainerd {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("moat-cri-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("cni")).unwrap();
+        let config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+
+[grpc]
+  address = "{sock}"
+
+[ttrpc]
+  address = "{sock}.ttrpc"
+
+[debug]
+  level = "{level}"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  disable_apparmor = true
+  restrict_oom_score_adj = {restrict_oom}
+  enable_selinux = false
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.moat]
+      runtime_type = "io.containerd.moat.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni}"
+"#,
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = d.join("containerd.sock").display(),
+            cni = d.join("cni").display(),
+            pause = PAUSE_IMAGE,
+            // The sandbox asks for oom_score_adj -998; lowering it needs CAP_SYS_RESOURCE, which
+            // some CI sandboxes lack: then let containerd clamp it to its own, as for rootless.
+            restrict_oom = !has_cap_sys_resource(),
+            level = if debug() { "debug" } else { "info" },
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let path = std::env::var("PATH").unwrap_or_default();
+        let child = Command::new("containerd")
+            .env("PATH", format!("{}:{path}", shim_dir.display()))
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("spawn containerd");
+        let mut c = CriContainerd {
+            dir,
+            child: Some(child),
+            cgroup_parent: format!("moat-cri-{}", std::process::id()),
+        };
+        let start = Instant::now();
+        while !c.sock().exists() {
+            if let Some(st) = c.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("containerd exited ({st}) before serving:\n{}", c.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "containerd did not create {} in 30 s:\n{}",
+                c.sock().display(),
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // containerd serves even when a plugin fails to load: make a broken CRI configuration
+        // fail here, with containerd's reason.
+        while !c.log().contains("successfully booted") {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "containerd did not finish booting in 30 s:\n{}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let full = std::fs::read_to_string(c.log_path()).unwrap_or_default();
+        if let Some(l) = full
+            .lines()
+            .find(|l| l.contains("failed to load plugin io.containerd.grpc.v1.cri"))
+        {
+            panic!("containerd's CRI plugin did not load: {l}");
+        }
+        c
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("containerd.log")
+    }
+
+    fn log(&self) -> String {
+        log_tail(&self.log_path())
+    }
+
+    fn ctr(&self) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address")
+            .arg(self.sock())
+            .args(["--namespace", K8S_NS]);
+        c
+    }
+
+    fn import(&self, tarball: &Path) {
+        let o = run_deadline(
+            self.ctr().args(["image", "import"]).arg(tarball),
+            Duration::from_secs(120),
+            "ctr image import",
+        );
+        assert!(
+            o.status.success(),
+            "ctr -n k8s.io image import failed ({})\nstdout: {}\nstderr: {}\n{}",
+            o.status,
+            text(&o.stdout),
+            text(&o.stderr),
+            self.log()
+        );
+    }
+
+    /// The shim processes of this containerd (`-address <our socket>` on the command line), with
+    /// their parent pids; `start`/`delete` invocations are left out.
+    fn shim_processes(&self) -> BTreeMap<i32, (i32, String)> {
+        let needle = format!("-address {}", self.sock().display());
+        let mut out = BTreeMap::new();
+        for pid in pids_with_cmdline(&needle) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| text(&c).replace('\0', " ").trim().to_owned())
+                .unwrap_or_default();
+            if !cmdline.contains(SHIM_NAME)
+                || cmdline.ends_with(" start")
+                || cmdline.ends_with(" delete")
+            {
+                continue;
+            }
+            if let Some(ppid) = ppid(pid) {
+                out.insert(pid, (ppid, cmdline));
+            }
+        }
+        out
+    }
+
+    /// Processes in the cgroups below the pod's cgroup parent, in every hierarchy.
+    fn pod_cgroup_pids(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        for root in cgroup_paths(&self.cgroup_parent) {
+            walk_dirs(&root, &mut |d| {
+                if let Ok(s) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                    pids.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+                }
+            });
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+}
+
+impl Drop for CriContainerd {
+    fn drop(&mut self) {
+        // Whatever a failed test left: the shims, the pod's processes, containerd itself.
+        let shims: Vec<i32> = self.shim_processes().into_keys().collect();
+        for pid in shims.into_iter().chain(self.pod_cgroup_pids()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let start = Instant::now();
+            while child.try_wait().ok().flatten().is_none() {
+                if start.elapsed() > Duration::from_secs(10) {
+                    kill_group(&mut child);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        umount_below(self.dir.path());
+        // The pod's cgroup parent is ours (the kubelet's) to remove; the runtime removes the
+        // containers' cgroups below it. Deepest first, a few tries while killed processes go.
+        for _ in 0..50 {
+            let mut left = false;
+            for root in cgroup_paths(&self.cgroup_parent) {
+                let mut dirs = Vec::new();
+                walk_dirs(&root, &mut |d| dirs.push(d.to_owned()));
+                dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+                for d in dirs {
+                    if std::fs::remove_dir(&d).is_err() && d.exists() {
+                        left = true;
+                    }
+                }
+            }
+            if !left {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let all = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = all.lines().collect();
+    format!(
+        "containerd log (last lines):\n{}",
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    )
+}
+
+fn walk_dirs(d: &Path, f: &mut dyn FnMut(&Path)) {
+    if !d.is_dir() {
+        return;
+    }
+    f(d);
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                walk_dirs(&e.path(), f);
+            }
+        }
+    }
+}
+
+fn ppid(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// (Rss, Pss) in KiB from /proc/<pid>/smaps_rollup.
+fn rss_pss_kib(pid: i32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("Rss:"), field("Pss:"))
+}
+
+/// Mount points at or below `dir`.
+fn mounts_below(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The busybox image of the shared harness, and a pause image made of the same layer whose
+/// entrypoint sleeps, reaps its children, and exits on SIGTERM.
+fn images(dir: &Path) -> (PathBuf, PathBuf) {
+    let busybox = busybox_image(dir);
+    let pause = dir.join("pause");
+    std::fs::create_dir_all(&pause).unwrap();
+    std::fs::copy(dir.join("image/layer.tar"), pause.join("layer.tar")).unwrap();
+    let layer = sha256_file(&pause.join("layer.tar"));
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        a => a,
+    };
+    let config = json!({
+        "architecture": arch,
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Entrypoint": ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 1000 & wait; done"],
+        },
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer}")]},
+        "history": [{"created_by": "moat tests: pause"}],
+    });
+    let tmp = pause.join("config.json");
+    std::fs::write(&tmp, serde_json::to_vec(&config).unwrap()).unwrap();
+    let cfg_name = format!("{}.json", sha256_file(&tmp));
+    std::fs::rename(&tmp, pause.join(&cfg_name)).unwrap();
+    let manifest =
+        json!([{"Config": cfg_name, "RepoTags": [PAUSE_IMAGE], "Layers": ["layer.tar"]}]);
+    std::fs::write(
+        pause.join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    let tarball = dir.join("pause-image.tar");
+    ok(
+        Command::new("tar")
+            .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+            .arg(&pause)
+            .arg("-cf")
+            .arg(&tarball)
+            .arg("."),
+        Duration::from_secs(60),
+        "tar the pause image",
+    );
+    (busybox, tarball)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CRI client
+// ---------------------------------------------------------------------------------------------
+
+/// A CRI runtime.v1 client over containerd's unix socket, driven from synchronous test code.
+struct Cri {
+    rt: tokio::runtime::Runtime,
+    client: RuntimeServiceClient<Channel>,
+    log: PathBuf,
+}
+
+impl Cri {
+    fn connect(sock: &Path, log: PathBuf) -> Cri {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let sock = sock.to_owned();
+        let channel = rt
+            .block_on(async move {
+                // The URI is a placeholder: the connector dials the unix socket.
+                let endpoint = tonic::transport::Endpoint::try_from("http://[::1]:50051")?
+                    .connect_timeout(Duration::from_secs(10));
+                tokio::time::timeout(
+                    Duration::from_secs(30),
+                    endpoint.connect_with_connector(tower::service_fn(
+                        move |_: tonic::transport::Uri| {
+                            let sock = sock.clone();
+                            async move {
+                                let s = tokio::net::UnixStream::connect(sock).await?;
+                                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                            }
+                        },
+                    )),
+                )
+                .await
+                .map_err(|e| -> Box<dyn std::error::Error> { Box::new(e) })?
+                .map_err(|e| -> Box<dyn std::error::Error> { Box::new(e) })
+            })
+            .unwrap_or_else(|e| panic!("connect to the CRI socket: {e}\n{}", log_tail(&log)));
+        Cri {
+            rt,
+            client: RuntimeServiceClient::new(channel),
+            log,
+        }
+    }
+}
+
+/// One CRI call, bounded by [`RPC_LIMIT`]: `Result<Response, tonic::Status>`.
+macro_rules! cri {
+    ($cri:expr, $method:ident, $req:expr) => {{
+        let mut client = $cri.client.clone();
+        let req = $req;
+        $cri.rt
+            .block_on(async move { tokio::time::timeout(RPC_LIMIT, client.$method(req)).await })
+            .unwrap_or_else(|_| {
+                panic!(
+                    "CRI {} did not answer within {:?}\n{}",
+                    stringify!($method),
+                    RPC_LIMIT,
+                    log_tail(&$cri.log)
+                )
+            })
+            .map(|r| r.into_inner())
+    }};
+}
+
+/// A CRI call that must succeed.
+macro_rules! cri_ok {
+    ($cri:expr, $method:ident, $req:expr) => {{
+        cri!($cri, $method, $req).unwrap_or_else(|e| {
+            panic!(
+                "CRI {} failed: {e:?}\n{}",
+                stringify!($method),
+                log_tail(&$cri.log)
+            )
+        })
+    }};
+}
+
+/// Kubelet's namespace options for a `hostNetwork: true` pod: the node's network, a PID
+/// namespace per container, the pod's IPC namespace.
+fn host_network() -> NamespaceOption {
+    NamespaceOption {
+        network: NamespaceMode::Node as i32,
+        pid: NamespaceMode::Container as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn cri_pod_with_three_containers_in_one_moat_shim() {
+    let test = "cri_pod_with_three_containers_in_one_moat_shim";
+    if !have_all(test, &["containerd", "ctr"]) {
+        return;
+    }
+    let cd = CriContainerd::start(Path::new(SHIM).parent().unwrap());
+    let work = tempfile::Builder::new()
+        .prefix("moat-cri-images-")
+        .tempdir()
+        .unwrap();
+    let (busybox, pause) = images(work.path());
+    cd.import(&busybox);
+    cd.import(&pause);
+    let logs = cd.path().join("pod-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+
+    let cri = Cri::connect(&cd.sock(), cd.log_path());
+    let v = cri_ok!(
+        cri,
+        version,
+        VersionRequest {
+            version: "v1".into()
+        }
+    );
+    eprintln!(
+        "CRI Version: {} {} (CRI API {})",
+        v.runtime_name, v.runtime_version, v.runtime_api_version
+    );
+    assert_eq!(v.runtime_name, "containerd", "{v:?}");
+    assert!(!v.runtime_api_version.is_empty(), "{v:?}");
+
+    // The pod: host network, cgroup parent of our own.
+    let uid = format!("moat-cri-{}", std::process::id());
+    let sandbox_config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "moat-pod".into(),
+            uid: uid.clone(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: format!("/{}", cd.cgroup_parent),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(host_network()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let pod = cri_ok!(
+        cri,
+        run_pod_sandbox,
+        RunPodSandboxRequest {
+            config: Some(sandbox_config.clone()),
+            runtime_handler: "moat".into(),
+        }
+    )
+    .pod_sandbox_id;
+    eprintln!("RunPodSandbox: {pod} in {:?}", started.elapsed());
+    let status = cri_ok!(
+        cri,
+        pod_sandbox_status,
+        PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: true,
+        }
+    );
+    let st = status.status.as_ref().expect("sandbox status");
+    assert_eq!(st.state, PodSandboxState::SandboxReady as i32, "{st:?}");
+    assert_eq!(st.runtime_handler, "moat", "{st:?}");
+    let shims_with_sandbox_only = cd.shim_processes();
+    let sandbox_only_mem = shims_with_sandbox_only
+        .keys()
+        .map(|p| rss_pss_kib(*p))
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+
+    // Three containers in the pod.
+    let mut ctrs = Vec::new();
+    for n in 1..=3 {
+        let name = format!("c{n}");
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.clone(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: IMAGE.into(),
+                ..Default::default()
+            }),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("echo started-{name}; exec sleep 1000"),
+            ],
+            log_path: format!("{name}.log"),
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: Some(host_network()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let cid = cri_ok!(
+            cri,
+            create_container,
+            CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(config),
+                sandbox_config: Some(sandbox_config.clone()),
+            }
+        )
+        .container_id;
+        cri_ok!(
+            cri,
+            start_container,
+            StartContainerRequest {
+                container_id: cid.clone()
+            }
+        );
+        ctrs.push((name, cid));
+    }
+    let listed = cri_ok!(
+        cri,
+        list_containers,
+        ListContainersRequest {
+            filter: Some(ContainerFilter {
+                pod_sandbox_id: pod.clone(),
+                ..Default::default()
+            }),
+        }
+    )
+    .containers;
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    for c in &listed {
+        assert_eq!(c.state, ContainerState::ContainerRunning as i32, "{c:?}");
+    }
+
+    // Their output reaches the CRI log files through the shim.
+    for (name, _) in &ctrs {
+        let file = logs.join(format!("{name}.log"));
+        let want = format!("stdout F started-{name}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = std::fs::read_to_string(&file).unwrap_or_default();
+            if got.contains(&want) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {got:?} lacks {want:?}\n{}",
+                file.display(),
+                cd.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // ExecSync: output and exit codes.
+    for (_, cid) in &ctrs {
+        let r = cri_ok!(
+            cri,
+            exec_sync,
+            ExecSyncRequest {
+                container_id: cid.clone(),
+                cmd: vec!["echo".into(), "hi".into()],
+                timeout: 30,
+            }
+        );
+        assert_eq!(
+            (text(&r.stdout).as_str(), r.exit_code),
+            ("hi\n", 0),
+            "stderr {}",
+            text(&r.stderr)
+        );
+    }
+    let r = cri_ok!(
+        cri,
+        exec_sync,
+        ExecSyncRequest {
+            container_id: ctrs[1].1.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "echo err >&2; exit 3".into()],
+            timeout: 30,
+        }
+    );
+    assert_eq!(r.exit_code, 3, "{r:?}");
+    assert_eq!(text(&r.stderr), "err\n", "{r:?}");
+
+    // ContainerStats: cpu and memory.
+    for (_, cid) in &ctrs {
+        let s = cri_ok!(
+            cri,
+            container_stats,
+            ContainerStatsRequest {
+                container_id: cid.clone()
+            }
+        )
+        .stats
+        .expect("container stats");
+        let cpu = s.cpu.as_ref().expect("cpu stats");
+        let mem = s.memory.as_ref().expect("memory stats");
+        assert!(cpu.usage_core_nano_seconds.is_some(), "no cpu usage: {s:?}");
+        let ws = mem.working_set_bytes.as_ref().map(|v| v.value).unwrap_or(0);
+        assert!(ws > 0, "no memory working set: {s:?}");
+    }
+
+    // One shim serves the pod. A serving shim is a process running containerd-shim-moat-v2 for
+    // our containerd (`-address <socket>` on its command line) whose parent is not one: the
+    // shim's zygote (and any short-lived create/exec worker) is a fork of it and carries the
+    // same command line; `start` invocations, which only answer an address, are left out.
+    let shims = cd.shim_processes();
+    let serving: Vec<i32> = shims
+        .iter()
+        .filter(|(_, (ppid, _))| !shims.contains_key(ppid))
+        .map(|(pid, _)| *pid)
+        .collect();
+    assert_eq!(
+        serving.len(),
+        1,
+        "one shim process should serve the pod: {shims:#?}\n{}",
+        cd.log()
+    );
+    let shim = serving[0];
+    let (_, cmdline) = &shims[&shim];
+    assert!(
+        cmdline.contains(&format!("-id {pod}")),
+        "the pod's shim is not the sandbox's: {cmdline}"
+    );
+    // The ttrpc socket it serves on (`-socket unix://...`), gone once it exits.
+    let shim_socket = cmdline
+        .split_whitespace()
+        .skip_while(|a| *a != "-socket")
+        .nth(1)
+        .map(|a| PathBuf::from(a.trim_start_matches("unix://")))
+        .expect("the shim's -socket argument");
+    assert!(shim_socket.exists(), "{}", shim_socket.display());
+    assert_eq!(
+        shims_with_sandbox_only.keys().collect::<Vec<_>>(),
+        shims.keys().collect::<Vec<_>>(),
+        "the containers started shim processes of their own"
+    );
+    // Every process of the pod (the sandbox's and the containers' inits) is a child of it: the
+    // shim is their subreaper and reaps them.
+    let mut in_pod = 0;
+    for id in std::iter::once(&pod).chain(ctrs.iter().map(|(_, c)| c)) {
+        let rel = format!("{}/{id}", cd.cgroup_parent);
+        let procs: Vec<i32> = cgroup_paths(&rel)
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|s| {
+                s.lines()
+                    .filter_map(|l| l.trim().parse::<i32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert!(
+            !procs.is_empty(),
+            "no cgroup with processes for {id} at {rel}"
+        );
+        let init = *procs
+            .iter()
+            .min_by_key(|p| ppid(**p) != Some(shim))
+            .unwrap();
+        assert_eq!(
+            ppid(init),
+            Some(shim),
+            "the init of {id} (pid {init}) is not a child of the pod's shim {shim}: {shims:#?}"
+        );
+        in_pod += 1;
+    }
+    assert_eq!(in_pod, 4);
+
+    // The shim's memory for this pod: the serving process and its zygote, and the sealed copy
+    // of the shim's binary that it runs from (a memfd, see moat_sys::fd): its pages are memory
+    // too, but only the part mapped and touched shows in Rss/Pss.
+    let mut rss = 0;
+    let mut pss = 0;
+    for pid in shims.keys() {
+        let (r, p) = rss_pss_kib(*pid);
+        let role = if *pid == shim { "server" } else { "zygote" };
+        eprintln!("shim {role} pid {pid}: Rss {r} KiB, Pss {p} KiB");
+        rss += r;
+        pss += p;
+    }
+    let exe = std::fs::read_link(format!("/proc/{shim}/exe")).unwrap_or_default();
+    let sealed_kib = std::fs::metadata(format!("/proc/{shim}/exe"))
+        .map(|m| m.len() / 1024)
+        .unwrap_or(0);
+    eprintln!(
+        "SHIM MEMORY per pod: sandbox only: Rss {} KiB, Pss {} KiB; sandbox + 3 containers: \
+         Rss {rss} KiB, Pss {pss} KiB in {} processes; the binary copy they run from \
+         ({}) holds {sealed_kib} KiB more",
+        sandbox_only_mem.0,
+        sandbox_only_mem.1,
+        shims.len(),
+        exe.display(),
+    );
+
+    // Stop and remove the pod, containers still in it, as the kubelet may.
+    cri_ok!(
+        cri,
+        stop_pod_sandbox,
+        StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone()
+        }
+    );
+    let listed = cri_ok!(
+        cri,
+        list_containers,
+        ListContainersRequest {
+            filter: Some(ContainerFilter {
+                pod_sandbox_id: pod.clone(),
+                ..Default::default()
+            }),
+        }
+    )
+    .containers;
+    for c in &listed {
+        assert_eq!(c.state, ContainerState::ContainerExited as i32, "{c:?}");
+    }
+    let status = cri_ok!(
+        cri,
+        pod_sandbox_status,
+        PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        }
+    );
+    assert_eq!(
+        status.status.as_ref().map(|s| s.state),
+        Some(PodSandboxState::SandboxNotready as i32),
+        "{status:?}"
+    );
+    cri_ok!(
+        cri,
+        remove_pod_sandbox,
+        RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone()
+        }
+    );
+
+    // Nothing is left.
+    let left = cri_ok!(cri, list_containers, ListContainersRequest { filter: None }).containers;
+    assert!(left.is_empty(), "containers left: {left:?}");
+    let left = cri_ok!(
+        cri,
+        list_pod_sandbox,
+        ListPodSandboxRequest { filter: None }
+    )
+    .items;
+    assert!(left.is_empty(), "pods left: {left:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cd.shim_processes().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "shim processes left 10 s after RemovePodSandbox: {:#?}\n{}",
+            cd.shim_processes(),
+            cd.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !shim_socket.exists(),
+        "the shim's socket {} is left",
+        shim_socket.display()
+    );
+    let mounts = mounts_below(cd.path());
+    assert!(
+        mounts.is_empty(),
+        "mounts left under {}: {mounts:#?}",
+        cd.path().display()
+    );
+    for id in std::iter::once(&pod).chain(ctrs.iter().map(|(_, c)| c)) {
+        assert_no_cgroup(&format!("{}/{id}", cd.cgroup_parent));
+        let state = Path::new("/run/moat-shim").join(K8S_NS).join(id);
+        assert!(!state.exists(), "moat state left at {}", state.display());
+    }
+    let procs = cd.pod_cgroup_pids();
+    assert!(
+        procs.is_empty(),
+        "processes left in the pod's cgroups: {procs:?}"
+    );
+    // containerd's complaints during the test, for the record. Expected, and left out: CNI (the
+    // pod uses the host network and no CNI configuration is installed) and containerd 1.6's
+    // "cleaning up after shim disconnected", which it logs whenever it closes a task's
+    // connection, normal deletions included.
+    let full = std::fs::read_to_string(cd.log_path()).unwrap_or_default();
+    for l in full.lines().filter(|l| {
+        (l.contains("level=warning") || l.contains("level=error"))
+            && !l.contains("cni")
+            && !l.contains("shim disconnected")
+            && !l.contains("failed to load plugin")
+            && !l.contains("snapshotter")
+    }) {
+        eprintln!("containerd: {l}");
+    }
+    eprintln!("{test}: done in {:?}", started.elapsed());
+}
