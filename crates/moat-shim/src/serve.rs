@@ -91,5 +91,7 @@ pub fn serve(args: &[String]) -> Result<(), String> {
     shim.wait();
     server.shutdown();
     let _ = std::fs::remove_file(&path);
+    // The namespace's state root is shared by its shims: removed only when empty.
+    let _ = std::fs::remove_dir(std::path::Path::new("/run/moat-shim").join(&flags.namespace));
     Ok(())
 }
