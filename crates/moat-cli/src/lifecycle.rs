@@ -181,7 +181,7 @@ pub struct ExecArgs {
     /// Keep stdin open (without it the process's stdin is /dev/null).
     #[arg(short, long)]
     pub interactive: bool,
-    /// Allocate a terminal (not supported yet).
+    /// Allocate a terminal for the process (copied to and from this terminal, raw mode).
     #[arg(short, long)]
     pub tty: bool,
     /// Set an environment variable; may be repeated.
@@ -202,18 +202,13 @@ pub struct ExecArgs {
 
 /// `moat exec`: returns the process's exit status.
 pub fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32> {
-    if a.tty {
-        return Err(CliError::Usage(
-            "-t: terminals are not supported by `moat exec` yet".into(),
-        ));
-    }
     let id = ctx.paths.resolve(&a.container)?;
     let rt = ctx.paths.runtime();
     let what = format!("exec in container {}", a.container);
     let mut p =
         moat_container::exec::base_process(&rt, &id).map_err(CliError::container(what.clone()))?;
     p.set_args(Some(a.args.clone()));
-    p.set_terminal(Some(false));
+    p.set_terminal(Some(a.tty));
     p.set_console_size(None);
     if let Some(w) = &a.workdir {
         p.set_cwd(w.clone());
@@ -241,11 +236,20 @@ pub fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32> {
         nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0)
             .map_err(CliError::sys("dup2 /dev/null onto stdin"))?;
     }
+    let console = if a.tty {
+        Some(crate::tty::ConsoleSocket::listen(
+            &ctx.paths.container_dir(&id),
+        )?)
+    } else {
+        None
+    };
     let opts = moat_container::exec::ExecOptions {
         id,
+        console_socket: console.as_ref().map(|c| c.path().to_path_buf()),
         ..Default::default()
     };
     let pid = moat_container::exec::exec(&rt, &opts, p).map_err(CliError::container(what))?;
+    let _attached = console.map(|c| c.attach()).transpose()?;
     crate::run::wait_forwarding(pid)
 }
 

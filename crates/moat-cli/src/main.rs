@@ -13,6 +13,7 @@ mod meta;
 mod progress;
 mod run;
 mod runspec;
+mod tty;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -44,7 +44,7 @@ pub struct RunArgs {
     /// Keep stdin open (without it the container's stdin is /dev/null).
     #[arg(short, long)]
     pub interactive: bool,
-    /// Allocate a terminal (not supported yet by `moat`; use moat-runtime with a console socket).
+    /// Allocate a terminal for the container (copied to and from this terminal, raw mode).
     #[arg(short, long)]
     pub tty: bool,
     /// Name of the container (default: a generated adjective_noun).
@@ -199,9 +199,9 @@ fn etc_files(dir: &Path, hostname: &str, network: &str) -> Result<EtcFiles> {
 }
 
 pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
-    if a.tty {
+    if a.tty && a.detach {
         return Err(CliError::Usage(
-            "-t: terminals are not supported by `moat run` yet; run without -t".into(),
+            "-t with -d: a detached terminal is not supported yet; run without -t".into(),
         ));
     }
     let ports = parse_ports(a)?;
@@ -303,8 +303,16 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
     if !a.interactive {
         stdin_null()?;
     }
-    let pid = create_and_start(ctx, m)?;
+    let console = if a.tty {
+        Some(crate::tty::ConsoleSocket::listen(
+            &ctx.paths.container_dir(&id),
+        )?)
+    } else {
+        None
+    };
+    let pid = create_and_start(ctx, m, console.as_ref().map(|c| c.path().to_path_buf()))?;
     undo.armed = false;
+    let _attached = console.map(|c| c.attach()).transpose()?;
     let code = wait_forwarding(pid)?;
     finish(ctx, &id, code);
     Ok(code)
@@ -318,11 +326,12 @@ fn stdin_null() -> Result<()> {
 
 /// Create the container, set up its network, start it; returns the init's pid. On failure the
 /// runtime state is removed (the caller's `Undo` removes the rest).
-fn create_and_start(ctx: &Ctx, mut m: Meta) -> Result<Pid> {
+fn create_and_start(ctx: &Ctx, mut m: Meta, console_socket: Option<PathBuf>) -> Result<Pid> {
     let rt = ctx.paths.runtime();
     let opts = moat_container::CreateOptions {
         id: m.id.clone(),
         bundle: ctx.paths.bundle(&m.id),
+        console_socket,
         ..Default::default()
     };
     let created = moat_container::create(&rt, &opts)
@@ -425,7 +434,7 @@ fn monitor(
     let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
     let id = m.id.clone();
     let mut wr = std::fs::File::from(wr);
-    match create_and_start(ctx, m) {
+    match create_and_start(ctx, m, None) {
         Ok(pid) => {
             undo.armed = false;
             let _ = wr.write_all(b"ok");

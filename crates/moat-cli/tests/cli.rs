@@ -174,6 +174,38 @@ fn run_rootfs_prints_and_propagates_exit_status() {
 }
 
 #[test]
+fn terminal_run_and_exec() {
+    let Some(m) = Moat::new() else { return };
+    let r = busybox_rootfs();
+    let rp = r.path().to_str().unwrap();
+    // The container's stdio is a pty; its output comes back through moat (CRLF from the pty).
+    let out = m.ok(&[
+        "run",
+        "--rm",
+        "-t",
+        "--rootfs",
+        rp,
+        "sh",
+        "-c",
+        "tty; echo done",
+    ]);
+    assert!(
+        out.contains("/dev/pts/0") && out.contains("done"),
+        "{out:?}"
+    );
+    let o = m.cmd(&["run", "--rm", "-t", "--rootfs", rp, "sh", "-c", "exit 4"]);
+    assert_eq!(o.status.code(), Some(4));
+    let id = m
+        .ok(&["run", "-d", "--rootfs", rp, "sleep", "1000"])
+        .trim()
+        .to_owned();
+    let out = m.ok(&["exec", "-t", &id, "sh", "-c", "tty"]);
+    assert!(out.contains("/dev/pts/"), "{out:?}");
+    m.ok(&["rm", "-f", &id]);
+    assert_eq!(m.ok(&["ps", "-a", "-q"]), "", "a container was left");
+}
+
+#[test]
 fn imported_image_runs_with_its_config() {
     let Some(m) = Moat::new() else { return };
     import(&m, "example.com/bb:v1");

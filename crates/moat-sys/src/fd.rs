@@ -177,3 +177,26 @@ pub fn set_controlling_tty(fd: BorrowedFd<'_>) -> Result<()> {
         Ok(())
     }
 }
+
+/// `ioctl(TIOCGWINSZ)`: the size of the terminal on `fd`.
+pub fn get_winsize(fd: BorrowedFd<'_>) -> Result<nix::pty::Winsize> {
+    let mut ws = nix::pty::Winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize into `ws`, valid and exclusively borrowed for the call.
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TIOCGWINSZ,
+            &mut ws as *mut nix::pty::Winsize,
+        )
+    };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ws)
+    }
+}

@@ -1,0 +1,120 @@
+//! `-t`: the container's terminal. moat listens on a console socket, the runtime core sends the
+//! pty master over it during create/exec (queued in the connection: no accept is needed while the
+//! single-threaded create runs), then moat copies between its own stdin/stdout and the master,
+//! with the local terminal in raw mode when stdin is one (restored on drop) and its size copied.
+
+use std::io::IsTerminal;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::termios;
+
+use crate::error::{CliError, Result};
+
+/// A console socket waiting for the pty master.
+pub struct ConsoleSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ConsoleSocket {
+    /// Listen in `dir` if its path is short enough for a socket address (108 bytes), else in /run.
+    pub fn listen(dir: &Path) -> Result<ConsoleSocket> {
+        let name = format!("moat-console-{}.sock", std::process::id());
+        let mut path = dir.join(&name);
+        if path.as_os_str().len() >= 100 {
+            path = Path::new("/run").join(&name);
+        }
+        let _ = std::fs::remove_file(&path);
+        let listener =
+            UnixListener::bind(&path).map_err(CliError::io("listen on", path.clone()))?;
+        Ok(ConsoleSocket { listener, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Receive the master and start copying. Blocks the forwarded signals first so that the copy
+    /// threads never take a SIGCHLD meant for the waiting main thread.
+    pub fn attach(self) -> Result<Attached> {
+        let (conn, _) = self
+            .listener
+            .accept()
+            .map_err(CliError::io("accept on", self.path.clone()))?;
+        let _ = std::fs::remove_file(&self.path);
+        let mut buf = [0u8; 4096];
+        let (_, mut fds) = moat_sys::fd::recv_fds(conn.as_fd(), &mut buf)
+            .map_err(CliError::sys("receive the pty master"))?;
+        let master: OwnedFd = fds
+            .pop()
+            .ok_or_else(|| CliError::Usage("the runtime sent no pty master".into()))?;
+        let mut signals = SigSet::empty();
+        for s in [
+            Signal::SIGCHLD,
+            Signal::SIGHUP,
+            Signal::SIGINT,
+            Signal::SIGQUIT,
+            Signal::SIGTERM,
+            Signal::SIGUSR1,
+            Signal::SIGUSR2,
+            Signal::SIGWINCH,
+            Signal::SIGCONT,
+            Signal::SIGALRM,
+        ] {
+            signals.add(s);
+        }
+        signals
+            .thread_block()
+            .map_err(CliError::sys("block signals"))?;
+        let stdin = std::io::stdin();
+        let saved = if stdin.is_terminal() {
+            let t = termios::tcgetattr(stdin.as_fd()).ok();
+            if let Some(orig) = &t {
+                let mut raw = orig.clone();
+                termios::cfmakeraw(&mut raw);
+                let _ = termios::tcsetattr(stdin.as_fd(), termios::SetArg::TCSANOW, &raw);
+            }
+            if let Ok(ws) = winsize() {
+                let _ = moat_sys::fd::set_winsize(master.as_fd(), &ws);
+            }
+            t
+        } else {
+            None
+        };
+        let out: std::fs::File = master
+            .try_clone()
+            .map_err(CliError::io("dup", "pty master"))?
+            .into();
+        let inp: std::fs::File = master.into();
+        std::thread::spawn(move || {
+            let (mut r, mut w) = (out, std::io::stdout());
+            let _ = std::io::copy(&mut r, &mut w);
+        });
+        std::thread::spawn(move || {
+            let (mut r, mut w) = (std::io::stdin(), inp);
+            let _ = std::io::copy(&mut r, &mut w);
+        });
+        Ok(Attached { saved })
+    }
+}
+
+fn winsize() -> Result<nix::pty::Winsize> {
+    moat_sys::fd::get_winsize(std::io::stdin().as_fd())
+        .map_err(CliError::sys("read the terminal size"))
+}
+
+/// Restores the local terminal on drop.
+pub struct Attached {
+    saved: Option<termios::Termios>,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if let Some(t) = &self.saved {
+            let _ = termios::tcsetattr(std::io::stdin().as_fd(), termios::SetArg::TCSANOW, t);
+        }
+    }
+}
