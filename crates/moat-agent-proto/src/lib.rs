@@ -22,3 +22,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The `name=` of the virtio-serial port the agent listens on.
 pub const AGENT_PORT_NAME: &str = "io.moat.agent.0";
+
+/// On the guest kernel command line: a one-container sandbox. The host may disconnect from the
+/// agent port and come back (each runtime command is one connection; the agent sends `Ready` on
+/// every new one), and the VM powers off once the container's init has exited. Without it, the
+/// host closing the port ends the sandbox.
+pub const SINGLE_SANDBOX_FLAG: &str = "moat.sandbox=single";

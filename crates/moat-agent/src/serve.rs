@@ -2,6 +2,13 @@
 //! non-blocking reap of exited children on every turn. Single-threaded on purpose:
 //! `moat-container` forks with clone3 and refuses (EBUSY) to do so from a multi-threaded process,
 //! since the child runs Rust code that could meet a lock held by another thread.
+//!
+//! The port is non-blocking and its state is probed by reading it (0: no host connected,
+//! EAGAIN: connected and quiet). Every new connection gets a `Ready`; what the agent would send
+//! while no host is connected is dropped, and unsent bytes are dropped when the host goes, so a
+//! new connection never starts mid-frame. In a `moat.sandbox=single` guest a disconnect is
+//! normal (each runtime command is one connection) and the VM powers off once the container's
+//! init has exited; otherwise the host closing the port ends the sandbox.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -40,7 +47,19 @@ struct Pipe {
 }
 
 struct Agent {
+    /// The port, non-blocking: a read returns 0 while no host is connected, EAGAIN while one is
+    /// connected and quiet; a write returns EAGAIN while no host is connected.
     port: File,
+    /// A host is connected to the port (it gets a `Ready` on every new connection).
+    connected: bool,
+    /// Encoded frames not yet written to the port; dropped when the host goes away, so a new
+    /// connection never starts in the middle of a frame.
+    out: Vec<u8>,
+    /// `moat.sandbox=single` on the kernel command line: the host may disconnect and come back
+    /// (each runtime command is a new connection), and the VM powers off once the container's
+    /// init has exited. Otherwise the host closing the port ends the sandbox.
+    single: bool,
+    init_exited: bool,
     store: Store,
     bundles: HashMap<String, PathBuf>,
     procs: HashMap<Key, Proc>,
@@ -50,51 +69,87 @@ struct Agent {
 const BUNDLES: &str = "/run/moat-agent/bundles";
 /// How long an exit waits for the process's pipes to close (a daemon may hold them open).
 const EOF_GRACE: Duration = Duration::from_millis(500);
-/// Poll timeout: the latency of noticing an exit.
+/// Poll timeout: the latency of noticing an exit (and, while no host is connected, a new one).
 const TICK_MS: u16 = 20;
+/// Above this many unsent bytes the output pipes are not read (back-pressure on containers).
+const OUT_LIMIT: usize = 4 << 20;
 
 pub fn serve(port_path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let port = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
         .open(port_path)
         .map_err(|e| AgentFailure::io("open port", port_path, e))?;
+    let single = std::fs::read_to_string("/proc/cmdline")
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|w| w == moat_agent_proto::SINGLE_SANDBOX_FLAG);
     let mut agent = Agent {
         port,
+        connected: false,
+        out: Vec::new(),
+        single,
+        init_exited: false,
         store: Store::new("/run/moat"),
         bundles: HashMap::new(),
         procs: HashMap::new(),
         pipes: Vec::new(),
     };
-    let release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    agent.send(&GuestMessage::Ready {
-        version: PROTOCOL_VERSION,
-        kernel_release: release,
-    });
     agent.run();
     Ok(())
 }
 
 impl Agent {
+    /// Queue `msg` for the host; dropped while no host is connected.
     fn send(&mut self, msg: &GuestMessage) {
+        if !self.connected {
+            return;
+        }
         match encode(msg) {
             Ok(frame) => {
-                if let Err(e) = self.port.write_all(&frame) {
-                    log::error(&format!("write to host: {e}"));
-                }
+                self.out.extend_from_slice(&frame);
+                self.flush();
             }
             Err(e) => log::error(&format!("encode reply: {e}")),
+        }
+    }
+
+    /// Write what the port takes now.
+    fn flush(&mut self) {
+        while !self.out.is_empty() {
+            match self.port.write(&self.out) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    log::error(&format!("write to host: {e}"));
+                    self.out.clear();
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Flush for up to `limit` (before powering off).
+    fn flush_all(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.connected && !self.out.is_empty() && Instant::now() < deadline {
+            let mut fds = [PollFd::new(self.port.as_fd(), PollFlags::POLLOUT)];
+            let _ = poll(&mut fds, PollTimeout::from(TICK_MS));
+            self.flush();
         }
     }
 
     fn run(&mut self) {
         let mut dec = Decoder::<HostMessage>::new();
         let mut buf = vec![0u8; 64 * 1024];
-        let mut got_any = false;
         loop {
-            let (port_ready, ready_pipes) = match self.wait_ready() {
+            let (port_events, ready_pipes) = match self.wait_ready() {
                 Ok(r) => r,
                 Err(e) => {
                     log::error(&format!("poll: {e}"));
@@ -104,24 +159,35 @@ impl Agent {
             for i in ready_pipes.into_iter().rev() {
                 self.drain_pipe(i, &mut buf);
             }
-            if port_ready {
+            // While disconnected, probe the port every tick (poll reports HUP at once).
+            if !self.connected || !port_events.is_empty() {
                 match self.port.read(&mut buf) {
-                    // EOF: the host is not connected; before the first byte it may not be yet.
-                    Ok(0) if !got_any => std::thread::sleep(Duration::from_millis(20)),
+                    // No data and no host.
                     Ok(0) => {
-                        log::info("host closed the port; shutting down");
-                        self.shutdown();
-                        return;
+                        if self.connected {
+                            self.connected = false;
+                            self.out.clear();
+                            dec = Decoder::new();
+                            if !self.single {
+                                log::info("host closed the port; shutting down");
+                                self.shutdown();
+                                return;
+                            }
+                            log::info("host disconnected");
+                        }
                     }
                     Ok(n) => {
-                        got_any = true;
+                        self.on_connected();
                         dec.push(&buf[..n]);
                         while let Some(m) = dec.next_message() {
                             if self.dispatch(m) {
+                                self.flush_all(Duration::from_secs(2));
                                 return;
                             }
                         }
                     }
+                    // A host is connected and quiet.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.on_connected(),
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         log::error(&format!("read from host: {e}"));
@@ -130,30 +196,68 @@ impl Agent {
                     }
                 }
             }
+            if port_events.contains(PollFlags::POLLOUT) {
+                self.flush();
+            }
             self.reap();
             self.report_exits();
+            if self.single && self.init_exited {
+                log::info("the container exited; shutting down");
+                self.flush_all(Duration::from_secs(2));
+                self.shutdown();
+                return;
+            }
         }
     }
 
-    /// Wait for the port or a pipe to be readable (or one tick): (port readable, ready pipes).
-    fn wait_ready(&self) -> nix::Result<(bool, Vec<usize>)> {
-        let mut fds = vec![PollFd::new(self.port.as_fd(), PollFlags::POLLIN)];
-        for p in &self.pipes {
-            fds.push(PollFd::new(p.file.as_fd(), PollFlags::POLLIN));
+    fn on_connected(&mut self) {
+        if !self.connected {
+            self.connected = true;
+            let release = nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default();
+            self.send(&GuestMessage::Ready {
+                version: PROTOCOL_VERSION,
+                kernel_release: release,
+            });
+        }
+    }
+
+    /// Wait for the port or a pipe to be ready (or one tick): (the port's events, ready pipes).
+    /// The port is polled only while a host is connected.
+    fn wait_ready(&self) -> nix::Result<(PollFlags, Vec<usize>)> {
+        let mut fds = Vec::new();
+        if self.connected {
+            let mut ev = PollFlags::POLLIN;
+            if !self.out.is_empty() {
+                ev |= PollFlags::POLLOUT;
+            }
+            fds.push(PollFd::new(self.port.as_fd(), ev));
+        }
+        let first_pipe = fds.len();
+        if self.out.len() < OUT_LIMIT {
+            for p in &self.pipes {
+                fds.push(PollFd::new(p.file.as_fd(), PollFlags::POLLIN));
+            }
         }
         match poll(&mut fds, PollTimeout::from(TICK_MS)) {
             Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => return Ok((false, vec![])),
+            Err(nix::errno::Errno::EINTR) => return Ok((PollFlags::empty(), vec![])),
             Err(e) => return Err(e),
         }
         let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-        let pipes = fds[1..]
+        let pipes = fds[first_pipe..]
             .iter()
             .enumerate()
             .filter(|(_, f)| ready(f))
             .map(|(i, _)| i)
             .collect();
-        Ok((ready(&fds[0]), pipes))
+        let port = if self.connected {
+            fds[0].revents().unwrap_or(PollFlags::empty())
+        } else {
+            PollFlags::empty()
+        };
+        Ok((port, pipes))
     }
 
     fn drain_pipe(&mut self, i: usize, buf: &mut [u8]) {
@@ -241,6 +345,9 @@ impl Agent {
                 ..
             }) = self.procs.remove(&key)
             {
+                if key.1.is_none() {
+                    self.init_exited = true;
+                }
                 self.send(&GuestMessage::Exited {
                     container_id: key.0,
                     exec_id: key.1,

@@ -8,6 +8,7 @@ mod log;
 mod resource_cmds;
 mod run;
 mod spec_cmd;
+mod vm_backend;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,7 +19,8 @@ use moat_container::{state::Status, Store};
 
 use crate::log::{LogFormat, Logger};
 
-/// An OCI container runtime with runc's command line: namespaces today, VMs tomorrow.
+/// An OCI container runtime with runc's command line: namespaces, or a VM per container when the
+/// bundle's config.json has the annotation `io.moat.isolation=vm`.
 ///
 /// Typical use: `moat-runtime spec` in a bundle directory holding `rootfs/`, then
 /// `moat-runtime run --bundle . mycontainer`. podman (`--runtime`), containerd (`runc` shim with
@@ -204,6 +206,9 @@ fn dispatch(cli: &Cli, log: &mut Logger) -> Result<ExitCode> {
         "true" => bail!("--rootless true: rootless containers are not supported yet; run as root"),
         other => bail!("--rootless {other:?}: expected auto, true or false"),
     }
+    if let Some(code) = dispatch_vm(cli, &store)? {
+        return Ok(code);
+    }
     match &cli.cmd {
         Cmd::Create(a) => {
             moat_container::create(&store, &a.options(cli.systemd_cgroup))
@@ -271,6 +276,57 @@ fn dispatch(cli: &Cli, log: &mut Logger) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The one dispatch point between the backends: the lifecycle commands of a VM container
+/// (`io.moat.isolation=vm` in its bundle) go to [`vm_backend`]; `None` for everything else.
+/// For a namespaces container this costs a scan of config.json's text (create, run) or one
+/// stat (start, state, kill, delete).
+fn dispatch_vm(cli: &Cli, store: &Store) -> Result<Option<ExitCode>> {
+    use vm_backend::Backend;
+    let backend = match &cli.cmd {
+        Cmd::Create(a) | Cmd::Run { create: a, .. } => Backend::of_bundle(&a.bundle)?,
+        Cmd::Start { id } | Cmd::State { id } | Cmd::Kill { id, .. } | Cmd::Delete { id, .. } => {
+            Backend::of_container(store, id)
+        }
+        _ => Backend::Namespaces,
+    };
+    if backend == Backend::Namespaces {
+        return Ok(None);
+    }
+    match &cli.cmd {
+        Cmd::Create(a) => {
+            vm_backend::create(store, &a.options(cli.systemd_cgroup))
+                .with_context(|| format!("create container {}", a.id))?;
+        }
+        Cmd::Run {
+            create,
+            detach,
+            keep,
+        } => {
+            return vm_backend::run(store, &create.options(cli.systemd_cgroup), *detach, *keep)
+                .map(Some)
+        }
+        Cmd::Start { id } => {
+            vm_backend::start(store, id).with_context(|| format!("start container {id}"))?;
+        }
+        Cmd::State { id } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&vm_backend::state(store, id)?)?
+            )
+        }
+        Cmd::Kill { all, id, signal } => {
+            let sig = moat_container::kill::parse_signal(signal)
+                .with_context(|| format!("kill container {id}: unknown signal {signal:?}"))?;
+            vm_backend::kill(store, id, sig, *all)
+                .with_context(|| format!("kill container {id}"))?;
+        }
+        Cmd::Delete { force, id } => vm_backend::delete(store, id, *force)
+            .with_context(|| format!("delete container {id}"))?,
+        _ => unreachable!("only lifecycle commands select the vm backend"),
+    }
+    Ok(Some(ExitCode::SUCCESS))
 }
 
 fn list(store: &Store, format: &str, quiet: bool) -> Result<()> {

@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 
 use crate::log::Logger;
 
-const FORWARDED: &[Signal] = &[
+pub const FORWARDED: &[Signal] = &[
     Signal::SIGHUP,
     Signal::SIGINT,
     Signal::SIGQUIT,

@@ -65,6 +65,45 @@ impl AgentClient {
         }
     }
 
+    /// Connect again to the agent of a running VM (its socket `sock`): the agent answers a ping
+    /// (the `Ready` it sends on every new connection is skipped).
+    pub fn reattach(sock: &std::path::Path, timeout: Duration) -> Result<AgentClient> {
+        let stream =
+            UnixStream::connect(sock).map_err(VmError::io("connect to agent socket", sock))?;
+        let mut c = AgentClient {
+            stream,
+            dec: Decoder::new(),
+            next_id: 2,
+            events: VecDeque::new(),
+            kernel_release: String::new(),
+        };
+        let frame = encode(&HostMessage {
+            id: 1,
+            request: Request::Ping,
+        })?;
+        c.send_frame_bytes(&frame)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match c.read_message(deadline)? {
+                GuestMessage::Ready { kernel_release, .. } => c.kernel_release = kernel_release,
+                GuestMessage::Response { id: 1, .. } => return Ok(c),
+                other => c.events.push_back(other),
+            }
+        }
+    }
+
+    /// The next output or exit event (queued or read within `timeout`); `None` on timeout.
+    pub fn next_event(&mut self, timeout: Duration) -> Result<Option<GuestMessage>> {
+        if let Some(m) = self.events.pop_front() {
+            return Ok(Some(m));
+        }
+        match self.read_message(Instant::now() + timeout) {
+            Ok(m) => Ok(Some(m)),
+            Err(VmError::AgentTimeout { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The guest kernel's release, as the agent reported it.
     pub fn kernel_release(&self) -> &str {
         &self.kernel_release

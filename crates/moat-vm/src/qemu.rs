@@ -7,6 +7,7 @@
 //! Each VM owns a private run directory (agent socket, console log) that is removed when the VM
 //! is waited for or dropped; dropping a running VM kills QEMU.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -103,6 +104,9 @@ impl Qemu {
             ));
         }
         c.stdin(Stdio::null()).stdout(Stdio::null());
+        // Its own process group: a terminal's ^C goes to the runtime, which decides whether the
+        // VM ends, and a detached VM outlives the command that booted it.
+        c.process_group(0);
         c
     }
 }
@@ -152,6 +156,7 @@ impl Hypervisor for Qemu {
             run,
             status: None,
             agent: None,
+            detached: false,
         };
         let stream = vm.connect(Duration::from_secs(10))?;
         let client = AgentClient::handshake(stream, cfg.agent_timeout).map_err(|e| match e {
@@ -173,12 +178,36 @@ pub struct QemuVm {
     run: PathBuf,
     status: Option<ExitStatus>,
     agent: Option<AgentClient>,
+    detached: bool,
+}
+
+/// A VM left running by the process that booted it ([`QemuVm::detach`]): what a later process
+/// needs to find it again.
+#[derive(Debug, Clone)]
+pub struct DetachedVm {
+    pub pid: u32,
+    pub run_dir: PathBuf,
+    pub agent_socket: PathBuf,
 }
 
 impl QemuVm {
     /// The VM's private run directory (removed once QEMU has exited and was waited for).
     pub fn run_dir(&self) -> &Path {
         &self.run
+    }
+
+    /// Let the VM outlive this handle (and this process): close the agent connection (the agent
+    /// of a guest booted with `moat.sandbox=single` keeps serving and accepts the next
+    /// connection), and neither kill QEMU nor remove the run dir on drop. The caller owns both
+    /// from now on; QEMU is reparented when this process exits.
+    pub fn detach(mut self) -> DetachedVm {
+        self.detached = true;
+        self.agent = None;
+        DetachedVm {
+            pid: self.child.id(),
+            agent_socket: self.run.join("agent.sock"),
+            run_dir: self.run.clone(),
+        }
     }
 
     /// The last lines of a file of the run dir, for error messages.
@@ -299,6 +328,9 @@ impl VmInstance for QemuVm {
 
 impl Drop for QemuVm {
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         if self.status.is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();

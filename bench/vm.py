@@ -1,0 +1,270 @@
+#!/usr/bin/env python3
+"""VM isolation benchmark (Python 3 stdlib only; must run as root).
+
+1. Wall time of `moat-runtime run` of a VM container (bundle annotated io.moat.isolation=vm)
+   running `/bin/true`: image build + QEMU boot + agent + container create/start/exit + power-off
+   + delete.
+2. The floor: a bare QEMU boot of the same kernel, same machine and accelerator, same memory and
+   command line, with a minimal initramfs whose /init (static busybox) powers off at once.
+   Runs of (1) and (2) are interleaved; medians of --runs.
+3. Host memory of one idle VM sandbox: the PSS (/proc/<pid>/smaps_rollup) of QEMU (a detached
+   VM container has no other host process), beside its guest RAM size (-m).
+
+Writes bench/VM-RESULTS.md. Environment: MOAT_AGENT_BIN (static agent), --runtime (moat-runtime
+binary). Both default to the builds under $CARGO_TARGET_DIR (default /tmp/target-vmrt).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+TARGET = os.environ.get("CARGO_TARGET_DIR", "/tmp/target-vmrt")
+VM_DIR = os.environ.get("MOAT_VM_DIR", "/var/lib/moat/vm")
+BUSYBOX = "/bin/busybox"
+
+
+def die(msg):
+    print(f"vm.py: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def newc(entries):
+    """A newc cpio archive of (name, mode, data) entries (data None for a directory)."""
+    out = bytearray()
+    ino = 1
+    for name, mode, data in entries + [("TRAILER!!!", 0, b"")]:
+        data = data or b""
+        nb = name.encode() + b"\0"
+        hdr = "070701" + "".join(
+            f"{v:08x}"
+            for v in (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(nb), 0)
+        )
+        out += hdr.encode() + nb
+        out += b"\0" * (-len(out) % 4)
+        out += data
+        out += b"\0" * (-len(out) % 4)
+        ino += 1
+    return bytes(out)
+
+
+def floor_initramfs(path, sleep=0):
+    with open(BUSYBOX, "rb") as f:
+        bb = f.read()
+    init = b"#!/bin/busybox sh\n"
+    if sleep:
+        init += b"/bin/busybox sleep %d\n" % sleep
+    init += b"/bin/busybox poweroff -f\n"
+    with open(path, "wb") as f:
+        f.write(newc([("bin", 0o40755, None), ("bin/busybox", 0o100755, bb),
+                      ("dev", 0o40755, None), ("init", 0o100755, init)]))
+
+
+def kernel():
+    kdir = os.path.join(VM_DIR, "kernel")
+    rels = sorted(r for r in os.listdir(kdir) if os.path.exists(os.path.join(kdir, r, ".complete")))
+    if not rels:
+        die(f"no guest kernel in {kdir}: run moat-vm-setup or the moat-vm tests first")
+    return rels[-1], os.path.join(kdir, rels[-1], "vmlinuz")
+
+
+def accel():
+    forced = os.environ.get("MOAT_VM_ACCEL")
+    if forced:
+        return forced
+    try:
+        with open(os.path.join(VM_DIR, "accel-probe")) as f:
+            return f.read().split()[-1]
+    except OSError:
+        return "tcg"
+
+
+def tsc_khz():
+    info = open("/proc/cpuinfo").read()
+    flags = next(l for l in info.splitlines() if l.startswith("flags"))
+    if "constant_tsc" not in flags.split():
+        return None
+    mhz = float(next(l for l in info.splitlines() if l.startswith("cpu MHz")).split(":")[1])
+    return round(mhz * 1000)
+
+
+def bare_cmd(vmlinuz, initrd, acc, mem_mib):
+    cmdline = "console=ttyS0 quiet loglevel=4 panic=-1 rdinit=/init"
+    if acc == "tcg" and tsc_khz():
+        cmdline += f" tsc_early_khz={tsc_khz()} tsc=reliable"
+    cmd = ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,rtc=off,acpi=on",
+           "-accel", acc, "-m", str(mem_mib), "-smp", "1", "-nodefaults", "-no-user-config",
+           "-no-reboot", "-display", "none", "-kernel", vmlinuz, "-initrd", initrd,
+           "-append", cmdline, "-serial", "null"]
+    if acc == "kvm":
+        cmd[5:5] = ["-cpu", "host"]
+    return cmd
+
+
+def bare_boot(vmlinuz, initrd, acc, mem_mib):
+    cmd = bare_cmd(vmlinuz, initrd, acc, mem_mib)
+    t = time.monotonic()
+    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, timeout=120)
+    dt = time.monotonic() - t
+    if r.returncode != 0:
+        die(f"bare qemu boot failed ({r.returncode}): {r.stderr.decode()[-500:]}")
+    return dt
+
+
+def make_bundle(d, runtime, args):
+    rootfs = os.path.join(d, "rootfs")
+    for sub in ["bin", "proc", "dev", "sys", "tmp", "etc"]:
+        os.makedirs(os.path.join(rootfs, sub), exist_ok=True)
+    shutil.copy(BUSYBOX, os.path.join(rootfs, "bin/busybox"))
+    for tool in ["sh", "true", "sleep"]:
+        os.symlink("busybox", os.path.join(rootfs, "bin", tool))
+    subprocess.run([runtime, "spec", "--bundle", d], check=True)
+    cfg_path = os.path.join(d, "config.json")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    cfg["process"]["terminal"] = False
+    cfg["process"]["args"] = args
+    cfg.setdefault("annotations", {})["io.moat.isolation"] = "vm"
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f)
+
+
+def pss_kib(pid):
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runtime", default=os.path.join(TARGET, "release/moat-runtime"))
+    ap.add_argument("--out", default=os.path.join(HERE, "VM-RESULTS.md"))
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        die("must run as root")
+    agent = os.environ.get("MOAT_AGENT_BIN",
+                           os.path.join(TARGET, "x86_64-unknown-linux-gnu/release/moat-agent"))
+    for p in [a.runtime, agent]:
+        if not os.path.exists(p):
+            die(f"{p} is missing (cargo build --release -p moat-runtime; the static agent: see docs/vm-transport.md)")
+    env = dict(os.environ, MOAT_AGENT_BIN=agent)
+    release, vmlinuz = kernel()
+    acc = accel()
+    work = tempfile.mkdtemp(prefix="moat-vmbench-")
+    root = os.path.join(work, "root")
+    try:
+        bundle_true = os.path.join(work, "b-true")
+        bundle_idle = os.path.join(work, "b-idle")
+        os.makedirs(bundle_true)
+        os.makedirs(bundle_idle)
+        make_bundle(bundle_true, a.runtime, ["/bin/true"])
+        make_bundle(bundle_idle, a.runtime, ["/bin/sleep", "600"])
+        initrd = os.path.join(work, "floor.cpio")
+        floor_initramfs(initrd)
+        mem_mib = 256  # moat's default guest RAM for a spec without limits (160 + 96 overhead)
+        # warm-up: the initramfs cache and the accelerator probe
+        subprocess.run([a.runtime, "--root", root, "run", "--bundle", bundle_true, "warm"],
+                       env=env, check=True, stdout=subprocess.DEVNULL)
+        runs, floors = [], []
+        for i in range(a.runs):
+            t = time.monotonic()
+            r = subprocess.run([a.runtime, "--root", root, "run", "--bundle", bundle_true,
+                                f"b{i}"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+            runs.append(time.monotonic() - t)
+            if r.returncode != 0:
+                die(f"moat-runtime run failed: {r.stderr.decode()}")
+            floors.append(bare_boot(vmlinuz, initrd, acc, mem_mib))
+        # one idle sandbox
+        subprocess.run([a.runtime, "--root", root, "create", "--bundle", bundle_idle, "idle"],
+                       env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([a.runtime, "--root", root, "start", "idle"], env=env, check=True)
+        time.sleep(2)
+        st = json.loads(subprocess.run([a.runtime, "--root", root, "state", "idle"],
+                                       check=True, capture_output=True).stdout)
+        qpid = st["pid"]
+        qemu_pss = pss_kib(qpid)
+        with open(f"/proc/{qpid}/status") as f:
+            qemu_rss = int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+        with open(f"/proc/{qpid}/cmdline") as f:
+            m = re.search(r"-m\0(\d+)\0", f.read())
+        guest_mib = int(m.group(1)) if m else mem_mib
+        subprocess.run([a.runtime, "--root", root, "delete", "--force", "idle"], check=True)
+        # the floor's idle memory: a bare boot whose init sleeps, measured at the same moment
+        # after boot as the sandbox (its boot time + 2 s)
+        idle_initrd = os.path.join(work, "idle.cpio")
+        floor_initramfs(idle_initrd, sleep=30)
+        p = subprocess.Popen(bare_cmd(vmlinuz, idle_initrd, acc, mem_mib),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        time.sleep(statistics.median(floors) + 2)
+        floor_pss = pss_kib(p.pid)
+        p.kill()
+        p.wait()
+    finally:
+        if os.path.isdir(root):
+            for cid in os.listdir(root):
+                subprocess.run([a.runtime, "--root", root, "delete", "--force", cid],
+                               stderr=subprocess.DEVNULL)
+        shutil.rmtree(work, ignore_errors=True)
+
+    def ms(xs):
+        return f"{statistics.median(xs) * 1000:.0f}"
+
+    host = platform.node()
+    ncpu = os.cpu_count()
+    lines = [
+        "# VM isolation benchmark",
+        "",
+        f"`bench/vm.py`, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"host kernel {platform.release()}, {ncpu} CPUs, guest kernel {release}, "
+        f"accelerator **{acc}**, {a.runs} runs each (interleaved), medians.",
+        "",
+        "| what | median (ms) | all runs (ms) |",
+        "|---|---|---|",
+        f"| `moat-runtime run` of a VM container running `true` | {ms(runs)} | "
+        + ", ".join(f"{x * 1000:.0f}" for x in runs) + " |",
+        f"| floor: bare QEMU boot, same kernel, initramfs that powers off at once | {ms(floors)} | "
+        + ", ".join(f"{x * 1000:.0f}" for x in floors) + " |",
+        "",
+        f"Overhead of moat over the floor: {(statistics.median(runs) - statistics.median(floors)) * 1000:.0f} ms "
+        "(rootfs image build, the agent's boot work: modules, tmpfs root, disk; container "
+        "create/start in the guest; delete).",
+        "",
+        "| idle VM sandbox (`sleep 600`, detached) | KiB |",
+        "|---|---|",
+        f"| guest RAM (-m) | {guest_mib * 1024} |",
+        f"| QEMU PSS (smaps_rollup) | {qemu_pss} |",
+        f"| QEMU RSS | {qemu_rss} |",
+        f"| floor: PSS of a bare QEMU boot (same kernel, -m, accel) whose init sleeps | {floor_pss} |",
+        "| moat processes on the host | 0 (none: QEMU is detached, the agent runs in the guest) |",
+        "",
+        "Under TCG most of the guest RAM is resident even in the bare boot (the guest kernel "
+        "touches it at boot, plus TCG's translation cache), so the sandbox's cost over the "
+        "floor is the difference of the two PSS lines; a smaller -m (the spec's memory limit) "
+        "is the lever.",
+        "",
+        f"Host: {host}. Re-run: `sudo python3 bench/vm.py` (see the docstring).",
+        "",
+    ]
+    with open(a.out, "w") as f:
+        f.write("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
