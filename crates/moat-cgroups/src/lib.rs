@@ -474,16 +474,34 @@ mod path_tests {
 
     #[test]
     fn cgroups_path_forms() {
-        assert_eq!(relative_path(None, "c1", false).unwrap(), PathBuf::from("/moat/c1"));
-        assert_eq!(relative_path(Some("/a/b"), "c1", false).unwrap(), PathBuf::from("/a/b"));
+        assert_eq!(
+            relative_path(None, "c1", false).unwrap(),
+            PathBuf::from("/moat/c1")
+        );
+        assert_eq!(
+            relative_path(Some("/a/b"), "c1", false).unwrap(),
+            PathBuf::from("/a/b")
+        );
         // systemd's slice:prefix:name, mapped to its cgroupfs path as runc does without systemd.
         assert_eq!(
-            relative_path(Some("kubepods-besteffort.slice:cri-containerd:abc"), "c1", false).unwrap(),
+            relative_path(
+                Some("kubepods-besteffort.slice:cri-containerd:abc"),
+                "c1",
+                false
+            )
+            .unwrap(),
             PathBuf::from("/kubepods.slice/kubepods-besteffort.slice/cri-containerd-abc.scope")
         );
-        assert_eq!(relative_path(Some(":moat:x"), "c1", false).unwrap(), PathBuf::from("/system.slice/moat-x.scope"));
+        assert_eq!(
+            relative_path(Some(":moat:x"), "c1", false).unwrap(),
+            PathBuf::from("/system.slice/moat-x.scope")
+        );
         assert!(relative_path(Some("/a/../b"), "c1", false).is_err());
         let rel = relative_path(Some("rel/x"), "c1", false).unwrap();
-        assert!(rel.is_absolute() && rel.ends_with("rel/x"), "{}", rel.display());
+        assert!(
+            rel.is_absolute() && rel.ends_with("rel/x"),
+            "{}",
+            rel.display()
+        );
     }
 }
