@@ -477,7 +477,7 @@ fn wait_plain(pid: Pid) -> i32 {
     }
 }
 
-const FORWARDED: &[Signal] = &[
+pub(crate) const FORWARDED: &[Signal] = &[
     Signal::SIGHUP,
     Signal::SIGINT,
     Signal::SIGQUIT,
