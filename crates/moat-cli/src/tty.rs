@@ -52,19 +52,9 @@ impl ConsoleSocket {
             .pop()
             .ok_or_else(|| CliError::Usage("the runtime sent no pty master".into()))?;
         let mut signals = SigSet::empty();
-        for s in [
-            Signal::SIGCHLD,
-            Signal::SIGHUP,
-            Signal::SIGINT,
-            Signal::SIGQUIT,
-            Signal::SIGTERM,
-            Signal::SIGUSR1,
-            Signal::SIGUSR2,
-            Signal::SIGWINCH,
-            Signal::SIGCONT,
-            Signal::SIGALRM,
-        ] {
-            signals.add(s);
+        signals.add(Signal::SIGCHLD);
+        for s in crate::run::FORWARDED {
+            signals.add(*s);
         }
         signals
             .thread_block()
@@ -89,15 +79,19 @@ impl ConsoleSocket {
             .map_err(CliError::io("dup", "pty master"))?
             .into();
         let inp: std::fs::File = master.into();
-        std::thread::spawn(move || {
+        let output = std::thread::spawn(move || {
             let (mut r, mut w) = (out, std::io::stdout());
             let _ = std::io::copy(&mut r, &mut w);
+            let _ = std::io::Write::flush(&mut w);
         });
         std::thread::spawn(move || {
             let (mut r, mut w) = (std::io::stdin(), inp);
             let _ = std::io::copy(&mut r, &mut w);
         });
-        Ok(Attached { saved })
+        Ok(Attached {
+            saved,
+            output: Some(output),
+        })
     }
 }
 
@@ -109,10 +103,22 @@ fn winsize() -> Result<nix::pty::Winsize> {
 /// Restores the local terminal on drop.
 pub struct Attached {
     saved: Option<termios::Termios>,
+    /// Copies the container's output; it ends when the last holder of the pty slave exits.
+    output: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Attached {
     fn drop(&mut self) {
+        // Let the output the process wrote before exiting reach our stdout (bounded wait).
+        if let Some(h) = self.output.take() {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while !h.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            }
+        }
         if let Some(t) = &self.saved {
             let _ = termios::tcsetattr(std::io::stdin().as_fd(), termios::SetArg::TCSANOW, t);
         }
