@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// Use DIR as the root filesystem instead of an image; all arguments are the command.
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
+    /// Isolation: `namespaces` (the default) or `vm` (the container runs in its own lightweight
+    /// VM with its own guest kernel: QEMU microvm, KVM when usable, else software emulation).
+    #[arg(long, value_parser = ["namespaces", "vm"], default_value = "namespaces")]
+    pub isolation: String,
     #[command(flatten)]
     pub spec: SpecArgs,
     /// IMAGE [COMMAND [ARG...]], or COMMAND [ARG...] with --rootfs.
@@ -269,7 +273,37 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
         .clone()
         .unwrap_or_else(|| id[..12].to_owned());
     let etc = etc_files(&dir, &hostname, &a.spec.network)?;
-    let spec = crate::runspec::build(&a.spec, &config, cmd, &rootfs, &hostname, &etc, a.tty)?;
+    let vm = a.isolation == "vm";
+    if vm && (a.detach || a.tty || a.spec.network == "bridge") {
+        return Err(CliError::Usage(
+            "--isolation vm: -d, -t and --network bridge are not supported for VM containers yet"
+                .into(),
+        ));
+    }
+    let mut spec = crate::runspec::build(&a.spec, &config, cmd, &rootfs, &hostname, &etc, a.tty)?;
+    if vm {
+        // Only the root filesystem reaches the guest (as a disk image): host bind mounts, like
+        // moat's /etc/hostname and /etc/hosts files, do not exist there.
+        let mounts = spec.mounts().clone().unwrap_or_default();
+        spec.set_mounts(Some(
+            mounts
+                .into_iter()
+                .filter(|m| {
+                    m.typ().as_deref() != Some("bind")
+                        && !m
+                            .options()
+                            .as_ref()
+                            .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+                })
+                .collect(),
+        ));
+        let mut ann = spec.annotations().clone().unwrap_or_default();
+        ann.insert(
+            moat_runtime::vm_backend::ISOLATION_ANNOTATION.into(),
+            "vm".into(),
+        );
+        spec.set_annotations(Some(ann));
+    }
     let bundle = ctx.paths.bundle(&id);
     std::fs::create_dir_all(&bundle).map_err(CliError::io("mkdir", &bundle))?;
     let cfg = bundle.join("config.json");
@@ -302,6 +336,26 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
     }
     if !a.interactive {
         stdin_null()?;
+    }
+    if vm {
+        let opts = moat_container::CreateOptions {
+            id: id.clone(),
+            bundle: ctx.paths.bundle(&id),
+            ..Default::default()
+        };
+        let r = moat_runtime::vm_backend::run_code(&ctx.paths.runtime(), &opts, false, false);
+        undo.armed = false;
+        let code = match r {
+            Ok(code) => code,
+            Err(e) => {
+                finish(ctx, &id, 125);
+                return Err(CliError::Usage(format!(
+                    "run container {name} in a VM: {e:#}"
+                )));
+            }
+        };
+        finish(ctx, &id, code);
+        return Ok(code);
     }
     let console = if a.tty {
         Some(crate::tty::ConsoleSocket::listen(

@@ -173,6 +173,47 @@ fn run_rootfs_prints_and_propagates_exit_status() {
     assert_eq!(m.ok(&["ps", "-a", "-q"]), "", "--rm left a container");
 }
 
+#[path = "../../moat-runtime/tests/support/vm_agent.rs"]
+mod vm_agent;
+
+#[test]
+fn run_isolation_vm_uses_a_guest_kernel() {
+    let Some(m) = Moat::new() else { return };
+    let r = busybox_rootfs();
+    let rp = r.path().to_str().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_moat"))
+        .env("MOAT_AGENT_BIN", vm_agent::agent())
+        .arg("--root")
+        .arg(m.root())
+        .args([
+            "run",
+            "--rm",
+            "--isolation",
+            "vm",
+            "--rootfs",
+            rp,
+            "sh",
+            "-c",
+            "uname -r; exit 3",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let guest = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !guest.trim().is_empty() && guest.trim() != host.trim(),
+        "guest {guest:?} host {host:?}"
+    );
+    assert_eq!(m.ok(&["ps", "-a", "-q"]), "", "--rm left a container");
+}
+
 #[test]
 fn terminal_run_and_exec() {
     let Some(m) = Moat::new() else { return };

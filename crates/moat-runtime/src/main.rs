@@ -8,7 +8,7 @@ mod log;
 mod resource_cmds;
 mod run;
 mod spec_cmd;
-mod vm_backend;
+use moat_runtime::vm_backend;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -11,17 +11,7 @@ use nix::unistd::Pid;
 
 use crate::log::Logger;
 
-pub const FORWARDED: &[Signal] = &[
-    Signal::SIGHUP,
-    Signal::SIGINT,
-    Signal::SIGQUIT,
-    Signal::SIGTERM,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-    Signal::SIGCONT,
-    Signal::SIGALRM,
-];
+use moat_runtime::FORWARDED;
 
 pub fn run(
     store: &Store,

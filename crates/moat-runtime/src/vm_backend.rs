@@ -270,7 +270,14 @@ fn boot_and_create(
     cfg.cmdline.push(' ');
     cfg.cmdline.push_str(moat_agent_proto::SINGLE_SANDBOX_FLAG);
     (cfg.memory_mib, cfg.vcpus) = vm_size(&bundle.spec);
+    // The agent socket lives in the run dir: a unix socket path must fit in 108 bytes, so a long
+    // state dir (long ids or roots) falls back to a short private parent.
     cfg.run_parent = store.dir(&st.id);
+    if cfg.run_parent.as_os_str().len() > 60 {
+        cfg.run_parent = PathBuf::from("/run/moat-vm");
+        std::fs::create_dir_all(&cfg.run_parent)
+            .with_context(|| format!("create {}", cfg.run_parent.display()))?;
+    }
     cfg.disks.push(Disk {
         path: st.image.clone(),
         serial: ROOTFS_SERIAL.into(),
@@ -403,6 +410,17 @@ pub fn run(
     detach: bool,
     keep: bool,
 ) -> Result<ExitCode> {
+    let code = run_code(store, opts, detach, keep)?;
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// [`run`] returning the container's status as a number (0 when detached).
+pub fn run_code(
+    store: &Store,
+    opts: &moat_container::CreateOptions,
+    detach: bool,
+    keep: bool,
+) -> Result<i32> {
     create(store, opts).with_context(|| format!("create container {}", opts.id))?;
     let mut agent = match start(store, &opts.id) {
         Ok(a) => a,
@@ -412,7 +430,7 @@ pub fn run(
         }
     };
     if detach {
-        return Ok(ExitCode::SUCCESS);
+        return Ok(0);
     }
     let status = follow(&mut agent, &opts.id);
     drop(agent);
@@ -423,18 +441,17 @@ pub fn run(
     if !keep {
         delete(store, &opts.id, true).with_context(|| format!("delete container {}", opts.id))?;
     }
-    let code = status?.as_shell_code();
-    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+    Ok(status?.as_shell_code())
 }
 
 /// Copy the init's output to our stdout/stderr until it exits, forwarding the signals `run`
-/// forwards to a namespaces container ([`crate::run::FORWARDED`]) through the agent.
+/// forwards to a namespaces container ([`crate::FORWARDED`]) through the agent.
 fn follow(agent: &mut AgentClient, id: &str) -> Result<ExitStatus> {
     use nix::sys::signal::SigSet;
     use nix::sys::signalfd::{SfdFlags, SignalFd};
     use std::io::Write;
     let mut set = SigSet::empty();
-    for s in crate::run::FORWARDED {
+    for s in crate::FORWARDED {
         set.add(*s);
     }
     set.thread_block().context("block signals")?;
