@@ -57,7 +57,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
     /// Isolation: `namespaces` (the default) or `vm` (the container runs in its own lightweight
-    /// VM with its own guest kernel: QEMU microvm, KVM when usable, else software emulation).
+    /// VM with its own guest kernel: QEMU microvm, KVM when usable, else software emulation; the
+    /// VM has no network device yet, so its container has loopback only).
     #[arg(long, value_parser = ["namespaces", "vm"], default_value = "namespaces")]
     pub isolation: String,
     #[command(flatten)]
@@ -274,9 +275,17 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
         .unwrap_or_else(|| id[..12].to_owned());
     let etc = etc_files(&dir, &hostname, &a.spec.network)?;
     let vm = a.isolation == "vm";
-    if vm && (a.detach || a.tty || a.spec.network == "bridge") {
+    // A VM has no network device yet: its container gets loopback only, whatever --network
+    // says (see --isolation's help); what cannot work is refused.
+    if vm
+        && (a.detach
+            || a.tty
+            || !a.spec.volume.is_empty()
+            || !a.publish.is_empty()
+            || a.spec.network == "host")
+    {
         return Err(CliError::Usage(
-            "--isolation vm: -d, -t and --network bridge are not supported for VM containers yet"
+            "--isolation vm: -d, -t, -v, -p and --network host are not supported for VM containers yet"
                 .into(),
         ));
     }
