@@ -9,6 +9,7 @@ mod cni;
 mod error;
 mod images;
 mod lifecycle;
+mod login;
 mod meta;
 mod progress;
 mod run;
@@ -61,6 +62,21 @@ enum LogFormat {
 enum Cmd {
     /// Pull an image from a registry (verified blob by blob, unpacked into shared snapshots).
     Pull { reference: String },
+    /// Store credentials for a registry (in the auth file moat, podman and docker read).
+    Login {
+        #[arg(short, long)]
+        username: Option<String>,
+        /// The password (prefer --password-stdin: command lines are visible to other users).
+        #[arg(short, long)]
+        password: Option<String>,
+        /// Read the password from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        /// The registry, e.g. registry.example.com or 127.0.0.1:5000.
+        registry: String,
+    },
+    /// Forget the credentials of a registry.
+    Logout { registry: String },
     /// List the images in the store.
     Images {
         /// Print only the manifest digests.
@@ -230,6 +246,18 @@ fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
         Cmd::Pull { reference } => {
             images::pull(&ctx.store, reference, &ctx.reg)?;
         }
+        Cmd::Login {
+            username,
+            password,
+            password_stdin,
+            registry,
+        } => login::login(
+            registry,
+            username.as_deref(),
+            password.as_deref(),
+            *password_stdin,
+        )?,
+        Cmd::Logout { registry } => login::logout(registry)?,
         Cmd::Images { quiet, json } => images::list(&ctx.store, *quiet, *json)?,
         Cmd::Rmi { force, reference } => images::remove(&ctx.store, &ctx.paths, reference, *force)?,
         Cmd::Image(ImageCmd::Import { path, name }) => {
