@@ -140,7 +140,8 @@ mod tests {
             std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        let auth = moat_image::auth::lookup(&[f.clone()], "127.0.0.1:5000", "x/y").unwrap();
+        let auth =
+            moat_image::auth::lookup(std::slice::from_ref(&f), "127.0.0.1:5000", "x/y").unwrap();
         assert!(format!("{auth:?}").contains("alice"), "{auth:?}");
         assert!(super::forget(&f, "127.0.0.1:5000").unwrap());
         assert!(!super::forget(&f, "127.0.0.1:5000").unwrap());
