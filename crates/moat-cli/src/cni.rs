@@ -266,7 +266,15 @@ pub fn teardown(m: &Meta, pin: &Path) -> Result<()> {
             "eth0",
             &with_header(conf, prev.as_ref()),
         ) {
-            first.get_or_insert(e);
+            // DEL must be idempotent (CNI spec): what is already gone is not an error — the
+            // container's monitor may have torn the network down a moment earlier.
+            let text = e.to_string();
+            if !(text.contains("no such device")
+                || text.contains("not found")
+                || text.contains("No such file"))
+            {
+                first.get_or_insert(e);
+            }
         }
     }
     unpin_netns(pin);

@@ -159,6 +159,8 @@ pub fn rm(ctx: &Ctx, name: &str, force: bool) -> Result<()> {
             e => Err(e),
         })
         .map_err(CliError::container(format!("delete container {name}")))?;
+    // The container's monitor may have torn the network down meanwhile (it records ip = None).
+    let m = ctx.paths.load(&id).unwrap_or(m);
     if m.ip.is_some() {
         crate::cni::teardown(&m, &ctx.paths.netns(&id))?;
     }

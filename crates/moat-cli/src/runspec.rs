@@ -60,9 +60,9 @@ pub struct SpecArgs {
     /// its device cgroup and a writable /sys. Host devices are not added to its /dev.
     #[arg(long)]
     pub privileged: bool,
-    /// none: own network namespace with loopback only (default); host: the host's network;
-    /// bridge: a veth on the moat0 bridge through CNI plugins (needed for -p).
-    #[arg(long, default_value = "none", value_parser = ["none", "host", "bridge"])]
+    /// bridge (default): a veth on the moat0 bridge (10.88.87.0/24, outbound NAT) through the CNI
+    /// plugins, needed for -p; none: own network namespace with loopback only; host: the host's.
+    #[arg(long, default_value = "bridge", value_parser = ["none", "host", "bridge"])]
     pub network: String,
     /// Container host name (default: the first 12 digits of the id).
     #[arg(long, value_name = "NAME")]
