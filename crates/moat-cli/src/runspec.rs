@@ -149,10 +149,59 @@ fn cap_name(s: &str) -> Result<String> {
     }
 }
 
+/// "ALL": every capability this process may grant (its bounding set; a sandboxed host may lack
+/// some, e.g. CAP_SYS_RESOURCE, and asking for them would fail the container's capset).
 fn all_caps() -> Vec<String> {
-    let mut v: Vec<String> = caps::all().iter().map(|c| c.to_string()).collect();
+    let set = caps::read(None, caps::CapSet::Bounding).unwrap_or_else(|_| caps::all());
+    let mut v: Vec<String> = set.iter().map(|c| c.to_string()).collect();
     v.sort();
     v
+}
+
+/// Every character and block device under the host's /dev (not /dev/pts, /dev/shm, /dev/mqueue
+/// or the console), as OCI `linux.devices` entries.
+fn host_devices() -> Vec<serde_json::Value> {
+    fn walk(dir: &Path, out: &mut Vec<serde_json::Value>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let path = e.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let ft = meta.file_type();
+            use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+            if ft.is_dir() {
+                if !["/dev/pts", "/dev/shm", "/dev/mqueue"]
+                    .iter()
+                    .any(|s| path == Path::new(s))
+                {
+                    walk(&path, out);
+                }
+                continue;
+            }
+            let typ = if ft.is_char_device() {
+                "c"
+            } else if ft.is_block_device() {
+                "b"
+            } else {
+                continue;
+            };
+            if path == Path::new("/dev/console") || path == Path::new("/dev/ptmx") {
+                continue;
+            }
+            let rdev = meta.rdev();
+            out.push(json!({
+                "path": path, "type": typ,
+                "major": nix::sys::stat::major(rdev), "minor": nix::sys::stat::minor(rdev),
+                "fileMode": meta.permissions().mode() & 0o777, "uid": meta.uid(), "gid": meta.gid(),
+            }));
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/dev"), &mut out);
+    out
 }
 
 /// Apply `--cap-add`/`--cap-drop` to one capability set.
@@ -324,6 +373,8 @@ fn apply_flags(
         l["maskedPaths"] = json!([]);
         l["readonlyPaths"] = json!([]);
         l["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
+        // The host's device nodes, as docker and podman give a privileged container.
+        l["devices"] = json!(host_devices());
         if let Some(mounts) = v["mounts"].as_array_mut() {
             for m in mounts.iter_mut() {
                 if m["destination"] == "/sys" || m["destination"] == "/sys/fs/cgroup" {
@@ -478,6 +529,10 @@ mod tests {
         assert!(s["process"]["capabilities"]["bounding"]
             .to_string()
             .contains("CAP_SYS_ADMIN"));
+        assert!(
+            s["linux"]["devices"].to_string().contains("\"/dev/null\""),
+            "host devices missing"
+        );
         for bad in [
             SpecArgs {
                 volume: vec!["rel:/x".into()],

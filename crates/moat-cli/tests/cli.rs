@@ -215,6 +215,44 @@ fn run_isolation_vm_uses_a_guest_kernel() {
 }
 
 #[test]
+fn privileged_gets_host_devices_and_every_capability_we_hold() {
+    let Some(m) = Moat::new() else { return };
+    let r = busybox_rootfs();
+    let rp = r.path().to_str().unwrap();
+    let out = m.ok(&[
+        "run",
+        "--rm",
+        "--privileged",
+        "--network",
+        "none",
+        "--rootfs",
+        rp,
+        "sh",
+        "-c",
+        "ls /dev | wc -l; grep CapEff /proc/self/status",
+    ]);
+    let n: usize = out.lines().next().unwrap().trim().parse().unwrap();
+    let host = std::fs::read_dir("/dev").unwrap().count();
+    assert!(
+        n > 20 && n + 10 >= host.min(n + 10),
+        "{n} entries in /dev (host {host}): {out}"
+    );
+    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+    let bnd = ours
+        .lines()
+        .find(|l| l.starts_with("CapBnd"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    assert!(
+        out.contains(&format!("CapEff:\t{bnd}")),
+        "{out} vs bounding {bnd}"
+    );
+}
+
+#[test]
 fn terminal_run_and_exec() {
     let Some(m) = Moat::new() else { return };
     let r = busybox_rootfs();
