@@ -149,11 +149,15 @@ pub fn import(store: &Store, path: &Path, name: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// `moat image export`: an OCI layout when `path` is an existing directory or ends in `/`, an
-/// oci-archive tarball otherwise.
+/// `moat image export`: an OCI layout when `path` is an existing directory or ends in `/`, a
+/// docker-archive (`docker save` format) when it starts with `docker-archive:`, an oci-archive
+/// tarball otherwise.
 pub fn export(store: &Store, reference: &str, path: &Path) -> Result<()> {
     let what = format!("export {reference} to {}", path.display());
-    if path.is_dir() || path.as_os_str().to_string_lossy().ends_with('/') {
+    let text = path.as_os_str().to_string_lossy();
+    if let Some(p) = text.strip_prefix("docker-archive:") {
+        archive::export_docker_archive(store, reference, Path::new(p))
+    } else if path.is_dir() || text.ends_with('/') {
         archive::export_oci_layout(store, reference, path)
     } else {
         archive::export_oci_archive(store, reference, path)

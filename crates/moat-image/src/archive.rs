@@ -329,3 +329,41 @@ pub fn export_oci_archive(store: &Store, name: &str, out: &Path) -> Result<()> {
         .and_then(|f| f.sync_all())
         .map_err(ImageError::io("write", out))
 }
+
+/// Export the image `name` as a docker-archive tarball (`docker save` format: `manifest.json`
+/// listing the config and layer files, which are the stored blobs under `blobs/sha256/`, as Docker
+/// 25 writes them; `docker load` and `podman load` accept compressed layers).
+pub fn export_docker_archive(store: &Store, name: &str, out: &Path) -> Result<()> {
+    let img = store.image(name)?;
+    let f = File::create(out).map_err(ImageError::io("create", out))?;
+    let mut b = tar::Builder::new(f);
+    b.follow_symlinks(false);
+    let rel = |d: &Digest| format!("blobs/sha256/{}", d.hex());
+    let mut files = vec![img.manifest.config.digest.clone()];
+    files.extend(img.manifest.layers.iter().map(|l| l.digest.clone()));
+    let mut seen = std::collections::BTreeSet::new();
+    for d in &files {
+        if seen.insert(d.hex().to_owned()) {
+            b.append_path_with_name(store.blob_path(d), rel(d))
+                .map_err(ImageError::io("write", out))?;
+        }
+    }
+    let tags: Vec<String> = crate::reference::normalize(name)
+        .map(|n| vec![n])
+        .unwrap_or_default();
+    let manifest = serde_json::json!([{
+        "Config": rel(&img.manifest.config.digest),
+        "RepoTags": tags,
+        "Layers": img.manifest.layers.iter().map(|l| rel(&l.digest)).collect::<Vec<_>>(),
+    }]);
+    let body = serde_json::to_vec(&manifest).map_err(ImageError::json("manifest.json"))?;
+    let mut h = tar::Header::new_gnu();
+    h.set_size(body.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "manifest.json", body.as_slice())
+        .map_err(ImageError::io("write", out))?;
+    b.into_inner()
+        .and_then(|f| f.sync_all())
+        .map_err(ImageError::io("write", out))
+}

@@ -510,6 +510,30 @@ fn import_and_export_round_trip() {
             .join("fs/bin/busybox")
             .is_file());
     }
+    // moat's own docker-archive export: skopeo reads it, and moat imports it back.
+    let exported = t.path().join("moat-docker.tar");
+    archive::export_docker_archive(&store3, "test/docker:v9", &exported).unwrap();
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", &format!("docker-archive:{}", exported.display())])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo cannot read moat's docker-archive: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store4 = Store::open(t.path().join("store4")).unwrap();
+    let tagged = archive::import_docker_archive(&store4, &exported, None).unwrap();
+    assert_eq!(tagged[0].0, "docker.io/test/docker:v9");
+    assert_eq!(
+        store4
+            .image("test/docker:v9")
+            .unwrap()
+            .manifest
+            .layers
+            .len(),
+        2
+    );
     let _: PathBuf = darchive;
 }
 
