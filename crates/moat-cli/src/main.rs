@@ -43,6 +43,8 @@ struct Cli {
     #[arg(long, global = true, default_value = moat_image::store::DEFAULT_ROOT, value_name = "DIR")]
     root: PathBuf,
     /// Registry (HOST[:PORT]) to reach over plain HTTP; loopback registries always are. Repeatable.
+    /// Also read from `insecureRegistries` in the config file (`$MOAT_CONFIG`, default
+    /// /etc/moat/moat.json).
     #[arg(long, global = true, value_name = "HOST")]
     insecure_registry: Vec<String>,
     /// Format of error messages on stderr.
@@ -221,7 +223,12 @@ fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
         paths: meta::Paths::new(&cli.root),
         store,
         reg: RegistryOptions {
-            insecure: cli.insecure_registry.clone(),
+            insecure: cli
+                .insecure_registry
+                .iter()
+                .cloned()
+                .chain(config_insecure_registries()?)
+                .collect(),
         },
     };
     let each = |names: &[String], f: &dyn Fn(&str) -> error::Result<()>| -> anyhow::Result<()> {
@@ -280,4 +287,27 @@ fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
         Cmd::Logs { follow, container } => lifecycle::logs(&ctx, container, *follow)?,
     }
     Ok(0)
+}
+
+/// `insecureRegistries` of moat's config file (`$MOAT_CONFIG`, default /etc/moat/moat.json); a
+/// missing file is no error, an unreadable or malformed one is.
+fn config_insecure_registries() -> anyhow::Result<Vec<String>> {
+    let path = std::env::var_os("MOAT_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/moat/moat.json"));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => anyhow::bail!("read config {}: {e}", path.display()),
+    };
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("parse config {}: {e}", path.display()))?;
+    Ok(v["insecureRegistries"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
 }

@@ -253,6 +253,32 @@ fn privileged_gets_host_devices_and_every_capability_we_hold() {
 }
 
 #[test]
+fn config_file_is_read_and_a_broken_one_is_refused() {
+    let Some(m) = Moat::new() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("moat.json");
+    let run = |cfg: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_moat"))
+            .env("MOAT_CONFIG", cfg)
+            .arg("--root")
+            .arg(m.root())
+            .arg("images")
+            .output()
+            .unwrap()
+    };
+    std::fs::write(&cfg, r#"{"insecureRegistries": ["registry.test:5000"]}"#).unwrap();
+    assert!(run(&cfg).status.success());
+    std::fs::write(&cfg, "{ broken").unwrap();
+    let o = run(&cfg);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("parse config"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
 fn terminal_run_and_exec() {
     let Some(m) = Moat::new() else { return };
     let r = busybox_rootfs();
