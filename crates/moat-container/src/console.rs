@@ -43,3 +43,17 @@ pub fn setup(socket: &OwnedFd, size: Option<ConsoleSize>) -> Result<(), InitFail
         .map_err(cerr("make the pty the controlling terminal"))?;
     Ok(())
 }
+
+/// The runtime side: connect to the caller's `--console-socket` (before forking, so the init
+/// inherits the connection and needs no path inside the container).
+pub fn connect(path: Option<&std::path::Path>) -> crate::error::Result<Option<OwnedFd>> {
+    path.map(|p| {
+        std::os::unix::net::UnixStream::connect(p)
+            .map(OwnedFd::from)
+            .map_err(|source| crate::error::ContainerError::ConsoleSocket {
+                path: p.into(),
+                source,
+            })
+    })
+    .transpose()
+}

@@ -5,8 +5,6 @@
 //!
 //! A failing create undoes what it did (the [`Undo`] guard): no state dir, cgroup or process stays.
 
-use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use nix::sys::signal::Signal;
@@ -123,17 +121,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
     )
     .map_err(crate::error::sys(format!("chmod {}", fifo.display())))?;
 
-    let console: Option<OwnedFd> = match &opts.console_socket {
-        Some(p) => Some(
-            UnixStream::connect(p)
-                .map_err(|source| ContainerError::ConsoleSocket {
-                    path: p.clone(),
-                    source,
-                })?
-                .into(),
-        ),
-        None => None,
-    };
+    let console = crate::console::connect(opts.console_socket.as_deref())?;
     let (parent, child) =
         crate::sync::pair().map_err(crate::error::sys("create sync socketpair"))?;
 

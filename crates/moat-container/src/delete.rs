@@ -50,8 +50,7 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
         }
     }
     if let Some(cg) = &st.cgroup {
-        // Processes that outlived the init (e.g. when there was no pid namespace).
-        kill_cgroup(cg);
+        // Kills what outlived the init (e.g. without a pid namespace), then removes the cgroup.
         cg.destroy()?;
     }
     store.remove(id)?;
@@ -70,28 +69,13 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
     Ok(())
 }
 
-fn kill_cgroup(cg: &moat_cgroups::Cgroup) {
-    for _ in 0..50 {
-        let pids = cg.pids().unwrap_or_default();
-        if pids.is_empty() {
-            return;
-        }
-        for p in pids {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(p),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 fn kill_and_wait(st: &crate::state::StateFile) -> Result<()> {
     if crate::state::init_alive(st) {
         let _ = crate::kill::signal_init(st, libc::SIGKILL);
     }
     if let Some(cg) = &st.cgroup {
-        kill_cgroup(cg);
+        // Freezes first so that nothing forks past the signal (moat-cgroups owns this).
+        let _ = cg.kill_all(libc::SIGKILL);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while crate::state::init_alive(st) {

@@ -3,8 +3,6 @@
 //! settings (capabilities, rlimits, no_new_privs, user) from the container's config unless the
 //! caller overrides them. The same child code as `create` does the joining (stage 1 of `init`).
 
-use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use nix::sys::signal::Signal;
@@ -69,17 +67,7 @@ pub fn exec(store: &Store, opts: &ExecOptions, process: Process) -> Result<Pid> 
         .collect();
     let plan = NsPlan::join_all(st.pid, &types);
     let seccomp = crate::seccomp::plan(&spec)?;
-    let console: Option<OwnedFd> = match &opts.console_socket {
-        Some(p) => Some(
-            UnixStream::connect(p)
-                .map_err(|source| ContainerError::ConsoleSocket {
-                    path: p.clone(),
-                    source,
-                })?
-                .into(),
-        ),
-        None => None,
-    };
+    let console = crate::console::connect(opts.console_socket.as_deref())?;
     let (parent, child) =
         crate::sync::pair().map_err(crate::error::sys("create sync socketpair"))?;
     let args = InitArgs {

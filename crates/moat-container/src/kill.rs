@@ -56,12 +56,7 @@ pub fn kill(store: &Store, id: &str, signal: i32, all: bool) -> Result<()> {
     }
     if all {
         if let Some(cg) = &st.cgroup {
-            for pid in cg.pids()? {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    Signal::try_from(signal).ok(),
-                );
-            }
+            cg.kill_all(signal)?;
         }
         return Ok(());
     }
