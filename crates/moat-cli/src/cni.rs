@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use serde_json::{json, Value};
 
 use crate::error::{CliError, Result};
-use crate::meta::Meta;
+use crate::meta::{Meta, Paths};
 
 /// The bridge network's subnet and prefix.
 pub const SUBNET: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 88, 87, 0), 24);
@@ -243,6 +243,39 @@ fn pin_netns(netns: &str, pin: &Path) -> Result<()> {
 pub fn unpin_netns(pin: &Path) {
     let _ = nix::mount::umount2(pin, nix::mount::MntFlags::MNT_DETACH);
     let _ = std::fs::remove_file(pin);
+}
+
+/// Tear the bridge network of container `id` down exactly once and release its namespace.
+///
+/// The container's monitor (on exit) and `moat rm -f` can get here at the same moment, and two
+/// CNI DELs of one container race inside iptables (portmap's `-N` of a chain the other DEL is
+/// deleting fails with "File exists"). An exclusive lock on the container's `net.lock`
+/// serializes them; the second one reads `ip = None` from the metadata and only unpins.
+pub fn release(paths: &Paths, id: &str) -> Result<()> {
+    let lock_path = paths.container_dir(id).join("net.lock");
+    // No container directory: the container is already gone, and so is its network.
+    let _lock = match std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+    {
+        Ok(f) => {
+            f.lock().map_err(CliError::io("lock", &lock_path))?;
+            Some(f)
+        }
+        Err(_) => None,
+    };
+    let pin = paths.netns(id);
+    if let Ok(mut m) = paths.load(id) {
+        if m.ip.is_some() {
+            teardown(&m, &pin)?;
+            m.ip = None;
+            paths.save(&m)?;
+        }
+    }
+    unpin_netns(&pin);
+    Ok(())
 }
 
 /// Undo the bridge network of `m` (its address, masquerade, port mappings and firewall rules)

@@ -159,12 +159,9 @@ pub fn rm(ctx: &Ctx, name: &str, force: bool) -> Result<()> {
             e => Err(e),
         })
         .map_err(CliError::container(format!("delete container {name}")))?;
-    // The container's monitor may have torn the network down meanwhile (it records ip = None).
-    let m = ctx.paths.load(&id).unwrap_or(m);
-    if m.ip.is_some() {
-        crate::cni::teardown(&m, &ctx.paths.netns(&id))?;
-    }
-    crate::cni::unpin_netns(&ctx.paths.netns(&id));
+    // The container's monitor may be tearing the network down at this moment: `release`
+    // serializes the two and runs CNI DEL once.
+    crate::cni::release(&ctx.paths, &id)?;
     if matches!(m.rootfs, RootfsSource::Image { .. }) {
         if let Ok(r) = moat_image::snapshot::rootfs_of(&ctx.store, &id) {
             r.unmount()

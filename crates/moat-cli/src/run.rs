@@ -89,12 +89,7 @@ pub fn remove_everything(ctx: &Ctx, id: &str, name: Option<&str>) {
     let rt = ctx.paths.runtime();
     let _ = moat_container::delete::delete(&rt, id, true);
     let meta = ctx.paths.load(id).ok();
-    if let Some(m) = &meta {
-        if m.ip.is_some() {
-            let _ = crate::cni::teardown(m, &ctx.paths.netns(id));
-        }
-    }
-    crate::cni::unpin_netns(&ctx.paths.netns(id));
+    let _ = crate::cni::release(&ctx.paths, id);
     if let Ok(r) = moat_image::snapshot::rootfs_of(&ctx.store, id) {
         let _ = r.unmount();
     }
@@ -430,11 +425,7 @@ pub fn finish(ctx: &Ctx, id: &str, code: i32) {
     m.finished = Some(moat_container::state::now_rfc3339());
     let _ = ctx.paths.save(&m);
     let _ = moat_container::delete::delete(&ctx.paths.runtime(), id, true);
-    if m.ip.is_some() {
-        let _ = crate::cni::teardown(&m, &ctx.paths.netns(id));
-        m.ip = None;
-        let _ = ctx.paths.save(&m);
-    }
+    let _ = crate::cni::release(&ctx.paths, id);
 }
 
 /// `-d`: fork a monitor that creates, starts and waits for the container.
