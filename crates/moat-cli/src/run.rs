@@ -44,7 +44,8 @@ pub struct RunArgs {
     /// Keep stdin open (without it the container's stdin is /dev/null).
     #[arg(short, long)]
     pub interactive: bool,
-    /// Allocate a terminal for the container (copied to and from this terminal, raw mode).
+    /// Allocate a terminal for the container (copied to and from this terminal, raw mode; with
+    /// -d its output goes to the log and the terminal stays open: use `exec -t` to get in).
     #[arg(short, long)]
     pub tty: bool,
     /// Name of the container (default: a generated adjective_noun).
@@ -199,11 +200,6 @@ fn etc_files(dir: &Path, hostname: &str, network: &str) -> Result<EtcFiles> {
 }
 
 pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
-    if a.tty && a.detach {
-        return Err(CliError::Usage(
-            "-t with -d: a detached terminal is not supported yet; run without -t".into(),
-        ));
-    }
     let ports = parse_ports(a)?;
     let (image, cmd): (Option<moat_image::StoredImage>, &[String]) = match &a.rootfs {
         Some(_) => (None, &a.args[..]),
@@ -334,7 +330,7 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
     ctx.paths.save(&m)?;
     wait_single_threaded();
     if a.detach {
-        let code = detached(ctx, m, &mut undo)?;
+        let code = detached(ctx, m, a.tty, &mut undo)?;
         println!("{id}");
         return Ok(code);
     }
@@ -429,7 +425,7 @@ pub fn finish(ctx: &Ctx, id: &str, code: i32) {
 }
 
 /// `-d`: fork a monitor that creates, starts and waits for the container.
-fn detached(ctx: &Ctx, m: Meta, undo: &mut Undo<'_>) -> Result<i32> {
+fn detached(ctx: &Ctx, m: Meta, tty: bool, undo: &mut Undo<'_>) -> Result<i32> {
     let log_path = ctx.paths.log(&m.id);
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -447,7 +443,7 @@ fn detached(ctx: &Ctx, m: Meta, undo: &mut Undo<'_>) -> Result<i32> {
     match moat_sys::process::clone3(0, false).map_err(CliError::sys("fork the monitor"))? {
         moat_sys::process::Forked::Child => {
             drop(rd);
-            monitor(ctx, m, undo, wr, &log, &null)
+            monitor(ctx, m, tty, undo, wr, &log, &null)
         }
         moat_sys::process::Forked::Parent { pid, .. } => {
             drop(wr);
@@ -477,6 +473,7 @@ fn detached(ctx: &Ctx, m: Meta, undo: &mut Undo<'_>) -> Result<i32> {
 fn monitor(
     ctx: &Ctx,
     m: Meta,
+    tty: bool,
     undo: &mut Undo<'_>,
     wr: OwnedFd,
     log: &std::fs::File,
@@ -488,8 +485,27 @@ fn monitor(
     let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
     let id = m.id.clone();
     let mut wr = std::fs::File::from(wr);
-    match create_and_start(ctx, m, None) {
-        Ok(pid) => {
+    let started = (|| -> Result<(Pid, Option<OwnedFd>)> {
+        let console = if tty {
+            Some(crate::tty::ConsoleSocket::listen(
+                &ctx.paths.container_dir(&id),
+            )?)
+        } else {
+            None
+        };
+        let path = console.as_ref().map(|c| c.path().to_path_buf());
+        let pid = create_and_start(ctx, m, path)?;
+        let terminal = match console {
+            Some(c) => {
+                let log = log.try_clone().map_err(CliError::io("dup", "log"))?;
+                Some(crate::tty::log_terminal(c.receive_master()?, log)?)
+            }
+            None => None,
+        };
+        Ok((pid, terminal))
+    })();
+    match started {
+        Ok((pid, _terminal)) => {
             undo.armed = false;
             let _ = wr.write_all(b"ok");
             drop(wr);

@@ -2,6 +2,8 @@
 //! pty master over it during create/exec (queued in the connection: no accept is needed while the
 //! single-threaded create runs), then moat copies between its own stdin/stdout and the master,
 //! with the local terminal in raw mode when stdin is one (restored on drop) and its size copied.
+//! A detached container (`-d -t`) keeps its master in the monitor, which copies the output to
+//! the container's log and holds the terminal open (nothing writes to it: `exec -t` is the way in).
 
 use std::io::IsTerminal;
 use std::os::fd::{AsFd, OwnedFd};
@@ -37,9 +39,8 @@ impl ConsoleSocket {
         &self.path
     }
 
-    /// Receive the master and start copying. Blocks the forwarded signals first so that the copy
-    /// threads never take a SIGCHLD meant for the waiting main thread.
-    pub fn attach(self) -> Result<Attached> {
+    /// Receive the pty master the runtime sent (the socket file is removed).
+    pub fn receive_master(self) -> Result<OwnedFd> {
         let (conn, _) = self
             .listener
             .accept()
@@ -48,9 +49,14 @@ impl ConsoleSocket {
         let mut buf = [0u8; 4096];
         let (_, mut fds) = moat_sys::fd::recv_fds(conn.as_fd(), &mut buf)
             .map_err(CliError::sys("receive the pty master"))?;
-        let master: OwnedFd = fds
-            .pop()
-            .ok_or_else(|| CliError::Usage("the runtime sent no pty master".into()))?;
+        fds.pop()
+            .ok_or_else(|| CliError::Usage("the runtime sent no pty master".into()))
+    }
+
+    /// Receive the master and start copying. Blocks the forwarded signals first so that the copy
+    /// threads never take a SIGCHLD meant for the waiting main thread.
+    pub fn attach(self) -> Result<Attached> {
+        let master = self.receive_master()?;
         let mut signals = SigSet::empty();
         signals.add(Signal::SIGCHLD);
         for s in crate::run::FORWARDED {
@@ -123,4 +129,18 @@ impl Drop for Attached {
             let _ = termios::tcsetattr(std::io::stdin().as_fd(), termios::SetArg::TCSANOW, t);
         }
     }
+}
+
+/// `-d -t`: copy the container's terminal output into `log` on a thread and keep the master
+/// open for as long as the returned handle lives (the container's shell sees a terminal that
+/// never reaches end-of-file, as with `docker run -dt`).
+pub fn log_terminal(master: OwnedFd, log: std::fs::File) -> Result<OwnedFd> {
+    let keep = master
+        .try_clone()
+        .map_err(CliError::io("dup", "pty master"))?;
+    std::thread::spawn(move || {
+        let (mut r, mut w) = (std::fs::File::from(master), log);
+        let _ = std::io::copy(&mut r, &mut w);
+    });
+    Ok(keep)
 }

@@ -307,6 +307,32 @@ fn terminal_run_and_exec() {
     let out = m.ok(&["exec", "-t", &id, "sh", "-c", "tty"]);
     assert!(out.contains("/dev/pts/"), "{out:?}");
     m.ok(&["rm", "-f", &id]);
+    // -d -t (docker run -dt): the detached container gets a terminal whose output goes to the
+    // log, and a shell on it stays alive (its terminal never reaches end-of-file).
+    let id = m
+        .ok(&[
+            "run",
+            "-d",
+            "-t",
+            "--rootfs",
+            rp,
+            "sh",
+            "-c",
+            "tty; echo dt-ready; exec sh",
+        ])
+        .trim()
+        .to_owned();
+    wait_for("the detached terminal's output in the log", || {
+        let logs = m.ok(&["logs", &id]);
+        logs.contains("/dev/pts/0") && logs.contains("dt-ready")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let ps = m.ok(&["ps"]);
+    assert!(
+        ps.contains(&id[..12]),
+        "the shell on the terminal exited: {ps}"
+    );
+    m.ok(&["rm", "-f", &id]);
     assert_eq!(m.ok(&["ps", "-a", "-q"]), "", "a container was left");
 }
 
