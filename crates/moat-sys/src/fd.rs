@@ -4,7 +4,9 @@
 //! The CVE: a process inside the container opens `/proc/<runtime pid>/exe` while the runtime is
 //! inside the container's namespaces and later writes through it, replacing the host's runtime
 //! binary. The defence (the one runc and crun use): before entering a container, re-execute the
-//! runtime from a sealed memfd copy, so `/proc/self/exe` names an anonymous, write-sealed file.
+//! runtime from a file that cannot be written: the binary seen through a private read-only
+//! overlayfs (no copy), or else a sealed memfd copy, so `/proc/self/exe` is never a writable path
+//! to the host's binary.
 
 use std::ffi::{CStr, CString};
 use std::io::{IoSlice, IoSliceMut};
@@ -55,8 +57,21 @@ const SEALS: SealFlag = SealFlag::from_bits_truncate(
         | SealFlag::F_SEAL_WRITE.bits(),
 );
 
-/// True when the running executable is a write-sealed memfd (we were already re-executed).
+/// Set by [`reexec_from_sealed_copy`] in the environment of the re-executed image when it runs
+/// from a read-only overlay (see there); consumed (removed) by [`running_from_sealed_copy`].
+const SEALED_ENV: &str = "_MOAT_SEALED_EXE";
+
+/// True when the running executable cannot be written through `/proc/self/exe`: a write-sealed
+/// memfd, or a file on a private read-only overlayfs that [`reexec_from_sealed_copy`] set up (it
+/// marks the new image with an environment variable; the overlay is checked, not trusted).
+///
+/// Call it once, first thing in `main`, while the process is single-threaded: it removes the
+/// marker from the environment so that no child inherits it.
 pub fn running_from_sealed_copy() -> bool {
+    let marked = std::env::var_os(SEALED_ENV).is_some();
+    if marked {
+        std::env::remove_var(SEALED_ENV);
+    }
     let Ok(fd) = nix::fcntl::open(
         "/proc/self/exe",
         OFlag::O_RDONLY | OFlag::O_CLOEXEC,
@@ -66,37 +81,154 @@ pub fn running_from_sealed_copy() -> bool {
     };
     // SAFETY: `open` returned a new descriptor that nobody else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if marked && on_lower_only_overlay(fd.as_fd()) {
+        return true;
+    }
     match fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS) {
         Ok(bits) => SealFlag::from_bits_truncate(bits).contains(SEALS),
         Err(_) => false,
     }
 }
 
-/// Re-execute the current program from a sealed memfd copy of `/proc/self/exe`, with the same
-/// arguments and environment. Returns only on failure.
-pub fn reexec_from_sealed_copy() -> Errno {
-    match sealed_copy_of_self() {
-        Ok(memfd) => {
-            let args: Vec<CString> = std::env::args_os()
-                .filter_map(|a| {
-                    CString::new(std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str())).ok()
-                })
-                .collect();
-            let env: Vec<CString> = std::env::vars_os()
-                .filter_map(|(k, v)| {
-                    let mut kv = k.into_encoded_bytes();
-                    kv.push(b'=');
-                    kv.extend(v.into_encoded_bytes());
-                    CString::new(kv).ok()
-                })
-                .collect();
-            match nix::unistd::fexecve(memfd.as_raw_fd(), &args, &env) {
-                Ok(never) => match never {},
-                Err(e) => e,
-            }
+/// The file is on a read-only overlayfs: one set up by [`sealed_overlay_of_self`] has no upper
+/// layer, so its superblock can never become writable.
+fn on_lower_only_overlay(fd: BorrowedFd<'_>) -> bool {
+    match nix::sys::statfs::fstatfs(fd) {
+        Ok(st) => {
+            st.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC
+                && st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY)
         }
+        Err(_) => false,
+    }
+}
+
+/// Re-execute the current program from a copy of itself that cannot be written through
+/// `/proc/self/exe`, with the same arguments and environment. Returns only on failure.
+///
+/// First choice (runc 1.2's design): the binary seen through a new, never-attached overlayfs whose
+/// only layers are the binary's directory and an unrelated directory (`/dev`). An overlay without
+/// an upper layer is read-only for good (no remount can change that, and a detached mount cannot
+/// be remounted anyway), and it shares the page cache of the binary: nothing is copied and no
+/// mount event is seen by anyone. Fallback (no overlayfs, or the binary's directory cannot be a
+/// layer): a write-sealed memfd copy of the binary, which costs a copy of the whole file.
+pub fn reexec_from_sealed_copy() -> Errno {
+    let (exe, marker) = match sealed_overlay_of_self() {
+        Ok(fd) => (fd, true),
+        Err(_) => match sealed_copy_of_self() {
+            Ok(fd) => (fd, false),
+            Err(e) => return e,
+        },
+    };
+    let args: Vec<CString> = std::env::args_os()
+        .filter_map(|a| CString::new(std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str())).ok())
+        .collect();
+    let mut env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| k != SEALED_ENV)
+        .filter_map(|(k, v)| {
+            let mut kv = k.into_encoded_bytes();
+            kv.push(b'=');
+            kv.extend(v.into_encoded_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    if marker {
+        env.push(CString::new(format!("{SEALED_ENV}=1")).expect("no NUL in the marker"));
+    }
+    match nix::unistd::fexecve(exe.as_raw_fd(), &args, &env) {
+        Ok(never) => match never {},
         Err(e) => e,
     }
+}
+
+// The new mount API (linux/mount.h), spelled out so as not to depend on a libc version.
+const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+const MOUNT_ATTR_RDONLY: libc::c_uint = 0x1;
+const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
+const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
+
+/// A read-only descriptor of our own binary, seen through a fresh overlayfs whose lower layers are
+/// the binary's directory (on top) and `/dev` (overlayfs needs two lower layers to run without an
+/// upper one). The mount is never attached anywhere; it lives as long as a descriptor (or, after
+/// `execveat`, the process's executable) refers to it.
+fn sealed_overlay_of_self() -> Result<OwnedFd> {
+    let exe = std::fs::read_link("/proc/self/exe").map_err(|_| Errno::ENOENT)?;
+    let (Some(dir), Some(name)) = (exe.parent(), exe.file_name()) else {
+        return Err(Errno::EINVAL);
+    };
+    let dir = dir.as_os_str().as_encoded_bytes();
+    // The layers must not overlap; ':' ',' '\\' are separators in the option. A deleted binary
+    // (" (deleted)") is not found through the overlay.
+    if dir.starts_with(b"/dev") || dir.iter().any(|c| matches!(c, b':' | b',' | b'\\')) {
+        return Err(Errno::EINVAL);
+    }
+    let mut lower = dir.to_vec();
+    lower.extend_from_slice(b":/dev");
+    let lower = CString::new(lower).map_err(|_| Errno::EINVAL)?;
+    let name = CString::new(name.as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
+    let ctx = fsopen(c"overlay")?;
+    fsconfig(
+        ctx.as_fd(),
+        FSCONFIG_SET_STRING,
+        Some(c"lowerdir"),
+        Some(&lower),
+    )?;
+    fsconfig(ctx.as_fd(), FSCONFIG_CMD_CREATE, None, None)?;
+    let mnt = fsmount(
+        ctx.as_fd(),
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    )?;
+    let fd = nix::fcntl::openat(
+        Some(mnt.as_raw_fd()),
+        name.as_c_str(),
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    // SAFETY: `openat` returned a new descriptor that nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if !on_lower_only_overlay(fd.as_fd()) {
+        return Err(Errno::EROFS);
+    }
+    Ok(fd)
+}
+
+fn fsopen(fstype: &CStr) -> Result<OwnedFd> {
+    // SAFETY: `fstype` is a NUL-terminated string valid for the call.
+    let r = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: fsopen returned a new descriptor that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+fn fsconfig(
+    ctx: BorrowedFd<'_>,
+    cmd: libc::c_uint,
+    key: Option<&CStr>,
+    value: Option<&CStr>,
+) -> Result<()> {
+    let key = key.map_or(std::ptr::null(), CStr::as_ptr);
+    let value = value.map_or(std::ptr::null(), CStr::as_ptr);
+    // SAFETY: `key` and `value` are NULL or NUL-terminated strings valid for the call.
+    let r = unsafe { libc::syscall(libc::SYS_fsconfig, ctx.as_raw_fd(), cmd, key, value, 0) };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+fn fsmount(ctx: BorrowedFd<'_>, attrs: libc::c_uint) -> Result<OwnedFd> {
+    // SAFETY: plain integer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_fsmount, ctx.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: fsmount returned a new descriptor that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
 
 fn sealed_copy_of_self() -> Result<OwnedFd> {
