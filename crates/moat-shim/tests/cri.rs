@@ -14,9 +14,8 @@ use support::*;
 mod cri_api;
 
 use std::collections::BTreeMap;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use cri_api::runtime_service_client::RuntimeServiceClient;
@@ -36,41 +35,27 @@ const RPC_LIMIT: Duration = Duration::from_secs(90);
 // A private containerd with the CRI plugin
 // ---------------------------------------------------------------------------------------------
 
-/// Like the shared harness's `Containerd`, but with the CRI plugin enabled and configured with the
-/// `moat` runtime handler, its sandbox image, and a CNI configuration directory of its own (the
-/// pod uses the host network, so no CNI plugin runs).
+/// The shared harness's `Containerd` with the CRI plugin enabled and configured with the `moat`
+/// runtime handler, its sandbox image, and a CNI configuration directory of its own (the pod uses
+/// the host network, so no CNI plugin runs); it also cleans up the pod's cgroups on drop.
 struct CriContainerd {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
+    inner: Containerd,
     /// The cgroup parent of the pod (cgroupfs driver), relative to the cgroup root; ours to
     /// remove, like the kubelet's.
     cgroup_parent: String,
 }
 
-impl CriContainerd {
-    fn start(shim_dir: &Path) -> CriContainerd {
-        require_root();
-        let dir = tempfile::Builder::new()
-            .prefix("moat-cri-")
-            .tempdir()
-            .unwrap();
-        let d = dir.path();
-        std::fs::create_dir_all(d.join("cni")).unwrap();
-        let config = format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
+impl std::ops::Deref for CriContainerd {
+    type Target = Containerd;
+    fn deref(&self) -> &Containerd {
+        &self.inner
+    }
+}
 
-[grpc]
-  address = "{sock}"
-
-[ttrpc]
-  address = "{sock}.ttrpc"
-
-[debug]
-  level = "{level}"
-
-[plugins."io.containerd.grpc.v1.cri"]
+/// The CRI plugin's configuration; `{dir}` is the containerd's temporary directory.
+fn cri_config() -> String {
+    format!(
+        r#"[plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{pause}"
   disable_apparmor = true
   restrict_oom_score_adj = {restrict_oom}
@@ -86,107 +71,23 @@ state = "{state}"
       runtime_type = "io.containerd.moat.v2"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
-    conf_dir = "{cni}"
+    conf_dir = "{{dir}}/cni"
 "#,
-            root = d.join("root").display(),
-            state = d.join("state").display(),
-            sock = d.join("containerd.sock").display(),
-            cni = d.join("cni").display(),
-            pause = PAUSE_IMAGE,
-            // The sandbox asks for oom_score_adj -998; lowering it needs CAP_SYS_RESOURCE, which
-            // some CI sandboxes lack: then let containerd clamp it to its own, as for rootless.
-            restrict_oom = !has_cap_sys_resource(),
-            level = if debug() { "debug" } else { "info" },
-        );
-        std::fs::write(d.join("config.toml"), config).unwrap();
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let path = std::env::var("PATH").unwrap_or_default();
-        let child = Command::new("containerd")
-            .env("PATH", format!("{}:{path}", shim_dir.display()))
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("spawn containerd");
-        let mut c = CriContainerd {
-            dir,
-            child: Some(child),
+        pause = PAUSE_IMAGE,
+        // The sandbox asks for oom_score_adj -998; lowering it needs CAP_SYS_RESOURCE, which
+        // some CI sandboxes lack: then let containerd clamp it to its own, as for rootless.
+        restrict_oom = !has_cap_sys_resource(),
+    )
+}
+
+impl CriContainerd {
+    fn start(shim_dir: &Path) -> CriContainerd {
+        let inner = Containerd::launch(K8S_NS, Some(shim_dir), Some(&cri_config()));
+        std::fs::create_dir_all(inner.path().join("cni")).unwrap();
+        CriContainerd {
+            inner,
             cgroup_parent: format!("moat-cri-{}", std::process::id()),
-        };
-        let start = Instant::now();
-        while !c.sock().exists() {
-            if let Some(st) = c.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("containerd exited ({st}) before serving:\n{}", c.log());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "containerd did not create {} in 30 s:\n{}",
-                c.sock().display(),
-                c.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        // containerd serves even when a plugin fails to load: make a broken CRI configuration
-        // fail here, with containerd's reason.
-        while !c.log().contains("successfully booted") {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "containerd did not finish booting in 30 s:\n{}",
-                c.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let full = std::fs::read_to_string(c.log_path()).unwrap_or_default();
-        if let Some(l) = full
-            .lines()
-            .find(|l| l.contains("failed to load plugin io.containerd.grpc.v1.cri"))
-        {
-            panic!("containerd's CRI plugin did not load: {l}");
-        }
-        c
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.dir.path().join("containerd.sock")
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("containerd.log")
-    }
-
-    fn log(&self) -> String {
-        log_tail(&self.log_path())
-    }
-
-    fn ctr(&self) -> Command {
-        let mut c = Command::new("ctr");
-        c.arg("--address")
-            .arg(self.sock())
-            .args(["--namespace", K8S_NS]);
-        c
-    }
-
-    fn import(&self, tarball: &Path) {
-        let o = run_deadline(
-            self.ctr().args(["image", "import"]).arg(tarball),
-            Duration::from_secs(120),
-            "ctr image import",
-        );
-        assert!(
-            o.status.success(),
-            "ctr -n k8s.io image import failed ({})\nstdout: {}\nstderr: {}\n{}",
-            o.status,
-            text(&o.stdout),
-            text(&o.stderr),
-            self.log()
-        );
     }
 
     /// The shim processes of this containerd (`-address <our socket>` on the command line), with
@@ -229,7 +130,8 @@ state = "{state}"
 
 impl Drop for CriContainerd {
     fn drop(&mut self) {
-        // Whatever a failed test left: the shims, the pod's processes, containerd itself.
+        // Whatever a failed test left: the shims and the pod's processes (containerd itself is
+        // stopped and its mounts removed when `inner` drops, after this).
         let shims: Vec<i32> = self.shim_processes().into_keys().collect();
         for pid in shims.into_iter().chain(self.pod_cgroup_pids()) {
             let _ = nix::sys::signal::kill(
@@ -237,19 +139,6 @@ impl Drop for CriContainerd {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let start = Instant::now();
-            while child.try_wait().ok().flatten().is_none() {
-                if start.elapsed() > Duration::from_secs(10) {
-                    kill_group(&mut child);
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        umount_below(self.dir.path());
         // The pod's cgroup parent is ours (the kubelet's) to remove; the runtime removes the
         // containers' cgroups below it. Deepest first, a few tries while killed processes go.
         for _ in 0..50 {
@@ -334,44 +223,15 @@ fn images(dir: &Path) -> (PathBuf, PathBuf) {
     let pause = dir.join("pause");
     std::fs::create_dir_all(&pause).unwrap();
     std::fs::copy(dir.join("image/layer.tar"), pause.join("layer.tar")).unwrap();
-    let layer = sha256_file(&pause.join("layer.tar"));
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "powerpc64" => "ppc64le",
-        a => a,
-    };
-    let config = json!({
-        "architecture": arch,
-        "os": "linux",
-        "config": {
+    let tarball = dir.join("pause-image.tar");
+    docker_archive(
+        &pause,
+        PAUSE_IMAGE,
+        json!({
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
             "Entrypoint": ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 1000 & wait; done"],
-        },
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer}")]},
-        "history": [{"created_by": "moat tests: pause"}],
-    });
-    let tmp = pause.join("config.json");
-    std::fs::write(&tmp, serde_json::to_vec(&config).unwrap()).unwrap();
-    let cfg_name = format!("{}.json", sha256_file(&tmp));
-    std::fs::rename(&tmp, pause.join(&cfg_name)).unwrap();
-    let manifest =
-        json!([{"Config": cfg_name, "RepoTags": [PAUSE_IMAGE], "Layers": ["layer.tar"]}]);
-    std::fs::write(
-        pause.join("manifest.json"),
-        serde_json::to_vec(&manifest).unwrap(),
-    )
-    .unwrap();
-    let tarball = dir.join("pause-image.tar");
-    ok(
-        Command::new("tar")
-            .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
-            .arg(&pause)
-            .arg("-cf")
-            .arg(&tarball)
-            .arg("."),
-        Duration::from_secs(60),
-        "tar the pause image",
+        }),
+        &tarball,
     );
     (busybox, tarball)
 }

@@ -214,6 +214,22 @@ pub fn busybox_image(dir: &Path) -> PathBuf {
         Duration::from_secs(60),
         "tar the layer",
     );
+    let tarball = dir.join("busybox-image.tar");
+    docker_archive(
+        &img,
+        IMAGE,
+        json!({
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["sh"],
+        }),
+        &tarball,
+    );
+    tarball
+}
+
+/// Turn `img`, a directory holding one `layer.tar`, into a docker-archive tarball at `tarball`
+/// for image `tag` whose config section is `config`.
+pub fn docker_archive(img: &Path, tag: &str, config: serde_json::Value, tarball: &Path) {
     let layer = sha256_file(&img.join("layer.tar"));
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
@@ -224,10 +240,7 @@ pub fn busybox_image(dir: &Path) -> PathBuf {
     let config = json!({
         "architecture": arch,
         "os": "linux",
-        "config": {
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": ["sh"],
-        },
+        "config": config,
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer}")]},
         "history": [{"created_by": "moat tests"}],
     });
@@ -235,28 +248,22 @@ pub fn busybox_image(dir: &Path) -> PathBuf {
     std::fs::write(&cfg_tmp, serde_json::to_vec(&config).unwrap()).unwrap();
     let cfg_name = format!("{}.json", sha256_file(&cfg_tmp));
     std::fs::rename(&cfg_tmp, img.join(&cfg_name)).unwrap();
-    let manifest = json!([{
-        "Config": cfg_name,
-        "RepoTags": [IMAGE],
-        "Layers": ["layer.tar"],
-    }]);
+    let manifest = json!([{"Config": cfg_name, "RepoTags": [tag], "Layers": ["layer.tar"]}]);
     std::fs::write(
         img.join("manifest.json"),
         serde_json::to_vec(&manifest).unwrap(),
     )
     .unwrap();
-    let tarball = dir.join("busybox-image.tar");
     ok(
         Command::new("tar")
             .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
-            .arg(&img)
+            .arg(img)
             .arg("-cf")
-            .arg(&tarball)
+            .arg(tarball)
             .arg("."),
         Duration::from_secs(60),
         "tar the image",
     );
-    tarball
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -271,7 +278,8 @@ pub fn busybox_image(dir: &Path) -> PathBuf {
 pub const RUNC_ROOT: &str = "/run/containerd/runc";
 
 /// A private containerd: its own config, root, state and sockets in a temporary directory, the
-/// CRI plugin disabled, a namespace unique to the test. Stopped (and its leftovers removed) on drop.
+/// CRI plugin disabled unless asked for, a namespace unique to the test. Stopped (and its
+/// leftovers removed) on drop.
 pub struct Containerd {
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -282,11 +290,19 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start(ns: &str) -> Containerd {
-        Self::start_with_path(ns, None)
+        Self::launch(ns, None, None)
     }
 
     /// Start containerd with `dir` first on its PATH (where it looks for shim binaries).
     pub fn start_with_path(ns: &str, shim_dir: Option<&Path>) -> Containerd {
+        Self::launch(ns, shim_dir, None)
+    }
+
+    /// Start containerd with `shim_dir` first on its PATH and, when `cri` is given, the CRI
+    /// plugin enabled with that TOML appended to the config (`{dir}` in it is replaced by the
+    /// containerd's temporary directory). Waits until containerd has booted; a CRI plugin that
+    /// failed to load fails here with containerd's reason.
+    pub fn launch(ns: &str, shim_dir: Option<&Path>, cri: Option<&str>) -> Containerd {
         require_root();
         let dir = tempfile::Builder::new()
             .prefix("moat-containerd-")
@@ -297,7 +313,7 @@ impl Containerd {
             r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+{disabled}
 
 [grpc]
   address = "{sock}"
@@ -307,11 +323,21 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 [debug]
   level = "{level}"
+
+{cri}
 "#,
             root = d.join("root").display(),
             state = d.join("state").display(),
             sock = d.join("containerd.sock").display(),
             level = if debug() { "debug" } else { "info" },
+            disabled = if cri.is_some() {
+                ""
+            } else {
+                r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#
+            },
+            cri = cri
+                .unwrap_or_default()
+                .replace("{dir}", &d.display().to_string()),
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
         let log = std::fs::File::create(d.join("containerd.log")).unwrap();
@@ -350,7 +376,35 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        if cri.is_some() {
+            // containerd serves even when a plugin fails to load: make a broken CRI
+            // configuration fail here, with containerd's reason.
+            while !c.log().contains("successfully booted") {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "containerd did not finish booting in 30 s:\n{}",
+                    c.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let full = std::fs::read_to_string(c.log_path()).unwrap_or_default();
+            if let Some(l) = full
+                .lines()
+                .find(|l| l.contains("failed to load plugin io.containerd.grpc.v1.cri"))
+            {
+                panic!("containerd's CRI plugin did not load: {l}");
+            }
+        }
         c
+    }
+
+    /// containerd's temporary directory (root, state, sockets, log).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("containerd.log")
     }
 
     pub fn sock(&self) -> PathBuf {
@@ -359,8 +413,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// The last lines of containerd's log, for failure messages.
     pub fn log(&self) -> String {
-        let all =
-            std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+        let all = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         let lines: Vec<&str> = all.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
@@ -381,7 +434,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         );
         assert!(
             o.status.success(),
-            "ctr image import failed ({})\nstdout: {}\nstderr: {}\ncontainerd log:\n{}",
+            "ctr -n {} image import failed ({})\nstdout: {}\nstderr: {}\ncontainerd log:\n{}",
+            self.ns,
             o.status,
             text(&o.stdout),
             text(&o.stderr),
