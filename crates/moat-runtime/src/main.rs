@@ -177,16 +177,25 @@ impl CreateArgs {
 }
 
 fn main() -> ExitCode {
+    // CVE-2019-5736: run from a sealed copy of ourselves before touching a container's namespaces.
+    // Decided before parsing the command line, so that the first image does as little as possible
+    // (the re-executed one parses it): any argument spelling a command that enters a container is
+    // enough (`delete run` re-executes needlessly, which is harmless; none is ever missed).
+    let enters = std::env::args_os()
+        .skip(1)
+        .any(|a| a == "create" || a == "run" || a == "exec");
+    let sealed = enters && moat_sys::fd::running_from_sealed_copy();
+    let reexec_failed = (enters && !sealed).then(moat_sys::fd::reexec_from_sealed_copy);
     let cli = Cli::parse();
     let mut log = Logger::new(cli.log.as_deref(), cli.log_format, cli.debug);
-    // CVE-2019-5736: run from a sealed copy of ourselves before touching a container's namespaces.
-    if matches!(cli.cmd, Cmd::Create(_) | Cmd::Run { .. } | Cmd::Exec(_))
-        && !moat_sys::fd::running_from_sealed_copy()
-    {
-        let e = moat_sys::fd::reexec_from_sealed_copy();
+    if let Some(e) = reexec_failed {
         log.error(&format!(
             "re-execute from a sealed copy of the runtime binary: {e}"
         ));
+        return ExitCode::FAILURE;
+    }
+    if matches!(cli.cmd, Cmd::Create(_) | Cmd::Run { .. } | Cmd::Exec(_)) && !sealed {
+        log.error("not running from a sealed copy of the runtime binary");
         return ExitCode::FAILURE;
     }
     log.debug(&format!("{:?}", cli.cmd));
