@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """VM isolation benchmark (Python 3 stdlib only; must run as root).
 
-1. Wall time of `moat-runtime run` of a VM container (bundle annotated io.moat.isolation=vm)
-   running `/bin/true`: image build + QEMU boot + agent + container create/start/exit + power-off
-   + delete.
+1. Wall time of `moat run --rm --isolation vm IMAGE true` (a one-layer busybox image imported
+   into a private moat store: snapshot + spec + image build + QEMU boot + agent + container
+   create/start/exit + power-off + removal), and of `moat-runtime run` of a VM container (bundle
+   annotated io.moat.isolation=vm) running `/bin/true`.
 2. The floor: a bare QEMU boot of the same kernel, same machine and accelerator, same memory and
    command line, with a minimal initramfs whose /init (static busybox) powers off at once.
    Runs of (1) and (2) are interleaved; medians of --runs.
@@ -11,7 +12,7 @@
    VM container has no other host process), beside its guest RAM size (-m).
 
 Writes bench/VM-RESULTS.md. Environment: MOAT_AGENT_BIN (static agent), --runtime (moat-runtime
-binary). Both default to the builds under $CARGO_TARGET_DIR (default /tmp/target-vmrt).
+binary), --moat (moat binary). Both default to the builds under $CARGO_TARGET_DIR (default /tmp/target-vmrt).
 """
 
 import argparse
@@ -140,6 +141,37 @@ def make_bundle(d, runtime, args):
         json.dump(cfg, f)
 
 
+def make_image(d, moat, root):
+    """Import a one-layer busybox image (docker-archive) into the moat store at `root`."""
+    rootfs = os.path.join(d, "rootfs")
+    for sub in ["bin", "proc", "dev", "sys", "tmp", "etc"]:
+        os.makedirs(os.path.join(rootfs, sub), exist_ok=True)
+    shutil.copy(BUSYBOX, os.path.join(rootfs, "bin/busybox"))
+    for tool in ["sh", "true", "sleep"]:
+        os.symlink("busybox", os.path.join(rootfs, "bin", tool))
+    img = os.path.join(d, "img")
+    os.makedirs(img)
+    subprocess.run(["tar", "--numeric-owner", "--owner=0", "--group=0", "-C", rootfs, "-cf",
+                    os.path.join(img, "layer.tar"), "."], check=True)
+    import hashlib
+    with open(os.path.join(img, "layer.tar"), "rb") as f:
+        diff = hashlib.sha256(f.read()).hexdigest()
+    cfg = json.dumps({"architecture": "amd64", "os": "linux",
+                      "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
+                      "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff}"]}}).encode()
+    cfg_name = hashlib.sha256(cfg).hexdigest() + ".json"
+    with open(os.path.join(img, cfg_name), "wb") as f:
+        f.write(cfg)
+    with open(os.path.join(img, "manifest.json"), "w") as f:
+        json.dump([{"Config": cfg_name, "RepoTags": ["bench.local/bb:1"],
+                    "Layers": ["layer.tar"]}], f)
+    tarball = os.path.join(d, "bb.tar")
+    subprocess.run(["tar", "-C", img, "-cf", tarball, "."], check=True)
+    subprocess.run([moat, "--root", root, "image", "import", tarball], check=True,
+                   stdout=subprocess.DEVNULL)
+    return "bench.local/bb:1"
+
+
 def pss_kib(pid):
     with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
@@ -152,15 +184,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--runtime", default=os.path.join(TARGET, "release/moat-runtime"))
+    ap.add_argument("--moat", default=os.path.join(TARGET, "release/moat"))
     ap.add_argument("--out", default=os.path.join(HERE, "VM-RESULTS.md"))
     a = ap.parse_args()
     if os.geteuid() != 0:
         die("must run as root")
     agent = os.environ.get("MOAT_AGENT_BIN",
                            os.path.join(TARGET, "x86_64-unknown-linux-gnu/release/moat-agent"))
-    for p in [a.runtime, agent]:
+    for p in [a.runtime, a.moat, agent]:
         if not os.path.exists(p):
-            die(f"{p} is missing (cargo build --release -p moat-runtime; the static agent: see docs/vm-transport.md)")
+            die(f"{p} is missing (cargo build --release -p moat-runtime -p moat-cli; the static agent: see docs/vm-transport.md)")
     env = dict(os.environ, MOAT_AGENT_BIN=agent)
     release, vmlinuz = kernel()
     acc = accel()
@@ -179,8 +212,18 @@ def main():
         # warm-up: the initramfs cache and the accelerator probe
         subprocess.run([a.runtime, "--root", root, "run", "--bundle", bundle_true, "warm"],
                        env=env, check=True, stdout=subprocess.DEVNULL)
-        runs, floors = [], []
+        store = os.path.join(work, "store")
+        image = make_image(os.path.join(work, "image"), a.moat, store)
+        moat_run = [a.moat, "--root", store, "run", "--rm", "--isolation", "vm", image, "true"]
+        subprocess.run(moat_run, env=env, check=True, stdout=subprocess.DEVNULL)
+        runs, floors, moat_runs = [], [], []
         for i in range(a.runs):
+            t = time.monotonic()
+            r = subprocess.run(moat_run, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+            moat_runs.append(time.monotonic() - t)
+            if r.returncode != 0:
+                die(f"moat run --isolation vm failed: {r.stderr.decode()}")
             t = time.monotonic()
             r = subprocess.run([a.runtime, "--root", root, "run", "--bundle", bundle_true,
                                 f"b{i}"], env=env, stdout=subprocess.DEVNULL,
@@ -236,12 +279,17 @@ def main():
         "",
         "| what | median (ms) | all runs (ms) |",
         "|---|---|---|",
+        f"| `moat run --rm --isolation vm IMAGE true` | {ms(moat_runs)} | "
+        + ", ".join(f"{x * 1000:.0f}" for x in moat_runs) + " |",
         f"| `moat-runtime run` of a VM container running `true` | {ms(runs)} | "
         + ", ".join(f"{x * 1000:.0f}" for x in runs) + " |",
         f"| floor: bare QEMU boot, same kernel, initramfs that powers off at once | {ms(floors)} | "
         + ", ".join(f"{x * 1000:.0f}" for x in floors) + " |",
         "",
-        f"Overhead of moat over the floor: {(statistics.median(runs) - statistics.median(floors)) * 1000:.0f} ms "
+        f"`moat run` / floor: {statistics.median(moat_runs) / statistics.median(floors):.2f}x "
+        "(target: at most 1.25x); "
+        f"`moat-runtime run` / floor: {statistics.median(runs) / statistics.median(floors):.2f}x. "
+        f"Overhead of `moat-runtime run` over the floor: {(statistics.median(runs) - statistics.median(floors)) * 1000:.0f} ms "
         "(rootfs image build, the agent's boot work: modules, tmpfs root, disk; container "
         "create/start in the guest; delete).",
         "",
