@@ -6,6 +6,10 @@
 //! host refuses a guest with another version. Every request carries an id that its
 //! [`GuestMessage::Response`] repeats; output and exit events are unsolicited.
 //!
+//! Version 2 added stdin forwarding (`Stdin`, `CloseStdin`, the `stdin` flags of `Create` and
+//! `Exec`), bind mounts shared over virtiofs (`Create.shared`, [`SHARE_TAG`]) and the resource
+//! requests (`Pause`, `Resume`, `Stats`, `Processes`).
+//!
 //! What it must never do: perform I/O, or panic, allocate without bound or loop on hostile bytes.
 //! Both sides treat the other as untrusted, so [`Decoder`] turns every malformed frame into a
 //! [`DecodeError`] and keeps the stream in sync where the framing allows it.
@@ -18,7 +22,7 @@ pub use frame::{encode, DecodeError, Decoder, EncodeError, HEADER_LEN, MAX_FRAME
 pub use messages::*;
 
 /// The version of this protocol; bumped on any incompatible change of a message.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The `name=` of the virtio-serial port the agent listens on.
 pub const AGENT_PORT_NAME: &str = "io.moat.agent.0";

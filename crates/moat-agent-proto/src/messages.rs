@@ -21,9 +21,16 @@ pub enum Request {
     /// until [`Request::Start`].
     Create {
         container_id: String,
-        /// The bundle's `config.json`, verbatim.
+        /// The bundle's `config.json`, verbatim (its bind mount sources are host paths: the
+        /// agent replaces those listed in `shared` and refuses any other bind mount).
         config_json: String,
         rootfs: RootfsDisk,
+        /// Give the init a stdin pipe fed by [`Request::Stdin`] (else /dev/null).
+        #[serde(default)]
+        stdin: bool,
+        /// The bind mounts served from the host's shared directory ([`SHARE_TAG`]).
+        #[serde(default)]
+        shared: Vec<SharedMount>,
     },
     /// Start the process of a created container.
     Start { container_id: String },
@@ -32,7 +39,31 @@ pub enum Request {
         container_id: String,
         exec_id: String,
         process_json: String,
+        /// Give the process a stdin pipe fed by [`Request::Stdin`] (else /dev/null).
+        #[serde(default)]
+        stdin: bool,
     },
+    /// Bytes for the stdin of the init (`exec_id: None`) or of an exec'd process. Answered once
+    /// the bytes are in the process's pipe, so a host that waits for the answer before sending
+    /// more never makes the agent buffer more than one chunk.
+    Stdin {
+        container_id: String,
+        exec_id: Option<String>,
+        data: Vec<u8>,
+    },
+    /// Close that stdin (after what was sent): the process reads EOF.
+    CloseStdin {
+        container_id: String,
+        exec_id: Option<String>,
+    },
+    /// Freeze every process of the container (its cgroup in the guest).
+    Pause { container_id: String },
+    /// Thaw a paused container.
+    Resume { container_id: String },
+    /// Resource usage of the container's cgroup; answered with [`Reply::Stats`].
+    Stats { container_id: String },
+    /// The container's processes; answered with [`Reply::Processes`].
+    Processes { container_id: String },
     /// Send `signal` to the container's init (or to an exec'd process, or with `all` to every
     /// process of the container).
     Kill {
@@ -55,6 +86,20 @@ pub struct RootfsDisk {
     /// Filesystem type, e.g. `ext4`.
     pub fstype: String,
     /// Mount read-only (the host also attaches the disk read-only).
+    pub readonly: bool,
+}
+
+/// The virtiofs tag of the directory the host shares with the guest (one per VM).
+pub const SHARE_TAG: &str = "moatfs";
+
+/// A bind mount of the container's config whose source the host placed in the shared directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedMount {
+    /// Index of the mount in the config's `mounts` array.
+    pub index: u32,
+    /// Where the source is inside the shared directory: relative, normal components only.
+    pub path: String,
+    /// The host shares it read-only (the guest also mounts it read-only).
     pub readonly: bool,
 }
 
@@ -96,6 +141,28 @@ pub enum Reply {
     Done,
     /// The guest pid of the created container's init or of the exec'd process.
     Pid(i32),
+    Stats(ContainerStats),
+    Processes(Vec<GuestProcess>),
+}
+
+/// Resource usage of a container's cgroup in the guest (0: unknown or unlimited).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    pub cpu_usage_ns: u64,
+    pub memory_usage_bytes: u64,
+    pub memory_max_usage_bytes: u64,
+    pub memory_limit_bytes: u64,
+    pub pids_current: u64,
+    pub pids_limit: u64,
+}
+
+/// One process of a container, as the guest sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestProcess {
+    /// The pid in the guest's initial pid namespace.
+    pub pid: i32,
+    /// Its command line, arguments joined by spaces.
+    pub command: String,
 }
 
 /// Which output stream.
@@ -147,4 +214,6 @@ pub enum ErrorCode {
     /// The container backend refused or failed.
     Container,
     Io,
+    /// The request does not apply now (e.g. a second stdin chunk before the first was taken).
+    Busy,
 }

@@ -26,8 +26,12 @@ pub enum AgentFailure {
     Invalid(String),
     #[error("rootfs: {0}")]
     Rootfs(String),
+    #[error("busy: {0}")]
+    Busy(String),
     #[error(transparent)]
     Container(#[from] moat_container::ContainerError),
+    #[error(transparent)]
+    Cgroup(#[from] moat_cgroups::CgroupError),
 }
 
 impl AgentFailure {
@@ -46,6 +50,8 @@ impl AgentFailure {
             AgentFailure::Exists(_) => ErrorCode::AlreadyExists,
             AgentFailure::Invalid(_) => ErrorCode::InvalidArgument,
             AgentFailure::Rootfs(_) => ErrorCode::Rootfs,
+            AgentFailure::Busy(_) => ErrorCode::Busy,
+            AgentFailure::Cgroup(_) => ErrorCode::Container,
             AgentFailure::Container(moat_container::ContainerError::NotFound(_)) => {
                 ErrorCode::NotFound
             }

@@ -11,6 +11,8 @@ mod boot;
 mod error;
 mod log;
 mod serve;
+mod shared;
+mod stdin;
 mod stdio;
 
 use moat_agent_proto::AGENT_PORT_NAME;

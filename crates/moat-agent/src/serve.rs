@@ -9,6 +9,9 @@
 //! new connection never starts mid-frame. In a `moat.sandbox=single` guest a disconnect is
 //! normal (each runtime command is one connection) and the VM powers off once the container's
 //! init has exited; otherwise the host closing the port ends the sandbox.
+//!
+//! A `Stdin` request is answered once its bytes are in the process's pipe (the pipe is polled
+//! for writing meanwhile), which paces the host without the agent buffering more than a chunk.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -18,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use moat_agent_proto::{
-    encode, DecodeError, Decoder, ExitStatus, GuestMessage, HostMessage, Reply, Request,
-    RootfsDisk, Stream, PROTOCOL_VERSION,
+    encode, AgentError, ContainerStats, DecodeError, Decoder, ErrorCode, ExitStatus, GuestMessage,
+    GuestProcess, HostMessage, Reply, Request, RootfsDisk, SharedMount, Stream, PROTOCOL_VERSION,
 };
 use moat_container::Store;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -28,8 +31,9 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::error::{AgentFailure, Result};
+use crate::stdin::{Pumped, StdinPipe};
 use crate::stdio::{lend, Pipes};
-use crate::{boot, log};
+use crate::{boot, log, shared};
 
 /// A container id and, for an exec'd process, its exec id.
 pub type Key = (String, Option<String>);
@@ -64,6 +68,9 @@ struct Agent {
     bundles: HashMap<String, PathBuf>,
     procs: HashMap<Key, Proc>,
     pipes: Vec<Pipe>,
+    stdins: HashMap<Key, StdinPipe>,
+    /// The host's shared directory is mounted at [`shared::SHARE_MOUNT`].
+    share_mounted: bool,
 }
 
 const BUNDLES: &str = "/run/moat-agent/bundles";
@@ -96,6 +103,8 @@ pub fn serve(port_path: &Path) -> Result<()> {
         bundles: HashMap::new(),
         procs: HashMap::new(),
         pipes: Vec::new(),
+        stdins: HashMap::new(),
+        share_mounted: false,
     };
     agent.run();
     Ok(())
@@ -199,6 +208,7 @@ impl Agent {
             if port_events.contains(PollFlags::POLLOUT) {
                 self.flush();
             }
+            self.pump_stdins();
             self.reap();
             self.report_exits();
             if self.single && self.init_exited {
@@ -235,10 +245,17 @@ impl Agent {
             fds.push(PollFd::new(self.port.as_fd(), ev));
         }
         let first_pipe = fds.len();
-        if self.out.len() < OUT_LIMIT {
+        let n_pipes = if self.out.len() < OUT_LIMIT {
             for p in &self.pipes {
                 fds.push(PollFd::new(p.file.as_fd(), PollFlags::POLLIN));
             }
+            self.pipes.len()
+        } else {
+            0
+        };
+        // Wake up when a full stdin pipe takes bytes again.
+        for s in self.stdins.values().filter(|s| s.has_pending()) {
+            fds.push(PollFd::new(s.file.as_fd(), PollFlags::POLLOUT));
         }
         match poll(&mut fds, PollTimeout::from(TICK_MS)) {
             Ok(_) => {}
@@ -246,7 +263,7 @@ impl Agent {
             Err(e) => return Err(e),
         }
         let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-        let pipes = fds[first_pipe..]
+        let pipes = fds[first_pipe..first_pipe + n_pipes]
             .iter()
             .enumerate()
             .filter(|(_, f)| ready(f))
@@ -284,9 +301,78 @@ impl Agent {
         self.send(&msg);
     }
 
+    /// Write pending stdin bytes; answer the requests whose bytes are all in, drop the pipes the
+    /// host closed or the process no longer reads.
+    fn pump_stdins(&mut self) {
+        let keys: Vec<Key> = self.stdins.keys().cloned().collect();
+        for key in keys {
+            let Some(s) = self.stdins.get_mut(&key) else {
+                continue;
+            };
+            match s.pump() {
+                Ok(Pumped::Pending) => {}
+                Ok(Pumped::Drained(answer)) => {
+                    let done = s.done();
+                    if done {
+                        self.stdins.remove(&key);
+                    }
+                    if let Some(id) = answer {
+                        self.send(&GuestMessage::Response {
+                            id,
+                            result: Ok(Reply::Done),
+                        });
+                    }
+                }
+                Err(e) => {
+                    let waiting = s.take_waiting();
+                    self.stdins.remove(&key);
+                    if let Some(id) = waiting {
+                        self.send(&GuestMessage::Response {
+                            id,
+                            result: Err(AgentError {
+                                code: ErrorCode::Io,
+                                message: format!("stdin of {key:?}: {e}"),
+                            }),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// `Stdin`: queue the bytes; the answer comes from [`Agent::pump_stdins`].
+    fn stdin(&mut self, id: u64, key: Key, data: Vec<u8>) -> Option<Result<Reply>> {
+        let Some(s) = self.stdins.get_mut(&key) else {
+            return Some(Err(AgentFailure::NotFound(format!("stdin of {key:?}"))));
+        };
+        if s.busy() {
+            return Some(Err(AgentFailure::Busy(format!(
+                "stdin of {key:?}: the previous chunk is not written yet"
+            ))));
+        }
+        s.push(id, data);
+        self.pump_stdins();
+        None
+    }
+
     /// Handle one decoded (or undecodable) frame; true when the loop must end.
     fn dispatch(&mut self, m: std::result::Result<HostMessage, DecodeError>) -> bool {
         match m {
+            Ok(HostMessage {
+                id,
+                request:
+                    Request::Stdin {
+                        container_id,
+                        exec_id,
+                        data,
+                    },
+            }) => {
+                if let Some(r) = self.stdin(id, (container_id, exec_id), data) {
+                    let result = r.map_err(|e| e.to_wire());
+                    self.send(&GuestMessage::Response { id, result });
+                }
+                false
+            }
             Ok(m) => {
                 let shutdown = m.request == Request::Shutdown;
                 let result = self.handle(m.request).map_err(|e| {
@@ -348,6 +434,17 @@ impl Agent {
                 if key.1.is_none() {
                     self.init_exited = true;
                 }
+                if let Some(mut s) = self.stdins.remove(&key) {
+                    if let Some(id) = s.take_waiting() {
+                        self.send(&GuestMessage::Response {
+                            id,
+                            result: Err(AgentError {
+                                code: ErrorCode::NotFound,
+                                message: format!("stdin of {key:?}: the process exited"),
+                            }),
+                        });
+                    }
+                }
                 self.send(&GuestMessage::Exited {
                     container_id: key.0,
                     exec_id: key.1,
@@ -364,7 +461,9 @@ impl Agent {
                 container_id,
                 config_json,
                 rootfs,
-            } => self.create(&container_id, &config_json, &rootfs),
+                stdin,
+                shared,
+            } => self.create(&container_id, &config_json, &rootfs, stdin, &shared),
             Request::Start { container_id } => {
                 moat_container::start::start(&self.store, &container_id)?;
                 Ok(Reply::Done)
@@ -373,7 +472,35 @@ impl Agent {
                 container_id,
                 exec_id,
                 process_json,
-            } => self.exec(&container_id, &exec_id, &process_json),
+                stdin,
+            } => self.exec(&container_id, &exec_id, &process_json, stdin),
+            // Answered by `dispatch` (deferred until written).
+            Request::Stdin { .. } => Err(AgentFailure::Invalid("stdin".into())),
+            Request::CloseStdin {
+                container_id,
+                exec_id,
+            } => {
+                let key = (container_id, exec_id);
+                let s = self
+                    .stdins
+                    .get_mut(&key)
+                    .ok_or_else(|| AgentFailure::NotFound(format!("stdin of {key:?}")))?;
+                s.close_when_drained();
+                if s.done() {
+                    self.stdins.remove(&key);
+                }
+                Ok(Reply::Done)
+            }
+            Request::Pause { container_id } => {
+                moat_container::pause::pause(&self.store, &container_id)?;
+                Ok(Reply::Done)
+            }
+            Request::Resume { container_id } => {
+                moat_container::pause::resume(&self.store, &container_id)?;
+                Ok(Reply::Done)
+            }
+            Request::Stats { container_id } => self.stats(&container_id),
+            Request::Processes { container_id } => self.processes(&container_id),
             Request::Kill {
                 container_id,
                 exec_id: Some(exec_id),
@@ -419,7 +546,51 @@ impl Agent {
         }
     }
 
-    fn create(&mut self, id: &str, config_json: &str, disk: &RootfsDisk) -> Result<Reply> {
+    fn cgroup(&self, id: &str) -> Result<moat_cgroups::Cgroup> {
+        self.store
+            .load(id)?
+            .cgroup
+            .ok_or_else(|| AgentFailure::NotFound(format!("the cgroup of container {id}")))
+    }
+
+    fn stats(&self, id: &str) -> Result<Reply> {
+        let s = self.cgroup(id)?.stats()?;
+        Ok(Reply::Stats(ContainerStats {
+            cpu_usage_ns: s.cpu.usage.total,
+            memory_usage_bytes: s.memory.usage.usage,
+            memory_max_usage_bytes: s.memory.usage.max,
+            memory_limit_bytes: s.memory.usage.limit,
+            pids_current: s.pids.current,
+            pids_limit: s.pids.limit,
+        }))
+    }
+
+    fn processes(&self, id: &str) -> Result<Reply> {
+        let pids = self.cgroup(id)?.pids()?;
+        let procs = pids
+            .into_iter()
+            .map(|pid| {
+                let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let command = raw
+                    .split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                GuestProcess { pid, command }
+            })
+            .collect();
+        Ok(Reply::Processes(procs))
+    }
+
+    fn create(
+        &mut self,
+        id: &str,
+        config_json: &str,
+        disk: &RootfsDisk,
+        stdin: bool,
+        shared: &[SharedMount],
+    ) -> Result<Reply> {
         moat_container::state::validate_id(id)?;
         if self.bundles.contains_key(id) {
             return Err(AgentFailure::Exists(format!("container {id}")));
@@ -437,6 +608,11 @@ impl Agent {
             ));
         };
         root.insert("path".into(), "rootfs".into());
+        shared::rewrite(&mut config, shared)?;
+        if !shared.is_empty() && !self.share_mounted {
+            shared::mount_share()?;
+            self.share_mounted = true;
+        }
         if !["ext4", "ext2", "xfs", "erofs", "squashfs"].contains(&disk.fstype.as_str()) {
             return Err(AgentFailure::Invalid(format!("fstype {:?}", disk.fstype)));
         }
@@ -444,7 +620,7 @@ impl Agent {
         let rootfs = bundle.join("rootfs");
         std::fs::create_dir_all(&rootfs).map_err(|e| AgentFailure::io("create", &rootfs, e))?;
         self.bundles.insert(id.to_string(), bundle.clone());
-        let r = self.create_in(id, &bundle, &rootfs, &config, disk);
+        let r = self.create_in(id, &bundle, &rootfs, &config, disk, stdin);
         if r.is_err() {
             self.release_bundle(id);
         }
@@ -458,6 +634,7 @@ impl Agent {
         rootfs: &Path,
         config: &serde_json::Value,
         disk: &RootfsDisk,
+        stdin: bool,
     ) -> Result<Reply> {
         let dev = boot::find_disk(&disk.serial, Duration::from_secs(5))?;
         let flags = if disk.readonly {
@@ -481,7 +658,7 @@ impl Agent {
         })?;
         let cfg = bundle.join("config.json");
         std::fs::write(&cfg, config.to_string()).map_err(|e| AgentFailure::io("write", &cfg, e))?;
-        let pipes = Pipes::new()?;
+        let pipes = Pipes::new(stdin)?;
         let created = {
             let _lent = lend(&pipes)?;
             let opts = moat_container::CreateOptions {
@@ -493,18 +670,18 @@ impl Agent {
             self.register((id.to_string(), None), created.pid);
             created
         };
-        self.watch(pipes, (id.to_string(), None));
+        self.watch(pipes, (id.to_string(), None))?;
         Ok(Reply::Pid(created.pid))
     }
 
-    fn exec(&mut self, id: &str, exec_id: &str, process_json: &str) -> Result<Reply> {
+    fn exec(&mut self, id: &str, exec_id: &str, process_json: &str, stdin: bool) -> Result<Reply> {
         let key = (id.to_string(), Some(exec_id.to_string()));
         if self.procs.contains_key(&key) {
             return Err(AgentFailure::Exists(format!("exec {exec_id} in {id}")));
         }
         let process: oci_spec::runtime::Process = serde_json::from_str(process_json)
             .map_err(|e| AgentFailure::Invalid(format!("process: {e}")))?;
-        let pipes = Pipes::new()?;
+        let pipes = Pipes::new(stdin)?;
         let pid = {
             let _lent = lend(&pipes)?;
             let opts = moat_container::exec::ExecOptions {
@@ -515,18 +692,23 @@ impl Agent {
             self.register(key.clone(), pid);
             pid
         };
-        self.watch(pipes, key);
+        self.watch(pipes, key)?;
         Ok(Reply::Pid(pid))
     }
 
-    fn watch(&mut self, pipes: Pipes, key: Key) {
-        for (file, stream) in pipes.into_readers() {
+    fn watch(&mut self, pipes: Pipes, key: Key) -> Result<()> {
+        let (readers, stdin) = pipes.into_ends()?;
+        for (file, stream) in readers {
             self.pipes.push(Pipe {
                 file,
                 key: key.clone(),
                 stream,
             });
         }
+        if let Some(w) = stdin {
+            self.stdins.insert(key, StdinPipe::new(w));
+        }
+        Ok(())
     }
 
     fn register(&mut self, key: Key, pid: i32) {

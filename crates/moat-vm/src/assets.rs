@@ -19,8 +19,8 @@ use crate::error::{Result, VmError};
 /// The Debian package whose dependency names the current cloud kernel.
 pub const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
 /// Modules the agent loads, in this order after their dependencies (virtio-mmio transport, the
-/// root filesystem disk, the agent's serial port).
-pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "virtio_console"];
+/// root filesystem disk, the agent's serial port, the host's shared directory for bind mounts).
+pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "virtio_console", "virtiofs"];
 
 /// The cache directory: `$MOAT_VM_DIR`, or /var/lib/moat/vm.
 pub fn cache_dir() -> PathBuf {

@@ -8,8 +8,8 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use moat_agent_proto::{
-    encode, Decoder, ExitStatus, GuestMessage, HostMessage, Reply, Request, RootfsDisk, Stream,
-    PROTOCOL_VERSION,
+    encode, ContainerStats, Decoder, ExitStatus, GuestMessage, GuestProcess, HostMessage, Reply,
+    Request, RootfsDisk, SharedMount, Stream, PROTOCOL_VERSION,
 };
 
 use crate::error::{Result, VmError};
@@ -147,17 +147,30 @@ impl AgentClient {
             .map_err(|_| VmError::Disconnected)
     }
 
+    /// Send `request` without waiting: its response arrives later as a
+    /// [`GuestMessage::Response`] with the returned id (from [`AgentClient::next_event`]).
+    pub fn send(&mut self, request: Request) -> Result<u64> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = encode(&HostMessage { id, request })?;
+        self.send_frame_bytes(&frame)?;
+        Ok(id)
+    }
+
     /// Send `request` and wait for its response. Other messages (output, exits, responses to
     /// frames the agent could not decode, with id 0) are queued.
     pub fn request(&mut self, request: Request) -> Result<Reply> {
-        let id = self.next_id;
-        self.next_id += 1;
         let what = request_name(&request);
-        let frame = encode(&HostMessage { id, request })?;
-        self.send_frame_bytes(&frame)?;
+        let id = self.send(request)?;
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
-            match self.read_message(deadline)? {
+            let m = self.read_message(deadline).map_err(|e| match e {
+                VmError::AgentTimeout { .. } => VmError::AgentTimeout {
+                    secs: REQUEST_TIMEOUT.as_secs(),
+                },
+                e => e,
+            })?;
+            match m {
                 GuestMessage::Response { id: rid, result } if rid == id => {
                     return result.map_err(|source| VmError::Agent {
                         request: what,
@@ -173,12 +186,27 @@ impl AgentClient {
         expect_done(self.request(Request::Ping)?, "ping", Reply::Pong)
     }
 
-    /// Create a container; returns its init's guest pid.
+    /// Create a container (its init's stdin is /dev/null); returns its init's guest pid.
     pub fn create(&mut self, id: &str, config_json: &str, rootfs: RootfsDisk) -> Result<i32> {
+        self.create_with(id, config_json, rootfs, false, vec![])
+    }
+
+    /// Create a container whose init has a stdin pipe (`stdin`, fed with
+    /// [`Request::Stdin`]) and whose bind mounts `shared` come from the VM's shared directory.
+    pub fn create_with(
+        &mut self,
+        id: &str,
+        config_json: &str,
+        rootfs: RootfsDisk,
+        stdin: bool,
+        shared: Vec<SharedMount>,
+    ) -> Result<i32> {
         let r = self.request(Request::Create {
             container_id: id.into(),
             config_json: config_json.into(),
             rootfs,
+            stdin,
+            shared,
         })?;
         pid_of(r, "create")
     }
@@ -190,14 +218,62 @@ impl AgentClient {
         expect_done(r, "start", Reply::Done)
     }
 
-    /// Run `process_json` (an OCI process) in container `id`; returns its guest pid.
-    pub fn exec(&mut self, id: &str, exec_id: &str, process_json: &str) -> Result<i32> {
+    /// Run `process_json` (an OCI process) in container `id`; returns its guest pid. With
+    /// `stdin`, the process reads what [`Request::Stdin`] sends (else /dev/null).
+    pub fn exec(
+        &mut self,
+        id: &str,
+        exec_id: &str,
+        process_json: &str,
+        stdin: bool,
+    ) -> Result<i32> {
         let r = self.request(Request::Exec {
             container_id: id.into(),
             exec_id: exec_id.into(),
             process_json: process_json.into(),
+            stdin,
         })?;
         pid_of(r, "exec")
+    }
+
+    pub fn pause(&mut self, id: &str) -> Result<()> {
+        let r = self.request(Request::Pause {
+            container_id: id.into(),
+        })?;
+        expect_done(r, "pause", Reply::Done)
+    }
+
+    pub fn resume(&mut self, id: &str) -> Result<()> {
+        let r = self.request(Request::Resume {
+            container_id: id.into(),
+        })?;
+        expect_done(r, "resume", Reply::Done)
+    }
+
+    /// Resource usage of container `id` in the guest.
+    pub fn stats(&mut self, id: &str) -> Result<ContainerStats> {
+        match self.request(Request::Stats {
+            container_id: id.into(),
+        })? {
+            Reply::Stats(s) => Ok(s),
+            other => Err(VmError::UnexpectedReply {
+                request: "stats".into(),
+                reply: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// The processes of container `id` (guest pids).
+    pub fn processes(&mut self, id: &str) -> Result<Vec<GuestProcess>> {
+        match self.request(Request::Processes {
+            container_id: id.into(),
+        })? {
+            Reply::Processes(p) => Ok(p),
+            other => Err(VmError::UnexpectedReply {
+                request: "processes".into(),
+                reply: format!("{other:?}"),
+            }),
+        }
     }
 
     pub fn kill(&mut self, id: &str, exec_id: Option<&str>, signal: i32, all: bool) -> Result<()> {
@@ -290,6 +366,12 @@ fn request_name(r: &Request) -> String {
             ..
         } => format!("exec {exec_id} in {container_id}"),
         Request::Kill { container_id, .. } => format!("kill {container_id}"),
+        Request::Stdin { container_id, .. } => format!("stdin of {container_id}"),
+        Request::CloseStdin { container_id, .. } => format!("close stdin of {container_id}"),
+        Request::Pause { container_id } => format!("pause {container_id}"),
+        Request::Resume { container_id } => format!("resume {container_id}"),
+        Request::Stats { container_id } => format!("stats of {container_id}"),
+        Request::Processes { container_id } => format!("processes of {container_id}"),
         Request::Delete { container_id, .. } => format!("delete {container_id}"),
         Request::Shutdown => "shutdown".into(),
     }

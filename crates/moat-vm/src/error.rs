@@ -57,6 +57,13 @@ pub enum VmError {
         #[source]
         source: AgentError,
     },
+    #[error("{what}: {errno}")]
+    Mount {
+        what: String,
+        errno: nix::errno::Errno,
+    },
+    #[error("virtiofsd for the shared directory failed ({reason}): {stderr}")]
+    Virtiofsd { reason: String, stderr: String },
     #[error("unexpected reply to {request}: {reply}")]
     UnexpectedReply { request: String, reply: String },
 }

@@ -2,7 +2,8 @@
 //! kernel; inside, `moat-agent` (PID 1) runs it with the namespaces backend. This crate owns the
 //! host side: the [`Hypervisor`] interface and its QEMU `microvm` backend ([`qemu`]), the
 //! accelerator choice ([`accel`]), the guest assets (kernel, initramfs, root filesystem disk:
-//! [`assets`]) and the client of the agent protocol ([`client`]).
+//! [`assets`]), the directory shared with the guest for bind mounts ([`virtiofs`]) and the client
+//! of the agent protocol ([`client`]).
 //!
 //! What it must never do: trust the guest (every byte from the agent is decoded as hostile), leave
 //! a QEMU process or a run directory behind, or write a container's disk that was attached
@@ -15,6 +16,7 @@ pub mod client;
 pub mod cpio;
 pub mod error;
 pub mod qemu;
+pub mod virtiofs;
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -22,6 +24,7 @@ use std::time::Duration;
 
 pub use client::{AgentClient, ProcessOutput};
 pub use error::{Result, VmError};
+pub use virtiofs::{SharedBind, SharedDir};
 
 /// A disk attached to the guest as virtio-blk; the agent finds it by `serial`.
 #[derive(Debug, Clone)]
@@ -41,6 +44,9 @@ pub struct VmConfig {
     pub memory_mib: u32,
     pub vcpus: u32,
     pub disks: Vec<Disk>,
+    /// A directory shared with the guest over virtiofs (tag [`moat_agent_proto::SHARE_TAG`]),
+    /// served by one virtiofsd; guest RAM is then a shared memfd.
+    pub shared: Option<SharedDir>,
     /// Parent of the VM's private run directory.
     pub run_parent: PathBuf,
     /// How long to wait for the agent's `Ready` after QEMU started.
@@ -64,6 +70,7 @@ impl VmConfig {
             memory_mib: 256,
             vcpus: 1,
             disks: vec![],
+            shared: None,
             run_parent: std::env::temp_dir(),
             agent_timeout: Duration::from_secs(60),
         }

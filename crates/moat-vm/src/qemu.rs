@@ -53,7 +53,16 @@ impl Qemu {
     /// The command line for `cfg` with its run directory `run`.
     pub fn command(&self, cfg: &VmConfig, run: &Path) -> Command {
         let mut c = Command::new(&self.binary);
-        c.args(["-M", "microvm,x-option-roms=off,rtc=off,acpi=on"])
+        let mut machine = String::from("microvm,x-option-roms=off,rtc=off,acpi=on");
+        if cfg.shared.is_some() {
+            // vhost-user devices need guest RAM the backend can map.
+            machine.push_str(",memory-backend=mem");
+            c.arg("-object").arg(format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                cfg.memory_mib
+            ));
+        }
+        c.args(["-M", &machine])
             .args(["-accel", self.accel.as_str()]);
         if self.accel == Accel::Kvm {
             c.args(["-cpu", "host"]);
@@ -92,6 +101,18 @@ impl Qemu {
         .arg(format!(
             "virtserialport,chardev=agent,name={AGENT_PORT_NAME}"
         ));
+        if cfg.shared.is_some() {
+            // libvhost-user (virtiofsd) refuses legacy virtio, microvm's default for virtio-mmio.
+            c.args(["-global", "virtio-mmio.force-legacy=false"]);
+            c.arg("-chardev").arg(format!(
+                "socket,id=fs0,path={}",
+                run.join(crate::virtiofs::SOCKET).display()
+            ));
+            c.arg("-device").arg(format!(
+                "vhost-user-fs-device,chardev=fs0,tag={}",
+                moat_agent_proto::SHARE_TAG
+            ));
+        }
         for (i, d) in cfg.disks.iter().enumerate() {
             c.arg("-drive").arg(format!(
                 "id=disk{i},file={},format=raw,if=none,readonly={}",
@@ -131,6 +152,16 @@ impl Hypervisor for Qemu {
                 .create(&run)
                 .map_err(VmError::io("create run dir", &run))?;
         }
+        let virtiofsd = match &cfg.shared {
+            Some(dir) => match crate::virtiofs::spawn(&run, dir) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&run);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let stderr_path = run.join("qemu.stderr");
         let spawned = std::fs::File::create(&stderr_path)
             .map_err(VmError::io("create", &stderr_path))
@@ -146,13 +177,18 @@ impl Hypervisor for Qemu {
         let child = match spawned {
             Ok(c) => c,
             Err(e) => {
+                if let Some(mut v) = virtiofsd {
+                    let _ = v.kill();
+                    let _ = v.wait();
+                }
                 let _ = std::fs::remove_dir_all(&run);
                 return Err(e);
             }
         };
-        // From here on, dropping `vm` kills QEMU and removes the run dir.
+        // From here on, dropping `vm` kills QEMU and virtiofsd and removes the run dir.
         let mut vm = QemuVm {
             child,
+            virtiofsd,
             run,
             status: None,
             agent: None,
@@ -175,6 +211,8 @@ impl Hypervisor for Qemu {
 /// A running (or ended) QEMU VM.
 pub struct QemuVm {
     child: Child,
+    /// The server of the shared directory, when the VM has one.
+    virtiofsd: Option<Child>,
     run: PathBuf,
     status: Option<ExitStatus>,
     agent: Option<AgentClient>,
@@ -186,6 +224,8 @@ pub struct QemuVm {
 #[derive(Debug, Clone)]
 pub struct DetachedVm {
     pub pid: u32,
+    /// The virtiofsd serving the shared directory (it exits when QEMU does).
+    pub virtiofsd_pid: Option<u32>,
     pub run_dir: PathBuf,
     pub agent_socket: PathBuf,
 }
@@ -205,6 +245,7 @@ impl QemuVm {
         self.agent = None;
         DetachedVm {
             pid: self.child.id(),
+            virtiofsd_pid: self.virtiofsd.as_ref().map(Child::id),
             agent_socket: self.run.join("agent.sock"),
             run_dir: self.run.clone(),
         }
@@ -254,6 +295,11 @@ impl QemuVm {
 
     fn cleanup(&mut self) {
         self.agent = None;
+        if let Some(mut v) = self.virtiofsd.take() {
+            // It ends by itself once QEMU has gone; do not wait for that.
+            let _ = v.kill();
+            let _ = v.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.run);
     }
 

@@ -229,7 +229,7 @@ fn container_in_vm_sees_guest_kernel_and_processes_only() {
     agent.start("c2").unwrap();
     let proc_json =
         r#"{"args":["uname","-r"],"cwd":"/","env":["PATH=/bin"],"user":{"uid":0,"gid":0}}"#;
-    agent.exec("c2", "e1", proc_json).unwrap();
+    agent.exec("c2", "e1", proc_json, false).unwrap();
     let e = agent
         .wait_exit("c2", Some("e1"), Duration::from_secs(30))
         .unwrap();

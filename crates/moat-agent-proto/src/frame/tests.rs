@@ -20,6 +20,35 @@ fn sample_host() -> Vec<HostMessage> {
                     fstype: "ext4".into(),
                     readonly: true,
                 },
+                stdin: true,
+                shared: vec![SharedMount {
+                    index: 3,
+                    path: "c1/3".into(),
+                    readonly: true,
+                }],
+            },
+        },
+        HostMessage {
+            id: 5,
+            request: Request::Stdin {
+                container_id: "c1".into(),
+                exec_id: None,
+                data: b"hello\n".to_vec(),
+            },
+        },
+        HostMessage {
+            id: 6,
+            request: Request::Exec {
+                container_id: "c1".into(),
+                exec_id: "e1".into(),
+                process_json: r#"{"args":["cat"],"cwd":"/"}"#.into(),
+                stdin: true,
+            },
+        },
+        HostMessage {
+            id: 7,
+            request: Request::Stats {
+                container_id: "c1".into(),
             },
         },
         HostMessage {
@@ -61,6 +90,21 @@ fn sample_guest() -> Vec<GuestMessage> {
             container_id: "c1".into(),
             exec_id: None,
             status: ExitStatus::Signal(9),
+        },
+        GuestMessage::Response {
+            id: 7,
+            result: Ok(Reply::Stats(ContainerStats {
+                memory_usage_bytes: 1 << 20,
+                pids_current: 2,
+                ..Default::default()
+            })),
+        },
+        GuestMessage::Response {
+            id: 8,
+            result: Ok(Reply::Processes(vec![GuestProcess {
+                pid: 7,
+                command: "sleep 600".into(),
+            }])),
         },
     ]
 }

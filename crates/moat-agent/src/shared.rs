@@ -1,0 +1,132 @@
+//! Bind mounts served from the host: the host shares one directory per VM over virtiofs (tag
+//! [`SHARE_TAG`]), holding the source of every bind mount of its containers. The agent mounts it
+//! once and points each listed bind mount of a container's config at its place in the share.
+//!
+//! What it must never do: let a config bind-mount a guest path the host did not share (a bind
+//! mount not listed by the host is refused), or resolve a share path outside the share.
+
+use std::path::{Component, Path};
+
+use moat_agent_proto::{SharedMount, SHARE_TAG};
+use nix::mount::{mount, MsFlags};
+use serde_json::Value;
+
+use crate::error::{AgentFailure, Result};
+
+/// Where the agent mounts the shared directory.
+pub const SHARE_MOUNT: &str = "/run/moat-agent/shared";
+
+/// Mount the host's shared directory at [`SHARE_MOUNT`].
+pub fn mount_share() -> Result<()> {
+    std::fs::create_dir_all(SHARE_MOUNT).map_err(|e| AgentFailure::io("create", SHARE_MOUNT, e))?;
+    mount(
+        Some(SHARE_TAG),
+        SHARE_MOUNT,
+        Some("virtiofs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(|errno| AgentFailure::Sys {
+        what: format!("mount virtiofs {SHARE_TAG} at {SHARE_MOUNT}"),
+        errno,
+    })
+}
+
+fn is_bind(m: &Value) -> bool {
+    m.get("type").and_then(Value::as_str) == Some("bind")
+        || m.get("options")
+            .and_then(Value::as_array)
+            .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+}
+
+/// Point the config's listed bind mounts at the share; refuse any other bind mount.
+pub fn rewrite(config: &mut Value, shared: &[SharedMount]) -> Result<()> {
+    let empty = Vec::new();
+    let mut mounts = match config.get_mut("mounts") {
+        Some(Value::Array(m)) => std::mem::take(m),
+        Some(Value::Null) | None => empty,
+        Some(_) => {
+            return Err(AgentFailure::Invalid(
+                "config.json: mounts is not an array".into(),
+            ))
+        }
+    };
+    let mut listed = vec![false; mounts.len()];
+    for s in shared {
+        let i = s.index as usize;
+        let m = mounts
+            .get_mut(i)
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| AgentFailure::Invalid(format!("shared mount index {i}")))?;
+        let rel = Path::new(&s.path);
+        if rel.components().count() == 0
+            || !rel.components().all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Err(AgentFailure::Invalid(format!(
+                "shared mount path {:?}",
+                s.path
+            )));
+        }
+        let src = Path::new(SHARE_MOUNT).join(rel);
+        m.insert("source".into(), src.to_string_lossy().into_owned().into());
+        if s.readonly {
+            let opts = m.entry("options").or_insert_with(|| Value::Array(vec![]));
+            if let Some(o) = opts.as_array_mut() {
+                o.retain(|x| x != "rw");
+                if !o.iter().any(|x| x == "ro") {
+                    o.push("ro".into());
+                }
+            }
+        }
+        listed[i] = true;
+    }
+    for (m, ok) in mounts.iter().zip(&listed) {
+        if is_bind(m) && !ok {
+            let src = m.get("source").and_then(Value::as_str).unwrap_or("?");
+            return Err(AgentFailure::Invalid(format!(
+                "bind mount of {src}: the host did not share it with the VM"
+            )));
+        }
+    }
+    if let Some(obj) = config.as_object_mut() {
+        obj.insert("mounts".into(), Value::Array(mounts));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn listed_binds_point_into_the_share_and_others_are_refused() {
+        let mut c = json!({"mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/data", "type": "bind", "source": "/host/data", "options": ["rbind", "rw"]},
+        ]});
+        let shared = [SharedMount {
+            index: 1,
+            path: "c1/1".into(),
+            readonly: true,
+        }];
+        rewrite(&mut c, &shared).unwrap();
+        assert_eq!(c["mounts"][1]["source"], "/run/moat-agent/shared/c1/1");
+        assert_eq!(c["mounts"][1]["options"], json!(["rbind", "ro"]));
+        let mut c2 =
+            json!({"mounts": [{"destination": "/x", "source": "/etc", "options": ["bind"]}]});
+        assert!(rewrite(&mut c2, &[]).is_err());
+        let bad = [SharedMount {
+            index: 0,
+            path: "../../etc".into(),
+            readonly: false,
+        }];
+        assert!(rewrite(&mut c2, &bad).is_err());
+        let out_of_range = [SharedMount {
+            index: 9,
+            path: "a".into(),
+            readonly: false,
+        }];
+        assert!(rewrite(&mut json!({"mounts": []}), &out_of_range).is_err());
+    }
+}

@@ -1,0 +1,300 @@
+//! The directory a VM shares with its guest over virtiofs, for the containers' bind mounts.
+//!
+//! One `virtiofsd` (QEMU's, `/usr/lib/qemu/virtiofsd` or `$MOAT_VIRTIOFSD`) per VM serves
+//! `<run dir>/shared`. That directory stays empty on the host: the binds are made in a *private
+//! mount namespace* that a dedicated thread creates (`unshare(CLONE_NEWNS)` is per thread), made
+//! a slave of the host's (`MS_REC | MS_SLAVE`) so nothing propagates back. In it the thread
+//! mounts a small tmpfs on `shared`, creates one mount point per bind (`<container>/<n>`),
+//! bind-mounts each source there — read-only ones remounted `MS_RDONLY`, every submount of a
+//! recursive one too — remounts the tmpfs read-only and spawns virtiofsd, which inherits the
+//! namespace. virtiofsd then makes its own namespaces and pivots into `shared` (its rbind keeps
+//! the read-only flags), so the guest reaches exactly the bound sources, and a read-only one
+//! stays read-only whatever the guest kernel does. When virtiofsd is gone no process holds the
+//! namespace and its mounts vanish: nothing to unmount on the host, ever.
+//!
+//! Adding binds to a running VM (one VM per pod) fits the same shape: enter virtiofsd's mount
+//! namespace (`setns` on `/proc/<pid>/ns/mnt` from a thread) and attach a tree cloned in the
+//! host namespace (`open_tree(OPEN_TREE_CLONE)` + `move_mount`) under `shared`.
+//!
+//! What it must never do: mount anything in the host's mount namespace, or share a path the
+//! caller did not ask for.
+
+use std::path::{Component, Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, MsFlags};
+
+use crate::error::{Result, VmError};
+
+/// The directory of the run dir that virtiofsd serves, and its socket.
+pub const SHARED_DIR: &str = "shared";
+pub const SOCKET: &str = "fs.sock";
+
+/// One host path made visible in the shared directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedBind {
+    /// Absolute host path of a directory or regular file (symlinks are followed).
+    pub source: PathBuf,
+    /// Where it appears in the shared directory: relative, normal components only.
+    pub target: PathBuf,
+    pub readonly: bool,
+    /// `rbind`: the mounts below `source` come along.
+    pub recursive: bool,
+}
+
+/// What a VM shares with its guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SharedDir {
+    pub binds: Vec<SharedBind>,
+}
+
+/// The virtiofsd binary.
+pub fn virtiofsd_binary() -> PathBuf {
+    std::env::var_os("MOAT_VIRTIOFSD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/qemu/virtiofsd"))
+}
+
+impl SharedDir {
+    /// Check every bind before anything is created: relative normal targets, no duplicates,
+    /// sources that exist and are directories or regular files.
+    pub fn validate(&self) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for b in &self.binds {
+            let normal = b.target.components().count() > 0
+                && b.target
+                    .components()
+                    .all(|c| matches!(c, Component::Normal(_)));
+            if !normal || !seen.insert(&b.target) {
+                return Err(VmError::Config(format!(
+                    "shared target {}",
+                    b.target.display()
+                )));
+            }
+            if !b.source.is_absolute() {
+                return Err(VmError::Config(format!(
+                    "bind source {} is not absolute",
+                    b.source.display()
+                )));
+            }
+            let md = std::fs::metadata(&b.source).map_err(VmError::io("bind source", &b.source))?;
+            if !md.is_dir() && !md.is_file() {
+                return Err(VmError::Config(format!(
+                    "bind source {} is neither a directory nor a regular file",
+                    b.source.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Start virtiofsd serving `<run>/shared` filled with `dir`'s binds, and wait for its socket
+/// (`<run>/fs.sock`). Its stderr goes to `<run>/virtiofsd.stderr`.
+pub fn spawn(run: &Path, dir: &SharedDir) -> Result<Child> {
+    dir.validate()?;
+    let shared = run.join(SHARED_DIR);
+    std::fs::create_dir_all(&shared).map_err(VmError::io("create", &shared))?;
+    let socket = run.join(SOCKET);
+    let stderr_path = run.join("virtiofsd.stderr");
+    let stderr =
+        std::fs::File::create(&stderr_path).map_err(VmError::io("create", &stderr_path))?;
+    let bin = virtiofsd_binary();
+    let mut cmd = Command::new(&bin);
+    cmd.arg(format!("--socket-path={}", socket.display()))
+        .arg("-o")
+        .arg(format!("source={}", shared.display()))
+        .args([
+            "-o",
+            "sandbox=namespace",
+            "-o",
+            "cache=auto",
+            "-o",
+            "no_xattr",
+        ])
+        .args(["-o", "announce_submounts", "-o", "log_level=warn"])
+        // The host lacks CAP_SYS_RESOURCE: leave RLIMIT_NOFILE as it is.
+        .arg("--rlimit-nofile=0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    {
+        use std::os::unix::process::CommandExt;
+        // Its own process group, like QEMU: it outlives a detaching `create`.
+        cmd.process_group(0);
+    }
+    let mut child = std::thread::scope(|s| {
+        s.spawn(|| -> Result<Child> {
+            prepare_namespace(&shared, &dir.binds)?;
+            cmd.spawn().map_err(|source| VmError::Spawn {
+                program: bin.display().to_string(),
+                source,
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err(VmError::Config("the namespace thread panicked".into())))
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        let failed = match child.try_wait() {
+            Ok(Some(st)) => Some(format!("exited: {st}")),
+            Ok(None) if Instant::now() > deadline => Some("no socket within 10 s".into()),
+            Ok(None) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(reason) = failed {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            return Err(VmError::Virtiofsd {
+                reason,
+                stderr: log.trim().to_string(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(child)
+}
+
+fn sys(what: String) -> impl FnOnce(nix::errno::Errno) -> VmError {
+    move |errno| VmError::Mount { what, errno }
+}
+
+/// In the calling thread: a private mount namespace (slave of the host's) with a read-only
+/// tmpfs on `shared` holding the binds.
+fn prepare_namespace(shared: &Path, binds: &[SharedBind]) -> Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(sys("unshare the mount namespace".into()))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(sys("make / a slave mount".into()))?;
+    let fixed = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("tmpfs"),
+        shared,
+        Some("tmpfs"),
+        fixed,
+        Some("size=1m,nr_inodes=4096,mode=0755"),
+    )
+    .map_err(sys(format!("mount tmpfs at {}", shared.display())))?;
+    for b in binds {
+        let target = shared.join(&b.target);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(VmError::io("create", parent))?;
+        }
+        if b.source.is_dir() {
+            std::fs::create_dir(&target).map_err(VmError::io("create", &target))?;
+        } else {
+            std::fs::File::create(&target).map_err(VmError::io("create", &target))?;
+        }
+        let mut flags = MsFlags::MS_BIND;
+        if b.recursive {
+            flags |= MsFlags::MS_REC;
+        }
+        mount(Some(&b.source), &target, None::<&str>, flags, None::<&str>).map_err(sys(
+            format!("bind {} at {}", b.source.display(), target.display()),
+        ))?;
+        if b.readonly {
+            for m in mounts_under(&target)? {
+                remount_readonly(&m)?;
+            }
+        }
+    }
+    remount_readonly(shared)
+}
+
+/// `MS_RDONLY` on the mount at `path`, keeping its other per-mount flags.
+fn remount_readonly(path: &Path) -> Result<()> {
+    let st =
+        nix::sys::statvfs::statvfs(path).map_err(sys(format!("statvfs {}", path.display())))?;
+    let f = st.flags();
+    use nix::sys::statvfs::FsFlags;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    for (have, want) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(have) {
+            flags |= want;
+        }
+    }
+    mount(None::<&str>, path, None::<&str>, flags, None::<&str>)
+        .map_err(sys(format!("remount {} read-only", path.display())))
+}
+
+/// The mount points at or below `top` in this thread's mount namespace, `top` first.
+fn mounts_under(top: &Path) -> Result<Vec<PathBuf>> {
+    let info = Path::new("/proc/thread-self/mountinfo");
+    let text = std::fs::read_to_string(info).map_err(VmError::io("read", info))?;
+    let mut out: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .filter(|p| p.starts_with(top))
+        .collect();
+    out.sort_by_key(|p| p.components().count());
+    out.dedup();
+    Ok(out)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> PathBuf {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo(r"/a\040b\134c"), Path::new("/a b\\c"));
+        assert_eq!(unescape_mountinfo(r"/x\04"), Path::new(r"/x\04"));
+    }
+
+    #[test]
+    fn validate_refuses_escaping_targets_and_missing_sources() {
+        let b = |t: &str, s: &str| SharedDir {
+            binds: vec![SharedBind {
+                source: s.into(),
+                target: t.into(),
+                readonly: false,
+                recursive: false,
+            }],
+        };
+        assert!(b("c/0", "/").validate().is_ok());
+        assert!(b("../x", "/").validate().is_err());
+        assert!(b("/abs", "/").validate().is_err());
+        assert!(b("", "/").validate().is_err());
+        assert!(b("c/0", "relative").validate().is_err());
+        assert!(b("c/0", "/nonexistent-moat-source").validate().is_err());
+        assert!(b("c/0", "/dev/null").validate().is_err());
+    }
+}
