@@ -1,5 +1,6 @@
 //! `moat-runtime exec`: runc's flags turned into an OCI process, based on the container's own
-//! process (so it inherits capabilities, rlimits and no_new_privs unless told otherwise).
+//! process (so it inherits capabilities, rlimits and no_new_privs unless told otherwise), run by
+//! the namespaces backend or, for a VM container, by its guest agent ([`exec_vm`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,7 +61,7 @@ pub struct ExecArgs {
     pub args: Vec<String>,
 }
 
-fn build_process(store: &Store, a: &ExecArgs) -> Result<Process> {
+fn build_process(a: &ExecArgs, base: impl FnOnce() -> Result<Process>) -> Result<Process> {
     if let Some(p) = &a.process {
         let data = std::fs::read(p).with_context(|| format!("read process {}", p.display()))?;
         let de = &mut serde_json::Deserializer::from_slice(&data);
@@ -71,7 +72,7 @@ fn build_process(store: &Store, a: &ExecArgs) -> Result<Process> {
     if a.args.is_empty() {
         bail!("exec: give the command to run after the container id, or --process FILE");
     }
-    let mut p = moat_container::exec::base_process(store, &a.id)?;
+    let mut p = base()?;
     p.set_args(Some(a.args.clone()));
     p.set_terminal(Some(a.tty));
     p.set_console_size(None);
@@ -131,8 +132,39 @@ fn build_process(store: &Store, a: &ExecArgs) -> Result<Process> {
     Ok(p)
 }
 
+/// `exec` in a VM container: the same process, run in the guest; the options that need a host
+/// process (a pty, passed fds, a pid file) are refused.
+pub fn exec_vm(store: &Store, a: &ExecArgs) -> Result<ExitCode> {
+    use moat_runtime::vm_backend;
+    let id = &a.id;
+    if a.tty || a.console_socket.is_some() {
+        bail!("exec in VM container {id}: --tty and --console-socket are not supported yet");
+    }
+    if a.preserve_fds > 0 {
+        bail!("exec in VM container {id}: --preserve-fds is not supported (no host fds reach the guest)");
+    }
+    if a.pid_file.is_some() {
+        bail!(
+            "exec in VM container {id}: --pid-file is not supported (the process has no host pid)"
+        );
+    }
+    let process = build_process(a, || Ok(vm_backend::base_process(store, id)?))
+        .with_context(|| format!("exec in container {id}"))?;
+    if process
+        .apparmor_profile()
+        .as_ref()
+        .is_some_and(|p| !p.is_empty())
+    {
+        bail!("exec in VM container {id}: AppArmor profiles are not supported");
+    }
+    let code = vm_backend::exec(store, id, &process, a.detach)
+        .with_context(|| format!("exec in container {id}"))?;
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
 pub fn exec(store: &Store, a: &ExecArgs, log: &mut Logger) -> Result<ExitCode> {
-    let process = build_process(store, a).with_context(|| format!("exec in container {}", a.id))?;
+    let process = build_process(a, || Ok(moat_container::exec::base_process(store, &a.id)?))
+        .with_context(|| format!("exec in container {}", a.id))?;
     if process
         .apparmor_profile()
         .as_ref()

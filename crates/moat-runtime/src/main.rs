@@ -287,18 +287,26 @@ fn dispatch(cli: &Cli, log: &mut Logger) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The one dispatch point between the backends: the lifecycle commands of a VM container
-/// (`io.moat.isolation=vm` in its bundle) go to [`vm_backend`]; `None` for everything else.
+/// The one dispatch point between the backends: every command naming a VM container
+/// (`io.moat.isolation=vm` in its bundle) goes to [`vm_backend`]; `None` for everything else.
 /// For a namespaces container this costs a scan of config.json's text (create, run) or one
-/// stat (start, state, kill, delete).
+/// stat (the commands taking an id). A command the VM backend does not implement fails with
+/// one error saying so, and never acts on the host.
 fn dispatch_vm(cli: &Cli, store: &Store) -> Result<Option<ExitCode>> {
     use vm_backend::Backend;
     let backend = match &cli.cmd {
         Cmd::Create(a) | Cmd::Run { create: a, .. } => Backend::of_bundle(&a.bundle)?,
-        Cmd::Start { id } | Cmd::State { id } | Cmd::Kill { id, .. } | Cmd::Delete { id, .. } => {
-            Backend::of_container(store, id)
-        }
-        _ => Backend::Namespaces,
+        Cmd::Start { id }
+        | Cmd::State { id }
+        | Cmd::Kill { id, .. }
+        | Cmd::Delete { id, .. }
+        | Cmd::Pause { id }
+        | Cmd::Resume { id }
+        | Cmd::Ps { id, .. }
+        | Cmd::Events { id, .. } => Backend::of_container(store, id),
+        Cmd::Exec(a) => Backend::of_container(store, &a.id),
+        Cmd::Update(a) => Backend::of_container(store, &a.id),
+        Cmd::List { .. } | Cmd::Spec { .. } | Cmd::Features | Cmd::Other(_) => Backend::Namespaces,
     };
     if backend == Backend::Namespaces {
         return Ok(None);
@@ -314,6 +322,7 @@ fn dispatch_vm(cli: &Cli, store: &Store) -> Result<Option<ExitCode>> {
             keep,
         } => {
             return vm_backend::run(store, &create.options(cli.systemd_cgroup), *detach, *keep)
+                .with_context(|| format!("run container {}", create.id))
                 .map(Some)
         }
         Cmd::Start { id } => {
@@ -333,7 +342,48 @@ fn dispatch_vm(cli: &Cli, store: &Store) -> Result<Option<ExitCode>> {
         }
         Cmd::Delete { force, id } => vm_backend::delete(store, id, *force)
             .with_context(|| format!("delete container {id}"))?,
-        _ => unreachable!("only lifecycle commands select the vm backend"),
+        Cmd::Pause { id } => {
+            vm_backend::pause(store, id).with_context(|| format!("pause container {id}"))?
+        }
+        Cmd::Resume { id } => {
+            vm_backend::resume(store, id).with_context(|| format!("resume container {id}"))?
+        }
+        Cmd::Exec(a) => return exec_cmd::exec_vm(store, a).map(Some),
+        Cmd::Ps {
+            format,
+            id,
+            ps_args,
+        } => {
+            if !ps_args.is_empty() {
+                bail!("ps of VM container {id}: ps arguments are not supported (the processes are in the guest)");
+            }
+            let procs = vm_backend::ps(store, id).with_context(|| format!("ps container {id}"))?;
+            if format == "json" {
+                let pids: Vec<i32> = procs.iter().map(|p| p.pid).collect();
+                println!("{}", serde_json::to_string(&pids)?);
+            } else {
+                println!("{:>7} CMD", "PID");
+                for p in procs {
+                    println!("{:>7} {}", p.pid, p.command);
+                }
+            }
+        }
+        Cmd::Events {
+            stats,
+            interval,
+            id,
+        } => {
+            let every = resource_cmds::parse_interval(interval)?;
+            vm_backend::events(store, id, *stats, every)
+                .with_context(|| format!("events of container {id}"))?
+        }
+        Cmd::Update(a) => bail!(
+            "update container {}: not supported for a VM container (its limits are the VM's size, fixed at create)",
+            a.id
+        ),
+        Cmd::List { .. } | Cmd::Spec { .. } | Cmd::Features | Cmd::Other(_) => {
+            unreachable!("commands without a container id use the namespaces path")
+        }
     }
     Ok(Some(ExitCode::SUCCESS))
 }
@@ -345,6 +395,8 @@ fn list(store: &Store, format: &str, quiet: bool) -> Result<()> {
             states.push(store.oci_state(&st));
         }
     }
+    states.extend(vm_backend::list(store));
+    states.sort_by(|a, b| a.id.cmp(&b.id));
     if quiet {
         for s in &states {
             println!("{}", s.id);

@@ -201,3 +201,295 @@ fn vm_run_forwards_signals_through_the_agent() {
     assert_clean(&rt, &id, Some(b.path()));
     assert_no_qemu(&rt, &id);
 }
+
+/// No mount of the host mentions `needle` (the VM's binds live in virtiofsd's namespaces only).
+fn assert_no_host_mount(needle: &str) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(needle),
+        "a mount mentioning {needle} is on the host:\n{mounts}"
+    );
+}
+
+/// Host directories for bind mounts: `rw/in.txt`, `ro/f`.
+fn bind_sources() -> tempfile::TempDir {
+    let h = tempfile::Builder::new()
+        .prefix("moat-binds-")
+        .tempdir()
+        .unwrap();
+    std::fs::create_dir(h.path().join("rw")).unwrap();
+    std::fs::create_dir(h.path().join("ro")).unwrap();
+    std::fs::write(h.path().join("rw/in.txt"), "host-data\n").unwrap();
+    std::fs::write(h.path().join("ro/f"), "ro-original\n").unwrap();
+    h
+}
+
+fn add_bind(b: &mut Bundle, dest: &str, source: &std::path::Path, opts: &[&str]) {
+    let m = serde_json::json!({"destination": dest, "type": "bind",
+        "source": source, "options": opts});
+    b.spec["mounts"].as_array_mut().unwrap().push(m);
+    b.save();
+}
+
+/// One boot checks stdin forwarding (EOF included, several chunks), a rw bind (read and write
+/// through to the host), a ro bind that stays read-only on the host even after the guest
+/// remounts it rw, and that a host file outside the binds is nowhere in the container.
+#[test]
+fn vm_run_forwards_stdin_and_shares_bind_mounts() {
+    let rt = Rt::new();
+    let h = bind_sources();
+    let marker = format!("moat-marker-{}", std::process::id());
+    let marker_path = std::env::temp_dir().join(&marker);
+    std::fs::write(&marker_path, "secret").unwrap();
+    let script = format!(
+        "read first; echo \"first:$first\"; echo \"rest:$(wc -c)\"; \
+         cat /rw/in.txt; echo from-guest > /rw/out.txt; \
+         if echo x > /ro/f; then echo ro-write-ok; fi; \
+         mount -o remount,bind,rw /ro && echo remounted; \
+         if echo y > /ro/f; then echo ro-write-after-remount-ok; fi; \
+         cat /ro/f; \
+         find / -path /proc -prune -o -path /sys -prune -o -name {marker} -print; echo end"
+    );
+    let mut b = vm_bundle(&["sh", "-c", &script]);
+    add_bind(&mut b, "/rw", &h.path().join("rw"), &["rbind", "rw"]);
+    add_bind(&mut b, "/ro", &h.path().join("ro"), &["bind", "ro"]);
+    // A guest root that may remount: CAP_SYS_ADMIN and no seccomp filter.
+    for set in ["bounding", "effective", "permitted"] {
+        b.spec["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push("CAP_SYS_ADMIN".into());
+    }
+    b.spec["linux"].as_object_mut().unwrap().remove("seccomp");
+    b.save();
+    let id = id("vmio");
+    // 100 KiB after the first line: several stdin chunks, then EOF.
+    let mut input = b"hello\n".to_vec();
+    input.extend(std::iter::repeat_n(b'z', 100 * 1024));
+    let t = Instant::now();
+    let mut child = vm_cmd(&rt, &["run", "--bundle", b.path().to_str().unwrap(), &id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        sin.write_all(&input).unwrap();
+    });
+    let o = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    eprintln!("run with binds and stdin: {:?}", t.elapsed());
+    let _ = std::fs::remove_file(&marker_path);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stdout.contains("first:hello"), "{stdout}");
+    assert!(stdout.contains(&format!("rest:{}", 100 * 1024)), "{stdout}");
+    assert!(stdout.contains("host-data"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(h.path().join("rw/out.txt")).unwrap(),
+        "from-guest\n"
+    );
+    assert!(!stdout.contains("ro-write-ok"), "{stdout}");
+    assert!(
+        stdout.contains("remounted"),
+        "the guest could not remount: {stderr}"
+    );
+    assert!(!stdout.contains("ro-write-after-remount-ok"), "{stdout}");
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(h.path().join("ro/f")).unwrap(),
+        "ro-original\n"
+    );
+    assert!(stdout.contains("ro-original"), "{stdout}");
+    assert!(
+        !stdout.contains(&marker),
+        "host file visible in the guest: {stdout}"
+    );
+    assert!(stdout.contains("end"), "{stdout}");
+    assert_clean(&rt, &id, Some(b.path()));
+    assert_no_qemu(&rt, &id);
+    assert_no_host_mount(&h.path().to_string_lossy());
+    assert_no_host_mount(&rt.root.path().join(&id).to_string_lossy());
+}
+
+#[test]
+fn vm_bind_mount_with_missing_source_leaves_nothing() {
+    let rt = Rt::new();
+    let mut b = vm_bundle(&["true"]);
+    add_bind(
+        &mut b,
+        "/data",
+        std::path::Path::new("/nonexistent-moat-bind-source"),
+        &["rbind"],
+    );
+    let id = id("vmbad");
+    let o = vm_cmd(
+        &rt,
+        &["create", "--bundle", b.path().to_str().unwrap(), &id],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error:"), "{stderr}");
+    assert!(stderr.contains("/nonexistent-moat-bind-source"), "{stderr}");
+    assert_clean(&rt, &id, Some(b.path()));
+    assert_no_qemu(&rt, &id);
+    assert!(pids_with_cmdline(&id).is_empty());
+}
+
+/// `o` succeeded; its stdout as text.
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// exec (args and --process, exit codes, stdin), ps, events --stats, pause/resume, list, and
+/// the refusal of update, all on one VM (which also shares a bind mount while it runs).
+#[test]
+fn vm_exec_ps_events_pause_and_list() {
+    let rt = Rt::new();
+    let h = bind_sources();
+    let mut b = vm_bundle(&["sleep", "600"]);
+    add_bind(&mut b, "/data", &h.path().join("rw"), &["rbind", "rw"]);
+    let id = id("vmexec");
+    vm_ok(
+        &rt,
+        &["create", "--bundle", b.path().to_str().unwrap(), &id],
+    );
+    vm_ok(&rt, &["start", &id]);
+    let qemu = rt.state(&id)["pid"].as_i64().unwrap();
+    assert_no_host_mount(&h.path().to_string_lossy());
+    assert_no_host_mount(&rt.root.path().join(&id).to_string_lossy());
+    let dir = rt.root.path().join(&id);
+    let virtiofsd = pids_with_cmdline(&dir.to_string_lossy())
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains("virtiofsd"))
+        })
+        .count();
+    assert!(virtiofsd >= 1, "no virtiofsd while the VM runs");
+
+    let list: serde_json::Value =
+        serde_json::from_str(&text(&vm_ok(&rt, &["list", "--format", "json"]))).unwrap();
+    let me = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id.as_str())
+        .expect("listed");
+    assert_eq!(me["status"], "running");
+    assert_eq!(me["pid"], qemu);
+
+    let t = Instant::now();
+    let o = vm_cmd(
+        &rt,
+        &[
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "cat /data/in.txt; echo err >&2; exit 3",
+        ],
+    )
+    .output()
+    .unwrap();
+    eprintln!("exec: {:?}", t.elapsed());
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(text(&o), "host-data\n");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("err"));
+
+    let mut child = vm_cmd(&rt, &["exec", &id, "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut sin = child.stdin.take().unwrap();
+        sin.write_all(b"piped\n").unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(text(&o), "piped\n");
+
+    let pj = b.path().join("process.json");
+    std::fs::write(
+        &pj,
+        serde_json::to_vec(&serde_json::json!({
+            "args": ["sh", "-c", "echo from-process-file; exit 5"],
+            "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let o = vm_cmd(&rt, &["exec", "--process", pj.to_str().unwrap(), &id])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(text(&o), "from-process-file\n");
+
+    let pids: Vec<i32> =
+        serde_json::from_str(&text(&vm_ok(&rt, &["ps", "--format", "json", &id]))).unwrap();
+    assert!(!pids.is_empty());
+    let table = text(&vm_ok(&rt, &["ps", &id]));
+    assert!(table.contains("sleep 600"), "{table}");
+
+    let ev: serde_json::Value =
+        serde_json::from_str(&text(&vm_ok(&rt, &["events", "--stats", &id]))).unwrap();
+    assert_eq!(ev["type"], "stats");
+    assert!(
+        ev["data"]["memory"]["usage"]["usage"].as_u64().unwrap() > 0,
+        "{ev}"
+    );
+    assert!(ev["data"]["pids"]["current"].as_u64().unwrap() >= 1, "{ev}");
+
+    vm_ok(&rt, &["pause", &id]);
+    assert_eq!(rt.status(&id), "paused");
+    let o = vm_cmd(&rt, &["exec", &id, "true"]).output().unwrap();
+    assert!(!o.status.success(), "exec in a paused container");
+    vm_ok(&rt, &["resume", &id]);
+    assert_eq!(rt.status(&id), "running");
+    let o = vm_cmd(&rt, &["exec", &id, "true"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    for args in [
+        &["update", "--memory", "10m", &id][..],
+        &["ps", &id, "-ef"][..],
+    ] {
+        let o = vm_cmd(&rt, args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(
+            err.starts_with("error:") && err.lines().count() == 1,
+            "{err}"
+        );
+        assert!(err.contains("not supported"), "{err}");
+    }
+
+    vm_ok(&rt, &["kill", &id, "KILL"]);
+    rt.wait_status(&id, "stopped");
+    vm_ok(&rt, &["delete", &id]);
+    assert_clean(&rt, &id, Some(b.path()));
+    assert_no_qemu(&rt, &id);
+    assert_no_host_mount(&h.path().to_string_lossy());
+}

@@ -1,0 +1,113 @@
+//! The verbs that act on a running VM container through its agent besides the lifecycle: `exec`
+//! (a process in the guest container, followed in the foreground unless detached), `ps` (the
+//! container's guest processes) and `events` (stats of its cgroup in the guest).
+
+use std::time::Duration;
+
+use moat_agent_proto::{ContainerStats, GuestProcess};
+use moat_container::state::Status;
+use moat_container::Store;
+use oci_spec::runtime::Process;
+
+use super::error::{Result, VmBackendError};
+use super::state::VmState;
+
+/// The process of the container's own config, the base of an `exec` built from flags.
+pub fn base_process(store: &Store, id: &str) -> Result<Process> {
+    let st = VmState::load(store, id)?;
+    let bundle = moat_container::spec::load_bundle(&st.bundle)?;
+    bundle
+        .spec
+        .process()
+        .clone()
+        .ok_or_else(|| VmBackendError::Invalid(format!("container {id} has no process")))
+}
+
+/// `exec`: run `process` in container `id`. Detached: return at once (0); else forward stdin,
+/// output and signals and return its status (128+N when killed by signal N).
+pub fn exec(store: &Store, id: &str, process: &Process, detach: bool) -> Result<i32> {
+    if process.terminal().unwrap_or(false) {
+        return Err(VmBackendError::Unsupported(format!(
+            "exec in VM container {id}: no terminal yet (--tty, process.terminal)"
+        )));
+    }
+    let st = VmState::load(store, id)?;
+    st.require("exec in", Status::Running)?;
+    let json = serde_json::to_string(process).map_err(|source| VmBackendError::Json {
+        path: "(process)".into(),
+        source,
+    })?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let exec_id = format!("exec-{}-{nanos}", std::process::id());
+    let mut agent = st.attach()?;
+    agent
+        .exec(id, &exec_id, &json, !detach)
+        .map_err(VmBackendError::vm(format!("exec in container {id}")))?;
+    if detach {
+        return Ok(0);
+    }
+    let status = super::follow::follow(&mut agent, id, Some(&exec_id), true)?;
+    Ok(status.as_shell_code())
+}
+
+/// `ps`: the container's processes, guest pids.
+pub fn ps(store: &Store, id: &str) -> Result<Vec<GuestProcess>> {
+    let st = VmState::load(store, id)?;
+    if st.status() == Status::Stopped {
+        return Ok(vec![]);
+    }
+    st.attach()?
+        .processes(id)
+        .map_err(VmBackendError::vm(format!(
+            "list the processes of container {id}"
+        )))
+}
+
+/// The container's cgroup stats in the guest, shaped as the namespaces backend's.
+pub fn stats(store: &Store, id: &str) -> Result<moat_cgroups::Stats> {
+    let st = VmState::load(store, id)?;
+    if st.status() == Status::Stopped {
+        return Err(VmBackendError::BadStatus {
+            id: id.into(),
+            action: "read the stats of",
+            status: Status::Stopped,
+        });
+    }
+    let s = st
+        .attach()?
+        .stats(id)
+        .map_err(VmBackendError::vm(format!("stats of container {id}")))?;
+    Ok(to_cgroup_stats(&s))
+}
+
+fn to_cgroup_stats(s: &ContainerStats) -> moat_cgroups::Stats {
+    let mut out = moat_cgroups::Stats::default();
+    out.cpu.usage.total = s.cpu_usage_ns;
+    out.memory.usage.usage = s.memory_usage_bytes;
+    out.memory.usage.max = s.memory_max_usage_bytes;
+    out.memory.usage.limit = s.memory_limit_bytes;
+    out.pids.current = s.pids_current;
+    out.pids.limit = s.pids_limit;
+    out
+}
+
+/// `events`: one stats event (`stats_once`), or one every `interval` until the container stops.
+pub fn events(store: &Store, id: &str, stats_once: bool, interval: Duration) -> Result<()> {
+    use std::io::Write;
+    let event = |s: moat_cgroups::Stats| serde_json::json!({"type": "stats", "id": id, "data": s});
+    if stats_once {
+        println!("{}", event(stats(store, id)?));
+        return Ok(());
+    }
+    loop {
+        match stats(store, id) {
+            Ok(s) => println!("{}", event(s)),
+            Err(VmBackendError::BadStatus { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(interval);
+    }
+}

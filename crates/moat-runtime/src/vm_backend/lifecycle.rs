@@ -1,0 +1,370 @@
+//! The lifecycle verbs of a VM container: `create` (boot the VM, share the bind mounts, create
+//! the container in the guest, detach), `start`, `state`, `kill`, `pause`, `resume`, `delete`,
+//! and `run`, which chains them and follows the init in the foreground.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use moat_agent_proto::RootfsDisk;
+use moat_container::state::{now_rfc3339, validate_id, OciState, Status, OCI_VERSION};
+use moat_container::Store;
+use moat_vm::{AgentClient, Disk, Hypervisor, VmConfig, VmInstance};
+
+use super::error::{Result, VmBackendError};
+use super::mounts::{self, SharePlan};
+use super::state::{HostProc, VmState};
+use super::{DEFAULT_MEMORY_MIB, MEMORY_OVERHEAD_MIB};
+
+const ROOTFS_SERIAL: &str = "rootfs0";
+
+/// Guest RAM (MiB) and vCPUs for a spec: the container's limits plus [`MEMORY_OVERHEAD_MIB`].
+pub fn vm_size(spec: &oci_spec::runtime::Spec) -> (u32, u32) {
+    let res = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    let mem = res
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .filter(|l| *l > 0)
+        .map(|l| (l as u64).div_ceil(1 << 20))
+        .unwrap_or(DEFAULT_MEMORY_MIB);
+    let cpu = res.and_then(|r| r.cpu().as_ref());
+    let from_quota = cpu.and_then(|c| match (c.quota(), c.period()) {
+        (Some(q), Some(p)) if q > 0 && p > 0 => Some((q as u64).div_ceil(p)),
+        _ => None,
+    });
+    let from_set = cpu.and_then(|c| c.cpus().as_deref()).map(count_cpus);
+    let host = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let vcpus = from_quota.or(from_set).unwrap_or(1).clamp(1, host);
+    let mem = (mem + MEMORY_OVERHEAD_MIB).min(u32::MAX as u64) as u32;
+    (mem, vcpus as u32)
+}
+
+/// The number of CPUs in a cpuset list such as `0-2,5`.
+fn count_cpus(list: &str) -> u64 {
+    list.split(',')
+        .filter_map(|r| match r.trim().split_once('-') {
+            Some((a, b)) => Some(b.parse::<u64>().ok()? + 1 - a.parse::<u64>().ok()?),
+            None => r.trim().parse::<u64>().ok().map(|_| 1),
+        })
+        .sum()
+}
+
+/// The static guest agent: `$MOAT_AGENT_BIN`, or the installed one.
+fn agent_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("MOAT_AGENT_BIN") {
+        return Ok(p.into());
+    }
+    for p in ["/usr/local/lib/moat/moat-agent", "/usr/lib/moat/moat-agent"] {
+        if Path::new(p).is_file() {
+            return Ok(p.into());
+        }
+    }
+    Err(VmBackendError::Unsupported(
+        "no guest agent: set MOAT_AGENT_BIN to a static moat-agent \
+         (RUSTFLAGS=-Ctarget-feature=+crt-static cargo build -p moat-agent --release \
+         --target x86_64-unknown-linux-gnu) or install it as /usr/local/lib/moat/moat-agent"
+            .into(),
+    ))
+}
+
+/// `create`: boot the VM, create the container in the guest, detach. Returns QEMU's pid.
+pub fn create(store: &Store, opts: &moat_container::CreateOptions) -> Result<i32> {
+    create_inner(store, opts, false)
+}
+
+/// [`create`], with a stdin pipe for the init when `stdin` (for `run`, which feeds it).
+fn create_inner(store: &Store, opts: &moat_container::CreateOptions, stdin: bool) -> Result<i32> {
+    validate_id(&opts.id)?;
+    let bundle = moat_container::spec::load_bundle(&opts.bundle)?;
+    let terminal = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    if terminal || opts.console_socket.is_some() || opts.preserve_fds > 0 {
+        return Err(VmBackendError::Unsupported(
+            "a VM container has no terminal or passed descriptors yet \
+             (process.terminal, --console-socket, --preserve-fds)"
+                .into(),
+        ));
+    }
+    // Everything the bundle can get wrong is checked before anything exists.
+    let share = mounts::plan(&bundle.spec, &bundle.dir, &opts.id)?;
+    let cfg_path = bundle.dir.join("config.json");
+    let config_json =
+        std::fs::read_to_string(&cfg_path).map_err(VmBackendError::io("read", &cfg_path))?;
+    std::fs::create_dir_all(&store.root).map_err(VmBackendError::io("create", &store.root))?;
+    let dir = store.dir(&opts.id);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(VmBackendError::Exists(opts.id.clone()))
+        }
+        Err(e) => return Err(VmBackendError::io("create", &dir)(e)),
+    }
+    let mut st = VmState {
+        id: opts.id.clone(),
+        bundle: bundle.dir.clone(),
+        created: now_rfc3339(),
+        status: Status::Creating,
+        qemu_pid: 0,
+        qemu_start_time: 0,
+        virtiofsd: None,
+        agent_socket: PathBuf::new(),
+        run_dir: PathBuf::new(),
+        image: dir.join("rootfs.ext4"),
+        cgroups_path: bundle
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.to_string_lossy().into_owned()),
+        systemd_cgroup: opts.systemd_cgroup,
+        annotations: bundle
+            .spec
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+    };
+    // From here on a failure removes everything (`destroy` works from the state file).
+    let r = st
+        .save(store)
+        .and_then(|()| boot_and_create(store, &bundle, &config_json, share, stdin, &mut st));
+    if let Err(e) = r {
+        let _ = st.destroy(store);
+        return Err(e);
+    }
+    if let Some(p) = &opts.pid_file {
+        std::fs::write(p, st.qemu_pid.to_string()).map_err(VmBackendError::io("write", p))?;
+    }
+    Ok(st.qemu_pid)
+}
+
+fn boot_and_create(
+    store: &Store,
+    bundle: &moat_container::spec::Bundle,
+    config_json: &str,
+    share: SharePlan,
+    stdin: bool,
+    st: &mut VmState,
+) -> Result<()> {
+    let readonly = bundle
+        .spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false);
+    let assets = VmBackendError::vm("prepare the guest");
+    moat_vm::assets::build_ext4_image(&bundle.rootfs, &st.image)
+        .map_err(VmBackendError::vm("build the rootfs image"))?;
+    let cache = moat_vm::assets::cache_dir();
+    let kernel = moat_vm::assets::ensure_kernel(&cache)
+        .map_err(VmBackendError::vm("fetch the guest kernel"))?;
+    let initramfs =
+        moat_vm::assets::ensure_initramfs(&cache, &kernel, &agent_binary()?).map_err(assets)?;
+    let qemu_bin = moat_vm::qemu::Qemu::new(moat_vm::accel::Accel::Tcg).binary;
+    let accel = moat_vm::accel::choose(&qemu_bin, &kernel, &cache);
+    let mut cfg = VmConfig::new(kernel.vmlinuz, initramfs);
+    cfg.cmdline.push(' ');
+    cfg.cmdline.push_str(moat_agent_proto::SINGLE_SANDBOX_FLAG);
+    (cfg.memory_mib, cfg.vcpus) = vm_size(&bundle.spec);
+    // The agent and virtiofsd sockets live in the run dir: a unix socket path must fit in 108
+    // bytes, so a long state dir (long ids or roots) falls back to a short private parent.
+    cfg.run_parent = store.dir(&st.id);
+    if cfg.run_parent.as_os_str().len() > 60 {
+        cfg.run_parent = PathBuf::from("/run/moat-vm");
+        std::fs::create_dir_all(&cfg.run_parent)
+            .map_err(VmBackendError::io("create", &cfg.run_parent))?;
+    }
+    cfg.disks.push(Disk {
+        path: st.image.clone(),
+        serial: ROOTFS_SERIAL.into(),
+        readonly,
+    });
+    if !share.mounts.is_empty() {
+        cfg.shared = Some(share.dir);
+    }
+    let what = format!("boot the VM of container {}", st.id);
+    let mut vm = moat_vm::qemu::Qemu::new(accel)
+        .boot(&cfg)
+        .map_err(VmBackendError::vm(what))?;
+    st.qemu_pid = vm.pid() as i32;
+    st.qemu_start_time = moat_sys::process::start_time(st.qemu_pid).ok_or_else(|| {
+        VmBackendError::Unsupported(format!("qemu {} exited right after booting", st.qemu_pid))
+    })?;
+    st.run_dir = vm.run_dir().to_path_buf();
+    st.agent_socket = st.run_dir.join("agent.sock");
+    st.save(store)?;
+    let cgroup_err = |what: String| move |source| VmBackendError::Cgroup { what, source };
+    let cg = st
+        .cgroup()
+        .ok_or_else(|| VmBackendError::Invalid(format!("cgroup of container {}", st.id)))?;
+    cg.create()
+        .map_err(cgroup_err(format!("create the cgroup of {}", st.id)))?;
+    cg.add_pid(st.qemu_pid).map_err(cgroup_err(format!(
+        "move qemu into the cgroup of {}",
+        st.id
+    )))?;
+    let agent = vm
+        .agent()
+        .map_err(VmBackendError::vm("connect to the agent"))?;
+    agent
+        .create_with(
+            &st.id,
+            config_json,
+            RootfsDisk {
+                serial: ROOTFS_SERIAL.into(),
+                fstype: "ext4".into(),
+                readonly,
+            },
+            stdin,
+            share.mounts,
+        )
+        .map_err(VmBackendError::vm(format!(
+            "create container {} in the guest",
+            st.id
+        )))?;
+    st.status = Status::Created;
+    let detached = vm.detach();
+    st.virtiofsd = detached.virtiofsd_pid.and_then(|p| HostProc::of(p as i32));
+    st.save(store)?;
+    Ok(())
+}
+
+/// `start`: reattach and start the container's process; returns the open connection.
+pub fn start(store: &Store, id: &str) -> Result<AgentClient> {
+    let mut st = VmState::load(store, id)?;
+    st.require("start", Status::Created)?;
+    let mut agent = st.attach()?;
+    agent
+        .start(id)
+        .map_err(VmBackendError::vm(format!("start container {id}")))?;
+    st.status = Status::Running;
+    st.save(store)?;
+    Ok(agent)
+}
+
+/// `state`: the OCI state; stopped once QEMU is gone. The pid is QEMU's.
+pub fn state(store: &Store, id: &str) -> Result<OciState> {
+    let st = VmState::load(store, id)?;
+    let status = st.status();
+    Ok(OciState {
+        oci_version: OCI_VERSION.into(),
+        id: st.id.clone(),
+        pid: if status == Status::Stopped {
+            0
+        } else {
+            st.qemu_pid
+        },
+        status,
+        rootfs: st.bundle.join("rootfs"),
+        bundle: st.bundle,
+        created: st.created,
+        annotations: st.annotations,
+        owner: String::new(),
+    })
+}
+
+/// The OCI states of every VM container of `store`.
+pub fn list(store: &Store) -> Vec<OciState> {
+    super::state::list_ids(store)
+        .iter()
+        .filter_map(|id| state(store, id).ok())
+        .collect()
+}
+
+/// `kill`: forward the signal through the agent.
+pub fn kill(store: &Store, id: &str, signal: i32, all: bool) -> Result<()> {
+    let st = VmState::load(store, id)?;
+    if st.status() == Status::Stopped {
+        return Err(VmBackendError::BadStatus {
+            id: id.into(),
+            action: "kill",
+            status: Status::Stopped,
+        });
+    }
+    st.attach()?
+        .kill(id, None, signal, all)
+        .map_err(VmBackendError::vm(format!("kill container {id}")))
+}
+
+/// `pause`: the agent freezes the container's cgroup in the guest.
+pub fn pause(store: &Store, id: &str) -> Result<()> {
+    let mut st = VmState::load(store, id)?;
+    st.require("pause", Status::Running)?;
+    st.attach()?
+        .pause(id)
+        .map_err(VmBackendError::vm(format!("pause container {id}")))?;
+    st.status = Status::Paused;
+    st.save(store)
+}
+
+/// `resume`: the agent thaws the container's cgroup in the guest.
+pub fn resume(store: &Store, id: &str) -> Result<()> {
+    let mut st = VmState::load(store, id)?;
+    st.require("resume", Status::Paused)?;
+    st.attach()?
+        .resume(id)
+        .map_err(VmBackendError::vm(format!("resume container {id}")))?;
+    st.status = Status::Running;
+    st.save(store)
+}
+
+/// `delete`: end the VM and remove its QEMU, virtiofsd, cgroup, image, sockets and state dir.
+pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
+    let st = VmState::load(store, id)?;
+    let status = st.status();
+    if !force && status != Status::Stopped && status != Status::Created {
+        return Err(VmBackendError::BadStatus {
+            id: id.into(),
+            action: "delete (without --force)",
+            status,
+        });
+    }
+    st.destroy(store)
+}
+
+/// `run`: create, start, forward the container's stdin, output and signals until it exits,
+/// delete (unless `keep`), and return its status (128+N when killed by signal N).
+pub fn run(
+    store: &Store,
+    opts: &moat_container::CreateOptions,
+    detach: bool,
+    keep: bool,
+) -> Result<ExitCode> {
+    let code = run_code(store, opts, detach, keep)?;
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// [`run`] returning the container's status as a number (0 when detached).
+pub fn run_code(
+    store: &Store,
+    opts: &moat_container::CreateOptions,
+    detach: bool,
+    keep: bool,
+) -> Result<i32> {
+    create_inner(store, opts, !detach)?;
+    let mut agent = match start(store, &opts.id) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = delete(store, &opts.id, true);
+            return Err(e);
+        }
+    };
+    if detach {
+        return Ok(0);
+    }
+    let status = super::follow::follow(&mut agent, &opts.id, None, true);
+    drop(agent);
+    // The guest powers off by itself once the init has exited.
+    if let Ok(st) = VmState::load(store, &opts.id) {
+        st.wait_gone(Duration::from_secs(3));
+    }
+    if !keep {
+        delete(store, &opts.id, true)?;
+    }
+    Ok(status?.as_shell_code())
+}

@@ -1,0 +1,214 @@
+//! The record of a VM container (`<state dir>/vm.json`) and the teardown that works from it
+//! alone: QEMU and virtiofsd (checked against their recorded start times, signalled through
+//! pidfds), the cgroup, the run dir and the state dir.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use moat_container::state::Status;
+use moat_container::Store;
+use moat_vm::AgentClient;
+use serde::{Deserialize, Serialize};
+
+use super::error::{Result, VmBackendError};
+
+pub(super) const STATE_FILE: &str = "vm.json";
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A host process the VM backend started, recorded so that a later command can tell it from a
+/// recycled pid.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub(super) struct HostProc {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl HostProc {
+    pub fn of(pid: i32) -> Option<HostProc> {
+        moat_sys::process::start_time(pid).map(|start_time| HostProc { pid, start_time })
+    }
+
+    /// The same live process as recorded.
+    pub fn alive(&self) -> bool {
+        self.pid > 0 && moat_sys::process::start_time(self.pid) == Some(self.start_time)
+    }
+
+    /// SIGKILL through a pidfd, after checking (with the pidfd pinning it) that it is ours.
+    pub fn kill(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.pid);
+        if let Ok(fd) = moat_sys::process::pidfd_open(pid) {
+            if self.alive() {
+                let _ = moat_sys::process::pidfd_send_signal(&fd, libc::SIGKILL);
+            }
+        }
+    }
+
+    /// Wait until it is gone (or a zombie); false on timeout.
+    pub fn wait_gone(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.alive() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+}
+
+/// What later commands need to find the VM again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct VmState {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub created: String,
+    /// creating, created, running or paused; "stopped" is derived from QEMU being gone.
+    pub status: Status,
+    pub qemu_pid: i32,
+    pub qemu_start_time: u64,
+    /// The server of the shared directory (bind mounts), if the VM has one.
+    #[serde(default)]
+    pub virtiofsd: Option<HostProc>,
+    pub agent_socket: PathBuf,
+    pub run_dir: PathBuf,
+    pub image: PathBuf,
+    pub cgroups_path: Option<String>,
+    pub systemd_cgroup: bool,
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+fn state_path(store: &Store, id: &str) -> PathBuf {
+    store.dir(id).join(STATE_FILE)
+}
+
+impl VmState {
+    pub fn save(&self, store: &Store) -> Result<()> {
+        let path = state_path(store, &self.id);
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(self).map_err(|source| VmBackendError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        std::fs::write(&tmp, bytes).map_err(VmBackendError::io("write", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(VmBackendError::io("rename", &path))
+    }
+
+    pub fn load(store: &Store, id: &str) -> Result<VmState> {
+        let path = state_path(store, id);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(VmBackendError::NotFound(id.into()))
+            }
+            Err(e) => return Err(VmBackendError::io("read", path)(e)),
+        };
+        serde_json::from_slice(&text).map_err(|source| VmBackendError::Json { path, source })
+    }
+
+    fn qemu(&self) -> HostProc {
+        HostProc {
+            pid: self.qemu_pid,
+            start_time: self.qemu_start_time,
+        }
+    }
+
+    /// QEMU is the same live process that `create` started.
+    pub fn alive(&self) -> bool {
+        self.qemu().alive()
+    }
+
+    pub fn status(&self) -> Status {
+        if self.alive() {
+            self.status
+        } else {
+            Status::Stopped
+        }
+    }
+
+    /// Fail unless the container is `want`.
+    pub fn require(&self, action: &'static str, want: Status) -> Result<()> {
+        let status = self.status();
+        if status != want {
+            return Err(VmBackendError::BadStatus {
+                id: self.id.clone(),
+                action,
+                status,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn attach(&self) -> Result<AgentClient> {
+        AgentClient::reattach(&self.agent_socket, ATTACH_TIMEOUT).map_err(VmBackendError::vm(
+            format!("attach to the agent of container {}", self.id),
+        ))
+    }
+
+    pub fn cgroup(&self) -> Option<moat_cgroups::Cgroup> {
+        moat_cgroups::Cgroup::resolve(self.cgroups_path.as_deref(), &self.id, self.systemd_cgroup)
+            .ok()
+    }
+
+    pub fn wait_gone(&self, limit: Duration) -> bool {
+        self.qemu().wait_gone(limit)
+    }
+
+    /// End the VM (ask the agent, then SIGKILL) and its virtiofsd, and remove the cgroup, the
+    /// run dir and the state dir.
+    pub fn destroy(&self, store: &Store) -> Result<()> {
+        if self.alive() {
+            // Ask politely (the agent deletes its containers and powers off), briefly.
+            if let Ok(mut a) = AgentClient::reattach(&self.agent_socket, Duration::from_millis(500))
+            {
+                let _ = a.shutdown();
+            }
+            if !self.wait_gone(Duration::from_millis(1000)) {
+                self.qemu().kill();
+                if !self.wait_gone(Duration::from_secs(5)) {
+                    return Err(VmBackendError::QemuStuck {
+                        id: self.id.clone(),
+                        pid: self.qemu_pid,
+                    });
+                }
+            }
+        }
+        if let Some(v) = self.virtiofsd {
+            // It exits by itself once QEMU is gone; make sure.
+            if !v.wait_gone(Duration::from_millis(500)) {
+                v.kill();
+                v.wait_gone(Duration::from_secs(5));
+            }
+        }
+        if let Some(cg) = self.cgroup() {
+            if cg.dirs().iter().any(|d| d.exists()) {
+                cg.destroy().map_err(|source| VmBackendError::Cgroup {
+                    what: format!("remove the cgroup of container {}", self.id),
+                    source,
+                })?;
+            }
+        }
+        if !self.run_dir.as_os_str().is_empty() {
+            match std::fs::remove_dir_all(&self.run_dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(VmBackendError::io("remove", &self.run_dir)(e)),
+            }
+        }
+        let dir = store.dir(&self.id);
+        std::fs::remove_dir_all(&dir).map_err(VmBackendError::io("remove", &dir))
+    }
+}
+
+/// The ids of the VM containers in `store`.
+pub(super) fn list_ids(store: &Store) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(&store.root) else {
+        return vec![];
+    };
+    let mut ids: Vec<String> = rd
+        .flatten()
+        .filter(|e| e.path().join(STATE_FILE).exists())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    ids.sort();
+    ids
+}
