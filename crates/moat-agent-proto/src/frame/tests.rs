@@ -282,3 +282,55 @@ fn write_seed_corpus_when_asked() {
         std::fs::write(dir.join(format!("guest-{i}")), encode(m).unwrap()).unwrap();
     }
 }
+
+/// Every strict prefix of a valid frame is "need more bytes", never a message or a panic; a
+/// header that claims the truncated length makes the cut body a malformed-frame error; a body of
+/// garbage behind a valid header is an error too, and the stream goes on after each.
+#[test]
+fn truncated_and_garbage_frames_are_errors() {
+    let mut rng = Rng(0x0DDB_1A5E_5BAD_5EED);
+    let mut frames: Vec<Vec<u8>> = sample_host().iter().map(|m| encode(m).unwrap()).collect();
+    frames.extend(sample_guest().iter().map(|m| encode(m).unwrap()));
+    let ping = encode(&sample_host()[0]).unwrap();
+    for f in &frames {
+        for cut in 0..f.len() {
+            let mut h = Decoder::<HostMessage>::new();
+            let mut g = Decoder::<GuestMessage>::new();
+            h.push(&f[..cut]);
+            g.push(&f[..cut]);
+            assert!(h.next_message().is_none() && g.next_message().is_none());
+        }
+        let body = &f[HEADER_LEN..];
+        for cut in 0..body.len() {
+            let mut bytes = (cut as u32).to_le_bytes().to_vec();
+            bytes.extend_from_slice(&body[..cut]);
+            bytes.extend_from_slice(&ping);
+            let mut h = Decoder::<HostMessage>::new();
+            h.push(&bytes);
+            assert!(matches!(h.next_message(), Some(Err(_))), "cut {cut}");
+            assert_eq!(h.next_message(), Some(Ok(sample_host()[0].clone())));
+            let mut g = Decoder::<GuestMessage>::new();
+            g.push(&bytes[..HEADER_LEN + cut]);
+            assert!(matches!(g.next_message(), Some(Err(_))), "cut {cut}");
+        }
+    }
+    for _ in 0..5_000 {
+        let n = (rng.next() % 200) as usize + 1;
+        // A first byte that cannot start JSON: the body is garbage for sure.
+        let mut body: Vec<u8> = vec![0xff];
+        body.extend((1..n).map(|_| rng.next() as u8));
+        let mut bytes = (body.len() as u32).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&body);
+        bytes.extend_from_slice(&ping);
+        let mut h = Decoder::<HostMessage>::new();
+        h.push(&bytes);
+        assert!(matches!(
+            h.next_message(),
+            Some(Err(DecodeError::Malformed { id: None, .. }))
+        ));
+        assert_eq!(h.next_message(), Some(Ok(sample_host()[0].clone())));
+        let mut g = Decoder::<GuestMessage>::new();
+        g.push(&bytes);
+        assert!(matches!(g.next_message(), Some(Err(_))));
+    }
+}
