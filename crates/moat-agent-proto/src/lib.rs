@@ -24,8 +24,17 @@ pub use messages::*;
 /// The version of this protocol; bumped on any incompatible change of a message.
 pub const PROTOCOL_VERSION: u32 = 2;
 
-/// The `name=` of the virtio-serial port the agent listens on.
+/// The `name=` of the virtio-serial port the agent listens on (the first of them).
 pub const AGENT_PORT_NAME: &str = "io.moat.agent.0";
+
+/// On the guest kernel command line, `moat.agent_ports=N`: the host gave the agent N ports
+/// (named by [`agent_port_name`]), so that N host commands can be attached at once. One without.
+pub const AGENT_PORTS_FLAG: &str = "moat.agent_ports";
+
+/// The `name=` of agent port `i` (port 0 is [`AGENT_PORT_NAME`]).
+pub fn agent_port_name(i: u32) -> String {
+    format!("io.moat.agent.{i}")
+}
 
 /// On the guest kernel command line: a one-container sandbox. The host may disconnect from the
 /// agent port and come back (each runtime command is one connection; the agent sends `Ready` on

@@ -33,8 +33,9 @@ fn do_mount(
     })
 }
 
-/// Everything before serving: returns the path of the agent's port.
-pub fn boot(port_name: &str) -> Result<PathBuf> {
+/// Everything before serving: returns the paths of the agent's ports (`moat.agent_ports=N` on
+/// the command line: N of them, else one).
+pub fn boot() -> Result<Vec<PathBuf>> {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
     do_mount("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, None)?;
     do_mount("proc", "/proc", "proc", nosuid, None)?;
@@ -57,7 +58,24 @@ pub fn boot(port_name: &str) -> Result<PathBuf> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         None,
     )?;
-    find_port(port_name, Duration::from_secs(10))
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let n = cmdline
+        .split_whitespace()
+        .find_map(|w| {
+            w.strip_prefix(moat_agent_proto::AGENT_PORTS_FLAG)?
+                .strip_prefix('=')
+        })
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1)
+        .clamp(1, 16);
+    (0..n)
+        .map(|i| {
+            find_port(
+                &moat_agent_proto::agent_port_name(i),
+                Duration::from_secs(10),
+            )
+        })
+        .collect()
 }
 
 /// Load every module of `dir` in name order; an already loaded (or built-in) one is fine.

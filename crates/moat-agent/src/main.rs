@@ -1,21 +1,21 @@
 //! `moat-agent`: PID 1 of a moat guest VM. It boots the guest (kernel filesystems, modules, a
-//! tmpfs root), finds the virtio-serial port the host named [`AGENT_PORT_NAME`], and serves the
-//! host's requests by calling the namespaces backend (`moat-container`) inside the VM: the same
-//! container code as on the host, not a second copy. When the sandbox ends it powers the VM off.
+//! tmpfs root), finds the virtio-serial ports the host named (`io.moat.agent.0`, and the others
+//! announced by `moat.agent_ports=N`), and serves the host's requests by calling the namespaces
+//! backend (`moat-container`) inside the VM: the same container code as on the host, not a second
+//! copy. When the sandbox ends it powers the VM off.
 //!
 //! What it must never do: crash on a request (a malformed one gets an error reply), write its log
 //! to the stdio it lends to containers, or keep running once the host asked it to stop.
 #![forbid(unsafe_code)]
 
 mod boot;
+mod conn;
 mod error;
 mod log;
 mod serve;
 mod shared;
 mod stdin;
 mod stdio;
-
-use moat_agent_proto::AGENT_PORT_NAME;
 
 fn main() {
     if std::process::id() != 1 {
@@ -26,16 +26,16 @@ fn main() {
         log::error(&format!("panic: {info}"));
         boot::power_off();
     }));
-    let port = match boot::boot(AGENT_PORT_NAME) {
+    let ports = match boot::boot() {
         Ok(p) => p,
         Err(e) => {
             log::error(&format!("boot: {e}"));
             boot::power_off();
         }
     };
-    log::info(&format!("serving on {}", port.display()));
-    if let Err(e) = serve::serve(&port) {
-        log::error(&format!("serve {}: {e}", port.display()));
+    log::info(&format!("serving on {ports:?}"));
+    if let Err(e) = serve::serve(&ports) {
+        log::error(&format!("serve {ports:?}: {e}"));
     }
     boot::power_off();
 }

@@ -9,8 +9,8 @@ use std::io::Write;
 pub struct StdinPipe {
     pub file: File,
     buf: Vec<u8>,
-    /// The `Stdin` request answered once `buf` is empty.
-    waiting: Option<u64>,
+    /// The `Stdin` request (connection, request id) answered once `buf` is empty.
+    waiting: Option<(usize, u64)>,
     /// Close once `buf` is empty (the host sent `CloseStdin`).
     close: bool,
 }
@@ -19,8 +19,8 @@ pub struct StdinPipe {
 pub enum Pumped {
     /// Bytes remain (the pipe is full).
     Pending,
-    /// Everything was written; answer this request, if any.
-    Drained(Option<u64>),
+    /// Everything was written; answer this request (connection, id), if any.
+    Drained(Option<(usize, u64)>),
 }
 
 impl StdinPipe {
@@ -42,8 +42,8 @@ impl StdinPipe {
         !self.buf.is_empty()
     }
 
-    /// Take the bytes of request `id`.
-    pub fn push(&mut self, id: u64, data: Vec<u8>) {
+    /// Take the bytes of request `id` (connection, request id).
+    pub fn push(&mut self, id: (usize, u64), data: Vec<u8>) {
         self.buf.extend(data);
         self.waiting = Some(id);
     }
@@ -59,7 +59,7 @@ impl StdinPipe {
     }
 
     /// The request waiting for an answer, taken (for an error answer).
-    pub fn take_waiting(&mut self) -> Option<u64> {
+    pub fn take_waiting(&mut self) -> Option<(usize, u64)> {
         self.waiting.take()
     }
 

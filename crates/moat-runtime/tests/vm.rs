@@ -427,6 +427,37 @@ fn vm_exec_ps_events_pause_and_list() {
     assert!(o.status.success());
     assert_eq!(text(&o), "piped\n");
 
+    // A foreground exec holds one agent port while it waits for its stdin; ps and another exec
+    // meanwhile use other ports, and each process's output reaches only its own command.
+    let mut long = vm_cmd(&rt, &["exec", &id, "sh", "-c", "read x; echo got-$x"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // ps works while that exec is attached: poll until its process shows.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !text(&vm_ok(&rt, &["ps", &id])).contains("read x") {
+        assert!(
+            Instant::now() < deadline,
+            "the attached exec never showed in ps"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t = Instant::now();
+    let o = vm_cmd(&rt, &["exec", &id, "echo", "beside"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&o), "beside\n");
+    eprintln!("ps and exec beside an attached exec: {:?}", t.elapsed());
+    {
+        use std::io::Write;
+        let mut sin = long.stdin.take().unwrap();
+        sin.write_all(b"late\n").unwrap();
+    }
+    let o = long.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(text(&o), "got-late\n");
+
     let pj = b.path().join("process.json");
     std::fs::write(
         &pj,

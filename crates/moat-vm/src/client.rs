@@ -1,10 +1,17 @@
 //! The host's client of the agent protocol over the VM's agent socket. Requests are answered in
 //! order; output and exit events that arrive meanwhile are queued for [`AgentClient::wait_exit`].
 //! Every frame from the guest is decoded as hostile input: a bad frame is an error, never a panic.
+//!
+//! A VM has one or more agent ports, each serving one host connection at a time (QEMU's socket
+//! chardev has one client). A command takes a port by an exclusive `flock` on the lock file next
+//! to its socket ([`AgentClient::attach_any`]), held as long as the client lives, so concurrent
+//! commands use different ports instead of queueing behind one another.
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use moat_agent_proto::{
@@ -24,6 +31,25 @@ pub struct AgentClient {
     next_id: u64,
     events: VecDeque<GuestMessage>,
     kernel_release: String,
+    /// The port's lock, when taken.
+    lock: Option<nix::fcntl::Flock<File>>,
+}
+
+/// Take the lock of the agent port whose socket is `sock`, without waiting; `None` when another
+/// command holds it.
+pub fn try_lock_port(sock: &Path) -> Result<Option<nix::fcntl::Flock<File>>> {
+    let path = sock.with_extension("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(VmError::io("open", &path))?;
+    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(VmError::io("lock", &path)(e.into())),
+    }
 }
 
 /// What a process wrote and how it ended.
@@ -43,6 +69,7 @@ impl AgentClient {
             next_id: 1,
             events: VecDeque::new(),
             kernel_release: String::new(),
+            lock: None,
         };
         let deadline = Instant::now() + timeout;
         loop {
@@ -76,6 +103,7 @@ impl AgentClient {
             next_id: 2,
             events: VecDeque::new(),
             kernel_release: String::new(),
+            lock: None,
         };
         let frame = encode(&HostMessage {
             id: 1,
@@ -90,6 +118,34 @@ impl AgentClient {
                 other => c.events.push_back(other),
             }
         }
+    }
+
+    /// Attach to a free port among `socks` (the agent sockets of one VM): take the first port
+    /// whose lock is free and reattach there, retrying until `timeout` while all are taken.
+    pub fn attach_any(socks: &[PathBuf], timeout: Duration) -> Result<AgentClient> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for s in socks {
+                if let Some(lock) = try_lock_port(s)? {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let mut c = Self::reattach(s, left.max(Duration::from_millis(100)))?;
+                    c.lock = Some(lock);
+                    return Ok(c);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(VmError::PortsBusy {
+                    ports: socks.len(),
+                    secs: timeout.as_secs(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Hold `lock` (of this client's port) as long as the client lives.
+    pub fn hold_lock(&mut self, lock: nix::fcntl::Flock<File>) {
+        self.lock = Some(lock);
     }
 
     /// The next output or exit event (queued or read within `timeout`); `None` on timeout.

@@ -45,6 +45,10 @@ pub enum VmError {
     },
     #[error("the guest agent speaks protocol version {guest}, the host {host}")]
     ProtocolVersion { guest: u32, host: u32 },
+    #[error(
+        "all {ports} agent ports of the VM stayed busy for {secs} s (other commands are attached)"
+    )]
+    PortsBusy { ports: usize, secs: u64 },
     #[error("the connection to the guest agent closed (the VM stopped?)")]
     Disconnected,
     #[error("bad frame from the guest agent: {0}")]

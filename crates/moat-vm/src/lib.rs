@@ -43,6 +43,9 @@ pub struct VmConfig {
     pub cmdline: String,
     pub memory_mib: u32,
     pub vcpus: u32,
+    /// Agent ports (virtio-serial), each one host connection at a time: how many host commands
+    /// can be attached at once (e.g. a foreground `exec` and a `ps`).
+    pub agent_ports: u32,
     pub disks: Vec<Disk>,
     /// A directory shared with the guest over virtiofs (tag [`moat_agent_proto::SHARE_TAG`]),
     /// served by one virtiofsd; guest RAM is then a shared memfd.
@@ -69,6 +72,7 @@ impl VmConfig {
             },
             memory_mib: 256,
             vcpus: 1,
+            agent_ports: 1,
             disks: vec![],
             shared: None,
             run_parent: std::env::temp_dir(),

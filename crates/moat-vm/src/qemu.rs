@@ -13,8 +13,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use moat_agent_proto::AGENT_PORT_NAME;
-
 use crate::accel::Accel;
 use crate::client::AgentClient;
 use crate::error::{Result, VmError};
@@ -42,6 +40,13 @@ impl Qemu {
     /// host's TSC frequency is passed in (`tsc_early_khz`) and the TSC declared reliable.
     pub fn cmdline(&self, cfg: &VmConfig) -> String {
         let mut c = cfg.cmdline.clone();
+        if cfg.agent_ports > 1 {
+            c.push_str(&format!(
+                " {}={}",
+                moat_agent_proto::AGENT_PORTS_FLAG,
+                cfg.agent_ports
+            ));
+        }
         if self.accel == Accel::Tcg && !c.contains("tsc_early_khz=") {
             if let Some(khz) = host_tsc_khz() {
                 c.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
@@ -91,16 +96,17 @@ impl Qemu {
         .args(["-append", &self.cmdline(cfg)])
         .arg("-serial")
         .arg(format!("file:{}", run.join("console.log").display()))
-        .args(["-device", "virtio-serial-device"])
-        .arg("-chardev")
-        .arg(format!(
-            "socket,id=agent,path={},server=on,wait=off",
-            run.join("agent.sock").display()
-        ))
-        .arg("-device")
-        .arg(format!(
-            "virtserialport,chardev=agent,name={AGENT_PORT_NAME}"
-        ));
+        .args(["-device", "virtio-serial-device"]);
+        for i in 0..cfg.agent_ports.max(1) {
+            c.arg("-chardev").arg(format!(
+                "socket,id=agent{i},path={},server=on,wait=off",
+                agent_socket(run, i).display()
+            ));
+            c.arg("-device").arg(format!(
+                "virtserialport,chardev=agent{i},name={}",
+                moat_agent_proto::agent_port_name(i)
+            ));
+        }
         if cfg.shared.is_some() {
             // libvhost-user (virtiofsd) refuses legacy virtio, microvm's default for virtio-mmio.
             c.args(["-global", "virtio-mmio.force-legacy=false"]);
@@ -133,6 +139,15 @@ impl Qemu {
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The host end of agent port `i` of the VM whose run dir is `run`.
+pub fn agent_socket(run: &Path, i: u32) -> PathBuf {
+    if i == 0 {
+        run.join("agent.sock")
+    } else {
+        run.join(format!("agent-{i}.sock"))
+    }
+}
 
 impl Hypervisor for Qemu {
     type Instance = QemuVm;
@@ -194,15 +209,21 @@ impl Hypervisor for Qemu {
             agent: None,
             detached: false,
         };
+        // A fresh run dir: the first port's lock is free.
+        let lock = crate::client::try_lock_port(&agent_socket(&vm.run, 0))?;
         let stream = vm.connect(Duration::from_secs(10))?;
-        let client = AgentClient::handshake(stream, cfg.agent_timeout).map_err(|e| match e {
-            VmError::Disconnected | VmError::AgentTimeout { .. } => VmError::GuestFailed {
-                reason: e.to_string(),
-                qemu_stderr: vm.tail("qemu.stderr"),
-                console: vm.tail("console.log"),
-            },
-            e => e,
-        })?;
+        let mut client =
+            AgentClient::handshake(stream, cfg.agent_timeout).map_err(|e| match e {
+                VmError::Disconnected | VmError::AgentTimeout { .. } => VmError::GuestFailed {
+                    reason: e.to_string(),
+                    qemu_stderr: vm.tail("qemu.stderr"),
+                    console: vm.tail("console.log"),
+                },
+                e => e,
+            })?;
+        if let Some(l) = lock {
+            client.hold_lock(l);
+        }
         vm.agent = Some(client);
         Ok(vm)
     }
@@ -246,7 +267,7 @@ impl QemuVm {
         DetachedVm {
             pid: self.child.id(),
             virtiofsd_pid: self.virtiofsd.as_ref().map(Child::id),
-            agent_socket: self.run.join("agent.sock"),
+            agent_socket: agent_socket(&self.run, 0),
             run_dir: self.run.clone(),
         }
     }
@@ -267,7 +288,7 @@ impl QemuVm {
     /// connected, and the socket exists once QEMU has parsed its devices, long before the guest
     /// can speak.
     fn connect(&mut self, timeout: Duration) -> Result<std::os::unix::net::UnixStream> {
-        let sock = self.run.join("agent.sock");
+        let sock = agent_socket(&self.run, 0);
         let deadline = Instant::now() + timeout;
         loop {
             match std::os::unix::net::UnixStream::connect(&sock) {

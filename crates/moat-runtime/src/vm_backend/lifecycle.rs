@@ -17,6 +17,9 @@ use super::state::{HostProc, VmState};
 use super::{DEFAULT_MEMORY_MIB, MEMORY_OVERHEAD_MIB};
 
 const ROOTFS_SERIAL: &str = "rootfs0";
+/// Agent ports per VM: how many commands can be attached at once (a foreground `run` or `exec`
+/// holds one for as long as it runs).
+const AGENT_PORTS: u32 = 4;
 
 /// Guest RAM (MiB) and vCPUs for a spec: the container's limits plus [`MEMORY_OVERHEAD_MIB`].
 pub fn vm_size(spec: &oci_spec::runtime::Spec) -> (u32, u32) {
@@ -112,6 +115,7 @@ fn create_inner(store: &Store, opts: &moat_container::CreateOptions, stdin: bool
         qemu_start_time: 0,
         virtiofsd: None,
         agent_socket: PathBuf::new(),
+        agent_ports: AGENT_PORTS,
         run_dir: PathBuf::new(),
         image: dir.join("rootfs.ext4"),
         cgroups_path: bundle
@@ -171,6 +175,7 @@ fn boot_and_create(
     cfg.cmdline.push(' ');
     cfg.cmdline.push_str(moat_agent_proto::SINGLE_SANDBOX_FLAG);
     (cfg.memory_mib, cfg.vcpus) = vm_size(&bundle.spec);
+    cfg.agent_ports = st.agent_ports;
     // The agent and virtiofsd sockets live in the run dir: a unix socket path must fit in 108
     // bytes, so a long state dir (long ids or roots) falls back to a short private parent.
     cfg.run_parent = store.dir(&st.id);
@@ -196,7 +201,7 @@ fn boot_and_create(
         VmBackendError::Unsupported(format!("qemu {} exited right after booting", st.qemu_pid))
     })?;
     st.run_dir = vm.run_dir().to_path_buf();
-    st.agent_socket = st.run_dir.join("agent.sock");
+    st.agent_socket = moat_vm::qemu::agent_socket(&st.run_dir, 0);
     st.save(store)?;
     let cgroup_err = |what: String| move |source| VmBackendError::Cgroup { what, source };
     let cg = st

@@ -69,12 +69,19 @@ pub(super) struct VmState {
     /// The server of the shared directory (bind mounts), if the VM has one.
     #[serde(default)]
     pub virtiofsd: Option<HostProc>,
+    /// The first agent port's socket; the VM has `agent_ports` of them in `run_dir`.
     pub agent_socket: PathBuf,
+    #[serde(default = "one")]
+    pub agent_ports: u32,
     pub run_dir: PathBuf,
     pub image: PathBuf,
     pub cgroups_path: Option<String>,
     pub systemd_cgroup: bool,
     pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn state_path(store: &Store, id: &str) -> PathBuf {
@@ -138,10 +145,23 @@ impl VmState {
         Ok(())
     }
 
+    /// The host ends of the agent ports.
+    fn agent_sockets(&self) -> Vec<PathBuf> {
+        (0..self.agent_ports.max(1))
+            .map(|i| moat_vm::qemu::agent_socket(&self.run_dir, i))
+            .collect()
+    }
+
+    /// Connect to the agent on a free port (each attached command holds one).
     pub fn attach(&self) -> Result<AgentClient> {
-        AgentClient::reattach(&self.agent_socket, ATTACH_TIMEOUT).map_err(VmBackendError::vm(
-            format!("attach to the agent of container {}", self.id),
-        ))
+        self.attach_within(ATTACH_TIMEOUT)
+    }
+
+    fn attach_within(&self, limit: Duration) -> Result<AgentClient> {
+        AgentClient::attach_any(&self.agent_sockets(), limit).map_err(VmBackendError::vm(format!(
+            "attach to the agent of container {}",
+            self.id
+        )))
     }
 
     pub fn cgroup(&self) -> Option<moat_cgroups::Cgroup> {
@@ -158,8 +178,7 @@ impl VmState {
     pub fn destroy(&self, store: &Store) -> Result<()> {
         if self.alive() {
             // Ask politely (the agent deletes its containers and powers off), briefly.
-            if let Ok(mut a) = AgentClient::reattach(&self.agent_socket, Duration::from_millis(500))
-            {
+            if let Ok(mut a) = self.attach_within(Duration::from_millis(500)) {
                 let _ = a.shutdown();
             }
             if !self.wait_gone(Duration::from_millis(1000)) {

@@ -1,0 +1,310 @@
+//! The requests that act on containers: create (the rootfs disk, the shared bind mounts, the
+//! config handed to `moat-container`), start, exec, kill, pause/resume, stats, processes, delete,
+//! and the sandbox's shutdown. Each runs to completion inside one turn of the loop.
+
+use std::path::Path;
+use std::time::Duration;
+
+use moat_agent_proto::{ContainerStats, GuestProcess, Reply, Request, RootfsDisk, SharedMount};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::unistd::Pid;
+
+use super::{Agent, Key, Pipe, Proc, BUNDLES};
+use crate::error::{AgentFailure, Result};
+use crate::stdin::StdinPipe;
+use crate::stdio::{lend, Pipes};
+use crate::{boot, log, shared};
+
+impl Agent {
+    /// Handle request `req` from connection `conn` (which then owns what it starts).
+    pub(super) fn handle(&mut self, conn: usize, req: Request) -> Result<Reply> {
+        match req {
+            Request::Ping => Ok(Reply::Pong),
+            Request::Create {
+                container_id,
+                config_json,
+                rootfs,
+                stdin,
+                shared,
+            } => self.create(&container_id, &config_json, &rootfs, stdin, &shared),
+            Request::Start { container_id } => {
+                moat_container::start::start(&self.store, &container_id)?;
+                self.owners.insert((container_id, None), conn);
+                Ok(Reply::Done)
+            }
+            Request::Exec {
+                container_id,
+                exec_id,
+                process_json,
+                stdin,
+            } => {
+                let r = self.exec(&container_id, &exec_id, &process_json, stdin)?;
+                self.owners.insert((container_id, Some(exec_id)), conn);
+                Ok(r)
+            }
+            // Answered by `dispatch` (deferred until written).
+            Request::Stdin { .. } => Err(AgentFailure::Invalid("stdin".into())),
+            Request::CloseStdin {
+                container_id,
+                exec_id,
+            } => {
+                let key = (container_id, exec_id);
+                let s = self
+                    .stdins
+                    .get_mut(&key)
+                    .ok_or_else(|| AgentFailure::NotFound(format!("stdin of {key:?}")))?;
+                s.close_when_drained();
+                if s.done() {
+                    self.stdins.remove(&key);
+                }
+                Ok(Reply::Done)
+            }
+            Request::Pause { container_id } => {
+                moat_container::pause::pause(&self.store, &container_id)?;
+                Ok(Reply::Done)
+            }
+            Request::Resume { container_id } => {
+                moat_container::pause::resume(&self.store, &container_id)?;
+                Ok(Reply::Done)
+            }
+            Request::Stats { container_id } => self.stats(&container_id),
+            Request::Processes { container_id } => self.processes(&container_id),
+            Request::Kill {
+                container_id,
+                exec_id: Some(exec_id),
+                signal,
+                ..
+            } => {
+                let key = (container_id, Some(exec_id));
+                let p = self
+                    .procs
+                    .get(&key)
+                    .ok_or_else(|| AgentFailure::NotFound(format!("exec {key:?}")))?;
+                let sig = nix::sys::signal::Signal::try_from(signal)
+                    .map_err(|_| AgentFailure::Invalid(format!("signal {signal}")))?;
+                nix::sys::signal::kill(Pid::from_raw(p.pid), sig).map_err(|errno| {
+                    AgentFailure::Sys {
+                        what: format!("kill {} {sig}", p.pid),
+                        errno,
+                    }
+                })?;
+                Ok(Reply::Done)
+            }
+            Request::Kill {
+                container_id,
+                exec_id: None,
+                signal,
+                all,
+            } => {
+                moat_container::kill::kill(&self.store, &container_id, signal, all)?;
+                Ok(Reply::Done)
+            }
+            Request::Delete {
+                container_id,
+                force,
+            } => {
+                moat_container::delete::delete(&self.store, &container_id, force)?;
+                self.release_bundle(&container_id);
+                Ok(Reply::Done)
+            }
+            Request::Shutdown => {
+                self.shutdown();
+                Ok(Reply::Done)
+            }
+        }
+    }
+
+    fn cgroup(&self, id: &str) -> Result<moat_cgroups::Cgroup> {
+        self.store
+            .load(id)?
+            .cgroup
+            .ok_or_else(|| AgentFailure::NotFound(format!("the cgroup of container {id}")))
+    }
+
+    fn stats(&self, id: &str) -> Result<Reply> {
+        let s = self.cgroup(id)?.stats()?;
+        Ok(Reply::Stats(ContainerStats {
+            cpu_usage_ns: s.cpu.usage.total,
+            memory_usage_bytes: s.memory.usage.usage,
+            memory_max_usage_bytes: s.memory.usage.max,
+            memory_limit_bytes: s.memory.usage.limit,
+            pids_current: s.pids.current,
+            pids_limit: s.pids.limit,
+        }))
+    }
+
+    fn processes(&self, id: &str) -> Result<Reply> {
+        let pids = self.cgroup(id)?.pids()?;
+        let procs = pids
+            .into_iter()
+            .map(|pid| {
+                let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let command = raw
+                    .split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                GuestProcess { pid, command }
+            })
+            .collect();
+        Ok(Reply::Processes(procs))
+    }
+
+    fn create(
+        &mut self,
+        id: &str,
+        config_json: &str,
+        disk: &RootfsDisk,
+        stdin: bool,
+        shared: &[SharedMount],
+    ) -> Result<Reply> {
+        moat_container::state::validate_id(id)?;
+        if self.bundles.contains_key(id) {
+            return Err(AgentFailure::Exists(format!("container {id}")));
+        }
+        let mut config: serde_json::Value = serde_json::from_str(config_json)
+            .map_err(|e| AgentFailure::Invalid(format!("config.json: {e}")))?;
+        let root = config
+            .as_object_mut()
+            .ok_or_else(|| AgentFailure::Invalid("config.json: not an object".into()))?
+            .entry("root")
+            .or_insert_with(|| serde_json::json!({}));
+        let Some(root) = root.as_object_mut() else {
+            return Err(AgentFailure::Invalid(
+                "config.json: root is not an object".into(),
+            ));
+        };
+        root.insert("path".into(), "rootfs".into());
+        shared::rewrite(&mut config, shared)?;
+        if !shared.is_empty() && !self.share_mounted {
+            shared::mount_share()?;
+            self.share_mounted = true;
+        }
+        if !["ext4", "ext2", "xfs", "erofs", "squashfs"].contains(&disk.fstype.as_str()) {
+            return Err(AgentFailure::Invalid(format!("fstype {:?}", disk.fstype)));
+        }
+        let bundle = Path::new(BUNDLES).join(id);
+        let rootfs = bundle.join("rootfs");
+        std::fs::create_dir_all(&rootfs).map_err(|e| AgentFailure::io("create", &rootfs, e))?;
+        self.bundles.insert(id.to_string(), bundle.clone());
+        let r = self.create_in(id, &bundle, &rootfs, &config, disk, stdin);
+        if r.is_err() {
+            self.release_bundle(id);
+        }
+        r
+    }
+
+    fn create_in(
+        &mut self,
+        id: &str,
+        bundle: &Path,
+        rootfs: &Path,
+        config: &serde_json::Value,
+        disk: &RootfsDisk,
+        stdin: bool,
+    ) -> Result<Reply> {
+        let dev = boot::find_disk(&disk.serial, Duration::from_secs(5))?;
+        let flags = if disk.readonly {
+            MsFlags::MS_RDONLY
+        } else {
+            MsFlags::empty()
+        };
+        mount(
+            Some(&dev),
+            rootfs,
+            Some(disk.fstype.as_str()),
+            flags,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            AgentFailure::Rootfs(format!(
+                "mount {} at {}: {e}",
+                dev.display(),
+                rootfs.display()
+            ))
+        })?;
+        let cfg = bundle.join("config.json");
+        std::fs::write(&cfg, config.to_string()).map_err(|e| AgentFailure::io("write", &cfg, e))?;
+        let pipes = Pipes::new(stdin)?;
+        let created = {
+            let _lent = lend(&pipes)?;
+            let opts = moat_container::CreateOptions {
+                id: id.to_string(),
+                bundle: bundle.to_path_buf(),
+                ..Default::default()
+            };
+            let created = moat_container::create(&self.store, &opts)?;
+            self.register((id.to_string(), None), created.pid);
+            created
+        };
+        self.watch(pipes, (id.to_string(), None))?;
+        Ok(Reply::Pid(created.pid))
+    }
+
+    fn exec(&mut self, id: &str, exec_id: &str, process_json: &str, stdin: bool) -> Result<Reply> {
+        let key = (id.to_string(), Some(exec_id.to_string()));
+        if self.procs.contains_key(&key) {
+            return Err(AgentFailure::Exists(format!("exec {exec_id} in {id}")));
+        }
+        let process: oci_spec::runtime::Process = serde_json::from_str(process_json)
+            .map_err(|e| AgentFailure::Invalid(format!("process: {e}")))?;
+        let pipes = Pipes::new(stdin)?;
+        let pid = {
+            let _lent = lend(&pipes)?;
+            let opts = moat_container::exec::ExecOptions {
+                id: id.to_string(),
+                ..Default::default()
+            };
+            let pid = moat_container::exec::exec(&self.store, &opts, process)?.as_raw();
+            self.register(key.clone(), pid);
+            pid
+        };
+        self.watch(pipes, key)?;
+        Ok(Reply::Pid(pid))
+    }
+
+    fn watch(&mut self, pipes: Pipes, key: Key) -> Result<()> {
+        let (readers, stdin) = pipes.into_ends()?;
+        for (file, stream) in readers {
+            self.pipes.push(Pipe {
+                file,
+                key: key.clone(),
+                stream,
+            });
+        }
+        if let Some(w) = stdin {
+            self.stdins.insert(key, StdinPipe::new(w));
+        }
+        Ok(())
+    }
+
+    fn register(&mut self, key: Key, pid: i32) {
+        self.procs.insert(
+            key,
+            Proc {
+                pid,
+                open_pipes: 2,
+                status: None,
+            },
+        );
+    }
+
+    fn release_bundle(&mut self, id: &str) {
+        if let Some(bundle) = self.bundles.remove(id) {
+            let rootfs = bundle.join("rootfs");
+            let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir_all(&bundle);
+        }
+    }
+
+    pub(super) fn shutdown(&mut self) {
+        let ids: Vec<String> = self.bundles.keys().cloned().collect();
+        for id in ids {
+            if let Err(e) = moat_container::delete::delete(&self.store, &id, true) {
+                log::error(&format!("delete {id}: {e}"));
+            }
+            self.release_bundle(&id);
+        }
+    }
+}
