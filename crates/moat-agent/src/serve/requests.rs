@@ -105,6 +105,8 @@ impl Agent {
             } => {
                 moat_container::delete::delete(&self.store, &container_id, force)?;
                 self.release_bundle(&container_id);
+                self.owners.retain(|k, _| k.0 != container_id);
+                self.stdins.retain(|k, _| k.0 != container_id);
                 Ok(Reply::Done)
             }
             Request::Shutdown => {

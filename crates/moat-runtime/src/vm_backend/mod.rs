@@ -3,16 +3,16 @@
 //! it with the namespaces backend.
 //!
 //! `create` builds an ext4 image of the rootfs, shares the spec's bind mounts over virtiofs
-//! ([`mounts`]), boots the VM and creates the container in the guest, then *detaches*: QEMU and
+//! (`mounts`), boots the VM and creates the container in the guest, then *detaches*: QEMU and
 //! virtiofsd (their own process groups) outlive the command, and `vm.json` in the container's
-//! state dir records their pids and start times, the agent socket and the image ([`state`]).
+//! state dir records their pids and start times, the agent socket and the image (`state`).
 //! Every later command reattaches to the agent over that socket. The guest runs a one-container
 //! sandbox (`moat.sandbox=single`): it powers off once the container's init has exited, so
 //! "QEMU is gone" is "the container stopped", and `state` never needs to talk to the guest.
 //!
-//! Files: [`lifecycle`] (create, start, state, kill, pause, resume, delete, run), [`exec`]
-//! (exec, ps, events), [`follow`] (a foreground process's stdio and signals), [`mounts`],
-//! [`state`], [`error`].
+//! Files: `lifecycle` (create, start, state, kill, pause, resume, delete, run), `exec`
+//! (exec, ps, events), `follow` (a foreground process's stdio and signals), `mounts`,
+//! `state`, [`error`].
 //!
 //! What it must never do: leave a QEMU or virtiofsd process, mount, socket, image or cgroup
 //! behind after `delete`, act on a recycled pid (pids are checked against their recorded start
