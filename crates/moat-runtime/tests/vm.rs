@@ -262,7 +262,9 @@ fn vm_run_forwards_stdin_and_shares_bind_mounts() {
     }
     b.spec["linux"].as_object_mut().unwrap().remove("seccomp");
     b.save();
-    let id = id("vmio");
+    // A long id: the state dir is too long for socket paths, so the run dir (agent and virtiofsd
+    // sockets) moves under /run/moat-vm, and must go from there too.
+    let id = id("vmio-with-an-id-long-enough-to-move-the-sockets");
     // 100 KiB after the first line: several stdin chunks, then EOF.
     let mut input = b"hello\n".to_vec();
     input.extend(std::iter::repeat_n(b'z', 100 * 1024));
@@ -273,6 +275,7 @@ fn vm_run_forwards_stdin_and_shares_bind_mounts() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let run_dir = std::path::PathBuf::from(format!("/run/moat-vm/moat-vm-{}-0", child.id()));
     let mut sin = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || {
         use std::io::Write;
@@ -317,6 +320,13 @@ fn vm_run_forwards_stdin_and_shares_bind_mounts() {
     assert_no_qemu(&rt, &id);
     assert_no_host_mount(&h.path().to_string_lossy());
     assert_no_host_mount(&rt.root.path().join(&id).to_string_lossy());
+    assert!(
+        !run_dir.exists(),
+        "run dir {} left behind",
+        run_dir.display()
+    );
+    assert!(pids_with_cmdline(&run_dir.to_string_lossy()).is_empty());
+    assert_no_host_mount(&run_dir.to_string_lossy());
 }
 
 #[test]
