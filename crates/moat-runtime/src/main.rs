@@ -425,7 +425,8 @@ fn list(store: &Store, format: &str, quiet: bool) -> Result<()> {
 }
 
 /// The error and its causes on one line, skipping a cause whose text the previous message already
-/// carries (library errors often embed their source).
+/// carries (library errors often embed their source). Multi-line messages (a VM that failed to
+/// boot carries the tail of its console) are folded with ` | `.
 pub fn one_line(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
@@ -438,5 +439,9 @@ pub fn one_line(e: &anyhow::Error) -> String {
         }
         out.push_str(&text);
     }
-    out
+    out.lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
