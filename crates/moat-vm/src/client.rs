@@ -21,6 +21,9 @@ use moat_agent_proto::{
 
 use crate::error::{Result, VmError};
 
+/// How often [`AgentClient::reattach`] repeats its ping until answered.
+pub const PING_RETRY: Duration = Duration::from_millis(300);
+
 /// How long one request may take in the guest (a create under TCG takes a fraction of this).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -94,28 +97,42 @@ impl AgentClient {
 
     /// Connect again to the agent of a running VM (its socket `sock`): the agent answers a ping
     /// (the `Ready` it sends on every new connection is skipped).
+    ///
+    /// The ping is repeated every [`PING_RETRY`]: in the guest, a new connection's first bytes
+    /// can arrive before the port's "host connected" event (data and control are separate
+    /// virtqueues), so the agent may read the ping, fail to write its answer, see the port as
+    /// closed and drop that answer; the next ping, once the event has arrived, is answered.
     pub fn reattach(sock: &std::path::Path, timeout: Duration) -> Result<AgentClient> {
         let stream =
             UnixStream::connect(sock).map_err(VmError::io("connect to agent socket", sock))?;
         let mut c = AgentClient {
             stream,
             dec: Decoder::new(),
-            next_id: 2,
+            next_id: 1,
             events: VecDeque::new(),
             kernel_release: String::new(),
             lock: None,
         };
-        let frame = encode(&HostMessage {
-            id: 1,
-            request: Request::Ping,
-        })?;
-        c.send_frame_bytes(&frame)?;
         let deadline = Instant::now() + timeout;
+        let mut pings = Vec::new();
         loop {
-            match c.read_message(deadline)? {
-                GuestMessage::Ready { kernel_release, .. } => c.kernel_release = kernel_release,
-                GuestMessage::Response { id: 1, .. } => return Ok(c),
-                other => c.events.push_back(other),
+            pings.push(c.send(Request::Ping)?);
+            let retry = (Instant::now() + PING_RETRY).min(deadline);
+            loop {
+                match c.read_message(retry) {
+                    Ok(GuestMessage::Ready { kernel_release, .. }) => {
+                        c.kernel_release = kernel_release
+                    }
+                    Ok(GuestMessage::Response { id, .. }) if pings.contains(&id) => return Ok(c),
+                    Ok(other) => c.events.push_back(other),
+                    Err(VmError::AgentTimeout { .. }) if Instant::now() < deadline => break,
+                    Err(VmError::AgentTimeout { .. }) => {
+                        return Err(VmError::AgentTimeout {
+                            secs: timeout.as_secs(),
+                        })
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
     }

@@ -66,7 +66,7 @@ impl VmConfig {
             initramfs,
             // MOAT_VM_DEBUG=1: every kernel and agent message on the console log.
             cmdline: if std::env::var_os("MOAT_VM_DEBUG").is_some() {
-                DEFAULT_CMDLINE.replace("quiet loglevel=4", "loglevel=7")
+                DEFAULT_CMDLINE.replace("quiet loglevel=4", "loglevel=7 printk.devkmsg=on")
             } else {
                 DEFAULT_CMDLINE.into()
             },
