@@ -247,12 +247,19 @@ fn vm_run_forwards_stdin_and_shares_bind_mounts() {
          if echo x > /ro/f; then echo ro-write-ok; fi; \
          mount -o remount,bind,rw /ro && echo remounted; \
          if echo y > /ro/f; then echo ro-write-after-remount-ok; fi; \
-         cat /ro/f; \
+         cat /ro/f; cat /etc/host-file; \
          find / -path /proc -prune -o -path /sys -prune -o -name {marker} -print; echo end"
     );
     let mut b = vm_bundle(&["sh", "-c", &script]);
     add_bind(&mut b, "/rw", &h.path().join("rw"), &["rbind", "rw"]);
     add_bind(&mut b, "/ro", &h.path().join("ro"), &["bind", "ro"]);
+    std::fs::write(h.path().join("single"), "a-single-file\n").unwrap();
+    add_bind(
+        &mut b,
+        "/etc/host-file",
+        &h.path().join("single"),
+        &["bind", "ro"],
+    );
     // A guest root that may remount: CAP_SYS_ADMIN and no seccomp filter.
     for set in ["bounding", "effective", "permitted"] {
         b.spec["process"]["capabilities"][set]
@@ -311,6 +318,7 @@ fn vm_run_forwards_stdin_and_shares_bind_mounts() {
         "ro-original\n"
     );
     assert!(stdout.contains("ro-original"), "{stdout}");
+    assert!(stdout.contains("a-single-file"), "a file bind: {stdout}");
     assert!(
         !stdout.contains(&marker),
         "host file visible in the guest: {stdout}"
@@ -503,6 +511,23 @@ fn vm_exec_ps_events_pause_and_list() {
         "{ev}"
     );
     assert!(ev["data"]["pids"]["current"].as_u64().unwrap() >= 1, "{ev}");
+
+    // events without --stats: one stats line per interval while the container runs.
+    let mut ev = vm_cmd(&rt, &["events", "--interval", "1s", &id])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(ev.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["type"], "stats", "{line}");
+    }
+    let _ = ev.kill();
+    let _ = ev.wait();
 
     vm_ok(&rt, &["pause", &id]);
     assert_eq!(rt.status(&id), "paused");
