@@ -77,7 +77,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
     let plan = NsPlan::from_spec(&bundle.spec);
     let seccomp = crate::seccomp::plan(&bundle.spec)?;
 
-    let _lock = store.create_dir(&opts.id)?;
+    let lock = store.create_dir(&opts.id)?;
     let mut undo = Undo {
         store,
         id: opts.id.clone(),
@@ -145,6 +145,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
     {
         moat_sys::process::Forked::Child => {
             drop(parent);
+            lock.close_in_child();
             crate::init::run(&args, child)
         }
         moat_sys::process::Forked::Parent { pid, .. } => pid,

@@ -88,6 +88,18 @@ pub struct Lock {
     _file: nix::fcntl::Flock<File>,
 }
 
+impl Lock {
+    /// In a forked child (the container's init): close this process's copy of the descriptor
+    /// without unlocking. The lock belongs to the open file, which the runtime still holds;
+    /// dropping the `Lock` would unlock it for the runtime too. An init that kept the copy would
+    /// hold the lock after a killed `create`, and `delete --force` would wait on it forever.
+    pub fn close_in_child(self) {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*self._file);
+        std::mem::forget(self);
+        let _ = nix::unistd::close(fd);
+    }
+}
+
 impl Store {
     pub fn new(root: impl Into<PathBuf>) -> Store {
         Store { root: root.into() }
