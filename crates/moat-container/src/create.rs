@@ -156,13 +156,29 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
     // No state write here: after a kill -9 of this process, `delete --force` finds the
     // processes through the cgroup recorded by the first write.
     st.pid = stage1.as_raw();
+    // Moving a process into a v1 cgroup (or a v2 one without CLONE_INTO_CGROUP) can wait for an
+    // RCU grace period (5-17 ms, `cgroup_threadgroup_rwsem`): let the init build its rootfs
+    // meanwhile, unless it needs id maps first or forks again (the fork must follow the move).
+    let early = !plan.new_userns() && !plan.second_fork;
+    if early {
+        parent
+            .send(&ToInit::StartEarly)
+            .map_err(crate::error::sys("write to container init"))?;
+    }
     cgroup.add_pid(stage1.as_raw())?;
     if plan.new_userns() && plan.clone_flags & libc::CLONE_NEWUSER as u64 != 0 {
         write_id_maps(&bundle, stage1.as_raw())?;
     }
-    parent
-        .send(&ToInit::Start)
-        .map_err(crate::error::sys("write to container init"))?;
+    match parent.send(if early {
+        &ToInit::Placed
+    } else {
+        &ToInit::Start
+    }) {
+        Ok(()) => {}
+        // The init already failed (its report is queued) or died: the loop below says which.
+        Err(nix::errno::Errno::EPIPE) if early => {}
+        Err(e) => return Err(crate::error::sys("write to container init")(e)),
+    }
 
     let mut init = stage1;
     loop {

@@ -43,11 +43,21 @@ pub struct InitArgs<'a> {
 
 /// Entry point in the child after clone3. Never returns.
 pub fn run(args: &InitArgs<'_>, ch: Channel) -> ! {
-    let err = match stage1(args, &ch) {
+    let placement = Placement {
+        ch: &ch,
+        pending: std::cell::Cell::new(false),
+        cgroupns: std::cell::Cell::new(false),
+    };
+    let err = match stage1(args, &ch, &placement) {
         Ok(never) => match never {},
         Err(e) => e,
     };
     let _ = ch.send(&FromInit::Failed(err));
+    // The runtime may still be moving us into the cgroup: exit only after that, so that the
+    // move succeeds and the runtime reads the failure above instead of failing on a dead pid.
+    if placement.pending.get() {
+        let _ = ch.recv::<ToInit>();
+    }
     // SAFETY-free exit: skip atexit handlers and buffered-IO flushing of the parent's copy.
     moat_sys::process::exit_now(1)
 }
@@ -61,16 +71,54 @@ fn wait_for(ch: &Channel) -> R<ToInit> {
     }
 }
 
-fn stage1(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallible> {
+/// Whether the init is in its cgroup yet. After [`ToInit::StartEarly`] the runtime moves it there
+/// while the init already works; [`Placement::ensure`] waits for [`ToInit::Placed`] and then
+/// unshares the cgroup namespace (it must be rooted in the container's cgroup). Everything that
+/// depends on the cgroup calls it first: a cgroup mount, the end of the rootfs setup, a fork.
+struct Placement<'a> {
+    ch: &'a Channel,
+    pending: std::cell::Cell<bool>,
+    cgroupns: std::cell::Cell<bool>,
+}
+
+impl Placement<'_> {
+    fn ensure(&self) -> R<()> {
+        if !self.pending.get() {
+            return Ok(());
+        }
+        if !matches!(wait_for(self.ch)?, ToInit::Placed) {
+            return Err(InitFailure::msg(
+                Step::Setup,
+                "unexpected message from runtime",
+            ));
+        }
+        self.pending.set(false);
+        if self.cgroupns.get() {
+            nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+                .map_err(|e| InitFailure::new(Step::Unshare, "unshare cgroup namespace", e))?;
+        }
+        Ok(())
+    }
+}
+
+fn stage1(
+    args: &InitArgs<'_>,
+    ch: &Channel,
+    placement: &Placement<'_>,
+) -> R<std::convert::Infallible> {
     let setup = |what: &'static str| move |e| InitFailure::new(Step::Setup, what, e);
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .map_err(setup("set parent-death signal"))?;
-    if !matches!(wait_for(ch)?, ToInit::Start) {
-        return Err(InitFailure::msg(
-            Step::Setup,
-            "unexpected message from runtime",
-        ));
-    }
+    let early = match wait_for(ch)? {
+        ToInit::Start => false,
+        ToInit::StartEarly => true,
+        _ => {
+            return Err(InitFailure::msg(
+                Step::Setup,
+                "unexpected message from runtime",
+            ))
+        }
+    };
     let plan = args.plan;
     // Open every namespace to join before joining any: paths resolve in the runtime's namespaces.
     let mut joins = Vec::new();
@@ -147,11 +195,15 @@ fn stage1(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallible> {
         })?;
     }
     let rest = unshare & !(libc::CLONE_NEWUSER as u64);
-    if rest != 0 {
-        nix::sched::unshare(CloneFlags::from_bits_retain(rest as i32)).map_err(|e| {
+    let cgroupns = libc::CLONE_NEWCGROUP as u64;
+    placement.pending.set(early);
+    placement.cgroupns.set(early && rest & cgroupns != 0);
+    let now = if early { rest & !cgroupns } else { rest };
+    if now != 0 {
+        nix::sched::unshare(CloneFlags::from_bits_retain(now as i32)).map_err(|e| {
             InitFailure::new(
                 Step::Unshare,
-                format!("unshare namespaces {}", NsPlan::describe(rest)),
+                format!("unshare namespaces {}", NsPlan::describe(now)),
                 e,
             )
         })?;
@@ -160,6 +212,7 @@ fn stage1(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallible> {
         write_time_offsets(args.spec)?;
     }
     if plan.second_fork {
+        placement.ensure()?;
         match moat_sys::process::clone3(libc::CLONE_PARENT as u64, false)
             .map_err(|e| InitFailure::new(Step::Fork, "fork the container init", e))?
         {
@@ -174,9 +227,10 @@ fn stage1(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallible> {
         }
     }
     if args.exec {
+        placement.ensure()?;
         exec_process(args, ch)
     } else {
-        container_init(args, ch)
+        container_init(args, ch, placement)
     }
 }
 
@@ -206,7 +260,11 @@ fn write_time_offsets(spec: &Spec) -> R<()> {
     })
 }
 
-fn container_init(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallible> {
+fn container_init(
+    args: &InitArgs<'_>,
+    ch: &Channel,
+    placement: &Placement<'_>,
+) -> R<std::convert::Infallible> {
     let spec = args.spec;
     let process = spec
         .process()
@@ -236,8 +294,10 @@ fn container_init(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallib
         in_userns: args.plan.in_userns(),
         new_cgroupns: args.plan.new_cgroupns(),
         cgroup: args.cgroup,
+        placed: &|| placement.ensure(),
     };
     let root = rootfs::prepare(&plan)?;
+    placement.ensure()?;
     ch.send(&FromInit::RunHooks)
         .map_err(|e| InitFailure::new(Step::Setup, "write to runtime", e))?;
     let state = match wait_for(ch)? {

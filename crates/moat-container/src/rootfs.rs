@@ -28,6 +28,9 @@ pub struct RootfsPlan<'a> {
     pub in_userns: bool,
     pub new_cgroupns: bool,
     pub cgroup: Option<&'a moat_cgroups::Cgroup>,
+    /// Returns once the init is in its cgroup (and in its cgroup namespace, if it has one of its
+    /// own); called before a cgroup mount and before `prepare` returns.
+    pub placed: &'a dyn Fn() -> R<()>,
 }
 
 /// Standard device nodes every container gets (runc's `AllowedDevices` that are created).
@@ -102,6 +105,7 @@ pub fn prepare(plan: &RootfsPlan<'_>) -> R<OwnedFd> {
         default_devices(plan, &root)?;
     }
     linux_devices(plan, &root)?;
+    (plan.placed)()?;
     Ok(root)
 }
 
@@ -303,6 +307,7 @@ fn recursive_readonly(root: &OwnedFd, dest: &Path) -> R<()> {
 /// Mount the container's cgroup view at `dest`: cgroup2 in a private cgroup namespace, or bind
 /// mounts of the container's own cgroup directories (v1 hierarchies under a tmpfs).
 fn mount_cgroup(plan: &RootfsPlan<'_>, root: &OwnedFd, dest: &Path, opts: &ParsedOptions) -> R<()> {
+    (plan.placed)()?;
     let ro = opts.flags.contains(MsFlags::MS_RDONLY);
     let base = opts.flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
     let target = mkdir_all_in_root(root.as_fd(), dest, Leaf::Dir, 0o755)

@@ -14,6 +14,12 @@ use crate::error::InitFailure;
 pub enum ToInit {
     /// The init is in its cgroup (and has its id maps if its user namespace came from clone3): go on.
     Start,
+    /// Go on with what does not depend on the cgroup (namespaces but the cgroup one, the spec's
+    /// mounts up to a cgroup mount); [`ToInit::Placed`] follows once the runtime has moved the
+    /// init into its cgroup. Only sent when no id maps are needed and no second fork is made.
+    StartEarly,
+    /// After [`ToInit::StartEarly`]: the init is in its cgroup now.
+    Placed,
     /// uid_map/gid_map of the new user namespace are written.
     MapsWritten,
     /// prestart/createRuntime hooks ran; the state JSON to hand to createContainer hooks.
