@@ -268,35 +268,16 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
     let vm = a.isolation == "vm";
     // A VM has no network device yet: its container gets loopback only, whatever --network
     // says (see --isolation's help); what cannot work is refused.
-    if vm
-        && (a.detach
-            || a.tty
-            || !a.spec.volume.is_empty()
-            || !a.publish.is_empty()
-            || a.spec.network == "host")
-    {
+    if vm && (a.detach || a.tty || !a.publish.is_empty() || a.spec.network == "host") {
         return Err(CliError::Usage(
-            "--isolation vm: -d, -t, -v, -p and --network host are not supported for VM containers yet"
+            "--isolation vm: -d, -t, -p and --network host are not supported for VM containers yet"
                 .into(),
         ));
     }
     let mut spec = crate::runspec::build(&a.spec, &config, cmd, &rootfs, &hostname, &etc, a.tty)?;
     if vm {
-        // Only the root filesystem reaches the guest (as a disk image): host bind mounts, like
-        // moat's /etc/hostname and /etc/hosts files, do not exist there.
-        let mounts = spec.mounts().clone().unwrap_or_default();
-        spec.set_mounts(Some(
-            mounts
-                .into_iter()
-                .filter(|m| {
-                    m.typ().as_deref() != Some("bind")
-                        && !m
-                            .options()
-                            .as_ref()
-                            .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
-                })
-                .collect(),
-        ));
+        // Bind mounts (-v, and moat's /etc/hostname, /etc/hosts, /etc/resolv.conf) reach the
+        // guest over virtiofs, read-only ones read-only on the host (docs/vm-transport.md).
         let mut ann = spec.annotations().clone().unwrap_or_default();
         ann.insert(
             moat_runtime::vm_backend::ISOLATION_ANNOTATION.into(),

@@ -181,6 +181,10 @@ fn run_isolation_vm_uses_a_guest_kernel() {
     let Some(m) = Moat::new() else { return };
     let r = busybox_rootfs();
     let rp = r.path().to_str().unwrap();
+    // A volume reaches the guest (virtiofs), read-only.
+    let vol = tempfile::tempdir().unwrap();
+    std::fs::write(vol.path().join("f"), "from-the-host\n").unwrap();
+    let ro = format!("{}:/data:ro", vol.path().display());
     let o = Command::new(env!("CARGO_BIN_EXE_moat"))
         .env("MOAT_AGENT_BIN", vm_agent::agent())
         .arg("--root")
@@ -190,11 +194,13 @@ fn run_isolation_vm_uses_a_guest_kernel() {
             "--rm",
             "--isolation",
             "vm",
+            "-v",
+            &ro,
             "--rootfs",
             rp,
             "sh",
             "-c",
-            "uname -r; exit 3",
+            "uname -r; cat /data/f; echo x > /data/f || echo refused; exit 3",
         ])
         .stdin(std::process::Stdio::null())
         .output()
@@ -206,10 +212,19 @@ fn run_isolation_vm_uses_a_guest_kernel() {
         String::from_utf8_lossy(&o.stderr)
     );
     let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let guest = String::from_utf8_lossy(&o.stdout);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let guest = out.lines().next().unwrap_or_default();
     assert!(
         !guest.trim().is_empty() && guest.trim() != host.trim(),
         "guest {guest:?} host {host:?}"
+    );
+    assert!(
+        out.contains("from-the-host") && out.contains("refused"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(vol.path().join("f")).unwrap(),
+        "from-the-host\n"
     );
     assert_eq!(m.ok(&["ps", "-a", "-q"]), "", "--rm left a container");
 }
