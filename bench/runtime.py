@@ -411,12 +411,15 @@ def cleanup(rts, sp, prefix):
 # --------------------------------------------------------------------------------------------
 
 def default_moat():
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
     for p in (os.environ.get("MOAT_RUNTIME"),
-              os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target")), "release", "moat-runtime"),
+              os.path.join(target, "dist", "moat-runtime"),  # cargo build --profile dist
+              os.path.join(target, "release", "moat-runtime"),
+              "/tmp/target-bench/dist/moat-runtime",
               "/tmp/target-bench/release/moat-runtime"):
         if p and os.access(p, os.X_OK):
             return p
-    return os.path.join(REPO, "target", "release", "moat-runtime")
+    return os.path.join(REPO, "target", "dist", "moat-runtime")
 
 
 def main():
