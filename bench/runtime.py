@@ -291,6 +291,9 @@ def versions(rts, moat_path):
             size = os.path.getsize(moat_path)
             v["moat"] = (f"{first_line([moat_path, '--version'])}, git {git}, "
                          f"binary {moat_path} ({size / 1e6:.2f} MB)")
+        elif rt.name == "moat-baseline":
+            size = os.path.getsize(rt.path)
+            v[rt.name] = f"{first_line([rt.path, '--version'])}, binary {rt.path} ({size / 1e6:.2f} MB)"
         else:
             out = subprocess.run([rt.path, "--version"], capture_output=True, text=True).stdout
             v[rt.name] = ", ".join(out.strip().splitlines()[:2])
@@ -365,7 +368,8 @@ def method_text(rts, args, bundle):
                "lifecycles per runtime with `create` run as `/usr/bin/time -f %M -o FILE <runtime> create ...`: "
                "max RSS of the create process over its exec images (moat re-executes itself) and of the "
                "helper children it reaped itself, not the container init.")
-    out.append(f"- Order per iteration: (a) for {', '.join(rt.name for rt in rts)}, then (b) for the same order; "
+    rotated = " (rotated by one runtime every iteration, --rotate)" if args.rotate else ""
+    out.append(f"- Order per iteration: (a) for {', '.join(rt.name for rt in rts)}{rotated}, then (b) for the same order; "
                f"{args.warmup} warm-up iterations discarded.")
     return "\n".join(out)
 
@@ -428,6 +432,13 @@ def main():
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--runtimes", default="moat,runc,crun", help="comma list, order = interleaving order")
     ap.add_argument("--moat", default=default_moat(), help="moat-runtime binary (default: %(default)s)")
+    ap.add_argument("--baseline", metavar="BINARY",
+                    help="another moat-runtime binary (e.g. of an older commit), timed interleaved "
+                         "with the others as runtime `moat-baseline` (appended to --runtimes)")
+    ap.add_argument("--rotate", action="store_true",
+                    help="rotate the order of the runtimes by one every iteration, so that no runtime "
+                         "always follows the same one (the first cgroup migration after an idle "
+                         "period waits for an RCU grace period; who pays it depends on the order)")
     ap.add_argument("--runc", default=shutil.which("runc") or "/usr/sbin/runc")
     ap.add_argument("--crun", default=shutil.which("crun") or "/usr/bin/crun")
     ap.add_argument("--busybox", default="/bin/busybox")
@@ -461,7 +472,11 @@ def main():
     namespaces = []
     rts = []
     paths = {"moat": args.moat, "runc": args.runc, "crun": args.crun}
-    for name in [n.strip() for n in args.runtimes.split(",") if n.strip()]:
+    names = [n.strip() for n in args.runtimes.split(",") if n.strip()]
+    if args.baseline:
+        paths["moat-baseline"] = args.baseline
+        names.append("moat-baseline")
+    for name in names:
         if name not in paths:
             die(f"unknown runtime {name}")
         if not os.access(paths[name], os.X_OK):
@@ -491,13 +506,14 @@ def main():
                 rt.run_needs_delete = True
                 rt.check(rt.cmd(sp, "delete", cid), "delete (probe)")
         for i in range(total):
-            for rt in rts:
+            order = rts[i % len(rts):] + rts[:i % len(rts)] if args.rotate else rts
+            for rt in order:
                 r = rt.lifecycle(sp, bundle, f"{prefix}-{rt.name}-{i}-a",
                                  os.path.join(args.workdir, f"{rt.name}.pid"))
                 reap_strays()
                 if i >= args.warmup:
                     A[rt.name].append(r)
-            for rt in rts:
+            for rt in order:
                 r = rt.run(sp, bundle, f"{prefix}-{rt.name}-{i}-b")
                 reap_strays()
                 if i >= args.warmup:
