@@ -57,6 +57,12 @@ pub enum CliError {
         #[source]
         source: ContainerError,
     },
+    #[error("{what}: {source}")]
+    Vm {
+        what: String,
+        #[source]
+        source: Box<moat_runtime::vm_backend::VmBackendError>,
+    },
     #[error("network: {0}")]
     Network(String),
     /// An error reported by the monitor of a detached container, with its exit status.
@@ -75,6 +81,17 @@ impl CliError {
     pub fn image(what: impl Into<String>) -> impl FnOnce(ImageError) -> Self {
         let what = what.into();
         move |source| CliError::Image { what, source }
+    }
+
+    /// A `Vm` error (a container of the VM backend) for the step `what`.
+    pub fn vm(
+        what: impl Into<String>,
+    ) -> impl FnOnce(moat_runtime::vm_backend::VmBackendError) -> Self {
+        let what = what.into();
+        move |source| CliError::Vm {
+            what,
+            source: Box::new(source),
+        }
     }
 
     /// A `Container` error for the step `what`.

@@ -6,7 +6,7 @@
 use std::io::{Read, Seek, Write};
 use std::time::{Duration, Instant};
 
-use moat_container::state::{init_alive, Status};
+use moat_container::state::Status;
 
 use crate::error::{CliError, Result};
 use crate::meta::{Meta, RootfsSource};
@@ -14,11 +14,9 @@ use crate::run::Ctx;
 
 /// The status of a container: the core's when it has state, else what the waiter recorded.
 pub fn status(ctx: &Ctx, m: &Meta) -> (String, Option<i32>) {
-    let rt = ctx.paths.runtime();
-    if let Ok(st) = rt.load(&m.id) {
-        let s = rt.status(&st);
+    if let Some((s, pid)) = crate::backend::state(&ctx.paths.runtime(), &m.id) {
         if s != Status::Stopped {
-            return (s.to_string(), Some(st.pid));
+            return (s.to_string(), Some(pid));
         }
     }
     match m.exit_code {
@@ -97,13 +95,12 @@ pub fn kill(ctx: &Ctx, name: &str, signal: &str) -> Result<()> {
     let id = ctx.paths.resolve(name)?;
     let sig = moat_container::kill::parse_signal(signal)
         .ok_or_else(|| CliError::Usage(format!("kill {name}: unknown signal {signal:?}")))?;
-    moat_container::kill::kill(&ctx.paths.runtime(), &id, sig, false)
-        .map_err(CliError::container(format!("kill container {name}")))
+    crate::backend::kill(&ctx.paths.runtime(), &id, name, sig, false)
 }
 
-fn wait_dead(st: &moat_container::StateFile, timeout: Duration) -> bool {
+fn wait_dead(rt: &moat_container::Store, id: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
-    while init_alive(st) {
+    while crate::backend::state(rt, id).is_some_and(|(s, _)| s != Status::Stopped) {
         if Instant::now() >= deadline {
             return false;
         }
@@ -116,16 +113,13 @@ fn wait_dead(st: &moat_container::StateFile, timeout: Duration) -> bool {
 pub fn stop(ctx: &Ctx, name: &str, timeout: u64) -> Result<()> {
     let id = ctx.paths.resolve(name)?;
     let rt = ctx.paths.runtime();
-    let Ok(st) = rt.load(&id) else {
+    if crate::backend::state(&rt, &id).is_none_or(|(s, _)| s == Status::Stopped) {
         return Ok(()); // not running
-    };
-    if rt.status(&st) == Status::Stopped {
-        return Ok(());
     }
-    let _ = moat_container::kill::kill(&rt, &id, libc::SIGTERM, false);
-    if !wait_dead(&st, Duration::from_secs(timeout)) {
-        let _ = moat_container::kill::kill(&rt, &id, libc::SIGKILL, true);
-        if !wait_dead(&st, Duration::from_secs(10)) {
+    let _ = crate::backend::kill(&rt, &id, name, libc::SIGTERM, false);
+    if !wait_dead(&rt, &id, Duration::from_secs(timeout)) {
+        let _ = crate::backend::kill(&rt, &id, name, libc::SIGKILL, true);
+        if !wait_dead(&rt, &id, Duration::from_secs(10)) {
             return Err(CliError::BadStatus {
                 id: name.into(),
                 action: "stop",
@@ -153,12 +147,7 @@ pub fn rm(ctx: &Ctx, name: &str, force: bool) -> Result<()> {
             status: format!("{s} (stop it first or use rm -f)"),
         });
     }
-    moat_container::delete::delete(&ctx.paths.runtime(), &id, true)
-        .or_else(|e| match e {
-            moat_container::ContainerError::NotFound(_) => Ok(()),
-            e => Err(e),
-        })
-        .map_err(CliError::container(format!("delete container {name}")))?;
+    crate::backend::delete(&ctx.paths.runtime(), &id, name)?;
     // The container's monitor may be tearing the network down at this moment: `release`
     // serializes the two and runs CNI DEL once.
     crate::cni::release(&ctx.paths, &id)?;
@@ -204,8 +193,17 @@ pub fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32> {
     let id = ctx.paths.resolve(&a.container)?;
     let rt = ctx.paths.runtime();
     let what = format!("exec in container {}", a.container);
-    let mut p =
-        moat_container::exec::base_process(&rt, &id).map_err(CliError::container(what.clone()))?;
+    let vm = crate::backend::is_vm(&rt, &id);
+    if vm && a.tty {
+        return Err(CliError::Usage(format!(
+            "{what}: -t is not supported for VM containers yet (run without -t)"
+        )));
+    }
+    let mut p = if vm {
+        moat_runtime::vm_backend::base_process(&rt, &id).map_err(CliError::vm(what.clone()))?
+    } else {
+        moat_container::exec::base_process(&rt, &id).map_err(CliError::container(what.clone()))?
+    };
     p.set_args(Some(a.args.clone()));
     p.set_terminal(Some(a.tty));
     p.set_console_size(None);
@@ -234,6 +232,12 @@ pub fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32> {
         let null = std::fs::File::open("/dev/null").map_err(CliError::io("open", "/dev/null"))?;
         nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0)
             .map_err(CliError::sys("dup2 /dev/null onto stdin"))?;
+    }
+    if vm {
+        // The agent forwards our stdin (/dev/null without -i), output and exit status.
+        // (Its errors name the step and the id already.)
+        return moat_runtime::vm_backend::exec(&rt, &id, &p, false)
+            .map_err(CliError::vm(format!("moat exec {}", a.container)));
     }
     let console = if a.tty {
         Some(crate::tty::ConsoleSocket::listen(

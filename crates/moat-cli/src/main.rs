@@ -5,6 +5,7 @@
 //! `--log-format json`); the exit status is 125 for moat's own failures, 126/127 when the
 //! container's command cannot be run or found, and the container's status otherwise.
 
+mod backend;
 mod cni;
 mod error;
 mod images;

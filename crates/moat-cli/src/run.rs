@@ -87,8 +87,7 @@ impl Drop for Undo<'_> {
 
 /// Free all that a container holds; best effort, for cleanup paths.
 pub fn remove_everything(ctx: &Ctx, id: &str, name: Option<&str>) {
-    let rt = ctx.paths.runtime();
-    let _ = moat_container::delete::delete(&rt, id, true);
+    let _ = crate::backend::delete(&ctx.paths.runtime(), id, id);
     let meta = ctx.paths.load(id).ok();
     let _ = crate::cni::release(&ctx.paths, id);
     if let Ok(r) = moat_image::snapshot::rootfs_of(&ctx.store, id) {
@@ -268,9 +267,9 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
     let vm = a.isolation == "vm";
     // A VM has no network device yet: its container gets loopback only, whatever --network
     // says (see --isolation's help); what cannot work is refused.
-    if vm && (a.detach || a.tty || !a.publish.is_empty() || a.spec.network == "host") {
+    if vm && (a.tty || !a.publish.is_empty() || a.spec.network == "host") {
         return Err(CliError::Usage(
-            "--isolation vm: -d, -t, -p and --network host are not supported for VM containers yet"
+            "--isolation vm: -t, -p and --network host are not supported for VM containers yet"
                 .into(),
         ));
     }
@@ -311,7 +310,7 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
     ctx.paths.save(&m)?;
     wait_single_threaded();
     if a.detach {
-        let code = detached(ctx, m, a.tty, &mut undo)?;
+        let code = detached(ctx, m, a.tty, vm, &mut undo)?;
         println!("{id}");
         return Ok(code);
     }
@@ -390,7 +389,7 @@ fn create_and_start(ctx: &Ctx, mut m: Meta, console_socket: Option<PathBuf>) -> 
 pub fn finish(ctx: &Ctx, id: &str, code: i32) {
     let Ok(mut m) = ctx.paths.load(id) else {
         // Removed meanwhile (`moat rm -f`): only the runtime state may be left.
-        let _ = moat_container::delete::delete(&ctx.paths.runtime(), id, true);
+        let _ = crate::backend::delete(&ctx.paths.runtime(), id, id);
         return;
     };
     if m.auto_remove {
@@ -401,12 +400,12 @@ pub fn finish(ctx: &Ctx, id: &str, code: i32) {
     m.exit_code = Some(code);
     m.finished = Some(moat_container::state::now_rfc3339());
     let _ = ctx.paths.save(&m);
-    let _ = moat_container::delete::delete(&ctx.paths.runtime(), id, true);
+    let _ = crate::backend::delete(&ctx.paths.runtime(), id, id);
     let _ = crate::cni::release(&ctx.paths, id);
 }
 
 /// `-d`: fork a monitor that creates, starts and waits for the container.
-fn detached(ctx: &Ctx, m: Meta, tty: bool, undo: &mut Undo<'_>) -> Result<i32> {
+fn detached(ctx: &Ctx, m: Meta, tty: bool, vm: bool, undo: &mut Undo<'_>) -> Result<i32> {
     let log_path = ctx.paths.log(&m.id);
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -424,6 +423,9 @@ fn detached(ctx: &Ctx, m: Meta, tty: bool, undo: &mut Undo<'_>) -> Result<i32> {
     match moat_sys::process::clone3(0, false).map_err(CliError::sys("fork the monitor"))? {
         moat_sys::process::Forked::Child => {
             drop(rd);
+            if vm {
+                vm_monitor(ctx, m, undo, wr, &log, &null)
+            }
             monitor(ctx, m, tty, undo, wr, &log, &null)
         }
         moat_sys::process::Forked::Parent { pid, .. } => {
@@ -447,6 +449,55 @@ fn detached(ctx: &Ctx, m: Meta, tty: bool, undo: &mut Undo<'_>) -> Result<i32> {
             Err(CliError::Usage(format!(
                 "container {id}: the monitor process exited before reporting"
             )))
+        }
+    }
+}
+
+/// The monitor of a detached VM container: stays attached to the guest's agent, so the
+/// container's output reaches the log (the agent drops output while no host is attached).
+fn vm_monitor(
+    ctx: &Ctx,
+    m: Meta,
+    undo: &mut Undo<'_>,
+    wr: OwnedFd,
+    log: &std::fs::File,
+    null: &std::fs::File,
+) -> ! {
+    let _ = nix::unistd::setsid();
+    let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
+    let _ = nix::unistd::dup2(log.as_raw_fd(), 1);
+    let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
+    let id = m.id.clone();
+    let opts = moat_container::CreateOptions {
+        id: id.clone(),
+        bundle: ctx.paths.bundle(&id),
+        ..Default::default()
+    };
+    let mut wr = Some(std::fs::File::from(wr));
+    let r =
+        moat_runtime::vm_backend::run_attached(&ctx.paths.runtime(), &opts, true, false, || {
+            if let Some(mut w) = wr.take() {
+                let _ = w.write_all(b"ok");
+            }
+        });
+    undo.armed = false;
+    match (r, wr) {
+        (Ok(code), _) => {
+            finish(ctx, &id, code);
+            std::process::exit(0)
+        }
+        // It ran, then following it failed: record it and say why in the log.
+        (Err(e), None) => {
+            eprintln!("error: follow VM container {id}: {e}");
+            finish(ctx, &id, 125);
+            std::process::exit(1)
+        }
+        (Err(e), Some(mut w)) => {
+            remove_everything(ctx, &id, undo.name.as_deref());
+            let e = CliError::vm(format!("run container {id} in a VM"))(e);
+            let text = crate::one_line(&anyhow::Error::new(e));
+            let _ = write!(w, "err\t125\t{text}");
+            std::process::exit(1)
         }
     }
 }

@@ -229,6 +229,69 @@ fn run_isolation_vm_uses_a_guest_kernel() {
     assert_eq!(m.ok(&["ps", "-a", "-q"]), "", "--rm left a container");
 }
 
+/// `moat run -d --isolation vm`: the monitor stays attached to the guest, so the container's
+/// output reaches `moat logs`; `exec`, `ps`, `stop` and `rm` reach the VM; nothing is left.
+#[test]
+fn detached_vm_container_logs_exec_stop_rm() {
+    let Some(m) = Moat::new() else { return };
+    let r = busybox_rootfs();
+    let rp = r.path().to_str().unwrap();
+    let vm = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_moat"))
+            .env("MOAT_AGENT_BIN", vm_agent::agent())
+            .arg("--root")
+            .arg(m.root())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "moat {args:?}: {}\nstderr: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let id = vm(&[
+        "run",
+        "-d",
+        "--isolation",
+        "vm",
+        "--rootfs",
+        rp,
+        "sh",
+        "-c",
+        "uname -r; echo vm-ready; trap 'exit 9' TERM; while :; do sleep 1; done",
+    ])
+    .trim()
+    .to_owned();
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    wait_for("the VM container's output in its log", || {
+        m.ok(&["logs", &id]).contains("vm-ready")
+    });
+    let logs = m.ok(&["logs", &id]);
+    let guest = logs.lines().next().unwrap_or_default().trim().to_owned();
+    assert!(
+        !guest.is_empty() && guest != host.trim(),
+        "{logs:?} (host {host:?})"
+    );
+    assert!(m.ok(&["ps"]).contains(&id[..12]), "not running");
+    assert_eq!(vm(&["exec", &id, "sh", "-c", "uname -r"]).trim(), guest);
+    m.ok(&["stop", "-t", "20", &id]);
+    let ps = m.ok(&["ps", "-a"]);
+    assert!(ps.contains("exited (9)"), "{ps}");
+    m.ok(&["rm", &id]);
+    m.assert_gone(&id);
+    assert!(
+        !std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&id[..12]))
+        }),
+        "a process of the VM container is left"
+    );
+}
+
 #[test]
 fn privileged_gets_host_devices_and_every_capability_we_hold() {
     let Some(m) = Moat::new() else { return };

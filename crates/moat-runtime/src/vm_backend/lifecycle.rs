@@ -351,7 +351,29 @@ pub fn run_code(
     detach: bool,
     keep: bool,
 ) -> Result<i32> {
-    create_inner(store, opts, !detach)?;
+    if detach {
+        create_inner(store, opts, false)?;
+        if let Err(e) = start(store, &opts.id) {
+            let _ = delete(store, &opts.id, true);
+            return Err(e);
+        }
+        return Ok(0);
+    }
+    run_attached(store, opts, keep, true, || {})
+}
+
+/// Create and start a VM container and stay attached to it: its output goes to our stdout and
+/// stderr (and, with `stdin`, our stdin to it) until it exits; `started` is called once it runs
+/// (a detached `moat run` reports success to its caller there, and its output goes to a log).
+/// Deletes the container unless `keep`; returns its status (128+N when killed by signal N).
+pub fn run_attached(
+    store: &Store,
+    opts: &moat_container::CreateOptions,
+    keep: bool,
+    stdin: bool,
+    started: impl FnOnce(),
+) -> Result<i32> {
+    create_inner(store, opts, stdin)?;
     let mut agent = match start(store, &opts.id) {
         Ok(a) => a,
         Err(e) => {
@@ -359,10 +381,8 @@ pub fn run_code(
             return Err(e);
         }
     };
-    if detach {
-        return Ok(0);
-    }
-    let status = super::follow::follow(&mut agent, &opts.id, None, true);
+    started();
+    let status = super::follow::follow(&mut agent, &opts.id, None, stdin);
     drop(agent);
     // The guest powers off by itself once the init has exited.
     if let Ok(st) = VmState::load(store, &opts.id) {

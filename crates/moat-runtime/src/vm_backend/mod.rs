@@ -32,7 +32,7 @@ use moat_container::Store;
 pub use error::{Result, VmBackendError};
 pub use exec::{base_process, events, exec, ps, stats};
 pub use lifecycle::{
-    create, delete, kill, list, pause, resume, run, run_code, start, state, vm_size,
+    create, delete, kill, list, pause, resume, run, run_attached, run_code, start, state, vm_size,
 };
 
 /// The annotation that selects the backend, and its value for a VM.
