@@ -368,7 +368,8 @@ def method_text(rts, args, bundle):
                "lifecycles per runtime with `create` run as `/usr/bin/time -f %M -o FILE <runtime> create ...`: "
                "max RSS of the create process over its exec images (moat re-executes itself) and of the "
                "helper children it reaped itself, not the container init.")
-    rotated = " (rotated by one runtime every iteration, --rotate)" if args.rotate else ""
+    rotated = (" (rotated by one runtime every iteration)" if args.rotate
+               else " (the same in every iteration, --fixed-order)")
     out.append(f"- Order per iteration: (a) for {', '.join(rt.name for rt in rts)}{rotated}, then (b) for the same order; "
                f"{args.warmup} warm-up iterations discarded.")
     return "\n".join(out)
@@ -435,10 +436,14 @@ def main():
     ap.add_argument("--baseline", metavar="BINARY",
                     help="another moat-runtime binary (e.g. of an older commit), timed interleaved "
                          "with the others as runtime `moat-baseline` (appended to --runtimes)")
-    ap.add_argument("--rotate", action="store_true",
-                    help="rotate the order of the runtimes by one every iteration, so that no runtime "
-                         "always follows the same one (the first cgroup migration after an idle "
-                         "period waits for an RCU grace period; who pays it depends on the order)")
+    ap.add_argument("--fixed-order", dest="rotate", action="store_false",
+                    help="the same order of runtimes in every iteration (before 2026-11-25 the only "
+                         "method). By default the order rotates by one runtime every iteration: a "
+                         "cgroup migration after ~20 ms without one waits for an RCU grace period "
+                         "(5-17 ms on this kernel), so with a fixed order the first runtime of the "
+                         "`run` round always pays it (bench/RESULTS.md, 2026-11-25 18:40)")
+    ap.add_argument("--rotate", dest="rotate", action="store_true", help=argparse.SUPPRESS)
+    ap.set_defaults(rotate=True)
     ap.add_argument("--runc", default=shutil.which("runc") or "/usr/sbin/runc")
     ap.add_argument("--crun", default=shutil.which("crun") or "/usr/bin/crun")
     ap.add_argument("--busybox", default="/bin/busybox")
