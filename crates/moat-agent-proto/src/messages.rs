@@ -32,6 +32,20 @@ pub enum Request {
         #[serde(default)]
         shared: Vec<SharedMount>,
     },
+    /// Create a container like [`Request::Create`], its root filesystem a directory of the
+    /// host's shared directory ([`SHARE_TAG`]) instead of a disk: what a pod VM uses, where the
+    /// host adds each container's rootfs to the running VM's share. (Added within version 2: an
+    /// agent without it answers `Malformed`.)
+    CreateShared {
+        container_id: String,
+        /// As in [`Request::Create`].
+        config_json: String,
+        rootfs: SharedRootfs,
+        #[serde(default)]
+        stdin: bool,
+        #[serde(default)]
+        shared: Vec<SharedMount>,
+    },
     /// Start the process of a created container.
     Start { container_id: String },
     /// Run another process in a running container (`process_json` is an OCI `process` object).
@@ -86,6 +100,15 @@ pub struct RootfsDisk {
     /// Filesystem type, e.g. `ext4`.
     pub fstype: String,
     /// Mount read-only (the host also attaches the disk read-only).
+    pub readonly: bool,
+}
+
+/// A container root filesystem that the host placed in the shared directory ([`SHARE_TAG`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedRootfs {
+    /// Where it is inside the shared directory: relative, normal components only.
+    pub path: String,
+    /// The host shares it read-only (the guest also mounts it read-only).
     pub readonly: bool,
 }
 

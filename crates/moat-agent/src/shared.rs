@@ -7,7 +7,7 @@
 
 use std::path::{Component, Path};
 
-use moat_agent_proto::{SharedMount, SHARE_TAG};
+use moat_agent_proto::{SharedMount, SharedRootfs, SHARE_TAG};
 use nix::mount::{mount, MsFlags};
 use serde_json::Value;
 
@@ -30,6 +30,47 @@ pub fn mount_share() -> Result<()> {
         what: format!("mount virtiofs {SHARE_TAG} at {SHARE_MOUNT}"),
         errno,
     })
+}
+
+/// The place in the mounted share of the relative path `rel` (normal components only).
+pub fn source(rel: &str) -> Result<std::path::PathBuf> {
+    let p = Path::new(rel);
+    if p.components().count() == 0 || !p.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(AgentFailure::Invalid(format!("shared path {rel:?}")));
+    }
+    Ok(Path::new(SHARE_MOUNT).join(p))
+}
+
+/// Bind the container root filesystem the host placed in the share at `rootfs` (with the mounts
+/// below it), read-only when the host shares it so.
+pub fn bind_rootfs(r: &SharedRootfs, rootfs: &Path) -> Result<()> {
+    let src = source(&r.path)?;
+    let fail = |what: &str, e: nix::errno::Errno| {
+        AgentFailure::Rootfs(format!(
+            "{what} {} at {}: {e}",
+            src.display(),
+            rootfs.display()
+        ))
+    };
+    mount(
+        Some(&src),
+        rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| fail("bind", e))?;
+    if r.readonly {
+        mount(
+            None::<&str>,
+            rootfs,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| fail("remount read-only", e))?;
+    }
+    Ok(())
 }
 
 fn is_bind(m: &Value) -> bool {

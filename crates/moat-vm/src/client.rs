@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use moat_agent_proto::{
     encode, ContainerStats, Decoder, ExitStatus, GuestMessage, GuestProcess, HostMessage, Reply,
-    Request, RootfsDisk, SharedMount, Stream, PROTOCOL_VERSION,
+    Request, RootfsDisk, SharedMount, SharedRootfs, Stream, PROTOCOL_VERSION,
 };
 
 use crate::error::{Result, VmError};
@@ -284,6 +284,26 @@ impl AgentClient {
         pid_of(r, "create")
     }
 
+    /// Create a container whose root filesystem the host placed in the VM's shared directory
+    /// (a pod VM); returns its init's guest pid.
+    pub fn create_shared(
+        &mut self,
+        id: &str,
+        config_json: &str,
+        rootfs: SharedRootfs,
+        stdin: bool,
+        shared: Vec<SharedMount>,
+    ) -> Result<i32> {
+        let r = self.request(Request::CreateShared {
+            container_id: id.into(),
+            config_json: config_json.into(),
+            rootfs,
+            stdin,
+            shared,
+        })?;
+        pid_of(r, "create")
+    }
+
     pub fn start(&mut self, id: &str) -> Result<()> {
         let r = self.request(Request::Start {
             container_id: id.into(),
@@ -431,7 +451,9 @@ impl AgentClient {
 fn request_name(r: &Request) -> String {
     match r {
         Request::Ping => "ping".into(),
-        Request::Create { container_id, .. } => format!("create {container_id}"),
+        Request::Create { container_id, .. } | Request::CreateShared { container_id, .. } => {
+            format!("create {container_id}")
+        }
         Request::Start { container_id } => format!("start {container_id}"),
         Request::Exec {
             container_id,

@@ -1,11 +1,13 @@
-//! The requests that act on containers: create (the rootfs disk, the shared bind mounts, the
-//! config handed to `moat-container`), start, exec, kill, pause/resume, stats, processes, delete,
-//! and the sandbox's shutdown. Each runs to completion inside one turn of the loop.
+//! The requests that act on containers: create (the rootfs disk or, for a pod VM's containers, a
+//! directory of the share; the shared bind mounts; the config handed to `moat-container`), start,
+//! exec, kill, pause/resume, stats, processes, delete, and the sandbox's shutdown. Each runs to completion inside one turn of the loop.
 
 use std::path::Path;
 use std::time::Duration;
 
-use moat_agent_proto::{ContainerStats, GuestProcess, Reply, Request, RootfsDisk, SharedMount};
+use moat_agent_proto::{
+    ContainerStats, GuestProcess, Reply, Request, RootfsDisk, SharedMount, SharedRootfs,
+};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::Pid;
 
@@ -26,7 +28,26 @@ impl Agent {
                 rootfs,
                 stdin,
                 shared,
-            } => self.create(&container_id, &config_json, &rootfs, stdin, &shared),
+            } => self.create(
+                &container_id,
+                &config_json,
+                Root::Disk(&rootfs),
+                stdin,
+                &shared,
+            ),
+            Request::CreateShared {
+                container_id,
+                config_json,
+                rootfs,
+                stdin,
+                shared,
+            } => self.create(
+                &container_id,
+                &config_json,
+                Root::Shared(&rootfs),
+                stdin,
+                &shared,
+            ),
             Request::Start { container_id } => {
                 moat_container::start::start(&self.store, &container_id)?;
                 self.owners.insert((container_id, None), conn);
@@ -157,7 +178,7 @@ impl Agent {
         &mut self,
         id: &str,
         config_json: &str,
-        disk: &RootfsDisk,
+        source: Root<'_>,
         stdin: bool,
         shared: &[SharedMount],
     ) -> Result<Reply> {
@@ -179,18 +200,26 @@ impl Agent {
         };
         root.insert("path".into(), "rootfs".into());
         shared::rewrite(&mut config, shared)?;
-        if !shared.is_empty() && !self.share_mounted {
+        let needs_share = !shared.is_empty() || matches!(source, Root::Shared(_));
+        if needs_share && !self.share_mounted {
             shared::mount_share()?;
             self.share_mounted = true;
         }
-        if !["ext4", "ext2", "xfs", "erofs", "squashfs"].contains(&disk.fstype.as_str()) {
-            return Err(AgentFailure::Invalid(format!("fstype {:?}", disk.fstype)));
+        match source {
+            Root::Disk(disk) => {
+                if !["ext4", "ext2", "xfs", "erofs", "squashfs"].contains(&disk.fstype.as_str()) {
+                    return Err(AgentFailure::Invalid(format!("fstype {:?}", disk.fstype)));
+                }
+            }
+            Root::Shared(r) => {
+                shared::source(&r.path)?;
+            }
         }
         let bundle = Path::new(BUNDLES).join(id);
         let rootfs = bundle.join("rootfs");
         std::fs::create_dir_all(&rootfs).map_err(|e| AgentFailure::io("create", &rootfs, e))?;
         self.bundles.insert(id.to_string(), bundle.clone());
-        let r = self.create_in(id, &bundle, &rootfs, &config, disk, stdin);
+        let r = self.create_in(id, &bundle, &rootfs, &config, source, stdin);
         if r.is_err() {
             self.release_bundle(id);
         }
@@ -203,29 +232,13 @@ impl Agent {
         bundle: &Path,
         rootfs: &Path,
         config: &serde_json::Value,
-        disk: &RootfsDisk,
+        root: Root<'_>,
         stdin: bool,
     ) -> Result<Reply> {
-        let dev = boot::find_disk(&disk.serial, Duration::from_secs(5))?;
-        let flags = if disk.readonly {
-            MsFlags::MS_RDONLY
-        } else {
-            MsFlags::empty()
-        };
-        mount(
-            Some(&dev),
-            rootfs,
-            Some(disk.fstype.as_str()),
-            flags,
-            None::<&str>,
-        )
-        .map_err(|e| {
-            AgentFailure::Rootfs(format!(
-                "mount {} at {}: {e}",
-                dev.display(),
-                rootfs.display()
-            ))
-        })?;
+        match root {
+            Root::Disk(disk) => mount_disk(disk, rootfs)?,
+            Root::Shared(r) => shared::bind_rootfs(r, rootfs)?,
+        }
         let cfg = bundle.join("config.json");
         std::fs::write(&cfg, config.to_string()).map_err(|e| AgentFailure::io("write", &cfg, e))?;
         let pipes = Pipes::new(stdin)?;
@@ -309,4 +322,37 @@ impl Agent {
             self.release_bundle(&id);
         }
     }
+}
+
+/// Where a container's root filesystem comes from.
+#[derive(Clone, Copy)]
+enum Root<'a> {
+    /// A virtio-blk disk (one VM per container).
+    Disk(&'a RootfsDisk),
+    /// A directory of the shared directory (a pod VM).
+    Shared(&'a SharedRootfs),
+}
+
+/// Mount the disk with `disk`'s serial at `rootfs`.
+fn mount_disk(disk: &RootfsDisk, rootfs: &Path) -> Result<()> {
+    let dev = boot::find_disk(&disk.serial, Duration::from_secs(5))?;
+    let flags = if disk.readonly {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
+    mount(
+        Some(&dev),
+        rootfs,
+        Some(disk.fstype.as_str()),
+        flags,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        AgentFailure::Rootfs(format!(
+            "mount {} at {}: {e}",
+            dev.display(),
+            rootfs.display()
+        ))
+    })
 }
