@@ -272,6 +272,12 @@ impl QemuVm {
         }
     }
 
+    /// Host pid of the virtiofsd serving the VM's shared directory, when it has one (for
+    /// [`crate::virtiofs::add_binds`]).
+    pub fn virtiofsd_pid(&self) -> Option<u32> {
+        self.virtiofsd.as_ref().map(Child::id)
+    }
+
     /// The last lines of a file of the run dir, for error messages.
     fn tail(&self, name: &str) -> String {
         let text = std::fs::read_to_string(self.run.join(name)).unwrap_or_default();

@@ -12,9 +12,12 @@
 //! stays read-only whatever the guest kernel does. When virtiofsd is gone no process holds the
 //! namespace and its mounts vanish: nothing to unmount on the host, ever.
 //!
-//! Adding binds to a running VM (one VM per pod) fits the same shape: enter virtiofsd's mount
-//! namespace (`setns` on `/proc/<pid>/ns/mnt` from a thread) and attach a tree cloned in the
-//! host namespace (`open_tree(OPEN_TREE_CLONE)` + `move_mount`) under `shared`.
+//! Adding binds to a running VM (one VM per pod, [`add_binds`]): a thread clones each source in
+//! the host namespace (`open_tree(OPEN_TREE_CLONE)`, made read-only with `mount_setattr` before
+//! it is attached anywhere when asked), then enters the mount namespace of virtiofsd's serving
+//! process (`unshare(CLONE_FS)`, `setns` on `/proc/<pid>/ns/mnt`; its root is the shared tmpfs
+//! after virtiofsd's `pivot_root`), remounts the tmpfs writable, attaches each tree at its
+//! target (`move_mount`) and remounts the tmpfs read-only. [`remove_binds`] detaches them again.
 //!
 //! What it must never do: mount anything in the host's mount namespace, or share a path the
 //! caller did not ask for.
@@ -155,6 +158,132 @@ pub fn spawn(run: &Path, dir: &SharedDir) -> Result<Child> {
         std::thread::sleep(Duration::from_millis(5));
     }
     Ok(child)
+}
+
+/// The process of virtiofsd (started as `pid`) that serves the share: with
+/// `-o sandbox=namespace` the first process forks a child into new namespaces, which pivots into
+/// the shared directory; that child's mount namespace is where binds are attached.
+fn serving_process(pid: u32) -> Result<u32> {
+    let path = PathBuf::from(format!("/proc/{pid}/task/{pid}/children"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(&path).map_err(VmError::io("read", &path))?;
+        if let Some(child) = text.split_whitespace().next().and_then(|c| c.parse().ok()) {
+            return Ok(child);
+        }
+        if Instant::now() > deadline {
+            return Err(VmError::Config(format!(
+                "virtiofsd {pid} has no serving child process"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Run `f` on a new thread inside the mount namespace of virtiofsd's serving process (its root
+/// is the shared tmpfs, remounted writable for the duration of `f`).
+fn in_share_namespace<T: Send>(
+    virtiofsd_pid: u32,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    let server = serving_process(virtiofsd_pid)?;
+    let ns_path = PathBuf::from(format!("/proc/{server}/ns/mnt"));
+    let ns = std::fs::File::open(&ns_path).map_err(VmError::io("open", &ns_path))?;
+    std::thread::scope(|s| {
+        s.spawn(move || -> Result<T> {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
+                .map_err(sys("unshare the filesystem attributes".into()))?;
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS).map_err(sys(format!(
+                "enter the mount namespace {}",
+                ns_path.display()
+            )))?;
+            let root = Path::new("/");
+            let fixed = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            mount(
+                None::<&str>,
+                root,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | fixed,
+                None::<&str>,
+            )
+            .map_err(sys("remount the share writable".into()))?;
+            let r = f();
+            let ro = remount_readonly(root);
+            let v = r?;
+            ro?;
+            Ok(v)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(VmError::Config("the namespace thread panicked".into())))
+    })
+}
+
+/// Add `binds` to the share of a running VM whose virtiofsd was started as `virtiofsd_pid`.
+/// Each source is cloned in the caller's mount namespace (read-only ones made read-only before
+/// they are attached), so the host's mount table never changes.
+pub fn add_binds(virtiofsd_pid: u32, binds: &[SharedBind]) -> Result<()> {
+    SharedDir {
+        binds: binds.to_vec(),
+    }
+    .validate()?;
+    let mut trees = Vec::with_capacity(binds.len());
+    for b in binds {
+        let tree = moat_sys::mount::open_tree_clone(&b.source, b.recursive).map_err(sys(
+            format!("clone the mount tree of {}", b.source.display()),
+        ))?;
+        if b.readonly {
+            use std::os::fd::AsFd;
+            moat_sys::mount::set_tree_readonly(tree.as_fd(), b.recursive).map_err(sys(format!(
+                "make the clone of {} read-only",
+                b.source.display()
+            )))?;
+        }
+        trees.push((tree, b.source.is_dir(), Path::new("/").join(&b.target)));
+    }
+    in_share_namespace(virtiofsd_pid, move || {
+        for (tree, dir, target) in &trees {
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(VmError::io("create", parent))?;
+            }
+            let made = if *dir {
+                std::fs::create_dir(target)
+            } else {
+                std::fs::File::create_new(target).map(drop)
+            };
+            made.map_err(VmError::io("create", target))?;
+            use std::os::fd::AsFd;
+            moat_sys::mount::move_mount_to(tree.as_fd(), target)
+                .map_err(sys(format!("attach a bind at {}", target.display())))?;
+        }
+        Ok(())
+    })
+}
+
+/// Detach the binds at `targets` (relative to the share) of a running VM and remove their mount
+/// points; a target that is not there is skipped.
+pub fn remove_binds(virtiofsd_pid: u32, targets: &[PathBuf]) -> Result<()> {
+    let targets: Vec<PathBuf> = targets
+        .iter()
+        .filter(|t| {
+            t.components().count() > 0 && t.components().all(|c| matches!(c, Component::Normal(_)))
+        })
+        .map(|t| Path::new("/").join(t))
+        .collect();
+    in_share_namespace(virtiofsd_pid, move || {
+        for t in &targets {
+            if !t.exists() {
+                continue;
+            }
+            let _ = nix::mount::umount2(t, nix::mount::MntFlags::MNT_DETACH);
+            let removed = if t.is_dir() {
+                std::fs::remove_dir(t)
+            } else {
+                std::fs::remove_file(t)
+            };
+            removed.map_err(VmError::io("remove", t))?;
+        }
+        Ok(())
+    })
 }
 
 fn sys(what: String) -> impl FnOnce(nix::errno::Errno) -> VmError {
