@@ -9,6 +9,24 @@ use oci_spec::runtime::Hook;
 
 use crate::error::{ContainerError, Result};
 
+/// Whether the spec has a hook that runs while the container is created or started from the
+/// init's side: prestart and createRuntime (run by the runtime when the init asks), createContainer
+/// and startContainer (run by the init, which needs the state JSON from the runtime for them).
+/// Without any, the init skips that round trip to the runtime.
+pub fn any_during_create(spec: &oci_spec::runtime::Spec) -> bool {
+    let Some(h) = spec.hooks().as_ref() else {
+        return false;
+    };
+    [
+        h.prestart(),
+        h.create_runtime(),
+        h.create_container(),
+        h.start_container(),
+    ]
+    .iter()
+    .any(|l| l.as_ref().is_some_and(|v| !v.is_empty()))
+}
+
 /// Run `hooks` in order, stopping at the first failure.
 pub fn run_all(kind: &'static str, hooks: Option<&Vec<Hook>>, state_json: &str) -> Result<()> {
     for h in hooks.map(|v| v.as_slice()).unwrap_or_default() {

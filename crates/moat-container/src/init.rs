@@ -298,16 +298,21 @@ fn container_init(
     };
     let root = rootfs::prepare(&plan)?;
     placement.ensure()?;
-    ch.send(&FromInit::RunHooks)
-        .map_err(|e| InitFailure::new(Step::Setup, "write to runtime", e))?;
-    let state = match wait_for(ch)? {
-        ToInit::HooksDone { state } => state,
-        _ => {
-            return Err(InitFailure::msg(
-                Step::Setup,
-                "unexpected message from runtime",
-            ))
+    // The state JSON is only for hooks; without any, no round trip to the runtime.
+    let state = if crate::hooks::any_during_create(spec) {
+        ch.send(&FromInit::RunHooks)
+            .map_err(|e| InitFailure::new(Step::Setup, "write to runtime", e))?;
+        match wait_for(ch)? {
+            ToInit::HooksDone { state } => state,
+            _ => {
+                return Err(InitFailure::msg(
+                    Step::Setup,
+                    "unexpected message from runtime",
+                ))
+            }
         }
+    } else {
+        String::new()
     };
     crate::hooks::run_all(
         "createContainer",

@@ -37,7 +37,8 @@ pub enum FromInit {
     InitPid {
         pid: i32,
     },
-    /// The mounts are in place: run prestart and createRuntime hooks now.
+    /// The mounts are in place: run prestart and createRuntime hooks now (only sent when the spec
+    /// has hooks of the create phase, see `hooks::any_during_create`).
     RunHooks,
     /// The seccomp notify listener descriptor rides along (SCM_RIGHTS): send it to listenerPath.
     SeccompFd,
