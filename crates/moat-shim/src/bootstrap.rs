@@ -39,6 +39,19 @@ pub fn start(args: &[String]) -> Result<String, String> {
     if flags.debug {
         cmd.arg("-debug");
     }
+    // Run as containerd-shim-moat-vm-v2 (runtime io.containerd.moat-vm.v2): every pod of this
+    // shim runs in a VM. The serving shim runs from `current_exe` (the link resolved), so it is
+    // told by the environment.
+    let vm_name = args.first().is_some_and(|a0| {
+        std::path::Path::new(a0)
+            .file_name()
+            .is_some_and(|n| n == crate::vm_pod::VM_SHIM_NAME)
+    });
+    if vm_name {
+        cmd.env(crate::vm_pod::VM_MODE_ENV, "vm");
+    } else {
+        cmd.env_remove(crate::vm_pod::VM_MODE_ENV);
+    }
     // The serving shim must not die with containerd's `start` process group.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd.spawn().map_err(|e| format!("spawn the shim: {e}"))?;

@@ -11,8 +11,10 @@
 mod bootstrap;
 mod io;
 mod metrics;
+mod router;
 mod serve;
 mod service;
+mod vm_pod;
 mod zygote;
 
 fn main() {

@@ -12,11 +12,12 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config, Shim};
 use nix::sys::wait::{waitpid, WaitStatus};
 
+use crate::router::Router;
 use crate::service::Service;
 
 type Methods = HashMap<String, Box<dyn MethodHandler + Send + Sync>>;
 
-fn methods(task: &Arc<Service>, version: &str) -> Methods {
+fn methods(task: &Arc<Router>, version: &str) -> Methods {
     let svc: Arc<dyn containerd_shim::Task + Send + Sync> = task.clone();
     containerd_shim::protos::create_task(svc)
         .into_iter()
@@ -33,21 +34,33 @@ fn methods(task: &Arc<Service>, version: &str) -> Methods {
 }
 
 /// Reap every child (the shim is a child subreaper: container inits and exec'd processes are
-/// reparented to it) and report exits to the exit monitor.
+/// reparented to it) and report exits to the exit monitor. A pod VM's QEMU and virtiofsd are left
+/// to `moat-vm`, which waits for them itself: the reaper looks first (`WNOWAIT`).
 fn reaper() {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
     loop {
-        match waitpid(None, None) {
+        let pid = match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Ok(st) => match st.pid() {
+                Some(pid) if !crate::vm_pod::owned_pid(pid.as_raw()) => pid,
+                _ => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                }
+            },
+            Err(nix::errno::Errno::ECHILD) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
+            Err(_) => continue,
+        };
+        match waitpid(pid, None) {
             Ok(WaitStatus::Exited(pid, code)) => {
                 let _ = monitor_notify_by_pid(pid.as_raw(), code);
             }
             Ok(WaitStatus::Signaled(pid, sig, _)) => {
                 let _ = monitor_notify_by_pid(pid.as_raw(), 128 + sig as i32);
             }
-            Ok(_) => {}
-            Err(nix::errno::Errno::ECHILD) => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            Err(_) => {}
+            _ => {}
         }
     }
 }
@@ -65,7 +78,13 @@ pub fn serve(args: &[String]) -> Result<(), String> {
     let publisher = RemotePublisher::new(&ttrpc_address)
         .map_err(|e| format!("connect to containerd {ttrpc_address}: {e}"))?;
     let mut shim = Service::new("io.containerd.moat.v2", &flags, &mut Config::default());
-    let task = Arc::new(shim.create_task_service(publisher));
+    let vm_publisher = RemotePublisher::new(&ttrpc_address)
+        .map_err(|e| format!("connect to containerd {ttrpc_address}: {e}"))?;
+    let task = Arc::new(Router::new(
+        shim.create_task_service(publisher),
+        vm_publisher,
+        &flags.namespace,
+    ));
 
     let path = flags
         .socket

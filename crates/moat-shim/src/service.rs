@@ -275,7 +275,7 @@ fn oom_watch(i: Arc<Inner>) {
     }
 }
 
-fn mount_rootfs(req: &api::CreateTaskRequest) -> Result<bool, String> {
+pub(crate) fn mount_rootfs(req: &api::CreateTaskRequest) -> Result<bool, String> {
     if req.rootfs.is_empty() {
         return Ok(false);
     }
@@ -301,6 +301,11 @@ fn mount_rootfs(req: &api::CreateTaskRequest) -> Result<bool, String> {
 }
 
 impl Service {
+    /// Signalled when the shim should exit (Shutdown with no container left).
+    pub fn exit_signal(&self) -> Arc<ExitSignal> {
+        self.inner.exit.clone()
+    }
+
     fn spawn_proc(
         &self,
         id: &str,

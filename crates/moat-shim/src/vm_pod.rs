@@ -1,0 +1,330 @@
+//! VM mode: one lightweight VM per pod, every container of the pod inside it.
+//!
+//! Selected when the sandbox's spec carries `io.moat.isolation=vm` (a pod annotation containerd's
+//! CRI passes through `pod_annotations`), or when the shim runs as `containerd-shim-moat-vm-v2`
+//! (runtime type `io.containerd.moat-vm.v2`, a second name of the same binary). At the first
+//! Create (the sandbox's) the shim boots the VM (`moat-vm`: QEMU microvm, the guest agent as PID
+//! 1, a virtiofs share with nothing in it yet) sized from the sandbox (see [`guest::vm_size`]).
+//!
+//! The pause container is **emulated**: it gets no process; its task reports QEMU's pid and runs
+//! until it is killed. What a pause process holds on the host (the pod's network, IPC and UTS
+//! namespaces) is the VM itself here, so the containers drop the namespace paths that point at
+//! it and share the guest's; running it in the guest would cost a container creation (~0.4 s
+//! under TCG) and its image's rootfs in the share for nothing.
+//!
+//! Each other container: containerd has mounted its rootfs at `<bundle>/rootfs`; the shim clones
+//! that mount and every bind-mount source into the running VM's share
+//! ([`moat_vm::virtiofs::add_binds`], read-only ones read-only on the host) and asks the agent to
+//! create it from there (`CreateShared`). Its stdio goes through containerd's fifos: the agent's
+//! output events are written to stdout/stderr, stdin is forwarded in paced chunks. The Task verbs
+//! map onto agent requests ([`task`]); exits come from the agent's `Exited` events.
+//!
+//! Networking: the VM has no network device. Containers of a host-network pod see the guest's
+//! loopback only; a pod with its own network namespace gets the same (logged at create), not the
+//! namespace containerd prepared for it.
+//!
+//! What it must never do: leave a QEMU, virtiofsd, run directory or mount behind once the
+//! sandbox is deleted or the shim shuts down, or touch the namespaces backend's containers.
+
+mod error;
+pub mod guest;
+mod link;
+mod stdio;
+mod task;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+use containerd_shim::protos::events::task::TaskExit;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::topics;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::Context;
+
+pub use error::{Result, VmPodError};
+use link::{Event, Link};
+
+/// The name containerd runs the shim under for VM pods (`io.containerd.moat-vm.v2`).
+pub const VM_SHIM_NAME: &str = "containerd-shim-moat-vm-v2";
+/// Set by `start` for the serving shim when it was run as [`VM_SHIM_NAME`] (the serving shim
+/// runs from a sealed copy of the binary, whose name says nothing).
+pub const VM_MODE_ENV: &str = "MOAT_SHIM_ISOLATION";
+
+/// Host pids the shim's reaper must leave alone: QEMU and virtiofsd, waited for by `moat-vm`.
+static OWNED_PIDS: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
+
+/// Whether `pid` is a child that `moat-vm` waits for itself.
+pub fn owned_pid(pid: i32) -> bool {
+    OWNED_PIDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .is_some_and(|s| s.contains(&pid))
+}
+
+fn own_pid(pid: u32) {
+    OWNED_PIDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashSet::new)
+        .insert(pid as i32);
+}
+
+/// Whether the shim was started as [`VM_SHIM_NAME`].
+pub fn forced() -> bool {
+    std::env::var(VM_MODE_ENV).is_ok_and(|v| v == "vm")
+}
+
+/// One process of the pod: a container's init or an exec'd process.
+#[derive(Default)]
+struct VProc {
+    /// Guest pid (0 until created; the emulated sandbox has none).
+    guest_pid: i32,
+    started: bool,
+    exit: Option<(u32, Timestamp)>,
+    stdin: String,
+    stdout: String,
+    stderr: String,
+    /// Where the agent's output events go until the process exits.
+    out: Option<File>,
+    err: Option<File>,
+    /// For an exec: its process spec (JSON), run at Start.
+    spec: Option<String>,
+}
+
+struct VCtr {
+    bundle: String,
+    /// The emulated pause container.
+    sandbox: bool,
+    init: VProc,
+    execs: HashMap<String, VProc>,
+    rootfs_mounted: bool,
+    /// What this container added to the VM's share (relative targets).
+    shared: Vec<PathBuf>,
+    paused: bool,
+}
+
+#[derive(Default)]
+struct Table {
+    ctrs: HashMap<String, VCtr>,
+}
+
+/// The pod's VM and its containers.
+pub struct VmPod {
+    table: Mutex<Table>,
+    cond: Condvar,
+    link: OnceLock<Arc<Link>>,
+    /// Serializes the boot (the first Create).
+    booting: Mutex<()>,
+    publisher: Option<RemotePublisher>,
+    namespace: String,
+}
+
+fn now() -> Timestamp {
+    containerd_shim::util::timestamp().unwrap_or_default()
+}
+
+impl VmPod {
+    pub fn new(publisher: Option<RemotePublisher>, namespace: &str) -> Arc<VmPod> {
+        Arc::new(VmPod {
+            table: Mutex::default(),
+            cond: Condvar::new(),
+            link: OnceLock::new(),
+            booting: Mutex::new(()),
+            publisher,
+            namespace: namespace.to_string(),
+        })
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether container `id` belongs to this pod.
+    pub fn has(&self, id: &str) -> bool {
+        self.table().ctrs.contains_key(id)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table().ctrs.is_empty()
+    }
+
+    fn publish(&self, topic: &str, ev: Box<dyn MessageDyn>) {
+        if let Some(p) = &self.publisher {
+            if let Err(e) = p.publish(Context::default(), topic, &self.namespace, ev) {
+                log::warn!("publish {topic}: {e}");
+            }
+        }
+    }
+
+    fn link(&self) -> Result<&Arc<Link>> {
+        self.link
+            .get()
+            .ok_or_else(|| VmPodError::NotFound("the pod VM".into()))
+    }
+
+    /// Boot the pod's VM (once), sized from `spec`.
+    fn boot(self: &Arc<Self>, id: &str, spec: &serde_json::Value) -> Result<&Arc<Link>> {
+        let _g = self.booting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = self.link.get() {
+            return Ok(l);
+        }
+        let started = std::time::Instant::now();
+        let cache = moat_vm::assets::cache_dir();
+        let kernel = moat_vm::assets::ensure_kernel(&cache)
+            .map_err(VmPodError::vm("fetch the guest kernel"))?;
+        let initramfs = moat_vm::assets::ensure_initramfs(&cache, &kernel, &agent_binary()?)
+            .map_err(VmPodError::vm("build the guest initramfs"))?;
+        let qemu_bin = moat_vm::qemu::Qemu::new(moat_vm::accel::Accel::Tcg).binary;
+        let accel = moat_vm::accel::choose(&qemu_bin, &kernel, &cache);
+        let mut cfg = moat_vm::VmConfig::new(kernel.vmlinuz, initramfs);
+        (cfg.memory_mib, cfg.vcpus) = guest::vm_size(spec);
+        cfg.agent_ports = 1;
+        cfg.shared = Some(moat_vm::SharedDir::default());
+        cfg.run_parent = PathBuf::from("/run/moat-shim-vm");
+        std::fs::create_dir_all(&cfg.run_parent)
+            .map_err(VmPodError::io("create", &cfg.run_parent))?;
+        use moat_vm::{Hypervisor, VmInstance};
+        let vm = moat_vm::qemu::Qemu::new(accel)
+            .boot(&cfg)
+            .map_err(VmPodError::vm(format!("boot the VM of pod {id}")))?;
+        own_pid(vm.pid());
+        if let Some(p) = vm.virtiofsd_pid() {
+            own_pid(p);
+        }
+        let me = Arc::downgrade(self);
+        let link = Link::start(vm, move |ev| {
+            if let Some(pod) = me.upgrade() {
+                pod.on_event(ev);
+            }
+        });
+        log::info!(
+            "pod {id}: VM booted in {:?} (qemu {}, {} MiB, {} vCPU, guest kernel {})",
+            started.elapsed(),
+            link.pid(),
+            cfg.memory_mib,
+            cfg.vcpus,
+            link.kernel_release()
+        );
+        let _ = self.link.set(link);
+        self.link()
+    }
+
+    fn on_event(&self, ev: Event) {
+        use std::io::Write;
+        match ev {
+            Event::Output {
+                container_id,
+                exec_id,
+                stream,
+                data,
+            } => {
+                // Write outside the table's lock: a slow reader of the fifo must not stall it.
+                let file = {
+                    let mut t = self.table();
+                    let p = t.ctrs.get_mut(&container_id).and_then(|c| match &exec_id {
+                        None => Some(&mut c.init),
+                        Some(e) => c.execs.get_mut(e),
+                    });
+                    p.and_then(|p| match stream {
+                        moat_agent_proto::Stream::Stdout => p.out.as_ref(),
+                        moat_agent_proto::Stream::Stderr => p.err.as_ref(),
+                    })
+                    .and_then(|f| f.try_clone().ok())
+                };
+                if let Some(mut f) = file {
+                    let _ = f.write_all(&data);
+                }
+            }
+            Event::Exited {
+                container_id,
+                exec_id,
+                status,
+            } => self.exited(&container_id, exec_id.as_deref(), status.as_shell_code()),
+            Event::Gone => {
+                // The VM is gone: every process still running has ended with it.
+                let mut gone = Vec::new();
+                for (cid, c) in self.table().ctrs.iter() {
+                    if !c.sandbox && c.init.exit.is_none() {
+                        gone.push((cid.clone(), None));
+                    }
+                    for (eid, e) in c.execs.iter() {
+                        if e.exit.is_none() {
+                            gone.push((cid.clone(), Some(eid.clone())));
+                        }
+                    }
+                }
+                for (cid, eid) in gone {
+                    self.exited(&cid, eid.as_deref(), 255);
+                }
+            }
+        }
+    }
+
+    /// Record an exit, close the process's output (containerd's copy sees EOF), tell containerd.
+    fn exited(&self, cid: &str, eid: Option<&str>, code: i32) {
+        let pid = {
+            let mut t = self.table();
+            let Some(c) = t.ctrs.get_mut(cid) else { return };
+            let p = match eid {
+                None => &mut c.init,
+                Some(e) => match c.execs.get_mut(e) {
+                    Some(p) => p,
+                    None => return,
+                },
+            };
+            if p.exit.is_some() {
+                return;
+            }
+            p.exit = Some((code as u32, now()));
+            p.out = None;
+            p.err = None;
+            p.guest_pid
+        };
+        self.cond.notify_all();
+        self.publish(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            Box::new(TaskExit {
+                container_id: cid.to_string(),
+                id: eid.unwrap_or(cid).to_string(),
+                pid: self.host_pid(pid),
+                exit_status: code as u32,
+                exited_at: Some(now()).into(),
+                ..Default::default()
+            }),
+        );
+    }
+
+    /// The pid containerd is given for a process: QEMU's (the guest pids mean nothing on the
+    /// host, and a host pid that is not the process would be worse).
+    fn host_pid(&self, _guest_pid: i32) -> u32 {
+        self.link.get().map_or(0, |l| l.pid())
+    }
+
+    /// Power the VM off and free everything (Shutdown, or the sandbox's Delete).
+    pub fn power_off(&self) {
+        if let Some(l) = self.link.get() {
+            l.power_off(std::time::Duration::from_secs(5));
+        }
+    }
+}
+
+/// The static guest agent: `$MOAT_AGENT_BIN`, or the installed one.
+fn agent_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("MOAT_AGENT_BIN") {
+        return Ok(p.into());
+    }
+    for p in ["/usr/local/lib/moat/moat-agent", "/usr/lib/moat/moat-agent"] {
+        if std::path::Path::new(p).is_file() {
+            return Ok(p.into());
+        }
+    }
+    Err(VmPodError::Unsupported(
+        "no guest agent for the pod VM: install a static moat-agent as \
+         /usr/local/lib/moat/moat-agent or set MOAT_AGENT_BIN in containerd's environment"
+            .into(),
+    ))
+}

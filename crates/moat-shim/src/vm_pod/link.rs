@@ -1,0 +1,243 @@
+//! The shim's one connection to the agent of a pod VM (agent port 0, taken at boot). Every
+//! request is sent under the VM's lock and answered through a channel registered under its id;
+//! one reader thread reads everything the agent sends and dispatches it: responses by id, and a
+//! process's output and exit (which the agent sends to the connection that started it) to the
+//! pod's handler. When the connection closes (the VM powered off or died), every pending request
+//! fails and the handler is told once.
+//!
+//! What it must never do: hold the VM's lock while waiting for an answer, or panic on what the
+//! guest sends (the client decodes every frame as hostile).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use moat_agent_proto::{AgentError, ExitStatus, GuestMessage, Reply, Request, Stream};
+use moat_vm::qemu::QemuVm;
+use moat_vm::VmInstance;
+
+use super::error::{Result, VmPodError};
+
+/// How long one request may take in the guest (a create under TCG takes a fraction of it).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the reader waits for a message before letting a sender take the VM's lock.
+const READ_SLICE: Duration = Duration::from_millis(20);
+
+type Answer = std::result::Result<Reply, AgentError>;
+
+/// What the reader hands to the pod.
+pub enum Event {
+    Output {
+        container_id: String,
+        exec_id: Option<String>,
+        stream: Stream,
+        data: Vec<u8>,
+    },
+    Exited {
+        container_id: String,
+        exec_id: Option<String>,
+        status: ExitStatus,
+    },
+    /// The agent connection closed: no more output or exits will come.
+    Gone,
+}
+
+pub struct Link {
+    vm: Mutex<QemuVm>,
+    pending: Mutex<HashMap<u64, mpsc::Sender<Answer>>>,
+    closed: AtomicBool,
+    pid: u32,
+    virtiofsd_pid: Option<u32>,
+    kernel_release: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Link {
+    /// Take over a booted VM and start the reader thread, which calls `on_event`.
+    pub fn start(mut vm: QemuVm, on_event: impl Fn(Event) + Send + 'static) -> Arc<Link> {
+        let kernel_release = vm
+            .agent()
+            .map(|a| a.kernel_release().to_string())
+            .unwrap_or_default();
+        let link = Arc::new(Link {
+            pid: vm.pid(),
+            virtiofsd_pid: vm.virtiofsd_pid(),
+            vm: Mutex::new(vm),
+            pending: Mutex::default(),
+            closed: AtomicBool::new(false),
+            kernel_release,
+        });
+        let l = link.clone();
+        std::thread::spawn(move || l.read_loop(on_event));
+        link
+    }
+
+    /// Host pid of QEMU.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn virtiofsd_pid(&self) -> Option<u32> {
+        self.virtiofsd_pid
+    }
+
+    /// The guest kernel's release, from the agent's greeting.
+    pub fn kernel_release(&self) -> &str {
+        &self.kernel_release
+    }
+
+    fn read_loop(&self, on_event: impl Fn(Event)) {
+        loop {
+            if self.closed.load(Ordering::SeqCst) {
+                break;
+            }
+            let got = {
+                let mut vm = lock(&self.vm);
+                match vm.agent() {
+                    Ok(a) => a.next_event(READ_SLICE),
+                    Err(e) => Err(e),
+                }
+            };
+            match got {
+                Ok(Some(GuestMessage::Response { id, result })) => {
+                    if let Some(tx) = lock(&self.pending).remove(&id) {
+                        let _ = tx.send(result);
+                    }
+                }
+                Ok(Some(GuestMessage::Output {
+                    container_id,
+                    exec_id,
+                    stream,
+                    data,
+                })) => on_event(Event::Output {
+                    container_id,
+                    exec_id,
+                    stream,
+                    data,
+                }),
+                Ok(Some(GuestMessage::Exited {
+                    container_id,
+                    exec_id,
+                    status,
+                })) => on_event(Event::Exited {
+                    container_id,
+                    exec_id,
+                    status,
+                }),
+                Ok(Some(GuestMessage::Ready { .. })) => {}
+                // Let a sender take the lock between two read slices.
+                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+                Err(e) => {
+                    if !self.closed.swap(true, Ordering::SeqCst) {
+                        log::warn!("pod VM (qemu {}): agent connection lost: {e}", self.pid);
+                    }
+                    break;
+                }
+            }
+        }
+        // Pending requests fail (their senders drop).
+        lock(&self.pending).clear();
+        on_event(Event::Gone);
+    }
+
+    /// Send `request` and wait for its answer.
+    pub fn request(&self, request: Request) -> Result<Reply> {
+        let what = request_name(&request);
+        let (tx, rx) = mpsc::channel();
+        let id = {
+            let mut vm = lock(&self.vm);
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(VmPodError::Disconnected { request: what });
+            }
+            let a = vm.agent().map_err(|_| VmPodError::Disconnected {
+                request: what.clone(),
+            })?;
+            let id = a.send(request).map_err(|_| VmPodError::Disconnected {
+                request: what.clone(),
+            })?;
+            lock(&self.pending).insert(id, tx);
+            id
+        };
+        match rx.recv_timeout(REQUEST_TIMEOUT) {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(source)) => Err(VmPodError::Agent {
+                request: what,
+                source,
+            }),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                lock(&self.pending).remove(&id);
+                Err(VmPodError::Timeout {
+                    request: what,
+                    secs: REQUEST_TIMEOUT.as_secs(),
+                })
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(VmPodError::Disconnected { request: what })
+            }
+        }
+    }
+
+    /// [`Link::request`] for requests answered with `Done`.
+    pub fn done(&self, request: Request) -> Result<()> {
+        let what = request_name(&request);
+        match self.request(request)? {
+            Reply::Done => Ok(()),
+            other => Err(VmPodError::UnexpectedReply {
+                request: what,
+                reply: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// [`Link::request`] for requests answered with a guest pid.
+    pub fn pid_of(&self, request: Request) -> Result<i32> {
+        let what = request_name(&request);
+        match self.request(request)? {
+            Reply::Pid(p) => Ok(p),
+            other => Err(VmPodError::UnexpectedReply {
+                request: what,
+                reply: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// Power the VM off (the agent kills every container), killing QEMU after `grace`; QEMU
+    /// and virtiofsd are reaped and the run directory removed.
+    pub fn power_off(&self, grace: Duration) {
+        let mut vm = lock(&self.vm);
+        self.closed.store(true, Ordering::SeqCst);
+        if let Err(e) = vm.stop(grace) {
+            log::warn!("power off the pod VM (qemu {}): {e}", self.pid);
+        }
+        // Reaps QEMU if `stop` could not, kills virtiofsd and removes the run directory.
+        let _ = vm.kill();
+    }
+}
+
+fn request_name(r: &Request) -> String {
+    match r {
+        Request::Ping => "ping".into(),
+        Request::Create { container_id, .. } | Request::CreateShared { container_id, .. } => {
+            format!("create {container_id} in the pod VM")
+        }
+        Request::Start { container_id } => format!("start {container_id}"),
+        Request::Exec {
+            container_id,
+            exec_id,
+            ..
+        } => format!("exec {exec_id} in {container_id}"),
+        Request::Kill { container_id, .. } => format!("kill {container_id}"),
+        Request::Stdin { container_id, .. } => format!("stdin of {container_id}"),
+        Request::CloseStdin { container_id, .. } => format!("close stdin of {container_id}"),
+        Request::Pause { container_id } => format!("pause {container_id}"),
+        Request::Resume { container_id } => format!("resume {container_id}"),
+        Request::Stats { container_id } => format!("stats of {container_id}"),
+        Request::Processes { container_id } => format!("processes of {container_id}"),
+        Request::Delete { container_id, .. } => format!("delete {container_id}"),
+        Request::Shutdown => "shutdown".into(),
+    }
+}

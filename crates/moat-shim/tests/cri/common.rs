@@ -1,0 +1,334 @@
+//! What the CRI tests share: a private containerd with the CRI plugin and moat's handlers, a CRI
+//! runtime.v1 client over its socket driven from synchronous code (`cri!`, `cri_ok!`), the test
+//! images, and probes of what a pod leaves behind.
+#![allow(dead_code)]
+
+/// The CRI runtime.v1 messages and client, generated from cri/cri.proto (see its header).
+#[allow(clippy::all, dead_code, missing_docs, unused_qualifications)]
+#[path = "runtime.v1.rs"]
+pub mod cri_api;
+
+use crate::support::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use std::time::Duration;
+
+use cri_api::runtime_service_client::RuntimeServiceClient;
+use cri_api::*;
+use serde_json::json;
+use tonic::transport::Channel;
+
+pub const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-moat-v2");
+pub const SHIM_NAME: &str = "containerd-shim-moat-v2";
+pub const PAUSE_IMAGE: &str = "localhost/moat-pause:test";
+/// The CRI plugin keeps its containers and images in this containerd namespace.
+pub const K8S_NS: &str = "k8s.io";
+/// Every CRI call must answer within this (RunPodSandbox and CreateContainer included).
+pub const RPC_LIMIT: Duration = Duration::from_secs(90);
+
+// ---------------------------------------------------------------------------------------------
+// A private containerd with the CRI plugin
+// ---------------------------------------------------------------------------------------------
+
+/// The shared harness's `Containerd` with the CRI plugin enabled and configured with the `moat`
+/// runtime handler, its sandbox image, and a CNI configuration directory of its own (the pod uses
+/// the host network, so no CNI plugin runs); it also cleans up the pod's cgroups on drop.
+pub struct CriContainerd {
+    pub inner: Containerd,
+    /// The cgroup parent of the pod (cgroupfs driver), relative to the cgroup root; ours to
+    /// remove, like the kubelet's.
+    pub cgroup_parent: String,
+}
+
+impl std::ops::Deref for CriContainerd {
+    type Target = Containerd;
+    fn deref(&self) -> &Containerd {
+        &self.inner
+    }
+}
+
+/// The CRI plugin's configuration; `{dir}` is the containerd's temporary directory.
+/// `extra` is appended to the runtimes table (more handlers, TOML).
+pub fn cri_config(extra: &str) -> String {
+    format!(
+        r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  disable_apparmor = true
+  restrict_oom_score_adj = {restrict_oom}
+  enable_selinux = false
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.moat]
+      runtime_type = "io.containerd.moat.v2"
+{extra}
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{{dir}}/cni"
+"#,
+        pause = PAUSE_IMAGE,
+        extra = extra,
+        // The sandbox asks for oom_score_adj -998; lowering it needs CAP_SYS_RESOURCE, which
+        // some CI sandboxes lack: then let containerd clamp it to its own, as for rootless.
+        restrict_oom = !has_cap_sys_resource(),
+    )
+}
+
+impl CriContainerd {
+    pub fn start(shim_dir: &Path) -> CriContainerd {
+        Self::start_with(shim_dir, "")
+    }
+
+    /// With more runtime handlers (`extra`, see [`cri_config`]).
+    pub fn start_with(shim_dir: &Path, extra: &str) -> CriContainerd {
+        let inner = Containerd::launch(K8S_NS, Some(shim_dir), Some(&cri_config(extra)));
+        std::fs::create_dir_all(inner.path().join("cni")).unwrap();
+        CriContainerd {
+            inner,
+            cgroup_parent: format!("moat-cri-{}", std::process::id()),
+        }
+    }
+
+    /// The shim processes of this containerd (`-address <our socket>` on the command line), with
+    /// their parent pids; `start`/`delete` invocations are left out.
+    pub fn shim_processes(&self) -> BTreeMap<i32, (i32, String)> {
+        let needle = format!("-address {}", self.sock().display());
+        let mut out = BTreeMap::new();
+        for pid in pids_with_cmdline(&needle) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| text(&c).replace('\0', " ").trim().to_owned())
+                .unwrap_or_default();
+            if !cmdline.contains(SHIM_NAME)
+                || cmdline.ends_with(" start")
+                || cmdline.ends_with(" delete")
+            {
+                continue;
+            }
+            if let Some(ppid) = ppid(pid) {
+                out.insert(pid, (ppid, cmdline));
+            }
+        }
+        out
+    }
+
+    /// Processes in the cgroups below the pod's cgroup parent, in every hierarchy.
+    pub fn pod_cgroup_pids(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        for root in cgroup_paths(&self.cgroup_parent) {
+            walk_dirs(&root, &mut |d| {
+                if let Ok(s) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                    pids.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+                }
+            });
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+}
+
+impl Drop for CriContainerd {
+    fn drop(&mut self) {
+        // Whatever a failed test left: the shims and the pod's processes (containerd itself is
+        // stopped and its mounts removed when `inner` drops, after this).
+        let shims: Vec<i32> = self.shim_processes().into_keys().collect();
+        for pid in shims.into_iter().chain(self.pod_cgroup_pids()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        // The pod's cgroup parent is ours (the kubelet's) to remove; the runtime removes the
+        // containers' cgroups below it. Deepest first, a few tries while killed processes go.
+        for _ in 0..50 {
+            let mut left = false;
+            for root in cgroup_paths(&self.cgroup_parent) {
+                let mut dirs = Vec::new();
+                walk_dirs(&root, &mut |d| dirs.push(d.to_owned()));
+                dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+                for d in dirs {
+                    if std::fs::remove_dir(&d).is_err() && d.exists() {
+                        left = true;
+                    }
+                }
+            }
+            if !left {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+pub fn log_tail(path: &Path) -> String {
+    let all = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = all.lines().collect();
+    format!(
+        "containerd log (last lines):\n{}",
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    )
+}
+
+pub fn walk_dirs(d: &Path, f: &mut dyn FnMut(&Path)) {
+    if !d.is_dir() {
+        return;
+    }
+    f(d);
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                walk_dirs(&e.path(), f);
+            }
+        }
+    }
+}
+
+pub fn ppid(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// (Rss, Pss) in KiB from /proc/<pid>/smaps_rollup.
+pub fn rss_pss_kib(pid: i32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("Rss:"), field("Pss:"))
+}
+
+/// Mount points at or below `dir`.
+pub fn mounts_below(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The busybox image of the shared harness, and a pause image made of the same layer whose
+/// entrypoint sleeps, reaps its children, and exits on SIGTERM.
+pub fn images(dir: &Path) -> (PathBuf, PathBuf) {
+    let busybox = busybox_image(dir);
+    let pause = dir.join("pause");
+    std::fs::create_dir_all(&pause).unwrap();
+    std::fs::copy(dir.join("image/layer.tar"), pause.join("layer.tar")).unwrap();
+    let tarball = dir.join("pause-image.tar");
+    docker_archive(
+        &pause,
+        PAUSE_IMAGE,
+        json!({
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Entrypoint": ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 1000 & wait; done"],
+        }),
+        &tarball,
+    );
+    (busybox, tarball)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CRI client
+// ---------------------------------------------------------------------------------------------
+
+/// A CRI runtime.v1 client over containerd's unix socket, driven from synchronous test code.
+pub struct Cri {
+    pub rt: tokio::runtime::Runtime,
+    pub client: RuntimeServiceClient<Channel>,
+    pub log: PathBuf,
+}
+
+impl Cri {
+    pub fn connect(sock: &Path, log: PathBuf) -> Cri {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let sock = sock.to_owned();
+        let channel = rt
+            .block_on(async move {
+                // The URI is a placeholder: the connector dials the unix socket.
+                let endpoint = tonic::transport::Endpoint::try_from("http://[::1]:50051")?
+                    .connect_timeout(Duration::from_secs(10));
+                tokio::time::timeout(
+                    Duration::from_secs(30),
+                    endpoint.connect_with_connector(tower::service_fn(
+                        move |_: tonic::transport::Uri| {
+                            let sock = sock.clone();
+                            async move {
+                                let s = tokio::net::UnixStream::connect(sock).await?;
+                                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                            }
+                        },
+                    )),
+                )
+                .await
+                .map_err(|e| -> Box<dyn std::error::Error> { Box::new(e) })?
+                .map_err(|e| -> Box<dyn std::error::Error> { Box::new(e) })
+            })
+            .unwrap_or_else(|e| panic!("connect to the CRI socket: {e}\n{}", log_tail(&log)));
+        Cri {
+            rt,
+            client: RuntimeServiceClient::new(channel),
+            log,
+        }
+    }
+}
+
+/// One CRI call, bounded by [`RPC_LIMIT`]: `Result<Response, tonic::Status>`.
+#[macro_export]
+macro_rules! cri {
+    ($cri:expr, $method:ident, $req:expr) => {{
+        let mut client = $cri.client.clone();
+        let req = $req;
+        $cri.rt
+            .block_on(async move { tokio::time::timeout(RPC_LIMIT, client.$method(req)).await })
+            .unwrap_or_else(|_| {
+                panic!(
+                    "CRI {} did not answer within {:?}\n{}",
+                    stringify!($method),
+                    RPC_LIMIT,
+                    log_tail(&$cri.log)
+                )
+            })
+            .map(|r| r.into_inner())
+    }};
+}
+
+/// A CRI call that must succeed.
+#[macro_export]
+macro_rules! cri_ok {
+    ($cri:expr, $method:ident, $req:expr) => {{
+        cri!($cri, $method, $req).unwrap_or_else(|e| {
+            panic!(
+                "CRI {} failed: {e:?}\n{}",
+                stringify!($method),
+                log_tail(&$cri.log)
+            )
+        })
+    }};
+}
+
+/// Kubelet's namespace options for a `hostNetwork: true` pod: the node's network, a PID
+/// namespace per container, the pod's IPC namespace.
+pub fn host_network() -> NamespaceOption {
+    NamespaceOption {
+        network: NamespaceMode::Node as i32,
+        pid: NamespaceMode::Container as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}

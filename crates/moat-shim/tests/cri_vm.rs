@@ -1,0 +1,384 @@
+//! A VM pod through Kubernetes' CRI: a private containerd with a `moat-vm` handler
+//! (`runtime_type = "io.containerd.moat-vm.v2"`, the shim under its second name) runs a
+//! host-network pod with two containers. Both run in one VM (exactly one QEMU for the pod, the
+//! same guest kernel in both, not the host's), ExecSync works (output, stderr, exit code), a
+//! container's process list has no host process, and stopping and removing the pod leaves no
+//! QEMU, virtiofsd, shim, mount or run directory. Then a pod of the plain `moat` handler with the
+//! pod annotation `io.moat.isolation=vm` runs in a VM too.
+//!
+//! Skipped, with the reason printed, when qemu-system-x86_64 or the guest kernel cannot be had.
+
+#[path = "../../moat-runtime/tests/support/mod.rs"]
+mod support;
+use support::*;
+
+#[path = "../../moat-runtime/tests/support/vm_agent.rs"]
+mod vm_agent;
+
+#[path = "cri/common.rs"]
+mod common;
+use common::cri_api::*;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const VM_SHIM_NAME: &str = "containerd-shim-moat-vm-v2";
+
+/// Appended to the `moat` handler (`pod_annotations`: `io.moat.isolation=vm` reaches the
+/// sandbox, the other way to ask for a VM), and the `moat-vm` handler.
+const VM_RUNTIME: &str = r#"      pod_annotations = ["io.moat.*"]
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.moat-vm]
+      runtime_type = "io.containerd.moat-vm.v2"
+      pod_annotations = ["io.moat.*"]"#;
+
+/// Processes whose command line contains `needle` (this test's own excluded).
+fn procs_with(needle: &str) -> Vec<(i32, String)> {
+    let me = std::process::id() as i32;
+    pids_with_cmdline(needle)
+        .into_iter()
+        .filter(|p| *p != me)
+        .map(|p| {
+            let c = std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| text(&c).replace('\0', " "))
+                .unwrap_or_default();
+            (p, c)
+        })
+        .collect()
+}
+
+/// A busybox container that prints `started-NAME` and sleeps, host network.
+fn create_and_start(cri: &Cri, pod: &str, sandbox_config: &PodSandboxConfig, name: &str) -> String {
+    let config = ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: IMAGE.into(),
+            ..Default::default()
+        }),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            format!("echo started-{name}; exec sleep 1000"),
+        ],
+        log_path: format!("{name}.log"),
+        linux: Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(host_network()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let cid = cri_ok!(
+        cri,
+        create_container,
+        CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(sandbox_config.clone()),
+        }
+    )
+    .container_id;
+    cri_ok!(
+        cri,
+        start_container,
+        StartContainerRequest {
+            container_id: cid.clone()
+        }
+    );
+    cid
+}
+
+/// Stop and remove `pod`; then wait until no shim of `cd` and no QEMU or virtiofsd whose
+/// command line has `vm_needle` is left.
+fn remove_pod(cri: &Cri, cd: &CriContainerd, pod: &str, vm_needle: &str) {
+    let t = Instant::now();
+    cri_ok!(
+        cri,
+        stop_pod_sandbox,
+        StopPodSandboxRequest {
+            pod_sandbox_id: pod.into()
+        }
+    );
+    cri_ok!(
+        cri,
+        remove_pod_sandbox,
+        RemovePodSandboxRequest {
+            pod_sandbox_id: pod.into()
+        }
+    );
+    eprintln!("pod stopped and removed in {:?}", t.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shims_left = cd.shim_processes();
+        let vm_left = procs_with(vm_needle);
+        if shims_left.is_empty() && vm_left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "10 s after RemovePodSandbox: shims {shims_left:#?}, VM processes {vm_left:#?}\n{}",
+            cd.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The serving shim of the only pod (its zygote is a child of it).
+fn serving_shim(cd: &CriContainerd) -> i32 {
+    let shim_procs = cd.shim_processes();
+    let serving: Vec<i32> = shim_procs
+        .iter()
+        .filter(|(_, (ppid, _))| !shim_procs.contains_key(ppid))
+        .map(|(pid, _)| *pid)
+        .collect();
+    assert_eq!(serving.len(), 1, "{shim_procs:#?}");
+    serving[0]
+}
+
+fn exec(cri: &Cri, cid: &str, cmd: &[&str]) -> ExecSyncResponse {
+    cri_ok!(
+        cri,
+        exec_sync,
+        ExecSyncRequest {
+            container_id: cid.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 60,
+        }
+    )
+}
+
+#[test]
+fn cri_vm_pod_runs_two_containers_in_one_vm() {
+    let test = "cri_vm_pod_runs_two_containers_in_one_vm";
+    if !have_all(test, &["containerd", "ctr", "qemu-system-x86_64"]) {
+        return;
+    }
+    if let Err(e) = moat_vm::assets::ensure_kernel(&moat_vm::assets::cache_dir()) {
+        eprintln!("{test}: skipped: no guest kernel: {e}");
+        return;
+    }
+    let t0 = Instant::now();
+    // The static agent, for the shims containerd starts (they inherit its environment).
+    std::env::set_var("MOAT_AGENT_BIN", vm_agent::agent());
+    let shims = tempfile::Builder::new()
+        .prefix("moat-cri-vm-shims-")
+        .tempdir()
+        .unwrap();
+    for name in [SHIM_NAME, VM_SHIM_NAME] {
+        std::os::unix::fs::symlink(SHIM, shims.path().join(name)).unwrap();
+    }
+    let cd = CriContainerd::start_with(shims.path(), VM_RUNTIME);
+    let work = tempfile::Builder::new()
+        .prefix("moat-cri-vm-images-")
+        .tempdir()
+        .unwrap();
+    let (busybox, pause) = images(work.path());
+    cd.import(&busybox);
+    cd.import(&pause);
+    let logs = cd.path().join("pod-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let cri = Cri::connect(&cd.sock(), cd.log_path());
+    eprintln!("{test}: set up in {:?}", t0.elapsed());
+
+    let sandbox_config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "moat-vm-pod".into(),
+            uid: format!("moat-cri-vm-{}", std::process::id()),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: format!("/{}", cd.cgroup_parent),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(host_network()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let pod = cri_ok!(
+        cri,
+        run_pod_sandbox,
+        RunPodSandboxRequest {
+            config: Some(sandbox_config.clone()),
+            runtime_handler: "moat-vm".into(),
+        }
+    )
+    .pod_sandbox_id;
+    eprintln!(
+        "POD START (RunPodSandbox, VM boot included): {:?}",
+        started.elapsed()
+    );
+
+    let mut ctrs = Vec::new();
+    for name in ["c1", "c2"] {
+        let t = Instant::now();
+        let cid = create_and_start(&cri, &pod, &sandbox_config, name);
+        eprintln!("container {name}: created and started in {:?}", t.elapsed());
+        ctrs.push((name, cid));
+    }
+
+    // Their output reaches the CRI log files.
+    for (name, _) in &ctrs {
+        let file = logs.join(format!("{name}.log"));
+        let want = format!("stdout F started-{name}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .contains(&want)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{} lacks {want:?}",
+                file.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // One shim, one QEMU for the pod.
+    let shim_procs = cd.shim_processes();
+    let shim = serving_shim(&cd);
+    let vm_needle = format!("/run/moat-shim-vm/moat-vm-{shim}-");
+    let qemus: Vec<_> = procs_with(&vm_needle)
+        .into_iter()
+        .filter(|(_, c)| c.contains("qemu-system"))
+        .collect();
+    assert_eq!(qemus.len(), 1, "one QEMU for the pod: {qemus:#?}");
+
+    // The guest kernel, the same in both containers, not the host's.
+    let host = nix::sys::utsname::uname().unwrap();
+    let host_release = host.release().to_string_lossy().into_owned();
+    let mut releases = Vec::new();
+    for (_, cid) in &ctrs {
+        let r = exec(&cri, cid, &["uname", "-r"]);
+        assert_eq!(r.exit_code, 0, "{r:?}");
+        releases.push(text(&r.stdout).trim().to_string());
+    }
+    eprintln!("guest kernel {releases:?}, host kernel {host_release}");
+    assert!(!releases[0].is_empty());
+    assert_eq!(releases[0], releases[1], "both containers in the same VM");
+    assert_ne!(
+        releases[0], host_release,
+        "the container runs on the host's kernel"
+    );
+
+    // The process list: the container's own, nothing of the host.
+    let r = exec(&cri, &ctrs[0].1, &["ps", "-o", "pid,comm"]);
+    let ps = text(&r.stdout);
+    eprintln!("ps in c1:\n{ps}");
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    for host_proc in ["containerd", "qemu", "virtiofsd", "cri_vm"] {
+        assert!(
+            !ps.contains(host_proc),
+            "{host_proc} visible in the pod: {ps}"
+        );
+    }
+    assert!(ps.contains("sleep"), "{ps}");
+    assert!(ps.lines().count() < 10, "{ps}");
+
+    // stderr and exit codes.
+    let r = exec(
+        &cri,
+        &ctrs[1].1,
+        &["sh", "-c", "echo out; echo err >&2; exit 3"],
+    );
+    assert_eq!(r.exit_code, 3, "{r:?}");
+    assert_eq!(
+        (text(&r.stdout), text(&r.stderr)),
+        ("out\n".into(), "err\n".into())
+    );
+
+    // Stats come from the guest.
+    let s = cri_ok!(
+        cri,
+        container_stats,
+        ContainerStatsRequest {
+            container_id: ctrs[0].1.clone()
+        }
+    )
+    .stats
+    .expect("container stats");
+    assert!(s.cpu.is_some() && s.memory.is_some(), "{s:?}");
+
+    // The shim and QEMU (and virtiofsd) memory of the pod.
+    let mem: Vec<(i32, String, (u64, u64))> = shim_procs
+        .keys()
+        .map(|p| (*p, "shim".to_string()))
+        .chain(procs_with(&vm_needle).into_iter().map(|(p, c)| {
+            let what = if c.contains("qemu-system") {
+                "qemu"
+            } else {
+                "virtiofsd"
+            };
+            (p, what.to_string())
+        }))
+        .map(|(p, w)| (p, w, rss_pss_kib(p)))
+        .collect();
+    for (p, w, (rss, pss)) in &mem {
+        eprintln!("VM POD MEMORY {w} pid {p}: Rss {rss} KiB, Pss {pss} KiB");
+    }
+
+    // Stop and remove the pod with its containers running.
+    remove_pod(&cri, &cd, &pod, &vm_needle);
+    let left = cri_ok!(cri, list_containers, ListContainersRequest { filter: None }).containers;
+    assert!(left.is_empty(), "containers left: {left:?}");
+    let mounts = mounts_below(cd.path());
+    assert!(mounts.is_empty(), "mounts left: {mounts:#?}");
+    let run_dirs: Vec<PathBuf> = std::fs::read_dir("/run/moat-shim-vm")
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    let prefix = format!("moat-vm-{shim}-");
+    assert!(
+        !run_dirs.iter().any(|d| d
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))),
+        "run dir left: {run_dirs:?}"
+    );
+    let state = Path::new("/run/moat-shim").join(K8S_NS);
+    for (_, cid) in &ctrs {
+        assert!(!state.join(cid).exists());
+    }
+
+    // The other way to ask for a VM: the plain `moat` handler and the pod annotation.
+    let mut annotated = sandbox_config.clone();
+    if let Some(m) = annotated.metadata.as_mut() {
+        m.name = "moat-vm-pod-annotated".into();
+        m.uid.push_str("-annotated");
+    }
+    annotated
+        .annotations
+        .insert("io.moat.isolation".into(), "vm".into());
+    let pod2 = cri_ok!(
+        cri,
+        run_pod_sandbox,
+        RunPodSandboxRequest {
+            config: Some(annotated.clone()),
+            runtime_handler: "moat".into(),
+        }
+    )
+    .pod_sandbox_id;
+    let c3 = create_and_start(&cri, &pod2, &annotated, "c3");
+    let shim2 = serving_shim(&cd);
+    let needle2 = format!("/run/moat-shim-vm/moat-vm-{shim2}-");
+    let qemus = procs_with(&needle2)
+        .into_iter()
+        .filter(|(_, c)| c.contains("qemu-system"))
+        .count();
+    assert_eq!(qemus, 1, "the annotated pod has its VM");
+    let r = exec(&cri, &c3, &["uname", "-r"]);
+    assert_eq!(text(&r.stdout).trim(), releases[0], "{r:?}");
+    remove_pod(&cri, &cd, &pod2, &needle2);
+    let mounts = mounts_below(cd.path());
+    assert!(mounts.is_empty(), "mounts left: {mounts:#?}");
+
+    eprintln!("{test}: done in {:?}", t0.elapsed());
+}
