@@ -253,8 +253,19 @@ fn sealed_copy_of_self() -> Result<OwnedFd> {
         }
         done += n;
     }
-    fcntl(memfd.as_raw_fd(), FcntlArg::F_ADD_SEALS(SEALS))?;
-    Ok(memfd)
+    // F_SEAL_WRITE fails with EBUSY while anything holds an extra reference to a page of the
+    // file (seen once in ~1000 creates on a loaded host, e.g. a page being migrated): retry.
+    let mut tries = 0;
+    loop {
+        match fcntl(memfd.as_raw_fd(), FcntlArg::F_ADD_SEALS(SEALS)) {
+            Ok(_) => return Ok(memfd),
+            Err(Errno::EBUSY) if tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Set or clear close-on-exec on `fd`.
