@@ -77,6 +77,42 @@ fn cve_2019_5736_runtime_binary_is_a_sealed_copy() {
     assert_eq!(sha256(BIN), before, "the host runtime binary changed");
 }
 
+/// CVE-2019-5736, the fallback: where the binary's directory cannot be an overlayfs layer (here a
+/// ':' in its name, the layer separator), the init runs from a sealed memfd copy instead.
+#[test]
+fn cve_2019_5736_memfd_fallback_when_no_overlay() {
+    let rt = Rt::new();
+    let dir = tempfile::Builder::new()
+        .prefix("moat-bin:")
+        .tempdir()
+        .unwrap();
+    let bin = dir.path().join("moat-runtime");
+    std::fs::copy(BIN, &bin).unwrap();
+    let b = Bundle::new(&["true"]);
+    let id = id("cve5736mfd");
+    let st = std::process::Command::new(&bin)
+        .arg("--root")
+        .arg(rt.root.path())
+        .args(["create", "--bundle"])
+        .arg(b.path())
+        .arg(&id)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let pid = rt.state(&id)["pid"].as_i64().unwrap();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(
+        exe.to_string_lossy().starts_with("/memfd:moat-runtime"),
+        "init runs from {}",
+        exe.display()
+    );
+    let w = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/exe"));
+    assert!(w.is_err(), "the sealed copy could be opened for writing");
+    rt.ok(&["delete", "--force", &id]);
+}
+
 /// CVE-2024-21626: a working directory through a leaked descriptor must not give the container a
 /// handle on the host's filesystem; no runtime descriptor is open in the container.
 #[test]
