@@ -245,10 +245,11 @@ impl VmPod {
                 status,
             } => self.exited(&container_id, exec_id.as_deref(), status.as_shell_code()),
             Event::Gone => {
-                // The VM is gone: every process still running has ended with it.
+                // The VM is gone: every process still running has ended with it, and so has the
+                // pod (the emulated sandbox too).
                 let mut gone = Vec::new();
                 for (cid, c) in self.table().ctrs.iter() {
-                    if !c.sandbox && c.init.exit.is_none() {
+                    if c.init.exit.is_none() {
                         gone.push((cid.clone(), None));
                     }
                     for (eid, e) in c.execs.iter() {
