@@ -185,6 +185,8 @@ impl containerd_shim::Shim for Service {
         if let Ok(cwd) = std::env::current_dir() {
             let _ = nix::mount::umount2(&cwd.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
         }
+        // A VM pod's shim that died left its VM's run directory (the VM powers itself off).
+        crate::vm_pod::collect_stale_run_dirs();
         Ok(DeleteResponse {
             exit_status: 137,
             exited_at: Some(now()).into(),

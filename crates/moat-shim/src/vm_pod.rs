@@ -53,6 +53,39 @@ pub const VM_SHIM_NAME: &str = "containerd-shim-moat-vm-v2";
 /// runs from a sealed copy of the binary, whose name says nothing).
 pub const VM_MODE_ENV: &str = "MOAT_SHIM_ISOLATION";
 
+/// Where pod VMs have their run directories (`moat-vm-<shim pid>-<n>`: agent and virtiofsd
+/// sockets, console log, the shared directory's mount point).
+pub const RUN_PARENT: &str = "/run/moat-shim-vm";
+
+/// Remove the run directories of pod VMs whose shim is gone. A shim that is killed cannot power
+/// its VM off, but the agent does so itself when the shim's connection closes (QEMU and then
+/// virtiofsd exit); the directory is what stays. Run by `delete` (containerd's clean-up after a
+/// shim died) and before every boot.
+pub fn collect_stale_run_dirs() {
+    let Ok(rd) = std::fs::read_dir(RUN_PARENT) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("moat-vm-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let shim_alive = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.windows(20).any(|w| w == b"containerd-shim-moat"));
+        if !shim_alive {
+            log::info!(
+                "remove the run directory {} of a gone shim",
+                e.path().display()
+            );
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Host pids the shim's reaper must leave alone: QEMU and virtiofsd, waited for by `moat-vm`.
 static OWNED_PIDS: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
 
@@ -184,7 +217,8 @@ impl VmPod {
         (cfg.memory_mib, cfg.vcpus) = guest::vm_size(spec);
         cfg.agent_ports = 1;
         cfg.shared = Some(moat_vm::SharedDir::default());
-        cfg.run_parent = PathBuf::from("/run/moat-shim-vm");
+        collect_stale_run_dirs();
+        cfg.run_parent = PathBuf::from(RUN_PARENT);
         std::fs::create_dir_all(&cfg.run_parent)
             .map_err(VmPodError::io("create", &cfg.run_parent))?;
         use moat_vm::{Hypervisor, VmInstance};

@@ -4,7 +4,8 @@
 //! same guest kernel in both, not the host's), ExecSync works (output, stderr, exit code), a
 //! container's process list has no host process, and stopping and removing the pod leaves no
 //! QEMU, virtiofsd, shim, mount or run directory. Then a pod of the plain `moat` handler with the
-//! pod annotation `io.moat.isolation=vm` runs in a VM too.
+//! pod annotation `io.moat.isolation=vm` runs in a VM too; and a VM pod whose shim is killed
+//! leaves no VM and, after containerd's clean-up, no run directory.
 //!
 //! Skipped, with the reason printed, when qemu-system-x86_64 or the guest kernel cannot be had.
 
@@ -346,6 +347,8 @@ fn cri_vm_pod_runs_two_containers_in_one_vm() {
     let state = Path::new("/run/moat-shim").join(K8S_NS);
     for (_, cid) in &ctrs {
         assert!(!state.join(cid).exists());
+        // The containers' cgroups are in the guest: none on the host.
+        assert_no_cgroup(&format!("{}/{cid}", cd.cgroup_parent));
     }
 
     // The other way to ask for a VM: the plain `moat` handler and the pod annotation.
@@ -379,6 +382,61 @@ fn cri_vm_pod_runs_two_containers_in_one_vm() {
     remove_pod(&cri, &cd, &pod2, &needle2);
     let mounts = mounts_below(cd.path());
     assert!(mounts.is_empty(), "mounts left: {mounts:#?}");
+
+    // A shim that is killed: the agent powers the VM off when the connection closes, and
+    // containerd's clean-up (`delete`) removes the run directory.
+    let mut crash = sandbox_config.clone();
+    if let Some(m) = crash.metadata.as_mut() {
+        m.name = "moat-vm-pod-crash".into();
+        m.uid.push_str("-crash");
+    }
+    let pod3 = cri_ok!(
+        cri,
+        run_pod_sandbox,
+        RunPodSandboxRequest {
+            config: Some(crash.clone()),
+            runtime_handler: "moat-vm".into(),
+        }
+    )
+    .pod_sandbox_id;
+    create_and_start(&cri, &pod3, &crash, "c4");
+    let shim3 = serving_shim(&cd);
+    let needle3 = format!("/run/moat-shim-vm/moat-vm-{shim3}-");
+    assert_eq!(
+        procs_with(&needle3).len(),
+        3,
+        "qemu and virtiofsd (2 processes)"
+    );
+    for pid in cd.shim_processes().into_keys() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !procs_with(&needle3).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the VM outlived its killed shim by 15 s: {:#?}",
+            procs_with(&needle3)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    remove_pod(&cri, &cd, &pod3, &needle3);
+    let mounts = mounts_below(cd.path());
+    assert!(mounts.is_empty(), "mounts left: {mounts:#?}");
+    let prefix3 = format!("moat-vm-{shim3}-");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir("/run/moat-shim-vm")
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(&prefix3))
+        })
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < deadline, "run dir of the killed shim left");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     eprintln!("{test}: done in {:?}", t0.elapsed());
 }
