@@ -5,7 +5,8 @@
 //! container's process list has no host process, and stopping and removing the pod leaves no
 //! QEMU, virtiofsd, shim, mount or run directory. Then a pod of the plain `moat` handler with the
 //! pod annotation `io.moat.isolation=vm` runs in a VM too; and a VM pod whose shim is killed
-//! leaves no VM and, after containerd's clean-up, no run directory.
+//! leaves no VM and, after containerd's clean-up, no run directory. Last, `ctr run` with the VM
+//! runtime: a container alone in a VM, stdin forwarded, its exit code back.
 //!
 //! Skipped, with the reason printed, when qemu-system-x86_64 or the guest kernel cannot be had.
 
@@ -435,6 +436,57 @@ fn cri_vm_pod_runs_two_containers_in_one_vm() {
         .unwrap_or(false)
     {
         assert!(Instant::now() < deadline, "run dir of the killed shim left");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Outside the CRI: `ctr run` with the VM runtime, a container of its own in its own VM,
+    // stdin forwarded from the fifo, the exit code back.
+    let t = Instant::now();
+    let mut child = cd
+        .ctr()
+        .args([
+            "run",
+            "--rm",
+            "--runtime",
+            "io.containerd.moat-vm.v2",
+            IMAGE,
+        ])
+        .args(["moat-vm-ctr", "sh", "-c", "cat; uname -r; exit 7"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hello through stdin\n").unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ctr run in a VM did not end in 60 s\n{}", cd.log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    eprintln!("ctr run in a VM: {:?} in {:?}", out.status, t.elapsed());
+    assert_eq!(
+        text(&out.stdout),
+        format!("hello through stdin\n{}\n", releases[0]),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(7));
+    let needle4 = "/run/moat-shim-vm/moat-vm-";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cd.shim_processes().is_empty() || !procs_with(needle4).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left after ctr run --rm: {:#?}",
+            procs_with(needle4)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 

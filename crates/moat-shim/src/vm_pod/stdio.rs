@@ -35,22 +35,36 @@ pub fn open(id: &str, stdin: &str, stdout: &str, stderr: &str) -> Result<Fifos> 
     })
 }
 
+/// Wait until `fifo` can be read: data, or EOF once a writer has come and gone. (A read on a
+/// fifo whose writer has not opened it yet returns EOF at once; `poll` waits for the writer.)
+fn readable(fifo: &File) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    loop {
+        let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => return true,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Forward `fifo` to the stdin of container `cid`'s init (or of exec `eid`) until EOF.
 pub fn forward(link: Arc<Link>, cid: String, eid: Option<String>, mut fifo: File) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
+            if !readable(&fifo) {
+                break;
+            }
             let n = match fifo.read(&mut buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => 0,
             };
             if n == 0 {
-                let _ = link.done(Request::CloseStdin {
-                    container_id: cid,
-                    exec_id: eid,
-                });
-                return;
+                break;
             }
             let sent = link.done(Request::Stdin {
                 container_id: cid.clone(),
@@ -62,5 +76,9 @@ pub fn forward(link: Arc<Link>, cid: String, eid: Option<String>, mut fifo: File
                 return;
             }
         }
+        let _ = link.done(Request::CloseStdin {
+            container_id: cid,
+            exec_id: eid,
+        });
     });
 }
