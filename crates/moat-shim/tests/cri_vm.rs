@@ -311,6 +311,41 @@ fn cri_vm_pod_runs_two_containers_in_one_vm() {
     .expect("container stats");
     assert!(s.cpu.is_some() && s.memory.is_some(), "{s:?}");
 
+    // Pids (guest pids), Pause and Resume, through ctr on the CRI's namespace.
+    let c1 = &ctrs[0].1;
+    let ps = ok(
+        cd.ctr().args(["task", "ps", c1]),
+        Duration::from_secs(30),
+        "ctr task ps",
+    );
+    assert_eq!(ps.lines().count(), 2, "the init only: {ps}");
+    let task_status = || {
+        let ls = ok(
+            cd.ctr().args(["task", "ls"]),
+            Duration::from_secs(30),
+            "ctr task ls",
+        );
+        ls.lines()
+            .find(|l| l.starts_with(c1.as_str()))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or_default()
+            .to_string()
+    };
+    ok(
+        cd.ctr().args(["task", "pause", c1]),
+        Duration::from_secs(30),
+        "pause",
+    );
+    assert_eq!(task_status(), "PAUSED");
+    ok(
+        cd.ctr().args(["task", "resume", c1]),
+        Duration::from_secs(30),
+        "resume",
+    );
+    assert_eq!(task_status(), "RUNNING");
+    let r = exec(&cri, c1, &["true"]);
+    assert_eq!(r.exit_code, 0, "exec after resume: {r:?}");
+
     // The shim and QEMU (and virtiofsd) memory of the pod.
     let mem: Vec<(i32, String, (u64, u64))> = shim_procs
         .keys()
