@@ -154,6 +154,11 @@ pub enum GuestMessage {
         exec_id: Option<String>,
         status: ExitStatus,
     },
+    /// The kernel's OOM killer killed a process of the container (its cgroup's `oom_kill`
+    /// count grew). Sent to every connected host; before the `Exited` of a process it killed.
+    /// (Added within version 2: a host without it fails to decode it, so an agent sends it only
+    /// from the same build as the host's.)
+    Oom { container_id: String },
 }
 
 /// A successful answer.

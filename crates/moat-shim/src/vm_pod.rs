@@ -37,7 +37,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
-use containerd_shim::protos::events::task::TaskExit;
+use containerd_shim::protos::events::task::{TaskExit, TaskOOM};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::topics;
@@ -278,6 +278,18 @@ impl VmPod {
                 exec_id,
                 status,
             } => self.exited(&container_id, exec_id.as_deref(), status.as_shell_code()),
+            Event::Oom { container_id } => {
+                // As the namespaces path (`service.rs`, `oom_watch`): for a container of ours.
+                if self.table().ctrs.contains_key(&container_id) {
+                    self.publish(
+                        topics::TASK_OOM_EVENT_TOPIC,
+                        Box::new(TaskOOM {
+                            container_id,
+                            ..Default::default()
+                        }),
+                    );
+                }
+            }
             Event::Gone => {
                 // The VM is gone: every process still running has ended with it, and so has the
                 // pod (the emulated sandbox too).

@@ -106,6 +106,9 @@ fn sample_guest() -> Vec<GuestMessage> {
                 command: "sleep 600".into(),
             }])),
         },
+        GuestMessage::Oom {
+            container_id: "c1".into(),
+        },
     ]
 }
 

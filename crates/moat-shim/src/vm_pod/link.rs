@@ -1,8 +1,8 @@
 //! The shim's one connection to the agent of a pod VM (agent port 0, taken at boot). Every
 //! request is sent under the VM's lock and answered through a channel registered under its id;
 //! one reader thread reads everything the agent sends and dispatches it: responses by id, and a
-//! process's output and exit (which the agent sends to the connection that started it) to the
-//! pod's handler. When the connection closes (the VM powered off or died), every pending request
+//! process's output and exit (which the agent sends to the connection that started it) and OOM
+//! kills to the pod's handler. When the connection closes (the VM powered off or died), every pending request
 //! fails and the handler is told once.
 //!
 //! What it must never do: hold the VM's lock while waiting for an answer, or panic on what the
@@ -39,6 +39,8 @@ pub enum Event {
         exec_id: Option<String>,
         status: ExitStatus,
     },
+    /// The OOM killer killed a process of the container.
+    Oom { container_id: String },
     /// The agent connection closed: no more output or exits will come.
     Gone,
 }
@@ -128,6 +130,9 @@ impl Link {
                     exec_id,
                     status,
                 }),
+                Ok(Some(GuestMessage::Oom { container_id })) => {
+                    on_event(Event::Oom { container_id })
+                }
                 Ok(Some(GuestMessage::Ready { .. })) => {}
                 // Let a sender take the lock between two read slices.
                 Ok(None) => std::thread::sleep(Duration::from_millis(2)),
