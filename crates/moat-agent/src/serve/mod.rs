@@ -13,7 +13,9 @@
 //!
 //! A `Stdin` request is answered once its bytes are in the process's pipe (the pipe is polled
 //! for writing meanwhile), which paces the host without the agent buffering more than a chunk.
+//! OOM kills in a container's cgroup go to every connected host as `Oom` (`oom.rs`).
 
+mod oom;
 mod requests;
 
 use std::collections::HashMap;
@@ -70,6 +72,8 @@ struct Agent {
     stdins: HashMap<Key, StdinPipe>,
     /// The host's shared directory is mounted at [`crate::shared::SHARE_MOUNT`].
     share_mounted: bool,
+    /// The started containers' OOM-kill counters.
+    ooms: oom::OomWatch,
 }
 
 const BUNDLES: &str = "/run/moat-agent/bundles";
@@ -111,6 +115,7 @@ pub fn serve(ports: &[PathBuf]) -> Result<()> {
         pipes: Vec::new(),
         stdins: HashMap::new(),
         share_mounted: false,
+        ooms: oom::OomWatch::default(),
     };
     agent.run();
     Ok(())
@@ -198,7 +203,8 @@ impl Agent {
                 }
             }
             self.pump_stdins();
-            self.reap();
+            let reaped = self.reap();
+            self.check_ooms(reaped);
             self.report_exits();
             if self.single && self.init_exited {
                 log::info("the container exited; shutting down");
@@ -407,15 +413,17 @@ impl Agent {
         }
     }
 
-    /// Collect every exited child (we are PID 1: orphans are ours too).
-    fn reap(&mut self) {
+    /// Collect every exited child (we are PID 1: orphans are ours too); true if any was.
+    fn reap(&mut self) -> bool {
+        let mut any = false;
         loop {
             let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, c)) => (pid, ExitStatus::Code(c)),
                 Ok(WaitStatus::Signaled(pid, s, _)) => (pid, ExitStatus::Signal(s as i32)),
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(WaitStatus::StillAlive) | Err(_) => return any,
                 Ok(_) => continue,
             };
+            any = true;
             if let Some(p) = self.procs.values_mut().find(|p| p.pid == pid.as_raw()) {
                 p.status = Some((status, Instant::now()));
             }

@@ -50,6 +50,9 @@ impl Agent {
             ),
             Request::Start { container_id } => {
                 moat_container::start::start(&self.store, &container_id)?;
+                if let Ok(cg) = self.cgroup(&container_id) {
+                    self.ooms.add(&container_id, cg);
+                }
                 self.owners.insert((container_id, None), conn);
                 Ok(Reply::Done)
             }
@@ -306,6 +309,7 @@ impl Agent {
     }
 
     fn release_bundle(&mut self, id: &str) {
+        self.ooms.remove(id);
         if let Some(bundle) = self.bundles.remove(id) {
             let rootfs = bundle.join("rootfs");
             let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
