@@ -369,13 +369,16 @@ fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// exec (args and --process, exit codes, stdin), ps, events --stats, pause/resume, list, and
-/// the refusal of update, all on one VM (which also shares a bind mount while it runs).
+/// exec (args and --process, exit codes, stdin), ps, events --stats, OOM events, pause/resume,
+/// list, and the refusal of update, all on one VM (which also shares a bind mount while it runs).
 #[test]
 fn vm_exec_ps_events_pause_and_list() {
     let rt = Rt::new();
     let h = bind_sources();
     let mut b = vm_bundle(&["sleep", "600"]);
+    // 32 MiB for the container (the guest gets 32 + 96 MiB): room for what follows, and an
+    // exec that grows past it is OOM-killed.
+    b.spec["linux"]["resources"]["memory"]["limit"] = serde_json::json!(32u64 << 20);
     add_bind(&mut b, "/data", &h.path().join("rw"), &["rbind", "rw"]);
     let id = id("vmexec");
     vm_ok(
@@ -528,6 +531,53 @@ fn vm_exec_ps_events_pause_and_list() {
     }
     let _ = ev.kill();
     let _ = ev.wait();
+
+    // OOM: an exec that grows a shell string past the limit is killed (137), the container's
+    // init lives on, and `events` reports the kill as the namespaces backend does.
+    let mut ev = vm_cmd(&rt, &["events", "--interval", "60s", &id])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let out = ev.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines() {
+            let Ok(l) = l else { return };
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    // The first stats line: events is attached.
+    let first = lines.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(first.contains(r#""type":"stats""#), "{first}");
+    let t = Instant::now();
+    let o = vm_cmd(
+        &rt,
+        &[
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            "x=0123456789; while :; do x=$x$x; done",
+        ],
+    )
+    .output()
+    .unwrap();
+    eprintln!("exec OOM-killed: {:?}", t.elapsed());
+    assert_eq!(
+        o.status.code(),
+        Some(137),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let line = lines.recv_timeout(Duration::from_secs(30)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v, serde_json::json!({"type": "oom", "id": id}), "{line}");
+    let _ = ev.kill();
+    let _ = ev.wait();
+    assert_eq!(rt.status(&id), "running");
 
     vm_ok(&rt, &["pause", &id]);
     assert_eq!(rt.status(&id), "paused");

@@ -1,10 +1,10 @@
 //! The verbs that act on a running VM container through its agent besides the lifecycle: `exec`
 //! (a process in the guest container, followed in the foreground unless detached), `ps` (the
-//! container's guest processes) and `events` (stats of its cgroup in the guest).
+//! container's guest processes) and `events` (stats of its cgroup in the guest, OOM kills).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use moat_agent_proto::{ContainerStats, GuestProcess};
+use moat_agent_proto::{ContainerStats, GuestMessage, GuestProcess};
 use moat_container::state::Status;
 use moat_container::Store;
 use oci_spec::runtime::Process;
@@ -93,7 +93,9 @@ fn to_cgroup_stats(s: &ContainerStats) -> moat_cgroups::Stats {
     out
 }
 
-/// `events`: one stats event (`stats_once`), or one every `interval` until the container stops.
+/// `events`: one stats event (`stats_once`), or, on one agent connection until the container
+/// stops, a stats event every `interval` and an `oom` event whenever the agent reports that the
+/// OOM killer killed a process of the container (the namespaces backend's shapes).
 pub fn events(store: &Store, id: &str, stats_once: bool, interval: Duration) -> Result<()> {
     use std::io::Write;
     let event = |s: moat_cgroups::Stats| serde_json::json!({"type": "stats", "id": id, "data": s});
@@ -101,13 +103,38 @@ pub fn events(store: &Store, id: &str, stats_once: bool, interval: Duration) -> 
         println!("{}", event(stats(store, id)?));
         return Ok(());
     }
-    loop {
-        match stats(store, id) {
-            Ok(s) => println!("{}", event(s)),
-            Err(VmBackendError::BadStatus { .. }) => return Ok(()),
-            Err(e) => return Err(e),
+    let st = VmState::load(store, id)?;
+    if st.status() == Status::Stopped {
+        return Ok(());
+    }
+    let mut agent = st.attach()?;
+    // Once the container stopped (its VM powers off), the connection ends: not an error.
+    let ended = |e: moat_vm::VmError| -> Result<()> {
+        if st.wait_gone(Duration::from_secs(2)) {
+            Ok(())
+        } else {
+            Err(VmBackendError::vm(format!("events of container {id}"))(e))
         }
-        let _ = std::io::stdout().flush();
-        std::thread::sleep(interval);
+    };
+    let mut next_stats = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= next_stats {
+            next_stats = now + interval;
+            match agent.stats(id) {
+                Ok(s) => println!("{}", event(to_cgroup_stats(&s))),
+                Err(e) => return ended(e),
+            }
+            let _ = std::io::stdout().flush();
+        }
+        let wait = next_stats.saturating_duration_since(Instant::now());
+        match agent.next_event(wait.min(Duration::from_millis(500))) {
+            Ok(Some(GuestMessage::Oom { container_id })) if container_id == id => {
+                println!("{}", serde_json::json!({"type": "oom", "id": id}));
+                let _ = std::io::stdout().flush();
+            }
+            Ok(_) => {}
+            Err(e) => return ended(e),
+        }
     }
 }
