@@ -1,6 +1,7 @@
 //! The QEMU backend: a `microvm` machine with no default devices, the guest kernel and moat's
 //! initramfs, one virtio-serial port for the agent (a unix socket on the host) and one
-//! virtio-blk disk per container root filesystem. QEMU runs with its seccomp sandbox
+//! virtio-blk disk per container root filesystem. QEMU runs chrooted into an empty directory
+//! once the VM is set up (`-chroot`/`-run-with chroot=`), with its seccomp sandbox
 //! (`-sandbox on`, no spawning, no privilege changes) and `-no-reboot`, so the guest powering
 //! off, rebooting or panicking ends the QEMU process.
 //!
@@ -89,6 +90,9 @@ impl Qemu {
             "-sandbox",
             "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         ])
+        // Once the VM is set up (every file, socket and disk above is open), QEMU confines
+        // itself to an empty directory: a compromised device model finds no host files.
+        .args(chroot_args(&self.binary, &run.join(JAIL_DIR)))
         .arg("-kernel")
         .arg(&cfg.kernel)
         .arg("-initrd")
@@ -140,6 +144,31 @@ impl Qemu {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// The empty directory of the run dir that QEMU chroots into once the VM is set up.
+pub const JAIL_DIR: &str = "jail";
+
+/// How `qemu` spells "chroot to `dir` just before starting the VM": `-run-with chroot=DIR` in
+/// QEMU 8.1 and later (`-chroot` is deprecated there and gone in 9.x), `-chroot DIR` before
+/// (Debian 12's 7.2). Read from its `-help` once per process.
+fn chroot_args(qemu: &Path, dir: &Path) -> Vec<std::ffi::OsString> {
+    static RUN_WITH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let run_with = *RUN_WITH.get_or_init(|| {
+        Command::new(qemu)
+            .arg("-help")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("-run-with"))
+    });
+    if run_with {
+        let mut v = std::ffi::OsString::from("chroot=");
+        v.push(dir);
+        vec!["-run-with".into(), v]
+    } else {
+        vec!["-chroot".into(), dir.into()]
+    }
+}
+
 /// The host end of agent port `i` of the VM whose run dir is `run`.
 pub fn agent_socket(run: &Path, i: u32) -> PathBuf {
     if i == 0 {
@@ -164,7 +193,7 @@ impl Hypervisor for Qemu {
             std::fs::DirBuilder::new()
                 .mode(0o700)
                 .recursive(true)
-                .create(&run)
+                .create(run.join(JAIL_DIR))
                 .map_err(VmError::io("create run dir", &run))?;
         }
         let virtiofsd = match &cfg.shared {

@@ -158,6 +158,14 @@ fn container_in_vm_sees_guest_kernel_and_processes_only() {
     eprintln!("boot to agent ready: {boot_time:?}");
     let run_dir = vm.run_dir().to_path_buf();
     let _console = ConsoleOnPanic(run_dir.join("console.log"));
+    // QEMU confined itself to the run dir's empty jail once the VM was set up.
+    let root = std::fs::read_link(format!("/proc/{}/root", vm.pid())).unwrap();
+    assert_eq!(root, run_dir.join(moat_vm::qemu::JAIL_DIR), "QEMU's root");
+    assert_eq!(
+        std::fs::read_dir(&root).unwrap().count(),
+        0,
+        "the jail is empty"
+    );
     let host_release = nix::sys::utsname::uname().unwrap();
     let host_release = host_release.release().to_string_lossy().into_owned();
     let agent = vm.agent().unwrap();
