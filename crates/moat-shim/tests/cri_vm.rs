@@ -6,7 +6,8 @@
 //! QEMU, virtiofsd, shim, mount or run directory. Then a pod of the plain `moat` handler with the
 //! pod annotation `io.moat.isolation=vm` runs in a VM too; and a VM pod whose shim is killed
 //! leaves no VM and, after containerd's clean-up, no run directory. Last, `ctr run` with the VM
-//! runtime: a container alone in a VM, stdin forwarded, its exit code back.
+//! runtime: a container alone in a VM, stdin forwarded, an OOM kill in the guest seen by
+//! containerd (`TaskOOM`), its exit code back.
 //!
 //! Skipped, with the reason printed, when qemu-system-x86_64 or the guest kernel cannot be had.
 
@@ -475,18 +476,34 @@ fn cri_vm_pod_runs_two_containers_in_one_vm() {
     }
 
     // Outside the CRI: `ctr run` with the VM runtime, a container of its own in its own VM,
-    // stdin forwarded from the fifo, the exit code back.
+    // stdin forwarded from the fifo, the exit code back. With a 32 MiB limit, a subshell that
+    // grows past it is OOM-killed in the guest and containerd hears of it (`/tasks/oom`).
+    let events_out = tempfile::NamedTempFile::new().unwrap();
+    let mut events = cd
+        .ctr()
+        .arg("events")
+        .stdout(events_out.reopen().unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let t = Instant::now();
     let mut child = cd
         .ctr()
         .args([
             "run",
             "--rm",
+            "--memory-limit",
+            "33554432",
             "--runtime",
             "io.containerd.moat-vm.v2",
             IMAGE,
         ])
-        .args(["moat-vm-ctr", "sh", "-c", "cat; uname -r; exit 7"])
+        .args([
+            "moat-vm-ctr",
+            "sh",
+            "-c",
+            "cat; uname -r; (x=0123456789; while :; do x=$x$x; done); exit 7",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -514,6 +531,23 @@ fn cri_vm_pod_runs_two_containers_in_one_vm() {
         text(&out.stderr)
     );
     assert_eq!(out.status.code(), Some(7));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = std::fs::read_to_string(events_out.path()).unwrap_or_default();
+        if seen
+            .lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains("moat-vm-ctr"))
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = events.kill();
+            panic!("no /tasks/oom for moat-vm-ctr in ctr events:\n{seen}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = events.kill();
+    let _ = events.wait();
     let needle4 = "/run/moat-shim-vm/moat-vm-";
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cd.shim_processes().is_empty() || !procs_with(needle4).is_empty() {
