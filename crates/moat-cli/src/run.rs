@@ -123,6 +123,16 @@ fn wait_single_threaded() {
     }
 }
 
+/// The network mode: --network, else bridge (none for a VM container, which has no network
+/// device yet; an explicit bridge or host is refused for it in `run`).
+fn network(a: &RunArgs) -> &str {
+    match (a.spec.network.as_deref(), a.isolation == "vm") {
+        (Some(n), _) => n,
+        (None, true) => "none",
+        (None, false) => "bridge",
+    }
+}
+
 fn parse_ports(a: &RunArgs) -> Result<Vec<Port>> {
     let mut out = Vec::new();
     for p in &a.publish {
@@ -155,7 +165,7 @@ fn parse_ports(a: &RunArgs) -> Result<Vec<Port>> {
             protocol: proto.into(),
         });
     }
-    if !out.is_empty() && a.spec.network != "bridge" {
+    if !out.is_empty() && network(a) != "bridge" {
         return Err(CliError::Usage(
             "-p needs --network bridge (the container has no reachable address otherwise)".into(),
         ));
@@ -263,13 +273,14 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
         .hostname
         .clone()
         .unwrap_or_else(|| id[..12].to_owned());
-    let etc = etc_files(&dir, &hostname, &a.spec.network)?;
+    let etc = etc_files(&dir, &hostname, network(a))?;
     let vm = a.isolation == "vm";
-    // A VM has no network device yet: its container gets loopback only, whatever --network
-    // says (see --isolation's help); what cannot work is refused.
-    if vm && (a.tty || !a.publish.is_empty() || a.spec.network == "host") {
+    // A VM has no network device yet: its container gets loopback only (--network none, the
+    // default for it); what cannot work is refused, never silently dropped.
+    if vm && (a.tty || !a.publish.is_empty() || network(a) != "none") {
         return Err(CliError::Usage(
-            "--isolation vm: -t, -p and --network host are not supported for VM containers yet"
+            "--isolation vm: -t, -p and --network bridge|host are not supported for VM containers \
+             yet (the VM has no network device: its container has loopback only, --network none)"
                 .into(),
         ));
     }
@@ -301,7 +312,7 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
         created: moat_container::state::now_rfc3339(),
         auto_remove: a.rm,
         detached: a.detach,
-        network: a.spec.network.clone(),
+        network: network(a).to_owned(),
         ports,
         ip: None,
         exit_code: None,

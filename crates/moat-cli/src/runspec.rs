@@ -62,8 +62,9 @@ pub struct SpecArgs {
     pub privileged: bool,
     /// bridge (default): a veth on the moat0 bridge (10.88.87.0/24, outbound NAT) through the CNI
     /// plugins, needed for -p; none: own network namespace with loopback only; host: the host's.
-    #[arg(long, default_value = "bridge", value_parser = ["none", "host", "bridge"])]
-    pub network: String,
+    /// With --isolation vm only none (its default: the VM has no network device yet).
+    #[arg(long, value_parser = ["none", "host", "bridge"])]
+    pub network: Option<String>,
     /// Container host name (default: the first 12 digits of the id).
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
@@ -405,7 +406,7 @@ fn apply_flags(
         res["pids"] = json!({ "limit": p });
     }
     // Network.
-    if a.network == "host" {
+    if a.network.as_deref() == Some("host") {
         if let Some(ns) = v["linux"]["namespaces"].as_array_mut() {
             ns.retain(|n| n["type"] != "network");
         }
@@ -480,7 +481,7 @@ mod tests {
             tmpfs: vec!["/scratch".into()],
             volume: vec!["/tmp:/data:ro".into()],
             read_only: true,
-            network: "host".into(),
+            network: Some("host".into()),
             env: vec!["A=1".into()],
             ..Default::default()
         };

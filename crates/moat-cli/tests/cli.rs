@@ -227,6 +227,29 @@ fn run_isolation_vm_uses_a_guest_kernel() {
         "from-the-host\n"
     );
     assert_eq!(m.ok(&["ps", "-a", "-q"]), "", "--rm left a container");
+    // The VM has no network device: asking for one is refused, not silently dropped.
+    let o = m.cmd(&[
+        "run",
+        "--rm",
+        "--isolation",
+        "vm",
+        "--network",
+        "bridge",
+        "--rootfs",
+        rp,
+        "true",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert!(
+        err.starts_with("error:") && err.contains("network"),
+        "{err}"
+    );
+    assert_eq!(
+        m.ok(&["ps", "-a", "-q"]),
+        "",
+        "a refused run left a container"
+    );
 }
 
 /// `moat run -d --isolation vm`: the monitor stays attached to the guest, so the container's
