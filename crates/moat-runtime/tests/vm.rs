@@ -103,6 +103,14 @@ fn vm_lifecycle_across_invocations() {
     let st = rt.state(&id);
     assert_eq!(st["status"], "created");
     assert_eq!(st["annotations"]["io.moat.isolation"], "vm", "state: {st}");
+    // Which accelerator was chosen is reported (this host's KVM cannot run a stock guest).
+    let accel = st["annotations"]["io.moat.vm.accelerator"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(matches!(accel, "kvm" | "tcg"), "state: {st}");
+    if std::env::var("MOAT_VM_ACCEL").as_deref() == Ok("tcg") {
+        assert_eq!(accel, "tcg");
+    }
     let pid = st["pid"].as_i64().unwrap() as i32;
     assert!(pid > 0);
     assert!(

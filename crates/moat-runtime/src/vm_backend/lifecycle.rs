@@ -14,7 +14,7 @@ use moat_vm::{AgentClient, Disk, Hypervisor, VmConfig, VmInstance};
 use super::error::{Result, VmBackendError};
 use super::mounts::{self, SharePlan};
 use super::state::{HostProc, VmState};
-use super::{DEFAULT_MEMORY_MIB, MEMORY_OVERHEAD_MIB};
+use super::{ACCEL_ANNOTATION, DEFAULT_MEMORY_MIB, MEMORY_OVERHEAD_MIB};
 
 const ROOTFS_SERIAL: &str = "rootfs0";
 /// Agent ports per VM: how many commands can be attached at once (a foreground `run` or `exec`
@@ -171,6 +171,9 @@ fn boot_and_create(
         moat_vm::assets::ensure_initramfs(&cache, &kernel, &agent_binary()?).map_err(assets)?;
     let qemu_bin = moat_vm::qemu::Qemu::new(moat_vm::accel::Accel::Tcg).binary;
     let accel = moat_vm::accel::choose(&qemu_bin, &kernel, &cache);
+    // Reported in `state` (and `list --format json`): which accelerator this VM got.
+    st.annotations
+        .insert(ACCEL_ANNOTATION.into(), accel.as_str().into());
     let mut cfg = VmConfig::new(kernel.vmlinuz, initramfs);
     cfg.cmdline.push(' ');
     cfg.cmdline.push_str(moat_agent_proto::SINGLE_SANDBOX_FLAG);

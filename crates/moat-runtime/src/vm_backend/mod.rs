@@ -37,6 +37,8 @@ pub use lifecycle::{
 
 /// The annotation that selects the backend, and its value for a VM.
 pub const ISOLATION_ANNOTATION: &str = "io.moat.isolation";
+/// The annotation `state` carries for a VM container: the accelerator chosen (`kvm` or `tcg`).
+pub const ACCEL_ANNOTATION: &str = "io.moat.vm.accelerator";
 /// Guest RAM on top of the container's memory limit: kernel, agent, page cache of the rootfs.
 pub const MEMORY_OVERHEAD_MIB: u64 = 96;
 /// Container memory when the spec sets no limit.
