@@ -103,47 +103,7 @@ fn cri_pod_with_three_containers_in_one_moat_shim() {
     let mut ctrs = Vec::new();
     for n in 1..=3 {
         let name = format!("c{n}");
-        let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.clone(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: IMAGE.into(),
-                ..Default::default()
-            }),
-            command: vec![
-                "sh".into(),
-                "-c".into(),
-                format!("echo started-{name}; exec sleep 1000"),
-            ],
-            log_path: format!("{name}.log"),
-            linux: Some(LinuxContainerConfig {
-                security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(host_network()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let cid = cri_ok!(
-            cri,
-            create_container,
-            CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(config),
-                sandbox_config: Some(sandbox_config.clone()),
-            }
-        )
-        .container_id;
-        cri_ok!(
-            cri,
-            start_container,
-            StartContainerRequest {
-                container_id: cid.clone()
-            }
-        );
+        let cid = create_and_start(&cri, &pod, &sandbox_config, &name);
         ctrs.push((name, cid));
     }
     let listed = cri_ok!(

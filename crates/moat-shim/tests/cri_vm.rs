@@ -50,52 +50,6 @@ fn procs_with(needle: &str) -> Vec<(i32, String)> {
         .collect()
 }
 
-/// A busybox container that prints `started-NAME` and sleeps, host network.
-fn create_and_start(cri: &Cri, pod: &str, sandbox_config: &PodSandboxConfig, name: &str) -> String {
-    let config = ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: IMAGE.into(),
-            ..Default::default()
-        }),
-        command: vec![
-            "sh".into(),
-            "-c".into(),
-            format!("echo started-{name}; exec sleep 1000"),
-        ],
-        log_path: format!("{name}.log"),
-        linux: Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(host_network()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let cid = cri_ok!(
-        cri,
-        create_container,
-        CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(sandbox_config.clone()),
-        }
-    )
-    .container_id;
-    cri_ok!(
-        cri,
-        start_container,
-        StartContainerRequest {
-            container_id: cid.clone()
-        }
-    );
-    cid
-}
-
 /// Stop and remove `pod`; then wait until no shim of `cd` and no QEMU or virtiofsd whose
 /// command line has `vm_needle` is left.
 fn remove_pod(cri: &Cri, cd: &CriContainerd, pod: &str, vm_needle: &str) {
