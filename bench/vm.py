@@ -123,13 +123,19 @@ def bare_boot(vmlinuz, initrd, acc, mem_mib):
     return dt
 
 
-def make_bundle(d, runtime, args):
+def busybox_rootfs(d):
+    """d/rootfs: static busybox with sh, true and sleep."""
     rootfs = os.path.join(d, "rootfs")
     for sub in ["bin", "proc", "dev", "sys", "tmp", "etc"]:
         os.makedirs(os.path.join(rootfs, sub), exist_ok=True)
     shutil.copy(BUSYBOX, os.path.join(rootfs, "bin/busybox"))
     for tool in ["sh", "true", "sleep"]:
         os.symlink("busybox", os.path.join(rootfs, "bin", tool))
+    return rootfs
+
+
+def make_bundle(d, runtime, args):
+    busybox_rootfs(d)
     subprocess.run([runtime, "spec", "--bundle", d], check=True)
     cfg_path = os.path.join(d, "config.json")
     with open(cfg_path) as f:
@@ -143,12 +149,7 @@ def make_bundle(d, runtime, args):
 
 def make_image(d, moat, root):
     """Import a one-layer busybox image (docker-archive) into the moat store at `root`."""
-    rootfs = os.path.join(d, "rootfs")
-    for sub in ["bin", "proc", "dev", "sys", "tmp", "etc"]:
-        os.makedirs(os.path.join(rootfs, sub), exist_ok=True)
-    shutil.copy(BUSYBOX, os.path.join(rootfs, "bin/busybox"))
-    for tool in ["sh", "true", "sleep"]:
-        os.symlink("busybox", os.path.join(rootfs, "bin", tool))
+    rootfs = busybox_rootfs(d)
     img = os.path.join(d, "img")
     os.makedirs(img)
     subprocess.run(["tar", "--numeric-owner", "--owner=0", "--group=0", "-C", rootfs, "-cf",

@@ -464,6 +464,15 @@ fn detached(ctx: &Ctx, m: Meta, tty: bool, vm: bool, undo: &mut Undo<'_>) -> Res
     }
 }
 
+/// A monitor's session and stdio: its own session, stdin from /dev/null, stdout and stderr
+/// to the container's log.
+fn detach_stdio(log: &std::fs::File, null: &std::fs::File) {
+    let _ = nix::unistd::setsid();
+    let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
+    let _ = nix::unistd::dup2(log.as_raw_fd(), 1);
+    let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
+}
+
 /// The monitor of a detached VM container: stays attached to the guest's agent, so the
 /// container's output reaches the log (the agent drops output while no host is attached).
 fn vm_monitor(
@@ -474,10 +483,7 @@ fn vm_monitor(
     log: &std::fs::File,
     null: &std::fs::File,
 ) -> ! {
-    let _ = nix::unistd::setsid();
-    let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
-    let _ = nix::unistd::dup2(log.as_raw_fd(), 1);
-    let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
+    detach_stdio(log, null);
     let id = m.id.clone();
     let opts = moat_container::CreateOptions {
         id: id.clone(),
@@ -522,10 +528,7 @@ fn monitor(
     log: &std::fs::File,
     null: &std::fs::File,
 ) -> ! {
-    let _ = nix::unistd::setsid();
-    let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
-    let _ = nix::unistd::dup2(log.as_raw_fd(), 1);
-    let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
+    detach_stdio(log, null);
     let id = m.id.clone();
     let mut wr = std::fs::File::from(wr);
     let started = (|| -> Result<(Pid, Option<OwnedFd>)> {
