@@ -209,6 +209,33 @@ pub enum ExitStatus {
     Signal(i32),
 }
 
+impl Request {
+    /// What the request does, naming its container (and exec), for error messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Request::Ping => "ping".into(),
+            Request::Create { container_id, .. } | Request::CreateShared { container_id, .. } => {
+                format!("create {container_id}")
+            }
+            Request::Start { container_id } => format!("start {container_id}"),
+            Request::Exec {
+                container_id,
+                exec_id,
+                ..
+            } => format!("exec {exec_id} in {container_id}"),
+            Request::Kill { container_id, .. } => format!("kill {container_id}"),
+            Request::Stdin { container_id, .. } => format!("stdin of {container_id}"),
+            Request::CloseStdin { container_id, .. } => format!("close stdin of {container_id}"),
+            Request::Pause { container_id } => format!("pause {container_id}"),
+            Request::Resume { container_id } => format!("resume {container_id}"),
+            Request::Stats { container_id } => format!("stats of {container_id}"),
+            Request::Processes { container_id } => format!("processes of {container_id}"),
+            Request::Delete { container_id, .. } => format!("delete {container_id}"),
+            Request::Shutdown => "shutdown".into(),
+        }
+    }
+}
+
 impl ExitStatus {
     /// The shell convention: the code, or 128+N when killed by signal N.
     pub fn as_shell_code(self) -> i32 {

@@ -233,7 +233,7 @@ impl AgentClient {
     /// Send `request` and wait for its response. Other messages (output, exits, responses to
     /// frames the agent could not decode, with id 0) are queued.
     pub fn request(&mut self, request: Request) -> Result<Reply> {
-        let what = request_name(&request);
+        let what = request.describe();
         let id = self.send(request)?;
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
@@ -445,30 +445,6 @@ impl AgentClient {
         others.append(&mut self.events);
         self.events = others;
         result
-    }
-}
-
-fn request_name(r: &Request) -> String {
-    match r {
-        Request::Ping => "ping".into(),
-        Request::Create { container_id, .. } | Request::CreateShared { container_id, .. } => {
-            format!("create {container_id}")
-        }
-        Request::Start { container_id } => format!("start {container_id}"),
-        Request::Exec {
-            container_id,
-            exec_id,
-            ..
-        } => format!("exec {exec_id} in {container_id}"),
-        Request::Kill { container_id, .. } => format!("kill {container_id}"),
-        Request::Stdin { container_id, .. } => format!("stdin of {container_id}"),
-        Request::CloseStdin { container_id, .. } => format!("close stdin of {container_id}"),
-        Request::Pause { container_id } => format!("pause {container_id}"),
-        Request::Resume { container_id } => format!("resume {container_id}"),
-        Request::Stats { container_id } => format!("stats of {container_id}"),
-        Request::Processes { container_id } => format!("processes of {container_id}"),
-        Request::Delete { container_id, .. } => format!("delete {container_id}"),
-        Request::Shutdown => "shutdown".into(),
     }
 }
 

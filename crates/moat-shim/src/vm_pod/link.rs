@@ -151,7 +151,7 @@ impl Link {
 
     /// Send `request` and wait for its answer.
     pub fn request(&self, request: Request) -> Result<Reply> {
-        let what = request_name(&request);
+        let what = request.describe();
         let (tx, rx) = mpsc::channel();
         let id = {
             let mut vm = lock(&self.vm);
@@ -188,7 +188,7 @@ impl Link {
 
     /// [`Link::request`] for requests answered with `Done`.
     pub fn done(&self, request: Request) -> Result<()> {
-        let what = request_name(&request);
+        let what = request.describe();
         match self.request(request)? {
             Reply::Done => Ok(()),
             other => Err(VmPodError::UnexpectedReply {
@@ -200,7 +200,7 @@ impl Link {
 
     /// [`Link::request`] for requests answered with a guest pid.
     pub fn pid_of(&self, request: Request) -> Result<i32> {
-        let what = request_name(&request);
+        let what = request.describe();
         match self.request(request)? {
             Reply::Pid(p) => Ok(p),
             other => Err(VmPodError::UnexpectedReply {
@@ -220,29 +220,5 @@ impl Link {
         }
         // Reaps QEMU if `stop` could not, kills virtiofsd and removes the run directory.
         let _ = vm.kill();
-    }
-}
-
-fn request_name(r: &Request) -> String {
-    match r {
-        Request::Ping => "ping".into(),
-        Request::Create { container_id, .. } | Request::CreateShared { container_id, .. } => {
-            format!("create {container_id} in the pod VM")
-        }
-        Request::Start { container_id } => format!("start {container_id}"),
-        Request::Exec {
-            container_id,
-            exec_id,
-            ..
-        } => format!("exec {exec_id} in {container_id}"),
-        Request::Kill { container_id, .. } => format!("kill {container_id}"),
-        Request::Stdin { container_id, .. } => format!("stdin of {container_id}"),
-        Request::CloseStdin { container_id, .. } => format!("close stdin of {container_id}"),
-        Request::Pause { container_id } => format!("pause {container_id}"),
-        Request::Resume { container_id } => format!("resume {container_id}"),
-        Request::Stats { container_id } => format!("stats of {container_id}"),
-        Request::Processes { container_id } => format!("processes of {container_id}"),
-        Request::Delete { container_id, .. } => format!("delete {container_id}"),
-        Request::Shutdown => "shutdown".into(),
     }
 }
