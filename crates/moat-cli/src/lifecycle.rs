@@ -148,6 +148,9 @@ pub fn rm(ctx: &Ctx, name: &str, force: bool) -> Result<()> {
         });
     }
     crate::backend::delete(&ctx.paths.runtime(), &id, name)?;
+    // The container's `moat run` or monitor records the exit now that it has ended; let it
+    // finish before the directory goes (it would write into it otherwise).
+    crate::meta::wait_finished(&ctx.paths, &id, Duration::from_secs(30));
     // The container's monitor may be tearing the network down at this moment: `release`
     // serializes the two and runs CNI DEL once.
     crate::cni::release(&ctx.paths, &id)?;

@@ -71,6 +71,30 @@ pub struct Paths {
     pub root: PathBuf,
 }
 
+/// The lock file a running `moat run` (or its detached monitor) holds in the container's
+/// directory until it has recorded the exit and released the network.
+const FINISH_LOCK: &str = "finish.lock";
+
+/// Take the finish lock of container `id` (see [`FINISH_LOCK`]); released when every copy of
+/// the returned descriptor is closed (a forked monitor shares it).
+pub fn hold_finish_lock(paths: &Paths, id: &str) -> Result<fs::File> {
+    let p = paths.container_dir(id).join(FINISH_LOCK);
+    let f = fs::File::create(&p).map_err(CliError::io("create", &p))?;
+    f.lock().map_err(CliError::io("lock", &p))?;
+    Ok(f)
+}
+
+/// Wait (up to `limit`) until nobody holds the finish lock of container `id`: its `moat run`
+/// or monitor has recorded the exit and will not write in the directory again.
+pub fn wait_finished(paths: &Paths, id: &str, limit: std::time::Duration) {
+    let p = paths.container_dir(id).join(FINISH_LOCK);
+    let Ok(f) = fs::File::open(&p) else { return };
+    let deadline = std::time::Instant::now() + limit;
+    while f.try_lock_shared().is_err() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 impl Paths {
     pub fn new(root: impl Into<PathBuf>) -> Paths {
         Paths { root: root.into() }

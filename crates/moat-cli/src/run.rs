@@ -319,6 +319,9 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
         finished: None,
     };
     ctx.paths.save(&m)?;
+    // Held until this process and, with -d, its monitor (which shares the lock) are done with
+    // the container's directory: `moat rm` waits for it before removing the directory.
+    let _finishing = crate::meta::hold_finish_lock(&ctx.paths, &id)?;
     wait_single_threaded();
     if a.detach {
         let code = detached(ctx, m, a.tty, vm, &mut undo)?;
