@@ -32,18 +32,37 @@ impl Moat {
     }
 
     fn cmd(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_moat"))
-            .arg("--root")
+        self.command(args).output().unwrap()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_moat"));
+        c.arg("--root")
             .arg(self.root())
             .args(args)
-            .stdin(std::process::Stdio::null())
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    /// `cmd` for a command that boots a VM: with the static guest agent (built on first use).
+    fn vm_cmd(&self, args: &[&str]) -> Output {
+        self.command(args)
+            .env("MOAT_AGENT_BIN", vm_agent::agent())
             .output()
             .unwrap()
     }
 
     /// Run and require success; returns stdout.
     fn ok(&self, args: &[&str]) -> String {
-        let o = self.cmd(args);
+        Self::require_ok(args, self.cmd(args))
+    }
+
+    /// `ok` for a command that boots a VM.
+    fn vm_ok(&self, args: &[&str]) -> String {
+        Self::require_ok(args, self.vm_cmd(args))
+    }
+
+    fn require_ok(args: &[&str], o: Output) -> String {
         assert!(
             o.status.success(),
             "moat {args:?}: {:?}\nstdout: {}\nstderr: {}",
@@ -185,26 +204,19 @@ fn run_isolation_vm_uses_a_guest_kernel() {
     let vol = tempfile::tempdir().unwrap();
     std::fs::write(vol.path().join("f"), "from-the-host\n").unwrap();
     let ro = format!("{}:/data:ro", vol.path().display());
-    let o = Command::new(env!("CARGO_BIN_EXE_moat"))
-        .env("MOAT_AGENT_BIN", vm_agent::agent())
-        .arg("--root")
-        .arg(m.root())
-        .args([
-            "run",
-            "--rm",
-            "--isolation",
-            "vm",
-            "-v",
-            &ro,
-            "--rootfs",
-            rp,
-            "sh",
-            "-c",
-            "uname -r; cat /data/f; echo x > /data/f || echo refused; exit 3",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let o = m.vm_cmd(&[
+        "run",
+        "--rm",
+        "--isolation",
+        "vm",
+        "-v",
+        &ro,
+        "--rootfs",
+        rp,
+        "sh",
+        "-c",
+        "uname -r; cat /data/f; echo x > /data/f || echo refused; exit 3",
+    ]);
     assert_eq!(
         o.status.code(),
         Some(3),
@@ -259,36 +271,20 @@ fn detached_vm_container_logs_exec_stop_rm() {
     let Some(m) = Moat::new() else { return };
     let r = busybox_rootfs();
     let rp = r.path().to_str().unwrap();
-    let vm = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_moat"))
-            .env("MOAT_AGENT_BIN", vm_agent::agent())
-            .arg("--root")
-            .arg(m.root())
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "moat {args:?}: {}\nstderr: {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    let id = vm(&[
-        "run",
-        "-d",
-        "--isolation",
-        "vm",
-        "--rootfs",
-        rp,
-        "sh",
-        "-c",
-        "uname -r; echo vm-ready; trap 'exit 9' TERM; while :; do sleep 1; done",
-    ])
-    .trim()
-    .to_owned();
+    let id = m
+        .vm_ok(&[
+            "run",
+            "-d",
+            "--isolation",
+            "vm",
+            "--rootfs",
+            rp,
+            "sh",
+            "-c",
+            "uname -r; echo vm-ready; trap 'exit 9' TERM; while :; do sleep 1; done",
+        ])
+        .trim()
+        .to_owned();
     let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     wait_for("the VM container's output in its log", || {
         m.ok(&["logs", &id]).contains("vm-ready")
@@ -300,7 +296,10 @@ fn detached_vm_container_logs_exec_stop_rm() {
         "{logs:?} (host {host:?})"
     );
     assert!(m.ok(&["ps"]).contains(&id[..12]), "not running");
-    assert_eq!(vm(&["exec", &id, "sh", "-c", "uname -r"]).trim(), guest);
+    assert_eq!(
+        m.vm_ok(&["exec", &id, "sh", "-c", "uname -r"]).trim(),
+        guest
+    );
     m.ok(&["stop", "-t", "20", &id]);
     let ps = m.ok(&["ps", "-a"]);
     assert!(ps.contains("exited (9)"), "{ps}");

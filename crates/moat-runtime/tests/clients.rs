@@ -9,10 +9,9 @@ mod common;
 use common::support::*;
 use common::*;
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 // ---------------------------------------------------------------------------------------------
 
@@ -115,24 +114,7 @@ impl Drop for Podman {
     fn drop(&mut self) {
         // Best effort: remove whatever a failed test left, then whatever is still mounted.
         for args in [&["rm", "-a", "-f"][..], &["rmi", "-a", "-f"][..]] {
-            if let Ok(mut child) = self
-                .cmd()
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .process_group(0)
-                .spawn()
-            {
-                let start = Instant::now();
-                while child.try_wait().ok().flatten().is_none() {
-                    if start.elapsed() > Duration::from_secs(60) {
-                        kill_group(&mut child);
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
+            run_quiet(self.cmd().args(args), Duration::from_secs(60));
         }
         umount_below(self.dir.path());
     }

@@ -77,6 +77,27 @@ pub fn run_deadline(cmd: &mut Command, limit: Duration, what: &str) -> Output {
     }
 }
 
+/// Best-effort cleanup command: no stdio, its own process group, killed (with its group) when
+/// it is still running after `limit`; its status is ignored.
+pub fn run_quiet(cmd: &mut Command, limit: Duration) {
+    if let Ok(mut child) = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+    {
+        let start = Instant::now();
+        while child.try_wait().ok().flatten().is_none() {
+            if start.elapsed() > limit {
+                kill_group(&mut child);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 pub fn kill_group(child: &mut Child) {
     let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
@@ -500,24 +521,7 @@ state = "{state}"
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        let quiet = |c: &mut Command| {
-            if let Ok(mut child) = c
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .process_group(0)
-                .spawn()
-            {
-                let start = Instant::now();
-                while child.try_wait().ok().flatten().is_none() {
-                    if start.elapsed() > Duration::from_secs(20) {
-                        kill_group(&mut child);
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-        };
+        let quiet = |c: &mut Command| run_quiet(c, Duration::from_secs(20));
         if self.child.is_some() {
             for id in self.ids.borrow().iter() {
                 quiet(self.ctr().args(["task", "kill", "-s", "SIGKILL", id]));
