@@ -122,6 +122,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
     .map_err(crate::error::sys(format!("chmod {}", fifo.display())))?;
 
     let console = crate::console::connect(opts.console_socket.as_deref())?;
+    let listener = crate::seccomp::connect_listener(seccomp.as_ref())?;
     let (parent, child) =
         crate::sync::pair().map_err(crate::error::sys("create sync socketpair"))?;
 
@@ -139,6 +140,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
         cgroup: Some(&cgroup),
         exec: false,
         seccomp: seccomp.as_ref(),
+        listener: listener.as_ref(),
     };
     let stage1 = match moat_sys::process::clone3(plan.clone_flags, false)
         .map_err(crate::error::sys("clone3 the container init"))?
@@ -152,6 +154,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
     };
     drop(child);
     drop(console);
+    drop(listener);
     undo.pids.push(stage1);
     // No state write here: after a kill -9 of this process, `delete --force` finds the
     // processes through the cgroup recorded by the first write.
@@ -182,19 +185,18 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
 
     let mut init = stage1;
     loop {
-        let (msg, mut fds) = match parent
-            .recv_with_fds::<FromInit>()
-            .map_err(crate::error::sys("read from container init"))?
-        {
-            Some((m, fds)) => (Some(m), fds),
-            None => (None, vec![]),
-        };
+        let msg = parent
+            .recv::<FromInit>()
+            .map_err(crate::error::sys("read from container init"))?;
         match msg {
-            Some(FromInit::SeccompFd) => {
+            Some(FromInit::NeedListenerMessage) => {
                 let mut state = store.oci_state(&st);
                 state.status = crate::state::Status::Creating;
                 state.pid = st.pid;
-                crate::seccomp::forward_listener(seccomp.as_ref(), fds.pop(), st.pid, &state)?;
+                let json = crate::seccomp::listener_message(seccomp.as_ref(), st.pid, &state);
+                parent
+                    .send(&ToInit::ListenerMessage { json })
+                    .map_err(crate::error::sys("write to container init"))?;
             }
             Some(FromInit::NeedMaps { pid }) => {
                 write_id_maps(&bundle, pid)?;

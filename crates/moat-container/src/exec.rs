@@ -68,6 +68,7 @@ pub fn exec(store: &Store, opts: &ExecOptions, process: Process) -> Result<Pid> 
     let plan = NsPlan::join_all(st.pid, &types);
     let seccomp = crate::seccomp::plan(&spec)?;
     let console = crate::console::connect(opts.console_socket.as_deref())?;
+    let listener = crate::seccomp::connect_listener(seccomp.as_ref())?;
     let (parent, child) =
         crate::sync::pair().map_err(crate::error::sys("create sync socketpair"))?;
     let args = InitArgs {
@@ -84,6 +85,7 @@ pub fn exec(store: &Store, opts: &ExecOptions, process: Process) -> Result<Pid> 
         cgroup: st.cgroup.as_ref(),
         exec: true,
         seccomp: seccomp.as_ref(),
+        listener: listener.as_ref(),
     };
     let stage1 = match moat_sys::process::clone3(0, false)
         .map_err(crate::error::sys("fork the exec process"))?
@@ -96,6 +98,7 @@ pub fn exec(store: &Store, opts: &ExecOptions, process: Process) -> Result<Pid> 
     };
     drop(child);
     drop(console);
+    drop(listener);
     let mut pids = vec![stage1];
     let result = (|| -> Result<Pid> {
         if let Some(cg) = &st.cgroup {
@@ -106,22 +109,20 @@ pub fn exec(store: &Store, opts: &ExecOptions, process: Process) -> Result<Pid> 
             .map_err(crate::error::sys("write to exec process"))?;
         let mut proc_pid = stage1;
         loop {
-            let (msg, mut fds) = match parent
-                .recv_with_fds::<FromInit>()
-                .map_err(crate::error::sys("read from exec process"))?
-            {
-                Some((m, fds)) => (Some(m), fds),
-                None => (None, vec![]),
-            };
+            let msg = parent
+                .recv::<FromInit>()
+                .map_err(crate::error::sys("read from exec process"))?;
             match msg {
-                Some(FromInit::SeccompFd) => {
+                Some(FromInit::NeedListenerMessage) => {
                     let state = store.oci_state(&st);
-                    crate::seccomp::forward_listener(
+                    let json = crate::seccomp::listener_message(
                         seccomp.as_ref(),
-                        fds.pop(),
                         proc_pid.as_raw(),
                         &state,
-                    )?;
+                    );
+                    parent
+                        .send(&ToInit::ListenerMessage { json })
+                        .map_err(crate::error::sys("write to exec process"))?;
                 }
                 Some(FromInit::InitPid { pid }) => {
                     proc_pid = Pid::from_raw(pid);

@@ -39,6 +39,9 @@ pub struct InitArgs<'a> {
     pub exec: bool,
     /// The compiled seccomp filter, if the spec has one.
     pub seccomp: Option<&'a crate::seccomp::SeccompPlan>,
+    /// A connection to the seccomp `listenerPath`, made by the runtime (the path is outside the
+    /// container's root), when the filter has notify rules.
+    pub listener: Option<&'a OwnedFd>,
 }
 
 /// Entry point in the child after clone3. Never returns.
@@ -411,14 +414,18 @@ fn container_init(
     exec_prepared(process, &prepared, args)
 }
 
-/// The program to execute, resolved before `Ready` so that a missing binary fails `create`.
+/// The program to execute, resolved before `Ready` so that a missing binary fails `create`, and
+/// what the seccomp notify listener is sent with, if the filter has one.
 struct Prepared {
-    exe: std::ffi::CString,
-    argv: Vec<std::ffi::CString>,
-    env: Vec<std::ffi::CString>,
+    exec: moat_sys::process::PreparedExec,
+    listener_msg: Option<String>,
 }
 
 /// Console, capabilities, user and working directory of the process; then find its executable.
+/// The seccomp filter is not installed here but by [`exec_prepared`], as the very last step; a
+/// filter installed without no_new_privs needs CAP_SYS_ADMIN then, so it is kept in the effective
+/// and permitted sets until `execve` recomputes them (it survives only where the spec's own
+/// sets give it back).
 fn prepare_process(
     args: &InitArgs<'_>,
     process: &oci_spec::runtime::Process,
@@ -433,28 +440,11 @@ fn prepare_process(
         })?;
         crate::console::setup(sock, process.console_size())?;
     }
-    // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it before dropping it.
-    // A notify filter is installed here too, so that its descriptor reaches the runtime.
-    if let Some(sc) = args.seccomp {
-        if !process.no_new_privileges().unwrap_or(false) || sc.has_listener() {
-            if sc.has_listener() {
-                let _ = nix::sys::prctl::set_no_new_privs();
-            }
-            if let Some(fd) = crate::seccomp::install(sc)? {
-                ch.send_fd(&FromInit::SeccompFd, fd.as_fd()).map_err(|e| {
-                    InitFailure::new(
-                        Step::Seccomp,
-                        "hand the notify descriptor to the runtime",
-                        e,
-                    )
-                })?;
-            }
-        }
-    }
+    let nnp = process.no_new_privileges().unwrap_or(false);
     let caps = process.capabilities().as_ref();
     crate::process::apply_bounding(caps)?;
     crate::process::set_user(process)?;
-    crate::process::apply_caps(caps)?;
+    crate::process::apply_caps(caps, args.seccomp.is_some() && !nnp)?;
     crate::process::enter_cwd(process.cwd())?;
     let env = crate::process::exec_env(process);
     let env_strings: Vec<String> = env
@@ -478,10 +468,31 @@ fn prepare_process(
     let exe = crate::process::find_executable(&arg0, &env_strings)?;
     let exe = std::ffi::CString::new(exe.into_os_string().into_encoded_bytes())
         .map_err(|_| InitFailure::msg(Step::Executable, "path contains NUL"))?;
-    Ok(Prepared { exe, argv, env })
+    let listener_msg = match args.seccomp {
+        Some(sc) if sc.has_listener() => {
+            ch.send(&FromInit::NeedListenerMessage)
+                .map_err(|e| InitFailure::new(Step::Seccomp, "write to runtime", e))?;
+            match wait_for(ch)? {
+                ToInit::ListenerMessage { json } => Some(json),
+                _ => {
+                    return Err(InitFailure::msg(
+                        Step::Setup,
+                        "unexpected message from runtime",
+                    ))
+                }
+            }
+        }
+        _ => None,
+    };
+    Ok(Prepared {
+        exec: moat_sys::process::PreparedExec::new(exe, argv, env),
+        listener_msg,
+    })
 }
 
-/// The last steps before `execve`: umask, no_new_privs, seccomp, closing every runtime descriptor.
+/// The last steps before `execve`: umask, no_new_privs, closing every runtime descriptor, the LSM
+/// label, and then the seccomp filter, after which the init makes no system call but `execve`
+/// (so neither a strict profile nor an `SCMP_ACT_NOTIFY` rule ever sees the runtime's own calls).
 fn exec_prepared(process: &oci_spec::runtime::Process, p: &Prepared, args: &InitArgs<'_>) -> ! {
     let preserve_fds = args.preserve_fds;
     if let Some(mask) = process.user().umask() {
@@ -504,16 +515,18 @@ fn exec_prepared(process: &oci_spec::runtime::Process, p: &Prepared, args: &Init
     if let Err(e) = crate::lsm::apply_at_exec(process) {
         fatal(&e.to_string());
     }
-    // Last step before execve: the runtime's own system calls are never filtered.
     if let Some(sc) = args.seccomp {
-        if process.no_new_privileges().unwrap_or(false) && !sc.has_listener() {
-            if let Err(e) = crate::seccomp::install(sc) {
-                fatal(&e.to_string());
-            }
+        let listener = args.listener.zip(p.listener_msg.as_deref());
+        if let Err(e) = crate::seccomp::install_last(sc, listener) {
+            fatal(&e.to_string());
         }
     }
-    let e = nix::unistd::execve(&p.exe, &p.argv, &p.env).unwrap_err();
-    fatal(&format!("exec {}: {}", p.exe.to_string_lossy(), e.desc()));
+    let e = p.exec.exec();
+    fatal(&format!(
+        "exec {}: {}",
+        p.exec.exe().to_string_lossy(),
+        e.desc()
+    ));
 }
 
 /// `exec`: a new process in the namespaces of a running container (already joined by stage 1).

@@ -129,9 +129,12 @@ pub fn set_user(p: &Process) -> R<()> {
 }
 
 /// Set inheritable, effective, permitted, then ambient capabilities as the spec lists them.
-pub fn apply_caps(caps: Option<&LinuxCapabilities>) -> R<()> {
+/// `hold_sys_admin` keeps CAP_SYS_ADMIN effective and permitted beyond them (to install a seccomp
+/// filter without no_new_privs as the last step); `execve` drops it again unless the spec's
+/// inheritable, ambient or bounding set (for root) gives it.
+pub fn apply_caps(caps: Option<&LinuxCapabilities>, hold_sys_admin: bool) -> R<()> {
     let empty = Capabilities::new();
-    let (i, e, p, a) = match caps {
+    let (i, mut e, mut p, a) = match caps {
         Some(c) => (
             to_caps(c.inheritable().as_ref().unwrap_or(&empty))?,
             to_caps(c.effective().as_ref().unwrap_or(&empty))?,
@@ -145,6 +148,10 @@ pub fn apply_caps(caps: Option<&LinuxCapabilities>) -> R<()> {
             InitFailure::msg(Step::Capabilities, format!("set {set} capabilities: {err}"))
         }
     };
+    if hold_sys_admin {
+        e.insert(Cap::CAP_SYS_ADMIN);
+        p.insert(Cap::CAP_SYS_ADMIN);
+    }
     caps::set(None, CapSet::Inheritable, &i).map_err(cerr("inheritable"))?;
     caps::set(None, CapSet::Effective, &e).map_err(cerr("effective"))?;
     caps::set(None, CapSet::Permitted, &p).map_err(cerr("permitted"))?;

@@ -47,11 +47,15 @@ fn rule(
 }
 
 /// The resources to apply: the spec's, with the device rules completed.
+///
+/// As in runc, the device rules are always the spec's (an absent list and `[]` alike: none),
+/// starting from deny-all, followed by the defaults and `linux.devices`: a container gets the
+/// standard devices and its own, and nothing else unless its rules allow it.
 pub fn effective(spec: &Spec) -> Option<LinuxResources> {
     let linux = spec.linux().as_ref()?;
-    let mut res = linux.resources().clone()?;
-    if let Some(devs) = res.devices().clone().filter(|d| !d.is_empty()) {
-        let mut devs = devs;
+    let mut res = linux.resources().clone().unwrap_or_default();
+    {
+        let mut devs = res.devices().clone().unwrap_or_default();
         devs.extend(
             DEFAULT_ALLOWED
                 .iter()

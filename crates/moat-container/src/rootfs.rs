@@ -154,6 +154,9 @@ fn mount_one(plan: &RootfsPlan<'_>, root: &OwnedFd, m: &Mount, opts: &ParsedOpti
     } else {
         Leaf::Dir
     };
+    if typ == "proc" || typ == "sysfs" {
+        ordinary_directory(root, dest, typ)?;
+    }
     let target = mkdir_all_in_root(root.as_fd(), dest, leaf, 0o755)
         .map_err(mnt_err(format!("create mount point {}", dest.display())))?;
     let data = opts.data_string();
@@ -240,6 +243,60 @@ fn mount_one(plan: &RootfsPlan<'_>, root: &OwnedFd, m: &Mount, opts: &ParsedOpti
             .map_err(mnt_err(format!("reopen {}", dest.display())))?;
         mount_on_fd(None, top.as_fd(), None, *p, None)
             .map_err(mnt_err(format!("set propagation of {}", dest.display())))?;
+    }
+    Ok(())
+}
+
+/// runc's rule for `proc` and `sysfs`: their mount point must be an ordinary directory reached
+/// without a symlink (a rootfs whose `/proc` is a symlink is refused, not mounted through it). Each
+/// existing component of `dest` is checked without following it; missing ones are created later.
+fn ordinary_directory(root: &OwnedFd, dest: &Path, typ: &str) -> R<()> {
+    let refuse = |why: String| {
+        InitFailure::msg(
+            Step::Mount,
+            format!(
+                "filesystem {typ:?} must be mounted on ordinary directory: {} {why}",
+                dest.display()
+            ),
+        )
+    };
+    let mut cur = PathBuf::from("/");
+    let names: Vec<_> = dest
+        .components()
+        .filter(|c| {
+            !matches!(
+                c,
+                std::path::Component::RootDir | std::path::Component::CurDir
+            )
+        })
+        .collect();
+    for (i, c) in names.iter().enumerate() {
+        let std::path::Component::Normal(name) = c else {
+            return Err(refuse("contains \"..\"".into()));
+        };
+        let parent = open_in_root(root.as_fd(), &cur, libc::O_PATH | libc::O_DIRECTORY, 0)
+            .map_err(mnt_err(format!("open {}", cur.display())))?;
+        let st = match nix::sys::stat::fstatat(
+            Some(parent.as_raw_fd()),
+            *name,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(mnt_err(format!("stat {}", cur.join(name).display()))(e)),
+        };
+        cur.push(name);
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => {}
+            libc::S_IFLNK => {
+                return Err(refuse(format!(
+                    "resolves through the symlink {} in the rootfs",
+                    cur.display()
+                )))
+            }
+            _ if i + 1 == names.len() => return Err(refuse("is not a directory".into())),
+            _ => return Err(refuse(format!("{} is not a directory", cur.display()))),
+        }
     }
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! The container's seccomp filter: compiled by `moat-seccomp` in the runtime before anything is
-//! created (so a bad profile fails `create` cleanly), installed by the init as the last step
-//! before `execve` (after no_new_privs and capabilities) — or, without no_new_privs, before the
-//! capabilities are dropped, since installing then needs CAP_SYS_ADMIN (runc's order). With
+//! created (so a bad profile fails `create` cleanly), installed by the init as the very last step
+//! before `execve`, after which the init makes no other system call ([`install_last`]); without
+//! no_new_privs the init keeps CAP_SYS_ADMIN until then (execve recomputes the sets). With
 //! `SCMP_ACT_NOTIFY` rules, the listener descriptor goes to `listenerPath` over SCM_RIGHTS with
-//! the container process state, as the OCI runtime spec describes.
+//! the container process state, as the OCI runtime spec describes, over a connection the runtime
+//! made before forking.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -52,72 +53,130 @@ pub fn plan(spec: &Spec) -> Result<Option<SeccompPlan>> {
     }))
 }
 
-/// Install the filter on the calling (init) process; returns the notify listener descriptor, if
-/// the filter has one (the init hands it to the runtime, which sends it to `listenerPath` from
-/// the host's mount namespace: the path is not reachable from inside the container).
-pub fn install(plan: &SeccompPlan) -> std::result::Result<Option<OwnedFd>, InitFailure> {
-    moat_sys::seccomp::set_mode_filter(&plan.program, plan.flags)
-        .map_err(|e| InitFailure::new(Step::Seccomp, "install the seccomp filter", e))
-}
-
 impl SeccompPlan {
-    /// Whether the filter hands a notify descriptor out (then it is installed before `Ready`).
+    /// Whether the filter hands a notify descriptor out (to `listenerPath`).
     pub fn has_listener(&self) -> bool {
         self.flags & moat_sys::seccomp::FILTER_FLAG_NEW_LISTENER != 0
     }
 }
 
-/// Runtime side of `FromInit::SeccompFd`: send the descriptor the init handed over to the plan's
-/// listener, with the container's state.
-pub fn forward_listener(
-    plan: Option<&SeccompPlan>,
-    fd: Option<OwnedFd>,
-    pid: i32,
-    state: &crate::state::OciState,
-) -> Result<()> {
-    let fd = fd.ok_or_else(|| {
-        ContainerError::Unsupported("the seccomp notify descriptor is missing".into())
-    })?;
-    match plan.and_then(|p| p.listener_path.as_ref().map(|path| (p, path))) {
-        Some((p, path)) => send_listener(
-            &fd,
-            path,
-            &p.listener_metadata,
-            pid,
-            &serde_json::to_string(state).unwrap_or_default(),
-        ),
-        None => Ok(()),
-    }
-}
-
-/// Runtime side: send the notify descriptor of process `pid` to the listener at `path`, with the
-/// container process state the OCI runtime spec defines.
-pub fn send_listener(
-    fd: &OwnedFd,
-    path: &PathBuf,
-    metadata: &str,
-    pid: i32,
-    state_json: &str,
-) -> Result<()> {
-    let state: serde_json::Value =
-        serde_json::from_str(state_json).unwrap_or(serde_json::Value::Null);
-    let msg = serde_json::json!({
-        "ociVersion": crate::state::OCI_VERSION,
-        "fds": ["seccompFd"],
-        "pid": pid,
-        "metadata": metadata,
-        "state": state,
-    });
-    let sock =
-        std::os::unix::net::UnixStream::connect(path).map_err(|source| ContainerError::Io {
+/// Runtime side, before the fork: connect to the plan's `listenerPath` when the filter has notify
+/// rules (the init cannot reach the path from inside the container's root). A missing listener
+/// fails here, before any process exists.
+pub fn connect_listener(plan: Option<&SeccompPlan>) -> Result<Option<OwnedFd>> {
+    let Some(path) = plan
+        .filter(|p| p.has_listener())
+        .and_then(|p| p.listener_path.as_ref())
+    else {
+        return Ok(None);
+    };
+    std::os::unix::net::UnixStream::connect(path)
+        .map(|s| Some(OwnedFd::from(s)))
+        .map_err(|source| ContainerError::Io {
             what: "connect to seccomp listener",
             path: path.clone(),
             source,
-        })?;
-    moat_sys::fd::send_fds(sock.as_fd(), msg.to_string().as_bytes(), &[fd.as_raw_fd()]).map_err(
-        crate::error::sys(format!(
-            "send the seccomp notify descriptor to {}",
-            path.display()
-        )),
-    )
+        })
+}
+
+/// Runtime side: the message that goes with the notify descriptor, the container process state
+/// the OCI runtime spec defines, for process `pid`.
+pub fn listener_message(
+    plan: Option<&SeccompPlan>,
+    pid: i32,
+    state: &crate::state::OciState,
+) -> String {
+    serde_json::json!({
+        "ociVersion": crate::state::OCI_VERSION,
+        "fds": ["seccompFd"],
+        "pid": pid,
+        "metadata": plan.map(|p| p.listener_metadata.as_str()).unwrap_or_default(),
+        "state": state,
+    })
+    .to_string()
+}
+
+/// Init side, the last step before `execve`: install the filter, and after it make no system call
+/// at all, so that the filter's rules (a strict allow-list, an `SCMP_ACT_NOTIFY` on `openat` or
+/// `getcwd`) never meet the runtime's own calls.
+///
+/// A notify listener must still reach `listenerPath`: a helper thread, started before the filter
+/// (filters are per thread; TSYNC is dropped, there is no other thread to synchronise), sends the
+/// descriptor over the connection the runtime made, while this thread waits on an atomic flag
+/// without a syscall. `execve` then closes the descriptor (close-on-exec) and ends the helper.
+pub fn install_last(
+    plan: &SeccompPlan,
+    listener: Option<(&OwnedFd, &str)>,
+) -> std::result::Result<(), InitFailure> {
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::Arc;
+    let flags = plan.flags & !moat_sys::seccomp::FILTER_FLAG_TSYNC;
+    let install = |what| move |e| InitFailure::new(Step::Seccomp, what, e);
+    if !plan.has_listener() {
+        moat_sys::seccomp::set_mode_filter(&plan.program, flags)
+            .map_err(install("install the seccomp filter"))?;
+        return Ok(());
+    }
+    let (sock, msg) = listener.ok_or_else(|| {
+        InitFailure::msg(Step::Seccomp, "no connection to the seccomp listenerPath")
+    })?;
+    const WAITING: i32 = -1;
+    const ABANDONED: i32 = -2;
+    const SENT: i32 = 1;
+    const FAILED: i32 = 2;
+    // (listener descriptor, outcome of the send)
+    let shared = Arc::new((AtomicI32::new(WAITING), AtomicI32::new(0)));
+    let sock = sock.try_clone().map_err(|e| {
+        InitFailure::new(
+            Step::Seccomp,
+            "dup the listener connection",
+            moat_sys::process::io_errno(&e),
+        )
+    })?;
+    let (theirs, msg) = (shared.clone(), msg.to_owned());
+    let helper = std::thread::Builder::new()
+        .name("seccomp-listener".into())
+        .spawn(move || {
+            let fd = loop {
+                match theirs.0.load(Ordering::Acquire) {
+                    WAITING => std::thread::yield_now(),
+                    ABANDONED => return,
+                    fd => break fd,
+                }
+            };
+            let r = moat_sys::fd::send_fds(sock.as_fd(), msg.as_bytes(), &[fd]);
+            if let Err(e) = &r {
+                eprintln!("error: container init: send the seccomp notify descriptor to the listener: {e}");
+            }
+            theirs.1.store(if r.is_ok() { SENT } else { FAILED }, Ordering::Release);
+        })
+        .map_err(|e| InitFailure::new(Step::Seccomp, "start the listener thread", moat_sys::process::io_errno(&e)))?;
+    match moat_sys::seccomp::set_mode_filter(&plan.program, flags) {
+        Ok(Some(fd)) => {
+            shared.0.store(fd.as_raw_fd(), Ordering::Release);
+            // Closed by execve (close-on-exec): closing it here would be a system call.
+            std::mem::forget(fd);
+        }
+        Ok(None) => unreachable!("NEW_LISTENER returns a descriptor"),
+        Err(e) => {
+            shared.0.store(ABANDONED, Ordering::Release);
+            return Err(install("install the seccomp filter")(e));
+        }
+    }
+    loop {
+        match shared.1.load(Ordering::Acquire) {
+            SENT => break,
+            FAILED => {
+                return Err(InitFailure::msg(
+                    Step::Seccomp,
+                    "send the seccomp notify descriptor to listenerPath",
+                ))
+            }
+            _ => std::hint::spin_loop(),
+        }
+    }
+    // Neither the thread handle nor the last reference may be dropped: freeing is not syscall-free.
+    std::mem::forget(helper);
+    std::mem::forget(shared);
+    Ok(())
 }

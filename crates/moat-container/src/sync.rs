@@ -24,6 +24,9 @@ pub enum ToInit {
     MapsWritten,
     /// prestart/createRuntime hooks ran; the state JSON to hand to createContainer hooks.
     HooksDone { state: String },
+    /// What to send to the seccomp listener with the notify descriptor (the OCI
+    /// `ContainerProcessState` JSON).
+    ListenerMessage { json: String },
 }
 
 /// Init → parent.
@@ -40,8 +43,10 @@ pub enum FromInit {
     /// The mounts are in place: run prestart and createRuntime hooks now (only sent when the spec
     /// has hooks of the create phase, see `hooks::any_during_create`).
     RunHooks,
-    /// The seccomp notify listener descriptor rides along (SCM_RIGHTS): send it to listenerPath.
-    SeccompFd,
+    /// The filter has notify rules: send [`ToInit::ListenerMessage`]. The init sends it with the
+    /// listener descriptor over the connection to listenerPath that the runtime made, right
+    /// after installing the filter, just before `execve`.
+    NeedListenerMessage,
     /// Setup is complete; the init now waits on the exec fifo.
     Ready,
     Failed(InitFailure),

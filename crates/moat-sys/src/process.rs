@@ -230,3 +230,51 @@ pub fn setdomainname(name: &str) -> Result<()> {
         Err(Errno::last())
     }
 }
+
+/// An `execve` whose argument arrays are built in advance, so that [`PreparedExec::exec`] makes
+/// exactly one system call and allocates nothing: the container init calls it right after
+/// installing the seccomp filter, whose rules must see no syscall of the runtime's own.
+pub struct PreparedExec {
+    exe: std::ffi::CString,
+    _argv: Vec<std::ffi::CString>,
+    _env: Vec<std::ffi::CString>,
+    argv_p: Vec<*const libc::c_char>,
+    env_p: Vec<*const libc::c_char>,
+}
+
+impl PreparedExec {
+    pub fn new(
+        exe: std::ffi::CString,
+        argv: Vec<std::ffi::CString>,
+        env: Vec<std::ffi::CString>,
+    ) -> PreparedExec {
+        let ptrs = |v: &[std::ffi::CString]| {
+            v.iter()
+                .map(|s| s.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect::<Vec<_>>()
+        };
+        // The pointers point into the CStrings' heap buffers, which do not move when the
+        // CStrings themselves are moved into the struct below.
+        let (argv_p, env_p) = (ptrs(&argv), ptrs(&env));
+        PreparedExec {
+            exe,
+            _argv: argv,
+            _env: env,
+            argv_p,
+            env_p,
+        }
+    }
+
+    pub fn exe(&self) -> &std::ffi::CStr {
+        &self.exe
+    }
+
+    /// `execve`; returns only on failure, with its errno (read without any other syscall).
+    pub fn exec(&self) -> Errno {
+        // SAFETY: `exe` is NUL-terminated; `argv_p` and `env_p` are NULL-terminated arrays of
+        // pointers to NUL-terminated strings owned by `self`, alive for the call.
+        unsafe { libc::execve(self.exe.as_ptr(), self.argv_p.as_ptr(), self.env_p.as_ptr()) };
+        Errno::last()
+    }
+}
