@@ -121,6 +121,16 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
     )
     .map_err(crate::error::sys(format!("chmod {}", fifo.display())))?;
 
+    let fifo_fd = nix::fcntl::open(
+        &fifo,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map(moat_sys::fd::owned)
+    .map_err(crate::error::sys(format!(
+        "open exec fifo {}",
+        fifo.display()
+    )))?;
     let console = crate::console::connect(opts.console_socket.as_deref())?;
     let listener = crate::seccomp::connect_listener(seccomp.as_ref())?;
     let (parent, child) =
@@ -132,7 +142,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
         bundle: &bundle.dir,
         rootfs: &bundle.rootfs,
         plan: &plan,
-        fifo: &fifo,
+        fifo: Some(&fifo_fd),
         console: console.as_ref(),
         no_pivot: opts.no_pivot,
         no_new_keyring: opts.no_new_keyring,
@@ -155,6 +165,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
     drop(child);
     drop(console);
     drop(listener);
+    drop(fifo_fd);
     undo.pids.push(stage1);
     // No state write here: after a kill -9 of this process, `delete --force` finds the
     // processes through the cgroup recorded by the first write.

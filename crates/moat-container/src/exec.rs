@@ -77,7 +77,7 @@ pub fn exec(store: &Store, opts: &ExecOptions, process: Process) -> Result<Pid> 
         bundle: &bundle.dir,
         rootfs: &bundle.rootfs,
         plan: &plan,
-        fifo: std::path::Path::new(""),
+        fifo: None,
         console: console.as_ref(),
         no_pivot: false,
         no_new_keyring: true,

@@ -27,15 +27,41 @@ pub fn any_during_create(spec: &oci_spec::runtime::Spec) -> bool {
     .any(|l| l.as_ref().is_some_and(|v| !v.is_empty()))
 }
 
-/// Run `hooks` in order, stopping at the first failure.
+/// Run `hooks` in order, stopping at the first failure. A hook gets exactly its `env`.
 pub fn run_all(kind: &'static str, hooks: Option<&Vec<Hook>>, state_json: &str) -> Result<()> {
+    run_hooks(kind, hooks, state_json, None)
+}
+
+/// The hooks the init runs inside the container (createContainer, startContainer): a hook without
+/// an `env` gets the container process's environment, as runc and youki give it; one with an
+/// `env` gets exactly that.
+pub fn run_all_in_container(
+    kind: &'static str,
+    hooks: Option<&Vec<Hook>>,
+    state_json: &str,
+    process_env: &[String],
+) -> Result<()> {
+    run_hooks(kind, hooks, state_json, Some(process_env))
+}
+
+fn run_hooks(
+    kind: &'static str,
+    hooks: Option<&Vec<Hook>>,
+    state_json: &str,
+    default_env: Option<&[String]>,
+) -> Result<()> {
     for h in hooks.map(|v| v.as_slice()).unwrap_or_default() {
-        run_one(kind, h, state_json)?;
+        run_one(kind, h, state_json, default_env)?;
     }
     Ok(())
 }
 
-fn run_one(kind: &'static str, hook: &Hook, state_json: &str) -> Result<()> {
+fn run_one(
+    kind: &'static str,
+    hook: &Hook,
+    state_json: &str,
+    default_env: Option<&[String]>,
+) -> Result<()> {
     let fail = |message: String| ContainerError::Hook {
         kind,
         path: hook.path().clone(),
@@ -49,7 +75,12 @@ fn run_one(kind: &'static str, hook: &Hook, state_json: &str) -> Result<()> {
         }
     }
     cmd.env_clear();
-    for kv in hook.env().clone().unwrap_or_default() {
+    let env = match (hook.env(), default_env) {
+        (Some(env), _) => env.as_slice(),
+        (None, Some(env)) => env,
+        (None, None) => &[],
+    };
+    for kv in env {
         if let Some((k, v)) = kv.split_once('=') {
             cmd.env(k, v);
         }

@@ -29,7 +29,8 @@ pub struct InitArgs<'a> {
     pub bundle: &'a Path,
     pub rootfs: &'a Path,
     pub plan: &'a NsPlan,
-    pub fifo: &'a Path,
+    /// `O_PATH` descriptor of the exec fifo (`create` only).
+    pub fifo: Option<&'a OwnedFd>,
     pub console: Option<&'a OwnedFd>,
     pub no_pivot: bool,
     pub no_new_keyring: bool,
@@ -254,7 +255,18 @@ fn write_time_offsets(spec: &Spec) -> R<()> {
     if text.is_empty() {
         return Ok(());
     }
-    std::fs::write("/proc/self/timens_offsets", text).map_err(|e| {
+    // After setresuid in a new user namespace the init is not dumpable, so its /proc files belong
+    // to the host's root, which is unmapped here: become dumpable for the write only (runc's
+    // nsexec does the same around its /proc writes).
+    let undump = nix::sys::prctl::get_dumpable().map(|d| !d).unwrap_or(false);
+    if undump {
+        let _ = nix::sys::prctl::set_dumpable(true);
+    }
+    let r = std::fs::write("/proc/self/timens_offsets", text);
+    if undump {
+        let _ = nix::sys::prctl::set_dumpable(false);
+    }
+    r.map_err(|e| {
         InitFailure::new(
             Step::Setup,
             "write /proc/self/timens_offsets",
@@ -317,29 +329,22 @@ fn container_init(
     } else {
         String::new()
     };
-    crate::hooks::run_all(
+    let process_env = process.env().clone().unwrap_or_default();
+    crate::hooks::run_all_in_container(
         "createContainer",
         spec.hooks()
             .as_ref()
             .and_then(|h| h.create_container().as_ref()),
         &state,
+        &process_env,
     )
     .map_err(|e| InitFailure::msg(Step::Hook, e.to_string()))?;
 
-    // Held as O_PATH across the root switch; reopened for writing when the init is ready.
-    let fifo = nix::fcntl::open(
-        args.fifo,
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map(moat_sys::fd::owned)
-    .map_err(|e| {
-        InitFailure::new(
-            Step::Setup,
-            format!("open exec fifo {}", args.fifo.display()),
-            e,
-        )
-    })?;
+    // The runtime opened it (O_PATH): a container root mapped to an unprivileged host uid could
+    // not reach the runtime's state directory. Reopened for writing through /proc/self/fd.
+    let fifo = args
+        .fifo
+        .ok_or_else(|| InitFailure::msg(Step::Setup, "no exec fifo"))?;
     moat_sys::resolve::mkdir_all_in_root(
         root.as_fd(),
         process.cwd(),
@@ -400,14 +405,14 @@ fn container_init(
     // From here on the runtime has returned; failures go to the container's stderr.
     // The write end stays open (close-on-exec) until execve: `start` reads until EOF, so it
     // returns only once the user's program runs (or the init died), after startContainer hooks.
-    let _exec_fifo = wait_exec_fifo(&fifo);
-    drop(fifo);
-    if let Err(e) = crate::hooks::run_all(
+    let _exec_fifo = wait_exec_fifo(fifo);
+    if let Err(e) = crate::hooks::run_all_in_container(
         "startContainer",
         spec.hooks()
             .as_ref()
             .and_then(|h| h.start_container().as_ref()),
         &state,
+        &process_env,
     ) {
         fatal(&e.to_string());
     }

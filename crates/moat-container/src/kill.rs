@@ -81,3 +81,20 @@ pub fn signal_init(st: &crate::state::StateFile, signal: i32) -> Result<()> {
         st.id, st.pid
     )))
 }
+
+/// SIGKILL every process of the container (its cgroup, else its init) and wait up to 2 s for the
+/// init to be gone: what runc does when a poststart hook fails.
+pub fn kill_and_wait(st: &crate::state::StateFile) {
+    match &st.cgroup {
+        Some(cg) => {
+            let _ = cg.kill_all(libc::SIGKILL);
+        }
+        None => {
+            let _ = signal_init(st, libc::SIGKILL);
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while crate::state::init_alive(st) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

@@ -79,8 +79,46 @@ fn invalid(field: &str, message: &str) -> ContainerError {
     }
 }
 
+/// The newest runtime-spec minor version of major 1 that moat implements.
+const NEWEST_MINOR: u64 = 2;
+
+/// `ociVersion` must be a semantic version (`1.0.2-dev`, `1.1.0-rc.1`, `1.2.0`) of a runtime-spec
+/// release moat implements: major 1, minor at most [`NEWEST_MINOR`]. A newer minor may carry
+/// fields this runtime would not know to apply, so it is refused rather than half-honoured.
+pub fn check_oci_version(v: &str) -> std::result::Result<(), String> {
+    let core = v.split(['-', '+']).next().unwrap_or_default();
+    let nums: Vec<Option<u64>> = core
+        .split('.')
+        .map(|n| {
+            (!n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && (n == "0" || !n.starts_with('0')))
+            .then(|| n.parse().ok())
+            .flatten()
+        })
+        .collect();
+    let tail_ok = v[core.len()..]
+        .split(['-', '+', '.'])
+        .all(|p| p.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let (major, minor) = match nums.as_slice() {
+        [Some(a), Some(b), Some(_)]
+            if tail_ok && (v.len() == core.len() || v.len() > core.len() + 1) =>
+        {
+            (*a, *b)
+        }
+        _ => return Err(format!("{v:?} is not a semantic version (like \"1.2.0\")")),
+    };
+    if major != 1 || minor > NEWEST_MINOR {
+        return Err(format!(
+            "{v:?} is not supported: moat implements runtime-spec 1.0 to 1.{NEWEST_MINOR}"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the type system does not make.
 pub fn validate(spec: &Spec) -> Result<()> {
+    check_oci_version(spec.version()).map_err(|m| invalid("ociVersion", &m))?;
     if spec.root().is_none() {
         return Err(invalid(
             "root",
@@ -174,4 +212,41 @@ pub fn validate(spec: &Spec) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_oci_version;
+
+    #[test]
+    fn oci_versions() {
+        for ok in [
+            "1.0.0",
+            "1.0.2-dev",
+            "1.1.0-rc.1",
+            "1.2.0",
+            "1.2.1",
+            "1.0.0+build.5",
+        ] {
+            assert_eq!(check_oci_version(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "1",
+            "1.0",
+            "v1.0.0",
+            "1.0.0-",
+            "1.x.0",
+            "01.0.0",
+            "1.0.0 ",
+            "1.0.0-d_v",
+        ] {
+            let e = check_oci_version(bad).unwrap_err();
+            assert!(e.contains("not a semantic version"), "{bad}: {e}");
+        }
+        for unsupported in ["0.5.0", "2.0.0", "1.3.0"] {
+            let e = check_oci_version(unsupported).unwrap_err();
+            assert!(e.contains("not supported"), "{unsupported}: {e}");
+        }
+    }
 }

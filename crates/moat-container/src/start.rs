@@ -1,5 +1,5 @@
 //! `start`: release a created container's init from the exec fifo so it executes the user's
-//! program, then run the poststart hooks.
+//! program, then run the poststart hooks (a failing one stops the container and fails `start`).
 
 use std::os::fd::AsFd;
 use std::time::Duration;
@@ -80,13 +80,15 @@ pub fn start(store: &Store, id: &str) -> Result<()> {
     let mut oci = store.oci_state(&st);
     oci.status = Status::Running;
     let state = serde_json::to_string(&oci).unwrap_or_default();
-    // A failing poststart hook is reported but does not stop the container (OCI runtime spec).
+    // A failing poststart hook fails `start` and stops the container, as runc does: the caller
+    // sees a non-zero exit and a stopped container it can delete.
     if let Err(e) = crate::hooks::run_all(
         "poststart",
         st.hooks.as_ref().and_then(|h| h.poststart().as_ref()),
         &state,
     ) {
-        eprintln!("warning: {e}");
+        crate::kill::kill_and_wait(&st);
+        return Err(e);
     }
     Ok(())
 }

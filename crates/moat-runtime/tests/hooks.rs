@@ -135,3 +135,118 @@ fn a_hung_hook_is_killed_at_its_timeout() {
     );
     assert_clean(&rt, &id, Some(b.path()));
 }
+
+/// A failing poststart hook makes `start` fail and stops the container, as runc does (before,
+/// moat only warned and the container ran on).
+#[test]
+fn a_failing_poststart_hook_fails_start_and_stops_the_container() {
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["sleep", "100"]);
+    b.spec["hooks"] =
+        json!({"poststart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo nope >&2; exit 3"]}]});
+    b.save();
+    let id = id("poststartfail");
+    rt.create(&b, &id);
+    let o = rt.out(&["start", &id]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "start succeeded: {err}");
+    assert!(
+        err.starts_with("error:") && err.contains("poststart"),
+        "{err}"
+    );
+    assert_eq!(rt.status(&id), "stopped");
+    rt.ok(&["delete", &id]);
+    assert_clean(&rt, &id, Some(b.path()));
+    // runc, the reference (1.1 runs poststart already at `create`): `run` fails and stops it.
+    if let Some(runc) = support::which("runc") {
+        let root = tempfile::tempdir().unwrap();
+        let rid = format!("{id}-runc");
+        let o = std::process::Command::new(&runc)
+            .arg("--root")
+            .arg(root.path())
+            .args(["run", "-d", "--bundle"])
+            .arg(b.path())
+            .arg(&rid)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            !o.status.success(),
+            "runc ran on after a failing poststart hook"
+        );
+        let st = std::process::Command::new(&runc)
+            .arg("--root")
+            .arg(root.path())
+            .args(["state", &rid])
+            .output()
+            .unwrap();
+        let status = serde_json::from_slice::<serde_json::Value>(&st.stdout)
+            .map(|v| v["status"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_else(|_| "gone".into());
+        assert!(
+            ["stopped", "gone"].contains(&status.as_str()),
+            "runc: {status}"
+        );
+        let _ = std::process::Command::new(&runc)
+            .arg("--root")
+            .arg(root.path())
+            .args(["delete", "--force", &rid])
+            .output();
+    }
+}
+
+/// Hooks the init runs in the container: without `env` they get the process's environment, with
+/// one exactly that (runc and youki alike).
+#[test]
+fn container_hooks_get_the_process_env_unless_they_have_their_own() {
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["true"]);
+    b.spec["process"]["env"] = json!(["PATH=/bin", "FOO=from-process"]);
+    let dump = |file: &str| format!("/bin/busybox env > /{file}");
+    // createContainer runs before the root switch: paths are the host's (busybox-static there too).
+    let cc = format!("/bin/busybox env > {}/cc-none", b.rootfs().display());
+    b.spec["hooks"] = json!({
+        "createContainer": [{"path": "/bin/busybox", "args": ["sh", "-c", cc]}],
+        "startContainer": [
+            {"path": "/bin/sh", "args": ["sh", "-c", dump("sc-none")]},
+            {"path": "/bin/sh", "args": ["sh", "-c", dump("sc-own")], "env": ["ONLY=hook"]}
+        ]
+    });
+    b.save();
+    let read = |f: &str| std::fs::read_to_string(b.rootfs().join(f)).unwrap_or_default();
+    let check = |who: &str| {
+        for f in ["cc-none", "sc-none"] {
+            let env = read(f);
+            assert!(
+                env.lines().any(|l| l == "FOO=from-process"),
+                "{who} {f}: {env}"
+            );
+        }
+        let own = read("sc-own");
+        assert!(own.lines().any(|l| l == "ONLY=hook"), "{who} sc-own: {own}");
+        assert!(!own.contains("FOO="), "{who} sc-own: {own}");
+    };
+    rt.run_ok(&b, &id("hookenv"));
+    check("moat");
+    if let Some(runc) = support::which("runc") {
+        for f in ["cc-none", "sc-none", "sc-own"] {
+            let _ = std::fs::remove_file(b.rootfs().join(f));
+        }
+        let root = tempfile::tempdir().unwrap();
+        let o = std::process::Command::new(runc)
+            .arg("--root")
+            .arg(root.path())
+            .args(["run", "--bundle"])
+            .arg(b.path())
+            .arg(id("hookenv-runc"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "runc: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        check("runc");
+    }
+}

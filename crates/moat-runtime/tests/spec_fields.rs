@@ -100,3 +100,81 @@ fn proc_or_sys_through_a_symlink_is_refused() {
         }
     }
 }
+
+/// Container root mapped to an unprivileged host uid: create works (the exec fifo is opened by
+/// the runtime, not reached by the init through the runtime's private state directory), as with
+/// runc; and a time namespace's offsets are written inside such a user namespace.
+#[test]
+fn user_namespace_with_unprivileged_root_and_time_offsets() {
+    use std::os::unix::fs::PermissionsExt;
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["true"]);
+    // The unprivileged root must be able to reach the rootfs, as with runc.
+    std::fs::set_permissions(b.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    b.spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    b.spec["linux"]["uidMappings"] = map.clone();
+    b.spec["linux"]["gidMappings"] = map;
+    b.sh("id -u; cat /proc/self/uid_map; stat -c %u /proc/1");
+    let out = rt.run_ok(&b, &id("userns"));
+    let want = "0\n         0     100000      65536\n0\n";
+    assert_eq!(out, want);
+    if let Some((code, rout, rerr)) = runc_run(&b, &id("userns-runc")) {
+        assert_eq!((code, rout.as_str()), (0, want), "runc: {rerr}");
+    }
+    // Time namespace (runc 1.1 has none): boottime moved two days ahead, monotonic one.
+    b.spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "time"}));
+    b.spec["linux"]["timeOffsets"] = json!({
+        "boottime": {"secs": 172800, "nanosecs": 0},
+        "monotonic": {"secs": 86400, "nanosecs": 0}
+    });
+    b.sh("cut -d. -f1 /proc/uptime");
+    let host_up: u64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let up: u64 = rt.run_ok(&b, &id("timens")).trim().parse().unwrap();
+    assert!(
+        (host_up + 172800..host_up + 172800 + 60).contains(&up),
+        "uptime {up} in the container, {host_up} on the host"
+    );
+}
+
+/// `ociVersion` must be a version moat implements: garbage and other majors are refused at
+/// create with the field named, and nothing is left behind.
+#[test]
+fn unsupported_oci_versions_are_refused_at_create() {
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["true"]);
+    for (v, why) in [
+        ("banana", "not a semantic version"),
+        ("2.0.0", "not supported"),
+        ("0.6.0", "not supported"),
+    ] {
+        b.spec["ociVersion"] = json!(v);
+        b.save();
+        let id = id("ociver");
+        let o = rt.create_out(&b, &id, &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{v} accepted");
+        assert!(
+            err.starts_with("error:") && err.contains("ociVersion") && err.contains(why),
+            "{v}: {err}"
+        );
+        assert_clean(&rt, &id, Some(b.path()));
+    }
+    for v in ["1.0.2-dev", "1.1.0", "1.2.0"] {
+        b.spec["ociVersion"] = json!(v);
+        b.save();
+        rt.run_ok(&b, &id("ociver"));
+    }
+}
