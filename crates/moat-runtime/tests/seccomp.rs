@@ -339,3 +339,28 @@ fn notify_rules_never_see_the_inits_own_syscalls() {
     assert!(seen.is_empty(), "the listener saw syscalls {seen:?}");
     assert_clean(&rt, &id, Some(b.path()));
 }
+
+/// Many profiles written for runc (and older default ones) do not list openat2: the runtime
+/// resolves paths with it, but only before the filter, so such a profile runs containers.
+#[test]
+fn a_profile_without_openat2_runs_containers() {
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["sh", "-c", "cat /etc/passwd > /dev/null && cd /tmp && echo ok"]);
+    let sc = &mut b.spec["linux"]["seccomp"];
+    assert!(
+        sc["defaultAction"].as_str().unwrap_or_default().contains("ERRNO"),
+        "{sc}"
+    );
+    let mut removed = 0;
+    for rule in sc["syscalls"].as_array_mut().unwrap() {
+        if let Some(names) = rule["names"].as_array_mut() {
+            let before = names.len();
+            names.retain(|n| n != "openat2");
+            removed += before - names.len();
+        }
+    }
+    assert!(removed > 0, "the default profile lists openat2");
+    b.spec["process"]["cwd"] = json!("/root");
+    b.save();
+    assert_eq!(rt.run_ok(&b, &id("scnoopenat2")), "ok\n");
+}
