@@ -173,5 +173,6 @@ pub fn validate(spec: &Spec) -> Result<()> {
             ));
         }
     }
+    crate::sched::validate(spec)?;
     Ok(())
 }
