@@ -78,6 +78,25 @@ pub mod supported {
     }
 }
 
+/// oci-spec 0.10 spells two `process.scheduler.flags` differently from the runtime-spec
+/// (`SCHED_RESET_ON_FORK`, `SCHED_FLAG_D_L_OVERRUN`): rewrite the spec's names in a process
+/// object before it is parsed, so that configs written to the spec are accepted.
+pub fn spec_flag_names(process: &mut serde_json::Value) {
+    let Some(flags) = process
+        .pointer_mut("/scheduler/flags")
+        .and_then(serde_json::Value::as_array_mut)
+    else {
+        return;
+    };
+    for f in flags {
+        match f.as_str() {
+            Some("SCHED_FLAG_RESET_ON_FORK") => *f = "SCHED_RESET_ON_FORK".into(),
+            Some("SCHED_FLAG_DL_OVERRUN") => *f = "SCHED_FLAG_D_L_OVERRUN".into(),
+            _ => {}
+        }
+    }
+}
+
 fn invalid(field: &str, message: impl Into<String>) -> ContainerError {
     ContainerError::InvalidConfig {
         field: field.into(),
@@ -433,6 +452,16 @@ mod tests {
         ] {
             assert!(sched(bad.clone()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn spec_flag_names_are_accepted() {
+        let mut p = serde_json::json!({"scheduler": {"policy": "SCHED_OTHER",
+            "flags": ["SCHED_FLAG_RESET_ON_FORK", "SCHED_FLAG_DL_OVERRUN", "SCHED_FLAG_RECLAIM"]}});
+        spec_flag_names(&mut p);
+        let s: Scheduler = serde_json::from_value(p["scheduler"].clone()).unwrap();
+        let a = sched_attr(&s).unwrap();
+        assert_eq!(a.sched_flags, 0x1 | 0x4 | 0x2);
     }
 
     #[test]

@@ -38,7 +38,7 @@ fn scheduler_policy_nice_and_reset_on_fork() {
     let rt = Rt::new();
     let mut b = Bundle::new(&["true"]);
     b.spec["process"]["scheduler"] =
-        json!({"policy": "SCHED_BATCH", "nice": -5, "flags": ["SCHED_RESET_ON_FORK"]});
+        json!({"policy": "SCHED_BATCH", "nice": -5, "flags": ["SCHED_FLAG_RESET_ON_FORK"]});
     // pid 1 (the shell itself), then a child: with reset-on-fork its negative nice goes back to 0.
     b.sh("read l < /proc/1/stat; echo \"$l\"; cat /proc/self/stat; echo forked");
     let id = id("sched");
