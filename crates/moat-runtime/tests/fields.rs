@@ -104,6 +104,30 @@ fn scheduler_realtime_applies_or_fails_naming_the_field() {
 }
 
 #[test]
+fn scheduler_deadline_with_runtime_deadline_and_period() {
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["true"]);
+    b.spec["process"]["scheduler"] = json!({"policy": "SCHED_DEADLINE",
+        "runtime": 10_000_000u64, "deadline": 20_000_000u64, "period": 30_000_000u64});
+    // A deadline task may not fork: read /proc/1/sched with shell builtins only.
+    b.sh("while read l; do case \"$l\" in policy*|dl.runtime*) echo \"$l\";; esac; done < /proc/1/sched");
+    let id = id("deadline");
+    let out = rt.run_ok(&b, &id);
+    let val = |k: &str| -> i64 {
+        out.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{k} missing: {out}"))
+    };
+    assert_eq!(val("policy"), 6, "{out}");
+    // The runtime left in the current period never exceeds the runtime asked.
+    let left = val("dl.runtime");
+    assert!(left > 0 && left <= 10_000_000, "{out}");
+    assert_clean(&rt, &id, Some(b.path()));
+}
+
+#[test]
 fn invalid_scheduling_values_are_refused_naming_the_field() {
     let rt = Rt::new();
     let mut b = Bundle::new(&["true"]);
