@@ -439,6 +439,50 @@ fn recursive_attributes_reach_every_submount_like_runc() {
 }
 
 #[test]
+fn recursive_attributes_in_a_user_namespace_and_on_tmpfs() {
+    let tree = HostTree::new("size=1m");
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["cat", "/proc/self/mountinfo"]);
+    b.spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    b.spec["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    b.spec["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    let st = Command::new("chown")
+        .args(["-R", "100000:100000"])
+        .arg(b.rootfs())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mounts = b.spec["mounts"].as_array_mut().unwrap();
+    // Host mounts seen from a user namespace have their flags locked: setting more is allowed.
+    mounts.push(bind(
+        "/flags",
+        tree.path(),
+        &["rbind", "rro", "rnosuid", "rnodev", "rnoexec"],
+    ));
+    // A mount made in the container's own namespaces: its atime mode can change too.
+    mounts.push(
+        json!({"destination": "/t", "type": "tmpfs", "source": "tmpfs",
+        "options": ["size=1m", "rro", "rnoexec", "rstrictatime"]}),
+    );
+    b.save();
+    let id = id("rattr-userns");
+    let out = rt.run_ok(&b, &id);
+    let got = seen(&out, &["/flags", "/flags/sub", "/t"]);
+    let want: Vec<String> = ["nodev", "noexec", "nosuid", "ro"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(got[0].1, want, "{got:?}");
+    assert_eq!(got[1].1, want, "{got:?}");
+    assert!(got[2].1.contains(&"ro".to_string()) && got[2].1.contains(&"noexec".to_string()));
+    assert_eq!(got[2].2, "strictatime", "{got:?}");
+    assert_clean(&rt, &id, Some(b.path()));
+}
+
+#[test]
 fn plain_atime_options_on_a_bind_mount_give_the_exact_mode_like_runc() {
     // The source is noatime: a bind mount asking another mode must not keep it.
     let tree = HostTree::new("noatime,size=1m");
