@@ -310,10 +310,5 @@ fn check_supported(b: &Bundle) -> Result<()> {
             "linux.intelRdt: Intel RDT is not supported".into(),
         ));
     }
-    if linux.and_then(|l| l.personality().as_ref()).is_some() {
-        return Err(ContainerError::Unsupported(
-            "linux.personality: not supported yet".into(),
-        ));
-    }
     Ok(())
 }

@@ -29,6 +29,10 @@ pub enum Step {
     Executable,
     Seccomp,
     Apparmor,
+    Scheduler,
+    IoPriority,
+    Personality,
+    MemoryPolicy,
     Setup,
 }
 

@@ -436,6 +436,7 @@ fn prepare_process(
     process: &oci_spec::runtime::Process,
     ch: &Channel,
 ) -> R<Prepared> {
+    crate::sched::apply(args.spec)?;
     if process.terminal().unwrap_or(false) {
         let sock = args.console.ok_or_else(|| {
             InitFailure::msg(

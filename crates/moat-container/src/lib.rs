@@ -23,6 +23,7 @@ pub mod pause;
 pub mod process;
 pub mod resources;
 pub mod rootfs;
+pub mod sched;
 pub mod seccomp;
 pub mod spec;
 pub mod start;

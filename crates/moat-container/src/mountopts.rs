@@ -1,7 +1,14 @@
 //! The table of OCI / fstab mount options: which set or clear a `MS_*` flag, which are propagation
-//! changes, and which are passed to the filesystem as data. Kept as data in one place, as runc's
-//! `mountPropagationMapping` and crun's `propagation_flags` are.
+//! changes, which are recursive attributes of runtime-spec 1.1 (`rro`, `rnoatime`, ...: applied with
+//! `mount_setattr(AT_RECURSIVE)` to the mount and every mount below it), and which are passed to
+//! the filesystem as data. Kept as data in one place, as runc's `mountPropagationMapping` and
+//! `recAttrFlags` and crun's `propagation_flags` are.
 
+use moat_sys::mount::{
+    MountAttr, MOUNT_ATTR_NOATIME, MOUNT_ATTR_NODEV, MOUNT_ATTR_NODIRATIME, MOUNT_ATTR_NOEXEC,
+    MOUNT_ATTR_NOSUID, MOUNT_ATTR_NOSYMFOLLOW, MOUNT_ATTR_RDONLY, MOUNT_ATTR_RELATIME,
+    MOUNT_ATTR_STRICTATIME, MOUNT_ATTR__ATIME,
+};
 use nix::mount::MsFlags;
 
 /// What one option string means.
@@ -11,8 +18,11 @@ pub enum MountOpt {
     Flag(MsFlags, bool),
     /// A propagation change applied after the mount.
     Propagation(MsFlags),
-    /// Recursive read-only / read-write (applied with mount_setattr semantics: here as a recursive remount).
-    RecursiveRo(bool),
+    /// A recursive attribute (`rnosuid`, ...): set (true) or clear (false) a `MOUNT_ATTR_*` bit.
+    Recursive(u64, bool),
+    /// A recursive atime mode (`rnoatime`, `rstrictatime`, `rrelatime`, ...): one
+    /// `MOUNT_ATTR_*ATIME` value, replacing whatever atime mode each mount had.
+    RecursiveAtime(u64),
     /// Filesystem-specific data (`size=64m`, `mode=755`, `newinstance`, ...).
     Data(String),
     /// Accepted and ignored (runc ignores them too): `defaults`, `tmpcopyup` handled elsewhere.
@@ -46,6 +56,16 @@ const FLAGS: &[(&str, MsFlags, bool)] = &[
     ("nolazytime", MsFlags::MS_LAZYTIME, false),
     ("silent", MsFlags::MS_SILENT, true),
     ("loud", MsFlags::MS_SILENT, false),
+    (
+        "nosymfollow",
+        MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW),
+        true,
+    ),
+    (
+        "symfollow",
+        MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW),
+        false,
+    ),
     ("bind", MsFlags::MS_BIND, true),
     (
         "rbind",
@@ -53,6 +73,45 @@ const FLAGS: &[(&str, MsFlags, bool)] = &[
         true,
     ),
 ];
+
+/// Recursive attributes (runtime-spec 1.1): option, `MOUNT_ATTR_*` bit, set (true) or clear.
+const RECURSIVE: &[(&str, u64, bool)] = &[
+    ("rro", MOUNT_ATTR_RDONLY, true),
+    ("rrw", MOUNT_ATTR_RDONLY, false),
+    ("rnosuid", MOUNT_ATTR_NOSUID, true),
+    ("rsuid", MOUNT_ATTR_NOSUID, false),
+    ("rnodev", MOUNT_ATTR_NODEV, true),
+    ("rdev", MOUNT_ATTR_NODEV, false),
+    ("rnoexec", MOUNT_ATTR_NOEXEC, true),
+    ("rexec", MOUNT_ATTR_NOEXEC, false),
+    ("rnodiratime", MOUNT_ATTR_NODIRATIME, true),
+    ("rdiratime", MOUNT_ATTR_NODIRATIME, false),
+    ("rnosymfollow", MOUNT_ATTR_NOSYMFOLLOW, true),
+    ("rsymfollow", MOUNT_ATTR_NOSYMFOLLOW, false),
+];
+
+/// Recursive atime modes: the kernel keeps one of relatime, noatime and strictatime per mount, so
+/// each option names the mode it leaves. The "no" forms ask for the kernel's default (relatime),
+/// as `atime` / `nostrictatime` do in mount(8); `rnorelatime` asks for full atime updates.
+const RECURSIVE_ATIME: &[(&str, u64)] = &[
+    ("rnoatime", MOUNT_ATTR_NOATIME),
+    ("ratime", MOUNT_ATTR_RELATIME),
+    ("rrelatime", MOUNT_ATTR_RELATIME),
+    ("rnorelatime", MOUNT_ATTR_STRICTATIME),
+    ("rstrictatime", MOUNT_ATTR_STRICTATIME),
+    ("rnostrictatime", MOUNT_ATTR_RELATIME),
+];
+
+/// Every option this table knows, for `features`.
+pub fn known_options() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = FLAGS.iter().map(|(n, _, _)| *n).collect();
+    v.extend(PROPAGATION.iter().map(|(n, _)| *n));
+    v.extend(RECURSIVE.iter().map(|(n, _, _)| *n));
+    v.extend(RECURSIVE_ATIME.iter().map(|(n, _)| *n));
+    v.extend(["defaults", "tmpcopyup"]);
+    v.sort_unstable();
+    v
+}
 
 const PROPAGATION: &[(&str, MsFlags)] = &[
     ("private", MsFlags::MS_PRIVATE),
@@ -86,9 +145,13 @@ pub fn parse_option(o: &str) -> Option<MountOpt> {
     if let Some(p) = propagation(o) {
         return Some(MountOpt::Propagation(p));
     }
+    if let Some((_, a, set)) = RECURSIVE.iter().find(|(n, _, _)| *n == o) {
+        return Some(MountOpt::Recursive(*a, *set));
+    }
+    if let Some((_, mode)) = RECURSIVE_ATIME.iter().find(|(n, _)| *n == o) {
+        return Some(MountOpt::RecursiveAtime(*mode));
+    }
     Some(match o {
-        "rro" => MountOpt::RecursiveRo(true),
-        "rrw" => MountOpt::RecursiveRo(false),
         "defaults" | "tmpcopyup" | "" => MountOpt::Ignore,
         _ => MountOpt::Data(o.to_owned()),
     })
@@ -105,7 +168,8 @@ pub struct ParsedOptions {
     pub flags: MsFlags,
     pub propagation: Vec<MsFlags>,
     pub data: Vec<String>,
-    pub recursive_ro: bool,
+    /// Recursive attributes to apply to the mount and its submounts, if any option asked for one.
+    pub recursive: Option<MountAttr>,
 }
 
 impl ParsedOptions {
@@ -114,14 +178,30 @@ impl ParsedOptions {
             flags: MsFlags::empty(),
             propagation: vec![],
             data: vec![],
-            recursive_ro: false,
+            recursive: None,
         };
         for o in opts {
             match parse_option(o) {
                 Some(MountOpt::Flag(f, true)) => p.flags.insert(f),
                 Some(MountOpt::Flag(f, false)) => p.flags.remove(f),
                 Some(MountOpt::Propagation(f)) => p.propagation.push(f),
-                Some(MountOpt::RecursiveRo(v)) => p.recursive_ro = v,
+                Some(MountOpt::Recursive(a, set)) => {
+                    let r = p.recursive.get_or_insert_with(MountAttr::default);
+                    if set {
+                        r.attr_set |= a;
+                        r.attr_clr &= !a;
+                    } else {
+                        r.attr_clr |= a;
+                        r.attr_set &= !a;
+                    }
+                }
+                Some(MountOpt::RecursiveAtime(mode)) => {
+                    // The last atime option wins; the whole mask is cleared so that the mode
+                    // asked is exactly the mode left (no relatime kept beside noatime).
+                    let r = p.recursive.get_or_insert_with(MountAttr::default);
+                    r.attr_set = (r.attr_set & !MOUNT_ATTR__ATIME) | mode;
+                    r.attr_clr |= MOUNT_ATTR__ATIME;
+                }
                 Some(MountOpt::Data(d)) => p.data.push(d),
                 Some(MountOpt::Ignore) | None => {}
             }
@@ -155,6 +235,32 @@ mod tests {
         assert!(!p.flags.contains(MsFlags::MS_RDONLY));
         assert_eq!(p.data_string().as_deref(), Some("size=65536k"));
         assert_eq!(p.propagation, vec![MsFlags::MS_SLAVE | MsFlags::MS_REC]);
+    }
+
+    #[test]
+    fn recursive_attrs_fold_and_atime_clears_the_whole_mask() {
+        let p = ParsedOptions::parse(&["rro".into(), "rnosuid".into(), "rnoatime".into()]);
+        let r = p.recursive.unwrap();
+        assert_eq!(
+            r.attr_set,
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOATIME
+        );
+        assert_eq!(r.attr_clr, MOUNT_ATTR__ATIME);
+        let p = ParsedOptions::parse(&["rnoatime".into(), "rstrictatime".into(), "rrw".into()]);
+        let r = p.recursive.unwrap();
+        assert_eq!(r.attr_set, MOUNT_ATTR_STRICTATIME);
+        assert_eq!(r.attr_clr, MOUNT_ATTR__ATIME | MOUNT_ATTR_RDONLY);
+        assert!(ParsedOptions::parse(&["ro".into()]).recursive.is_none());
+    }
+
+    #[test]
+    fn every_known_option_parses_to_something_but_data() {
+        for o in known_options() {
+            assert!(
+                !matches!(parse_option(o), Some(MountOpt::Data(_)) | None),
+                "{o}"
+            );
+        }
     }
 
     #[test]

@@ -176,7 +176,12 @@ fn mount_one(plan: &RootfsPlan<'_>, root: &OwnedFd, m: &Mount, opts: &ParsedOpti
             // Re-open the target: the descriptor taken before the mount names the covered directory.
             let top = open_in_root(root.as_fd(), dest, libc::O_PATH, 0)
                 .map_err(mnt_err(format!("reopen {}", dest.display())))?;
-            let locked = locked_flags(&top);
+            let mut locked = locked_flags(&top);
+            let atime = MsFlags::MS_NOATIME | MsFlags::MS_RELATIME | MsFlags::MS_STRICTATIME;
+            if extra.intersects(atime) {
+                // The mode asked replaces the source's (noatime kept beside relatime would win).
+                locked.remove(atime);
+            }
             mount_on_fd(
                 None,
                 top.as_fd(),
@@ -188,9 +193,6 @@ fn mount_one(plan: &RootfsPlan<'_>, root: &OwnedFd, m: &Mount, opts: &ParsedOpti
                 "remount {what} with {:?}",
                 m.options().clone().unwrap_or_default()
             )))?;
-        }
-        if opts.recursive_ro {
-            recursive_readonly(root, dest)?;
         }
     } else {
         let src = source.as_ref().and_then(|s| s.to_str()).unwrap_or(typ);
@@ -237,6 +239,9 @@ fn mount_one(plan: &RootfsPlan<'_>, root: &OwnedFd, m: &Mount, opts: &ParsedOpti
                 ))
             }
         }
+    }
+    if let Some(attr) = &opts.recursive {
+        recursive_attrs(root, dest, attr, &m.options().clone().unwrap_or_default())?;
     }
     for p in &opts.propagation {
         let top = open_in_root(root.as_fd(), dest, libc::O_PATH, 0)
@@ -325,40 +330,31 @@ fn locked_flags(fd: &OwnedFd) -> MsFlags {
     out
 }
 
-fn recursive_readonly(root: &OwnedFd, dest: &Path) -> R<()> {
-    // Remount every mount at or below `dest` read-only.
+/// The recursive attributes (`rro`, `rnoatime`, ...) on the mount at `dest` and every mount below
+/// it, in one `mount_setattr(AT_RECURSIVE)`.
+fn recursive_attrs(
+    root: &OwnedFd,
+    dest: &Path,
+    attr: &moat_sys::mount::MountAttr,
+    options: &[String],
+) -> R<()> {
     let top = open_in_root(root.as_fd(), dest, libc::O_PATH, 0)
         .map_err(mnt_err(format!("reopen {}", dest.display())))?;
-    let base = std::fs::read_link(proc_fd_path(top.as_fd())).map_err(|e| {
+    moat_sys::mount::mount_setattr(top.as_fd(), true, attr).map_err(|e| {
+        let why = if e == Errno::ENOSYS {
+            " (recursive mount options need mount_setattr, Linux 5.12 or later)"
+        } else {
+            ""
+        };
         InitFailure::new(
             Step::Mount,
-            format!("readlink {}", dest.display()),
-            moat_sys::process::io_errno(&e),
+            format!(
+                "set recursive attributes {options:?} on {}{why}",
+                dest.display()
+            ),
+            e,
         )
-    })?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for line in info.lines() {
-        let mnt = line.split_whitespace().nth(4).unwrap_or("");
-        if Path::new(mnt).starts_with(&base) {
-            let fd = nix::fcntl::open(
-                mnt,
-                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map(moat_sys::fd::owned)
-            .map_err(mnt_err(format!("open {mnt}")))?;
-            let locked = locked_flags(&fd);
-            mount_on_fd(
-                None,
-                fd.as_fd(),
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked,
-                None,
-            )
-            .map_err(mnt_err(format!("remount {mnt} read-only")))?;
-        }
-    }
-    Ok(())
+    })
 }
 
 /// Mount the container's cgroup view at `dest`: cgroup2 in a private cgroup namespace, or bind

@@ -60,8 +60,12 @@ pub fn load_bundle(bundle: &Path) -> Result<Bundle> {
 
 /// Parse config.json bytes; on error return (field path, message).
 pub fn parse_spec(data: &[u8]) -> std::result::Result<Spec, (String, String)> {
-    let de = &mut serde_json::Deserializer::from_slice(data);
-    serde_path_to_error::deserialize::<_, Spec>(de).map_err(|e| {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(data).map_err(|e| ("config".to_owned(), e.to_string()))?;
+    if let Some(p) = v.get_mut("process") {
+        crate::sched::spec_flag_names(p);
+    }
+    serde_path_to_error::deserialize::<_, Spec>(v).map_err(|e| {
         let field = e.path().to_string();
         let field = if field == "." {
             "config".to_owned()
@@ -211,6 +215,7 @@ pub fn validate(spec: &Spec) -> Result<()> {
             ));
         }
     }
+    crate::sched::validate(spec)?;
     Ok(())
 }
 

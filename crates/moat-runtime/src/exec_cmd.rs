@@ -64,8 +64,10 @@ pub struct ExecArgs {
 fn build_process(a: &ExecArgs, base: impl FnOnce() -> Result<Process>) -> Result<Process> {
     if let Some(p) = &a.process {
         let data = std::fs::read(p).with_context(|| format!("read process {}", p.display()))?;
-        let de = &mut serde_json::Deserializer::from_slice(&data);
-        return serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut v: serde_json::Value = serde_json::from_slice(&data)
+            .with_context(|| format!("parse process {}", p.display()))?;
+        moat_container::sched::spec_flag_names(&mut v);
+        return serde_path_to_error::deserialize(v).map_err(|e| {
             anyhow::anyhow!("parse process {}: {}: {}", p.display(), e.path(), e.inner())
         });
     }

@@ -1,5 +1,7 @@
 //! `moat-runtime features`: the OCI features document, stating only what this build implements.
+//! Mount options and the values of the scheduling fields come from the tables that parse them.
 
+use moat_container::sched::supported as sched;
 use serde_json::{json, Value};
 
 pub fn features() -> Value {
@@ -7,13 +9,7 @@ pub fn features() -> Value {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": moat_container::state::OCI_VERSION,
         "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
-        "mountOptions": [
-            "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "lazytime", "loud",
-            "mand", "noatime", "nodev", "nodiratime", "noexec", "nolazytime", "nomand", "norelatime",
-            "nostrictatime", "nosuid", "private", "rbind", "relatime", "remount", "ro", "rprivate", "rro",
-            "rrw", "rshared", "rslave", "runbindable", "rw", "shared", "silent", "slave", "strictatime",
-            "suid", "sync", "tmpcopyup", "unbindable"
-        ],
+        "mountOptions": moat_container::mountopts::known_options(),
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
             "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
@@ -29,7 +25,21 @@ pub fn features() -> Value {
             "apparmor": { "enabled": true },
             "selinux": { "enabled": true },
             "intelRdt": { "enabled": false },
-            "mountExtensions": { "idmap": { "enabled": false } }
+            "mountExtensions": { "idmap": { "enabled": false } },
+            "memoryPolicy": { "modes": sched::MEMPOLICY_MODES, "flags": sched::MEMPOLICY_FLAGS },
+            // Not in the runtime-spec's features schema (it has no entry for them): the same
+            // {"enabled": ...} shape as apparmor, with the values accepted.
+            "scheduler": {
+                "enabled": true,
+                "policies": sched::SCHED_POLICIES,
+                "flags": sched::SCHED_FLAGS
+            },
+            "ioPriority": { "enabled": true, "classes": sched::IOPRIO_CLASSES },
+            "personality": {
+                "enabled": true,
+                "domains": sched::PERSONALITY_DOMAINS,
+                "flags": sched::personality_flags()
+            }
         },
         "annotations": {
             "org.opencontainers.runc.checkpoint.enabled": "false",

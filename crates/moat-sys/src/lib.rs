@@ -10,6 +10,7 @@ pub mod fd;
 pub mod mount;
 pub mod process;
 pub mod resolve;
+pub mod sched;
 pub mod seccomp;
 
 pub use nix;

@@ -67,24 +67,35 @@ pub fn move_mount_to(tree: BorrowedFd<'_>, target: &std::path::Path) -> Result<(
     }
 }
 
-/// `mount_setattr(2)` with `MOUNT_ATTR_RDONLY` on the detached or attached tree `tree` (every
-/// mount below it too when `recursive`).
-pub fn set_tree_readonly(tree: BorrowedFd<'_>, recursive: bool) -> Result<()> {
+/// `struct mount_attr` of `mount_setattr(2)` (the first version: no idmap user namespace here).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct MountAttr {
+    pub attr_set: u64,
+    pub attr_clr: u64,
+    pub propagation: u64,
+    pub userns_fd: u64,
+}
+
+/// `MOUNT_ATTR_*` of `linux/mount.h`.
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+/// The atime mode is an enum inside this mask, not a set of bits: changing it needs the whole
+/// mask in `attr_clr`.
+pub const MOUNT_ATTR__ATIME: u64 = 0x70;
+pub const MOUNT_ATTR_RELATIME: u64 = 0x0;
+pub const MOUNT_ATTR_NOATIME: u64 = 0x10;
+pub const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+pub const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
+pub const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x0020_0000;
+
+/// `mount_setattr(tree, "", AT_EMPTY_PATH [| AT_RECURSIVE], attr)`: change the attributes of the
+/// mount `tree` refers to (a detached tree or an `O_PATH` descriptor of an attached mount), and of
+/// every mount below it when `recursive`.
+pub fn mount_setattr(tree: BorrowedFd<'_>, recursive: bool, attr: &MountAttr) -> Result<()> {
     use std::os::fd::AsRawFd;
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    const MOUNT_ATTR_RDONLY: u64 = 0x1;
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
     let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
     if recursive {
         flags |= libc::AT_RECURSIVE as libc::c_uint;
@@ -97,7 +108,7 @@ pub fn set_tree_readonly(tree: BorrowedFd<'_>, recursive: bool) -> Result<()> {
             tree.as_raw_fd(),
             c"".as_ptr(),
             flags,
-            &attr as *const MountAttr,
+            attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
     };
@@ -106,4 +117,14 @@ pub fn set_tree_readonly(tree: BorrowedFd<'_>, recursive: bool) -> Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// [`mount_setattr`] with `MOUNT_ATTR_RDONLY` on the detached or attached tree `tree` (every
+/// mount below it too when `recursive`).
+pub fn set_tree_readonly(tree: BorrowedFd<'_>, recursive: bool) -> Result<()> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        ..MountAttr::default()
+    };
+    mount_setattr(tree, recursive, &attr)
 }
