@@ -158,40 +158,10 @@ fn a_failing_poststart_hook_fails_start_and_stops_the_container() {
     rt.ok(&["delete", &id]);
     assert_clean(&rt, &id, Some(b.path()));
     // runc, the reference (1.1 runs poststart already at `create`): `run` fails and stops it.
-    if let Some(runc) = support::which("runc") {
-        let root = tempfile::tempdir().unwrap();
+    if let Some(runc) = Runc::new() {
         let rid = format!("{id}-runc");
-        let o = std::process::Command::new(&runc)
-            .arg("--root")
-            .arg(root.path())
-            .args(["run", "-d", "--bundle"])
-            .arg(b.path())
-            .arg(&rid)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            !o.status.success(),
-            "runc ran on after a failing poststart hook"
-        );
-        let st = std::process::Command::new(&runc)
-            .arg("--root")
-            .arg(root.path())
-            .args(["state", &rid])
-            .output()
-            .unwrap();
-        let status = serde_json::from_slice::<serde_json::Value>(&st.stdout)
-            .map(|v| v["status"].as_str().unwrap_or_default().to_owned())
-            .unwrap_or_else(|_| "gone".into());
-        assert!(
-            ["stopped", "gone"].contains(&status.as_str()),
-            "runc: {status}"
-        );
-        let _ = std::process::Command::new(&runc)
-            .arg("--root")
-            .arg(root.path())
-            .args(["delete", "--force", &rid])
-            .output();
+        let (code, _, _) = runc.run(&b, &rid, &["-d"]);
+        assert_ne!(code, 0, "runc ran on after a failing poststart hook");
     }
 }
 
@@ -228,25 +198,12 @@ fn container_hooks_get_the_process_env_unless_they_have_their_own() {
     };
     rt.run_ok(&b, &id("hookenv"));
     check("moat");
-    if let Some(runc) = support::which("runc") {
+    if let Some(runc) = Runc::new() {
         for f in ["cc-none", "sc-none", "sc-own"] {
             let _ = std::fs::remove_file(b.rootfs().join(f));
         }
-        let root = tempfile::tempdir().unwrap();
-        let o = std::process::Command::new(runc)
-            .arg("--root")
-            .arg(root.path())
-            .args(["run", "--bundle"])
-            .arg(b.path())
-            .arg(id("hookenv-runc"))
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "runc: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let (code, _, err) = runc.run(&b, &id("hookenv-runc"), &[]);
+        assert_eq!(code, 0, "runc: {err}");
         check("runc");
     }
 }

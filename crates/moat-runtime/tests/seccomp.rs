@@ -345,10 +345,17 @@ fn notify_rules_never_see_the_inits_own_syscalls() {
 #[test]
 fn a_profile_without_openat2_runs_containers() {
     let rt = Rt::new();
-    let mut b = Bundle::new(&["sh", "-c", "cat /etc/passwd > /dev/null && cd /tmp && echo ok"]);
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        "cat /etc/passwd > /dev/null && cd /tmp && echo ok",
+    ]);
     let sc = &mut b.spec["linux"]["seccomp"];
     assert!(
-        sc["defaultAction"].as_str().unwrap_or_default().contains("ERRNO"),
+        sc["defaultAction"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ERRNO"),
         "{sc}"
     );
     let mut removed = 0;

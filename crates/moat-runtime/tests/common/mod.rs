@@ -272,3 +272,68 @@ pub fn accept_fd(listener: &std::os::unix::net::UnixListener) -> (Vec<u8>, std::
     buf.truncate(n);
     (buf, fds.pop().expect("no descriptor received"))
 }
+
+/// runc 1.1, the reference runtime, in a private root (containers left are force-deleted on drop);
+/// None, with a printed reason, where runc is not installed.
+pub struct Runc {
+    pub bin: PathBuf,
+    pub root: tempfile::TempDir,
+}
+
+impl Runc {
+    pub fn new() -> Option<Runc> {
+        let Some(bin) = support::which("runc") else {
+            eprintln!("runc is not installed: the runc reference check is skipped");
+            return None;
+        };
+        Some(Runc {
+            bin,
+            root: tempfile::Builder::new()
+                .prefix("runc-root-")
+                .tempdir()
+                .unwrap(),
+        })
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--root").arg(self.root.path());
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// `runc run [flags] --bundle B ID`: (exit code, stdout, stderr).
+    pub fn run(&self, b: &Bundle, id: &str, flags: &[&str]) -> (i32, String, String) {
+        let o = self
+            .cmd()
+            .arg("run")
+            .args(flags)
+            .arg("--bundle")
+            .arg(b.path())
+            .arg(id)
+            .output()
+            .unwrap();
+        let _ = self.cmd().args(["delete", "--force", id]).output();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Runc {
+    fn drop(&mut self) {
+        if let Ok(rd) = std::fs::read_dir(self.root.path()) {
+            for e in rd.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = self.cmd().args(["delete", "--force", &id]).output();
+            }
+        }
+    }
+}
+
+/// `runc run` of the bundle in a private root; None when runc is not installed.
+pub fn runc_run(b: &Bundle, id: &str) -> Option<(i32, String, String)> {
+    Runc::new().map(|r| r.run(b, id, &[]))
+}
