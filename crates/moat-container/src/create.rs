@@ -305,6 +305,26 @@ fn check_supported(b: &Bundle) -> Result<()> {
     if let Some(p) = b.spec.process() {
         crate::lsm::check(p).map_err(ContainerError::Unsupported)?;
     }
+    for (i, m) in b.spec.mounts().iter().flatten().enumerate() {
+        if m.uid_mappings().as_ref().is_some_and(|v| !v.is_empty())
+            || m.gid_mappings().as_ref().is_some_and(|v| !v.is_empty())
+        {
+            return Err(ContainerError::Unsupported(format!(
+                "mounts[{i}] ({}): idmapped mounts (uidMappings/gidMappings) are not supported; \
+                 chown the source or use the container's user namespace instead",
+                m.destination().display()
+            )));
+        }
+    }
+    if linux
+        .and_then(|l| l.net_devices().as_ref())
+        .is_some_and(|d| !d.is_empty())
+    {
+        return Err(ContainerError::Unsupported(
+            "linux.netDevices: moving host network devices into the container is not supported"
+                .into(),
+        ));
+    }
     if linux.and_then(|l| l.intel_rdt().as_ref()).is_some() {
         return Err(ContainerError::Unsupported(
             "linux.intelRdt: Intel RDT is not supported".into(),

@@ -113,6 +113,9 @@ fn stage1(
     let setup = |what: &'static str| move |e| InitFailure::new(Step::Setup, what, e);
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .map_err(setup("set parent-death signal"))?;
+    if let (true, Some(p)) = (args.exec, args.spec.process()) {
+        crate::process::apply_exec_affinity(p, false)?;
+    }
     let early = match wait_for(ch)? {
         ToInit::Start => false,
         ToInit::StartEarly => true,
@@ -546,6 +549,7 @@ fn exec_process(args: &InitArgs<'_>, ch: &Channel) -> R<std::convert::Infallible
         nix::unistd::setsid().map_err(|e| InitFailure::new(Step::Setup, "setsid", e))?;
     }
     crate::process::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
+    crate::process::apply_exec_affinity(process, true)?;
     let prepared = prepare_process(args, process, ch)?;
     nix::sys::prctl::set_pdeathsig(None)
         .map_err(|e| InitFailure::new(Step::Setup, "clear parent-death signal", e))?;

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod console;
+pub mod copyup;
 pub mod create;
 pub mod defaults;
 pub mod delete;

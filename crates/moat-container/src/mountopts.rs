@@ -25,7 +25,9 @@ pub enum MountOpt {
     RecursiveAtime(u64),
     /// Filesystem-specific data (`size=64m`, `mode=755`, `newinstance`, ...).
     Data(String),
-    /// Accepted and ignored (runc ignores them too): `defaults`, `tmpcopyup` handled elsewhere.
+    /// `tmpcopyup`: a tmpfs starts with a copy of the directory it covers ([`crate::copyup`]).
+    TmpCopyUp,
+    /// Accepted and ignored: `defaults` (and the empty option) mean nothing.
     Ignore,
 }
 
@@ -152,7 +154,8 @@ pub fn parse_option(o: &str) -> Option<MountOpt> {
         return Some(MountOpt::RecursiveAtime(*mode));
     }
     Some(match o {
-        "defaults" | "tmpcopyup" | "" => MountOpt::Ignore,
+        "tmpcopyup" => MountOpt::TmpCopyUp,
+        "defaults" | "" => MountOpt::Ignore,
         _ => MountOpt::Data(o.to_owned()),
     })
 }
@@ -170,6 +173,8 @@ pub struct ParsedOptions {
     pub data: Vec<String>,
     /// Recursive attributes to apply to the mount and its submounts, if any option asked for one.
     pub recursive: Option<MountAttr>,
+    /// `tmpcopyup` was given.
+    pub tmpcopyup: bool,
 }
 
 impl ParsedOptions {
@@ -179,6 +184,7 @@ impl ParsedOptions {
             propagation: vec![],
             data: vec![],
             recursive: None,
+            tmpcopyup: false,
         };
         for o in opts {
             match parse_option(o) {
@@ -203,6 +209,7 @@ impl ParsedOptions {
                     r.attr_clr |= MOUNT_ATTR__ATIME;
                 }
                 Some(MountOpt::Data(d)) => p.data.push(d),
+                Some(MountOpt::TmpCopyUp) => p.tmpcopyup = true,
                 Some(MountOpt::Ignore) | None => {}
             }
         }

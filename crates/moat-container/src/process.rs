@@ -265,3 +265,50 @@ pub fn exec_env(p: &Process) -> Vec<CString> {
         .filter_map(|s| CString::new(s).ok())
         .collect()
 }
+
+/// `process.execCPUAffinity` of an exec'd process: `initial` before it joins the container's
+/// cgroup, `final` after (an empty or absent list leaves the affinity to the kernel).
+pub fn apply_exec_affinity(p: &Process, final_stage: bool) -> R<()> {
+    let Some(aff) = p.exec_cpu_affinity() else {
+        return Ok(());
+    };
+    let (field, list) = if final_stage {
+        ("process.execCPUAffinity.final", aff.cpu_affinity_final())
+    } else {
+        ("process.execCPUAffinity.initial", aff.initial())
+    };
+    let Some(list) = list.as_deref().filter(|l| !l.trim().is_empty()) else {
+        return Ok(());
+    };
+    let set = parse_cpu_list(list)
+        .map_err(|m| InitFailure::msg(Step::Setup, format!("{field} {list:?}: {m}")))?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(|e| {
+        InitFailure::new(
+            Step::Setup,
+            format!("{field} {list:?}: sched_setaffinity"),
+            e,
+        )
+    })
+}
+
+/// `0-3,7` → a CPU set.
+pub fn parse_cpu_list(list: &str) -> std::result::Result<nix::sched::CpuSet, String> {
+    let mut set = nix::sched::CpuSet::new();
+    for part in list.split(',').map(str::trim) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let num = |x: &str| {
+            x.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("bad CPU number {x:?}"))
+        };
+        let (a, b) = (num(a)?, num(b)?);
+        if a > b {
+            return Err(format!("bad range {part:?}"));
+        }
+        for cpu in a..=b {
+            set.set(cpu)
+                .map_err(|_| format!("CPU {cpu} is beyond the largest CPU set"))?;
+        }
+    }
+    Ok(set)
+}

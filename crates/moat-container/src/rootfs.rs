@@ -195,6 +195,15 @@ fn mount_one(plan: &RootfsPlan<'_>, root: &OwnedFd, m: &Mount, opts: &ParsedOpti
             )))?;
         }
     } else {
+        // tmpcopyup: the directory about to be covered, to copy into the new tmpfs.
+        let covered = if opts.tmpcopyup && typ == "tmpfs" {
+            Some(
+                open_in_root(root.as_fd(), dest, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                    .map_err(mnt_err(format!("open {} for tmpcopyup", dest.display())))?,
+            )
+        } else {
+            None
+        };
         let src = source.as_ref().and_then(|s| s.to_str()).unwrap_or(typ);
         let r = mount_on_fd(
             Some(src),
@@ -238,6 +247,12 @@ fn mount_one(plan: &RootfsPlan<'_>, root: &OwnedFd, m: &Mount, opts: &ParsedOpti
                     e,
                 ))
             }
+        }
+        if let Some(old) = covered {
+            let new = open_in_root(root.as_fd(), dest, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                .map_err(mnt_err(format!("reopen {}", dest.display())))?;
+            crate::copyup::copy_dir(old.as_fd(), new.as_fd())
+                .map_err(mnt_err(format!("tmpcopyup into {}", dest.display())))?;
         }
     }
     if let Some(attr) = &opts.recursive {
