@@ -76,6 +76,32 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
     let cgroup = moat_cgroups::Cgroup::resolve(cg_path.as_deref(), &opts.id, opts.systemd_cgroup)?;
     let plan = NsPlan::from_spec(&bundle.spec);
     let seccomp = crate::seccomp::plan(&bundle.spec)?;
+    let mut warnings = seccomp
+        .as_ref()
+        .map(|s| s.warnings.clone())
+        .unwrap_or_default();
+    // runc's checks of a cgroup that exists already: a frozen one would hang the init at its first
+    // step, so it is refused at once; one that holds processes is used, with a warning.
+    if cgroup.is_frozen().unwrap_or(false) {
+        return Err(ContainerError::InvalidConfig {
+            field: "linux.cgroupsPath".into(),
+            message: format!(
+                "the container's cgroup {} is frozen: thaw it or choose another cgroupsPath",
+                cgroup
+                    .dirs()
+                    .first()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default()
+            ),
+        });
+    }
+    match cgroup.pids() {
+        Ok(p) if !p.is_empty() => warnings.push(format!(
+            "container's cgroup is not empty: {} process(es) found",
+            p.len()
+        )),
+        _ => {}
+    }
 
     let lock = store.create_dir(&opts.id)?;
     let mut undo = Undo {
@@ -263,7 +289,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
     Ok(Created {
         pid: st.pid,
         state: st,
-        warnings: seccomp.map(|s| s.warnings).unwrap_or_default(),
+        warnings,
     })
 }
 

@@ -220,8 +220,9 @@ fn dispatch(cli: &Cli, log: &mut Logger) -> Result<ExitCode> {
     }
     match &cli.cmd {
         Cmd::Create(a) => {
-            moat_container::create(&store, &a.options(cli.systemd_cgroup))
+            let created = moat_container::create(&store, &a.options(cli.systemd_cgroup))
                 .with_context(|| format!("create container {}", a.id))?;
+            moat_runtime::print_warnings(&created.warnings);
         }
         Cmd::Start { id } => moat_container::start::start(&store, id)
             .with_context(|| format!("start container {id}"))?,

@@ -22,6 +22,7 @@ pub fn run(
 ) -> Result<ExitCode> {
     let created = moat_container::create(store, opts)
         .with_context(|| format!("create container {}", opts.id))?;
+    moat_runtime::print_warnings(&created.warnings);
     if let Err(e) = moat_container::start::start(store, &opts.id) {
         let _ = moat_container::delete::delete(store, &opts.id, true);
         return Err(e).with_context(|| format!("start container {}", opts.id));

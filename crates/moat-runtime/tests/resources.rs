@@ -269,3 +269,46 @@ fn unsupported_resource_values_are_refused_with_the_field() {
     );
     assert_clean(&rt, &id, Some(b.path()));
 }
+
+/// runc's rules for a cgroup that exists already: create into a frozen one fails at once (it used
+/// to hang) and leaves nothing behind; into one that holds processes it warns and works.
+#[test]
+fn create_into_a_busy_cgroup_warns_and_into_a_frozen_one_fails_at_once() {
+    let rt = Rt::new();
+    let first = id("cgbusy");
+    let path = format!("/moat-test/{first}");
+    let mut b = Bundle::new(&["sleep", "100"]);
+    b.spec["linux"]["cgroupsPath"] = json!(path);
+    b.save();
+    detach(&rt, &b, &first);
+
+    rt.ok(&["pause", &first]);
+    let frozen = id("cgfrozen");
+    let start = Instant::now();
+    let o = rt.create_out(&b, &frozen, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "create into a frozen cgroup succeeded");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(err.starts_with("error:") && err.contains("frozen"), "{err}");
+    assert_clean(&rt, &frozen, Some(b.path()));
+    rt.ok(&["resume", &first]);
+
+    let second = id("cgbusy2");
+    let o = rt.create_out(&b, &second, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("warning: container's cgroup is not empty: 1 process(es) found"),
+        "{err}"
+    );
+    // Both share the cgroup: deleting either kills what is in it.
+    rt.ok(&["delete", "--force", &second]);
+    rt.ok(&["delete", "--force", &first]);
+    for p in support::cgroup_paths("moat-test") {
+        let _ = std::fs::remove_dir(p);
+    }
+}
