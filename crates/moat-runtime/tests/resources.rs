@@ -312,3 +312,54 @@ fn create_into_a_busy_cgroup_warns_and_into_a_frozen_one_fails_at_once() {
         let _ = std::fs::remove_dir(p);
     }
 }
+
+/// With a writable cgroup mount, a container makes sub-cgroups of its own (and moves a process
+/// there); `delete --force` removes them with the container's cgroup, on v1 (every controller of
+/// this hybrid host) as on v2.
+#[test]
+fn delete_force_removes_the_sub_cgroups_a_container_made() {
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["true"]);
+    for m in b.spec["mounts"].as_array_mut().unwrap() {
+        if m["destination"] == "/sys/fs/cgroup" {
+            m["options"] = json!(["nosuid", "noexec", "nodev", "rw"]);
+        }
+    }
+    b.sh(concat!(
+        "for c in /sys/fs/cgroup/pids /sys/fs/cgroup/memory /sys/fs/cgroup; do ",
+        "[ -e $c/cgroup.procs ] && mkdir -p $c/sub/deeper && echo $$ > $c/sub/cgroup.procs && break; done; ",
+        "echo made; sleep 100"
+    ));
+    let id = id("subcg");
+    detach(&rt, &b, &id);
+    let made = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        cgroup_dirs(&id)
+            .iter()
+            .any(|d| d.join("sub/deeper").exists())
+    });
+    assert!(made, "the container made no sub-cgroup");
+    rt.ok(&["delete", "--force", &id]);
+    assert_clean(&rt, &id, Some(b.path()));
+}
+
+/// `exec` joins every cgroup hierarchy of the container (each v1 controller and the unified one
+/// on this hybrid host): seen from its cgroup namespace, every line of its /proc/self/cgroup is the
+/// namespace's root (a hierarchy it did not join would show a path outside, like `/../..`).
+#[test]
+fn exec_joins_every_cgroup_of_the_container() {
+    let rt = Rt::new();
+    let b = Bundle::new(&["sleep", "100"]);
+    let id = id("execcg");
+    detach(&rt, &b, &id);
+    let pid = rt.state(&id)["pid"].as_i64().unwrap();
+    let init = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        init.lines().all(|l| l.ends_with(&format!("/moat/{id}"))),
+        "{init}"
+    );
+    let seen = rt.ok(&["exec", &id, "cat", "/proc/self/cgroup"]);
+    assert_eq!(seen.lines().count(), init.lines().count(), "{seen}");
+    assert!(seen.lines().all(|l| l.ends_with(":/")), "{seen}");
+    rt.ok(&["delete", "--force", &id]);
+}

@@ -86,3 +86,18 @@ fn idmapped_mounts_and_net_devices_are_refused_not_ignored() {
     );
     assert_clean(&rt, &id2, Some(b.path()));
 }
+
+/// `linux.devices` that repeat a default device (/dev/null, /dev/tty, /dev/ptmx, as Docker and
+/// some generators write them) are accepted and the devices work.
+#[test]
+fn linux_devices_repeating_the_defaults_are_accepted() {
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["true"]);
+    b.spec["linux"]["devices"] = json!([
+        {"path": "/dev/null", "type": "c", "major": 1, "minor": 3, "fileMode": 438, "uid": 0, "gid": 0},
+        {"path": "/dev/tty", "type": "c", "major": 5, "minor": 0, "fileMode": 438},
+        {"path": "/dev/ptmx", "type": "c", "major": 5, "minor": 2, "fileMode": 438}
+    ]);
+    b.sh("echo x > /dev/null && stat -c '%t:%T' /dev/null /dev/tty /dev/ptmx && echo ok");
+    assert_eq!(rt.run_ok(&b, &id("devrepeat")), "1:3\n5:0\n5:2\nok\n");
+}
