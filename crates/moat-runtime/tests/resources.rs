@@ -363,3 +363,44 @@ fn exec_joins_every_cgroup_of_the_container() {
     assert!(seen.lines().all(|l| l.ends_with(":/")), "{seen}");
     rt.ok(&["delete", "--force", &id]);
 }
+
+/// `events --stats` prints exactly one JSON object and exits; `events` streams one object per
+/// interval and ends by itself once the container is deleted (as runc).
+#[test]
+fn events_stats_once_and_a_stream_that_ends_on_delete() {
+    let rt = Rt::new();
+    let b = Bundle::new(&["sleep", "100"]);
+    let id = id("events");
+    detach(&rt, &b, &id);
+    let once = rt.ok(&["events", "--stats", &id]);
+    assert_eq!(once.lines().count(), 1, "{once}");
+    let v: serde_json::Value = serde_json::from_str(&once).unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["id"].as_str()),
+        (Some("stats"), Some(id.as_str()))
+    );
+    assert!(
+        v["data"]["pids"]["current"].as_u64().unwrap_or(0) >= 1,
+        "{v}"
+    );
+    let stream = rt
+        .cmd()
+        .args(["events", "--interval", "200ms", &id])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(900));
+    rt.ok(&["delete", "--force", &id]);
+    let start = Instant::now();
+    let out = stream.wait_with_output().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "events went on after delete"
+    );
+    let lines = String::from_utf8_lossy(&out.stdout);
+    assert!(lines.lines().count() >= 2, "{lines}");
+    for l in lines.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["id"], id.as_str());
+    }
+}
