@@ -52,6 +52,25 @@ impl Moat {
             .unwrap()
     }
 
+    /// `cmd` for a VM command with no set-up beyond the README's build: no MOAT_AGENT_BIN, the
+    /// (dynamically linked) moat-agent that cargo builds beside moat is found there.
+    fn vm_cmd_as_built(&self, args: &[&str]) -> Output {
+        let beside = Path::new(env!("CARGO_BIN_EXE_moat")).with_file_name("moat-agent");
+        if !beside.exists() {
+            // `cargo test --workspace` builds it; `cargo test -p moat-cli` alone does not.
+            let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["build", "-q", "-p", "moat-agent"])
+                .status()
+                .unwrap();
+            assert!(st.success() && beside.exists(), "build moat-agent");
+        }
+        vm_agent::agent(); // the guest kernel in the cache (its first-use fetch is not timed here)
+        self.command(args)
+            .env_remove("MOAT_AGENT_BIN")
+            .output()
+            .unwrap()
+    }
+
     /// Run and require success; returns stdout.
     fn ok(&self, args: &[&str]) -> String {
         Self::require_ok(args, self.cmd(args))
@@ -195,6 +214,7 @@ fn run_rootfs_prints_and_propagates_exit_status() {
 #[path = "../../moat-runtime/tests/support/vm_agent.rs"]
 mod vm_agent;
 
+/// Also the zero set-up check: nothing but the build (no MOAT_AGENT_BIN) is needed.
 #[test]
 fn run_isolation_vm_uses_a_guest_kernel() {
     let Some(m) = Moat::new() else { return };
@@ -204,7 +224,7 @@ fn run_isolation_vm_uses_a_guest_kernel() {
     let vol = tempfile::tempdir().unwrap();
     std::fs::write(vol.path().join("f"), "from-the-host\n").unwrap();
     let ro = format!("{}:/data:ro", vol.path().display());
-    let o = m.vm_cmd(&[
+    let o = m.vm_cmd_as_built(&[
         "run",
         "--rm",
         "--isolation",

@@ -209,7 +209,8 @@ impl VmPod {
         let cache = moat_vm::assets::cache_dir();
         let kernel = moat_vm::assets::ensure_kernel(&cache)
             .map_err(VmPodError::vm("fetch the guest kernel"))?;
-        let initramfs = moat_vm::assets::ensure_initramfs(&cache, &kernel, &agent_binary()?)
+        let agent = moat_vm::agent::find_agent().map_err(VmPodError::vm("find the guest agent"))?;
+        let initramfs = moat_vm::assets::ensure_initramfs(&cache, &kernel, &agent)
             .map_err(VmPodError::vm("build the guest initramfs"))?;
         let qemu_bin = moat_vm::qemu::Qemu::new(moat_vm::accel::Accel::Tcg).binary;
         let accel = moat_vm::accel::choose(&qemu_bin, &kernel, &cache);
@@ -357,21 +358,4 @@ impl VmPod {
             l.power_off(std::time::Duration::from_secs(5));
         }
     }
-}
-
-/// The static guest agent: `$MOAT_AGENT_BIN`, or the installed one.
-fn agent_binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("MOAT_AGENT_BIN") {
-        return Ok(p.into());
-    }
-    for p in ["/usr/local/lib/moat/moat-agent", "/usr/lib/moat/moat-agent"] {
-        if std::path::Path::new(p).is_file() {
-            return Ok(p.into());
-        }
-    }
-    Err(VmPodError::Unsupported(
-        "no guest agent for the pod VM: install a static moat-agent as \
-         /usr/local/lib/moat/moat-agent or set MOAT_AGENT_BIN in containerd's environment"
-            .into(),
-    ))
 }

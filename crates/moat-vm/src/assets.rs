@@ -80,6 +80,12 @@ pub fn ensure_kernel(cache: &Path) -> Result<Kernel> {
         reason,
     };
     std::fs::create_dir_all(cache.join("kernel")).map_err(VmError::io("create", cache))?;
+    // First use: say what takes the time (a download of ~80 MB through apt), once.
+    eprintln!(
+        "moat: fetching the guest kernel ({KERNEL_META_PACKAGE}) into {} (first VM only; \
+         `moat-vm-setup` does it ahead of time)",
+        cache.display()
+    );
     let work = cache.join(format!("fetch.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(VmError::io("create", &work))?;
@@ -233,14 +239,7 @@ pub fn ensure_initramfs(cache: &Path, kernel: &Kernel, agent: &Path) -> Result<P
             reason: "not an ELF executable".into(),
         });
     }
-    if elf_interpreter(&agent_bytes) {
-        return Err(VmError::AgentBinary {
-            path: agent.to_path_buf(),
-            reason: "dynamically linked (has PT_INTERP); the initramfs has no libc: build it \
-                     static (--target x86_64-unknown-linux-musl, or RUSTFLAGS=-Ctarget-feature=+crt-static)"
-                .into(),
-        });
-    }
+    let libs = crate::agent::runtime_files(agent, &agent_bytes)?;
     let modules = resolve_modules(&kernel.modules, GUEST_MODULES)?;
     let mut w = CpioWriter::new(Vec::with_capacity(agent_bytes.len() + (1 << 20)));
     let io = |e| VmError::Io {
@@ -262,6 +261,31 @@ pub fn ensure_initramfs(cache: &Path, kernel: &Kernel, agent: &Path) -> Result<P
     }
     w.char_device("dev/console", 0o600, 5, 1).map_err(io)?;
     w.file("init", 0o755, &agent_bytes).map_err(io)?;
+    // A dynamically linked agent: its interpreter and libraries at the paths it asks for.
+    let mut made = std::collections::BTreeSet::new();
+    for (guest, host) in &libs {
+        let rel = guest.trim_start_matches('/');
+        let mut dir = String::new();
+        for part in rel
+            .split('/')
+            .rev()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            dir = if dir.is_empty() {
+                part.to_owned()
+            } else {
+                format!("{dir}/{part}")
+            };
+            if made.insert(dir.clone()) && !["lib"].contains(&dir.as_str()) {
+                w.dir(&dir, 0o755).map_err(io)?;
+            }
+        }
+        let bytes = std::fs::read(host).map_err(VmError::io("read agent library", host))?;
+        w.file(rel, 0o755, &bytes).map_err(io)?;
+    }
     for (i, (name, path)) in modules.iter().enumerate() {
         let bytes = std::fs::read(path).map_err(VmError::io("read module", path))?;
         w.file(&format!("lib/moat-modules/{i:02}-{name}.ko"), 0o644, &bytes)
@@ -279,28 +303,6 @@ pub fn ensure_initramfs(cache: &Path, kernel: &Kernel, agent: &Path) -> Result<P
         std::fs::rename(&tmp, &path).map_err(VmError::io("rename", &path))?;
     }
     Ok(path)
-}
-
-/// True if a 64-bit little-endian ELF file asks for a program interpreter (is dynamically linked).
-pub fn elf_interpreter(elf: &[u8]) -> bool {
-    let rd = |at: usize, n: usize| -> Option<u64> {
-        let b = elf.get(at..at + n)?;
-        Some(
-            b.iter()
-                .rev()
-                .fold(0u64, |acc, x| (acc << 8) | u64::from(*x)),
-        )
-    };
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (rd(0x20, 8), rd(0x36, 2), rd(0x38, 2))
-    else {
-        return false;
-    };
-    (0..phnum).any(|i| {
-        usize::try_from(phoff + i * phentsize)
-            .ok()
-            .and_then(|at| rd(at, 4))
-            == Some(3)
-    })
 }
 
 /// Build an ext4 image at `out` holding `dir` (e2fsprogs' `mkfs.ext4 -d`, no mount needed),

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accel;
+pub mod agent;
 pub mod assets;
 pub mod client;
 pub mod cpio;

@@ -2,7 +2,7 @@
 //! the container in the guest, detach), `start`, `state`, `kill`, `pause`, `resume`, `delete`,
 //! and `run`, which chains them and follows the init in the foreground.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -50,24 +50,6 @@ fn count_cpus(list: &str) -> u64 {
             None => r.trim().parse::<u64>().ok().map(|_| 1),
         })
         .sum()
-}
-
-/// The static guest agent: `$MOAT_AGENT_BIN`, or the installed one.
-fn agent_binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("MOAT_AGENT_BIN") {
-        return Ok(p.into());
-    }
-    for p in ["/usr/local/lib/moat/moat-agent", "/usr/lib/moat/moat-agent"] {
-        if Path::new(p).is_file() {
-            return Ok(p.into());
-        }
-    }
-    Err(VmBackendError::Unsupported(
-        "no guest agent: set MOAT_AGENT_BIN to a static moat-agent \
-         (RUSTFLAGS=-Ctarget-feature=+crt-static cargo build -p moat-agent --release \
-         --target x86_64-unknown-linux-gnu) or install it as /usr/local/lib/moat/moat-agent"
-            .into(),
-    ))
 }
 
 /// `create`: boot the VM, create the container in the guest, detach. Returns QEMU's pid.
@@ -167,8 +149,8 @@ fn boot_and_create(
     let cache = moat_vm::assets::cache_dir();
     let kernel = moat_vm::assets::ensure_kernel(&cache)
         .map_err(VmBackendError::vm("fetch the guest kernel"))?;
-    let initramfs =
-        moat_vm::assets::ensure_initramfs(&cache, &kernel, &agent_binary()?).map_err(assets)?;
+    let agent = moat_vm::agent::find_agent().map_err(VmBackendError::vm("find the guest agent"))?;
+    let initramfs = moat_vm::assets::ensure_initramfs(&cache, &kernel, &agent).map_err(assets)?;
     let qemu_bin = moat_vm::qemu::Qemu::new(moat_vm::accel::Accel::Tcg).binary;
     let accel = moat_vm::accel::choose(&qemu_bin, &kernel, &cache);
     // Reported in `state` (and `list --format json`): which accelerator this VM got.
