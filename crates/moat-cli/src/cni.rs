@@ -5,9 +5,15 @@
 //! netlink or iptables code of its own.
 //!
 //! `--network none` runs the `loopback` plugin only (to bring `lo` up); `--network bridge` runs
-//! `loopback`, then the chain `bridge` (bridge `moat0`, `host-local` addresses from
-//! 10.88.87.0/24 kept host-wide in /var/lib/cni/networks/moat, masquerade) → `portmap` (for `-p`) → `firewall`. A bridge subnet that overlaps
-//! a host route on another interface is refused (from /proc/net/route) instead of hijacking it.
+//! `loopback`, then the chain `bridge` (bridge `moat0`, `host-local` addresses kept host-wide in
+//! /var/lib/cni/networks/moat, masquerade) → `portmap` (for `-p`) → `firewall`.
+//!
+//! The bridge subnet ([`choose_subnet`]): the one `moat0` already routes, else the first /24 of
+//! 10.213.0.0/16 (from 10.213.87.0) that overlaps no host route — outside the ranges Docker
+//! (172.17-31.x, 192.168.x), podman (10.88.0.0/16, 10.89.x), Kubernetes CNIs (10.244.x, 10.42.x,
+//! 10.96.0.0/12) and the CNI examples (10.1.x, 10.10.x, 10.22.x) use, and moving on to the next free
+//! one with a notice when a host route takes it (as Docker's default-address-pools do), instead of
+//! hijacking another network's addresses.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -19,8 +25,10 @@ use serde_json::{json, Value};
 use crate::error::{CliError, Result};
 use crate::meta::{Meta, Paths};
 
-/// The bridge network's subnet and prefix.
-pub const SUBNET: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 88, 87, 0), 24);
+/// The preferred bridge subnet and the prefix of every candidate.
+pub const SUBNET: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 213, 87, 0), 24);
+/// The pool the bridge subnet is taken from: the /24s of 10.213.0.0/16, from [`SUBNET`] on.
+const POOL_PREFIX: (u8, u8) = (10, 213);
 /// The bridge device.
 pub const BRIDGE: &str = "moat0";
 const CNI_VERSION: &str = "1.0.0";
@@ -89,9 +97,46 @@ fn invoke(command: &str, id: &str, netns: &str, ifname: &str, conf: &Value) -> R
     Ok(result)
 }
 
+/// The bridge subnet for this host, from /proc/net/route's text: the one `moat0` routes already
+/// (stable for the bridge's life), else the first /24 of the pool from [`SUBNET`] that collides with
+/// no host route; with a notice saying why when that is not the preferred one.
+pub fn choose_subnet(routes_text: &str) -> Result<((Ipv4Addr, u8), Option<String>)> {
+    if let Some((dst, _, _)) = host_routes(routes_text).into_iter().find(|(d, m, dev)| {
+        dev == BRIDGE && u32::from(*m).count_ones() == u32::from(SUBNET.1) && !d.is_unspecified()
+    }) {
+        return Ok(((dst, SUBNET.1), None));
+    }
+    let first = match check_subnet(routes_text, SUBNET.0, SUBNET.1) {
+        Ok(()) => return Ok((SUBNET, None)),
+        Err(e) => e,
+    };
+    let start = SUBNET.0.octets()[2];
+    for third in (start..=255).chain(0..start) {
+        let net = Ipv4Addr::new(POOL_PREFIX.0, POOL_PREFIX.1, third, 0);
+        if check_subnet(routes_text, net, SUBNET.1).is_ok() {
+            return Ok((
+                (net, SUBNET.1),
+                Some(format!("{first}; using {net}/{} instead", SUBNET.1)),
+            ));
+        }
+    }
+    Err(CliError::Network(format!(
+        "no free bridge subnet in {}.{}.0.0/16: every /24 collides with a host route ({first})",
+        POOL_PREFIX.0, POOL_PREFIX.1
+    )))
+}
+
+/// The bridge subnet in use now (for a config that must match the one containers got).
+fn current_subnet() -> (Ipv4Addr, u8) {
+    std::fs::read_to_string("/proc/net/route")
+        .ok()
+        .and_then(|r| choose_subnet(&r).ok())
+        .map_or(SUBNET, |(s, _)| s)
+}
+
 /// The chained configs of the bridge network for container `m`.
 fn bridge_chain(m: &Meta) -> Vec<Value> {
-    let (net, prefix) = SUBNET;
+    let (net, prefix) = current_subnet();
     let mut chain = vec![json!({
         "type": "bridge", "bridge": BRIDGE, "isGateway": true, "ipMasq": true, "hairpinMode": true,
         "ipam": {
@@ -189,7 +234,9 @@ pub fn setup(m: &mut Meta, pid: i32, pin: &Path) -> Result<()> {
     }
     let routes = std::fs::read_to_string("/proc/net/route")
         .map_err(CliError::io("read", "/proc/net/route"))?;
-    check_subnet(&routes, SUBNET.0, SUBNET.1)?;
+    if let (_, Some(notice)) = choose_subnet(&routes)? {
+        eprintln!("moat: {notice}");
+    }
     // Keep the namespace alive after the container exits: the bridge plugin can remove its
     // masquerade rules on DEL only while it can enter the namespace.
     pin_netns(&netns, pin)?;
@@ -327,10 +374,67 @@ wg0\t0000580A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
     #[test]
     fn subnet_collisions_are_refused() {
         // 192.168.1.0/24 on eth0: no overlap with 10.88.87.0/24.
-        check_subnet(&ROUTES.replace("wg0", "moat0"), SUBNET.0, SUBNET.1).unwrap();
-        // 10.88.0.0/16 on wg0 covers 10.88.87.0/24.
-        let e = check_subnet(ROUTES, SUBNET.0, SUBNET.1).unwrap_err();
+        let n = Ipv4Addr::new(10, 88, 87, 0);
+        check_subnet(&ROUTES.replace("wg0", "moat0"), n, 24).unwrap();
+        // 10.88.0.0/16 on wg0 (podman's default) covers 10.88.87.0/24.
+        let e = check_subnet(ROUTES, n, 24).unwrap_err();
         assert!(e.to_string().contains("wg0"), "{e}");
         check_subnet(ROUTES, Ipv4Addr::new(10, 99, 0, 0), 24).unwrap();
+    }
+
+    /// A host route line for /proc/net/route: device, network, prefix length.
+    fn route(dev: &str, net: [u8; 4], prefix: u32) -> String {
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        };
+        format!(
+            "{dev}\t{:08X}\t00000000\t0001\t0\t0\t0\t{:08X}\t0\t0\t0\n",
+            u32::from_be_bytes(net).swap_bytes(),
+            mask.swap_bytes()
+        )
+    }
+
+    #[test]
+    fn the_default_subnet_coexists_with_podman_and_docker() {
+        // podman's cni-podman0 (10.88.0.0/16) and docker0 (172.17.0.0/16) are left alone.
+        let routes = format!(
+            "{}{}{}",
+            ROUTES,
+            route("cni-podman0", [10, 88, 0, 0], 16),
+            route("docker0", [172, 17, 0, 0], 16)
+        );
+        let (s, notice) = choose_subnet(&routes).unwrap();
+        assert_eq!((s, notice), (SUBNET, None));
+    }
+
+    #[test]
+    fn a_taken_subnet_moves_to_the_next_free_one_and_says_so() {
+        let routes = format!(
+            "{}{}{}",
+            ROUTES,
+            route("vpn0", [10, 213, 87, 0], 24),
+            route("vpn1", [10, 213, 88, 0], 24)
+        );
+        let (s, notice) = choose_subnet(&routes).unwrap();
+        assert_eq!(s, (Ipv4Addr::new(10, 213, 89, 0), 24));
+        let notice = notice.unwrap();
+        assert!(
+            notice.contains("vpn0") && notice.contains("10.213.89.0/24"),
+            "{notice}"
+        );
+        // The bridge's own subnet stays, whatever else appeared since.
+        let with_bridge = format!("{routes}{}", route("moat0", [10, 213, 90, 0], 24));
+        assert_eq!(
+            choose_subnet(&with_bridge).unwrap().0,
+            (Ipv4Addr::new(10, 213, 90, 0), 24)
+        );
+        // A /16 over the whole pool: a clear error.
+        let all = format!("{ROUTES}{}", route("big0", [10, 213, 0, 0], 16));
+        assert!(choose_subnet(&all)
+            .unwrap_err()
+            .to_string()
+            .contains("no free bridge subnet"));
     }
 }

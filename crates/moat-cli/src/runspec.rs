@@ -60,7 +60,7 @@ pub struct SpecArgs {
     /// its device cgroup and a writable /sys. Host devices are not added to its /dev.
     #[arg(long)]
     pub privileged: bool,
-    /// bridge (default): a veth on the moat0 bridge (10.88.87.0/24, outbound NAT) through the CNI
+    /// bridge (default): a veth on the moat0 bridge (10.213.87.0/24, or the next free /24 of 10.213.0.0/16; outbound NAT) through the CNI
     /// plugins, needed for -p; none: own network namespace with loopback only; host: the host's.
     /// With --isolation vm only none (its default: the VM has no network device yet).
     #[arg(long, value_parser = ["none", "host", "bridge"])]
