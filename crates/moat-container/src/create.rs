@@ -29,6 +29,9 @@ pub struct CreateOptions {
     pub no_new_keyring: bool,
     pub preserve_fds: u32,
     pub systemd_cgroup: bool,
+    /// A console socket the caller already holds (the runtime's end of a socketpair when it
+    /// relays the terminal itself); used instead of `console_socket`.
+    pub console: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// A created container.
@@ -121,7 +124,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
     )
     .map_err(crate::error::sys(format!("chmod {}", fifo.display())))?;
 
-    let console = crate::console::connect(opts.console_socket.as_deref())?;
+    let console = crate::console::connect(opts.console.as_ref(), opts.console_socket.as_deref())?;
     let (parent, child) =
         crate::sync::pair().map_err(crate::error::sys("create sync socketpair"))?;
 

@@ -431,7 +431,7 @@ fn prepare_process(
                 "process.terminal is true but no --console-socket was given",
             )
         })?;
-        crate::console::setup(sock, process.console_size())?;
+        crate::console::setup(sock, process)?;
     }
     // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it before dropping it.
     // A notify filter is installed here too, so that its descriptor reaches the runtime.

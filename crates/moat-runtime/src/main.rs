@@ -172,6 +172,7 @@ impl CreateArgs {
             no_new_keyring: self.no_new_keyring,
             preserve_fds: self.preserve_fds,
             systemd_cgroup: systemd,
+            console: None,
         }
     }
 }
@@ -220,6 +221,9 @@ fn dispatch(cli: &Cli, log: &mut Logger) -> Result<ExitCode> {
     }
     match &cli.cmd {
         Cmd::Create(a) => {
+            if a.console_socket.is_none() {
+                run::check_detached_terminal(run::bundle_terminal(&a.bundle)?, false)?;
+            }
             moat_container::create(&store, &a.options(cli.systemd_cgroup))
                 .with_context(|| format!("create container {}", a.id))?;
         }
