@@ -108,7 +108,7 @@ pub enum ContainerError {
     },
     #[error("container {0}: cannot exec in a paused container (use --ignore-paused to override)")]
     ExecPaused(String),
-    #[error("exec in container {id}: --cgroup {spec:?}: {message}")]
+    #[error("--cgroup {spec:?} (container {id}): {message}")]
     SubCgroup {
         id: String,
         spec: String,

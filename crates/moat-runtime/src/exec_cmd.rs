@@ -114,6 +114,9 @@ fn build_process(a: &ExecArgs, base: impl FnOnce() -> Result<Process>) -> Result
         p.user_mut()
             .set_additional_gids(Some(a.additional_gids.clone()));
     }
+    // As runc 1.1 (since the fix of CVE-2022-29162): added capabilities go into the bounding,
+    // effective, permitted and ambient sets, never the inheritable one; an ambient capability
+    // that is not inheritable is then skipped, as runc skips it.
     if !a.cap.is_empty() {
         let extra: oci_spec::runtime::Capabilities =
             serde_json::from_value(serde_json::json!(a.cap))
@@ -127,7 +130,6 @@ fn build_process(a: &ExecArgs, base: impl FnOnce() -> Result<Process>) -> Result
         caps.set_bounding(add(caps.bounding()));
         caps.set_effective(add(caps.effective()));
         caps.set_permitted(add(caps.permitted()));
-        caps.set_inheritable(add(caps.inheritable()));
         caps.set_ambient(add(caps.ambient()));
         p.set_capabilities(Some(caps));
     }
