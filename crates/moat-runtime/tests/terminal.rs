@@ -193,3 +193,30 @@ fn exec_tty_without_console_socket() {
     rt.ok(&["delete", "--force", &id]);
     assert_clean(&rt, &id, Some(b.path()));
 }
+
+/// The README's runc-style example, exactly: `spec` unchanged, then `run` in a terminal; the
+/// shell reads what is typed (here piped into `script`) and its exit status comes back.
+#[test]
+fn readme_spec_then_run_unchanged() {
+    let rt = Rt::new();
+    let b = Bundle::new(&["true"]);
+    std::fs::remove_file(b.path().join("config.json")).unwrap();
+    let id = id("readme");
+    let root = rt.root.path().display();
+    let inner = format!(
+        "cd {} && {BIN} --root {root} spec && {BIN} --root {root} run {id}",
+        b.path().display()
+    );
+    let o = run_deadline(
+        Command::new("sh").args([
+            "-c",
+            &format!("printf 'echo hi-$((6*7))\\nexit 7\\n' | script -qec '{inner}' /dev/null"),
+        ]),
+        Duration::from_secs(60),
+        "spec && run",
+    );
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(7), "{out}");
+    assert!(out.contains("hi-42\n"), "{out}");
+    assert_clean(&rt, &id, Some(b.path()));
+}
