@@ -220,3 +220,40 @@ fn readme_spec_then_run_unchanged() {
     assert!(out.contains("hi-42\n"), "{out}");
     assert_clean(&rt, &id, Some(b.path()));
 }
+
+/// Signals sent to the runtime reach the container's process; the caller's terminal is restored
+/// whatever way the container ends (here killed by SIGKILL: status 137).
+#[test]
+fn signals_are_forwarded_and_the_terminal_restored() {
+    let rt = Rt::new();
+    let b = terminal_bundle("trap 'echo got-term; exit 9' TERM; sleep 10 & wait");
+    let id = id("ttysig");
+    let run = moat_run(&rt, &b, &id);
+    let o = in_pty(&format!(
+        "stty -g; {run} </dev/tty & sleep 1; kill -TERM $!; wait $!; echo status=$?; stty -g"
+    ));
+    let out = text(&o);
+    assert!(out.contains("got-term\n"), "{out}");
+    assert!(out.contains("status=9\n"), "{out}");
+    let modes: Vec<&str> = out
+        .lines()
+        .filter(|l| l.matches(':').count() > 10)
+        .collect();
+    assert_eq!(modes.len(), 2, "{out}");
+    assert_eq!(modes[0], modes[1], "the terminal mode changed: {out}");
+    let b = terminal_bundle("sleep 10");
+    let o = in_pty(&format!(
+        "stty -g; {} </dev/tty & sleep 1; {BIN} --root {} kill {id} KILL; wait $!; echo status=$?; stty -g",
+        moat_run(&rt, &b, &id),
+        rt.root.path().display()
+    ));
+    let out = text(&o);
+    assert!(out.contains("status=137\n"), "{out}");
+    let modes: Vec<&str> = out
+        .lines()
+        .filter(|l| l.matches(':').count() > 10)
+        .collect();
+    assert_eq!(modes.len(), 2, "{out}");
+    assert_eq!(modes[0], modes[1], "the terminal mode changed: {out}");
+    assert_clean(&rt, &id, Some(b.path()));
+}
