@@ -184,6 +184,12 @@ fn exec_tty_without_console_socket() {
     let out = text(&o);
     assert_eq!(o.status.code(), Some(4), "{out}");
     assert!(out.contains("/dev/pts/"), "{out}");
+    // The pts belongs to the exec'd process's user, as runc's fixStdioPermissions leaves it.
+    let o = in_pty(&format!(
+        "{BIN} --root {} exec -t -u 1000:1000 {id} sh -c 'stat -c %u $(tty)'",
+        rt.root.path().display()
+    ));
+    assert!(text(&o).contains("1000\n"), "{}", text(&o));
     let o = rt.out(&["exec", "-d", "-t", &id, "true"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
