@@ -284,7 +284,12 @@ fn write_id_maps(bundle: &Bundle, pid: i32) -> Result<()> {
 
 /// Write the pid file atomically (temp file + rename), as containerd and conmon expect.
 pub fn write_pid_file(path: &std::path::Path, pid: i32) -> Result<()> {
-    let tmp = path.with_extension("moat-tmp");
+    // Written beside it as `.NAME` then renamed, as runc does (its error names the same path).
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}"));
     std::fs::write(&tmp, pid.to_string()).map_err(crate::error::io("write pid file", &tmp))?;
     std::fs::rename(&tmp, path).map_err(crate::error::io("write pid file", path))
 }
