@@ -16,8 +16,8 @@
 //!   but is enabled in the hybrid unified mount, `hugetlb.<size>.max` there;
 //! - network → `net_cls.classid`, `net_prio.ifpriomap`; rdma → `rdma.max` (v1 or unified);
 //! - devices → `devices.deny`/`devices.allow` (see [`crate::devices`]);
-//! - unified: written into the hybrid unified directory when the host has one and the file
-//!   exists there (i.e. its controller is attached to cgroup2, not v1); refused otherwise.
+//! - unified: refused with runc's message, as runc refuses it on any host that is not pure
+//!   cgroup v2 (hybrid included).
 //!
 //! What it must never do: write a controller's file in another controller's hierarchy.
 
@@ -174,14 +174,13 @@ pub fn apply(dirs: &V1Dirs, res: &LinuxResources) -> Result<()> {
         let f = "linux.resources.devices";
         devices::apply_v1(dirs.need("devices", f)?, d)?;
     }
-    if let Some(u) = res.unified() {
-        let dir = dirs.unified().ok_or_else(|| {
-            CgroupError::Unsupported(
-                "linux.resources.unified: this host uses cgroup v1 without a unified (cgroup2) mount"
-                    .into(),
-            )
-        })?;
-        v2::unified(dir, u, true)?;
+    // runc refuses `unified` unless the host is pure cgroup v2, hybrid hosts included: its
+    // files would land in a hierarchy that holds none of the container's v1 controllers.
+    if res.unified().as_ref().is_some_and(|u| !u.is_empty()) {
+        return Err(CgroupError::Unsupported(
+            "linux.resources.unified: invalid configuration: cannot use unified on cgroup v1"
+                .into(),
+        ));
     }
     Ok(())
 }

@@ -29,6 +29,9 @@ pub struct CreateOptions {
     pub no_new_keyring: bool,
     pub preserve_fds: u32,
     pub systemd_cgroup: bool,
+    /// A console socket the caller already holds (the runtime's end of a socketpair when it
+    /// relays the terminal itself); used instead of `console_socket`.
+    pub console: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// A created container.
@@ -157,7 +160,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
         "open exec fifo {}",
         fifo.display()
     )))?;
-    let console = crate::console::connect(opts.console_socket.as_deref())?;
+    let console = crate::console::connect(opts.console.as_ref(), opts.console_socket.as_deref())?;
     let listener = crate::seccomp::connect_listener(seccomp.as_ref())?;
     let (parent, child) =
         crate::sync::pair().map_err(crate::error::sys("create sync socketpair"))?;
@@ -320,7 +323,12 @@ fn write_id_maps(bundle: &Bundle, pid: i32) -> Result<()> {
 
 /// Write the pid file atomically (temp file + rename), as containerd and conmon expect.
 pub fn write_pid_file(path: &std::path::Path, pid: i32) -> Result<()> {
-    let tmp = path.with_extension("moat-tmp");
+    // Written beside it as `.NAME` then renamed, as runc does (its error names the same path).
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}"));
     std::fs::write(&tmp, pid.to_string()).map_err(crate::error::io("write pid file", &tmp))?;
     std::fs::rename(&tmp, path).map_err(crate::error::io("write pid file", path))
 }

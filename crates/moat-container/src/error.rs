@@ -110,6 +110,14 @@ pub enum ContainerError {
         action: &'static str,
         status: String,
     },
+    #[error("container {0}: cannot exec in a paused container (use --ignore-paused to override)")]
+    ExecPaused(String),
+    #[error("--cgroup {spec:?} (container {id}): {message}")]
+    SubCgroup {
+        id: String,
+        spec: String,
+        message: String,
+    },
     #[error("state of container {id} at {path}: {message}")]
     State {
         id: String,

@@ -447,7 +447,7 @@ fn prepare_process(
                 "process.terminal is true but no --console-socket was given",
             )
         })?;
-        crate::console::setup(sock, process.console_size())?;
+        crate::console::setup(sock, process)?;
     }
     let nnp = process.no_new_privileges().unwrap_or(false);
     let caps = process.capabilities().as_ref();

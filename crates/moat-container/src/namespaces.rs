@@ -7,6 +7,20 @@ use std::path::PathBuf;
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
+/// The path of a namespace to join; an empty `path` (what Go tools write for the zero value, and
+/// runc reads as "create a new one") means none.
+pub fn ns_path(ns: &oci_spec::runtime::LinuxNamespace) -> Option<&PathBuf> {
+    ns.path().as_ref().filter(|p| !p.as_os_str().is_empty())
+}
+
+/// The kernel's (and runc's) name of a namespace type: `pid`, `network`, `mount`...
+pub fn type_name(t: LinuxNamespaceType) -> String {
+    serde_json::to_value(t)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{t:?}").to_lowercase())
+}
+
 /// The namespace plan of one container.
 #[derive(Debug, Clone, Default)]
 pub struct NsPlan {
@@ -44,7 +58,7 @@ impl NsPlan {
             .and_then(|l| l.namespaces().clone())
             .unwrap_or_default()
         {
-            match ns.path() {
+            match ns_path(&ns) {
                 Some(p) => plan.joins.push((ns.typ(), p.clone())),
                 None => plan.new |= Self::flag(ns.typ()),
             }

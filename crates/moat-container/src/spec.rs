@@ -149,10 +149,13 @@ pub fn validate(spec: &Spec) -> Result<()> {
         if !seen.insert(ns.typ()) {
             return Err(invalid(
                 &format!("linux.namespaces[{i}]"),
-                &format!("namespace {:?} is listed twice", ns.typ()),
+                &format!(
+                    "namespace {:?} is listed twice",
+                    crate::namespaces::type_name(ns.typ())
+                ),
             ));
         }
-        if let Some(p) = ns.path() {
+        if let Some(p) = crate::namespaces::ns_path(ns) {
             if !p.is_absolute() {
                 return Err(invalid(
                     &format!("linux.namespaces[{i}].path"),
@@ -176,7 +179,7 @@ pub fn validate(spec: &Spec) -> Result<()> {
     }
     let new_userns = namespaces
         .iter()
-        .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
+        .any(|n| n.typ() == LinuxNamespaceType::User && crate::namespaces::ns_path(n).is_none());
     if new_userns && linux.uid_mappings().as_ref().is_none_or(|m| m.is_empty()) {
         return Err(invalid(
             "linux.uidMappings",

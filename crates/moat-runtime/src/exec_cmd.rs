@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use moat_container::Store;
+use moat_runtime::tty::{ConsolePair, Relay};
 use oci_spec::runtime::Process;
 
 use crate::log::Logger;
@@ -16,7 +17,7 @@ pub struct ExecArgs {
     /// Path to a process.json (an OCI process) to run instead of ARGS.
     #[arg(short, long, value_name = "FILE")]
     pub process: Option<PathBuf>,
-    /// Allocate a pseudo-terminal (needs --console-socket).
+    /// Allocate a pseudo-terminal (relayed to our stdin/stdout without --console-socket).
     #[arg(short, long)]
     pub tty: bool,
     /// Unix socket that receives the pty master.
@@ -52,6 +53,13 @@ pub struct ExecArgs {
     /// SELinux process label (ignored when SELinux is disabled, as runc does).
     #[arg(long)]
     pub process_label: Option<String>,
+    /// Exec even if the container is paused (the process runs once it is resumed).
+    #[arg(long)]
+    pub ignore_paused: bool,
+    /// Run in a sub-cgroup of the container: PATH, or CONTROLLER[,CONTROLLER]:PATH on cgroup
+    /// v1; may be repeated. The sub-cgroup must exist.
+    #[arg(long, value_name = "PATH|CTRL:PATH")]
+    pub cgroup: Vec<String>,
     /// Pass N extra file descriptors (3..3+N).
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: u32,
@@ -108,6 +116,9 @@ fn build_process(a: &ExecArgs, base: impl FnOnce() -> Result<Process>) -> Result
         p.user_mut()
             .set_additional_gids(Some(a.additional_gids.clone()));
     }
+    // As runc 1.1 (since the fix of CVE-2022-29162): added capabilities go into the bounding,
+    // effective, permitted and ambient sets, never the inheritable one; an ambient capability
+    // that is not inheritable is then skipped, as runc skips it.
     if !a.cap.is_empty() {
         let extra: oci_spec::runtime::Capabilities =
             serde_json::from_value(serde_json::json!(a.cap))
@@ -121,7 +132,6 @@ fn build_process(a: &ExecArgs, base: impl FnOnce() -> Result<Process>) -> Result
         caps.set_bounding(add(caps.bounding()));
         caps.set_effective(add(caps.effective()));
         caps.set_permitted(add(caps.permitted()));
-        caps.set_inheritable(add(caps.inheritable()));
         caps.set_ambient(add(caps.ambient()));
         p.set_capabilities(Some(caps));
     }
@@ -177,17 +187,35 @@ pub fn exec(store: &Store, a: &ExecArgs, log: &mut Logger) -> Result<ExitCode> {
             a.id
         );
     }
+    let terminal = process.terminal().unwrap_or(false) && a.console_socket.is_none();
+    if a.detach {
+        crate::run::check_detached_terminal(terminal, false)?;
+    }
+    let pair = terminal.then(ConsolePair::new).transpose()?;
     let opts = moat_container::exec::ExecOptions {
         id: a.id.clone(),
         console_socket: a.console_socket.clone(),
         pid_file: a.pid_file.clone(),
         preserve_fds: a.preserve_fds,
+        console: pair.as_ref().map(|p| p.theirs.clone()),
+        ignore_paused: a.ignore_paused,
+        cgroups: a.cgroup.clone(),
     };
+    log.debug(&format!("exec in container {}: {:?}", a.id, process.args()));
     let pid = moat_container::exec::exec(store, &opts, process)
         .with_context(|| format!("exec in container {}", a.id))?;
+    let relay = match pair {
+        Some(p) => {
+            moat_runtime::block_forwarded().context("block signals")?;
+            Some(Relay::start(p.receive_master()?)?)
+        }
+        None => None,
+    };
     if a.detach {
         return Ok(ExitCode::SUCCESS);
     }
-    let code = crate::run::wait_forwarding(pid, log)?;
+    let code = crate::run::wait_forwarding(pid, log, relay.as_ref());
+    drop(relay);
+    let code = code?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }

@@ -1,6 +1,8 @@
 //! The runtime's log: `--log FILE` (append), `--log-format text|json` (json lines with `level`,
 //! `msg` and `time`, the shape containerd's go-runc reads back on failure), `--debug`. Errors are
-//! also printed as one `error: ...` line on stderr.
+//! also printed as one `error: ...` line on stderr. Debug lines have runc's form
+//! (`time="..." level=debug msg="..."`, or a JSON object with `--log-format json`) and go to the
+//! log file, or to stderr without `--log`, as runc's do.
 
 use std::io::Write;
 
@@ -34,9 +36,9 @@ impl Logger {
 
     pub fn debug(&mut self, msg: &str) {
         if self.debug {
-            self.write("debug", msg);
-            if self.file.is_none() {
-                eprintln!("debug: {msg}");
+            match self.file {
+                Some(_) => self.write("debug", msg),
+                None => eprintln!("{}", self.line("debug", msg)),
             }
         }
     }
@@ -46,15 +48,20 @@ impl Logger {
         eprintln!("error: {msg}");
     }
 
-    fn write(&mut self, level: &str, msg: &str) {
-        let Some(f) = self.file.as_mut() else { return };
+    /// One line in the `--log-format` form.
+    fn line(&self, level: &str, msg: &str) -> String {
         let time = moat_container::state::now_rfc3339();
-        let line = match self.format {
+        match self.format {
             LogFormat::Json => {
                 serde_json::json!({ "level": level, "msg": msg, "time": time }).to_string()
             }
             LogFormat::Text => format!("time=\"{time}\" level={level} msg={msg:?}"),
-        };
+        }
+    }
+
+    fn write(&mut self, level: &str, msg: &str) {
+        let line = self.line(level, msg);
+        let Some(f) = self.file.as_mut() else { return };
         let _ = writeln!(f, "{line}");
     }
 }

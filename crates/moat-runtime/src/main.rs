@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Arg, ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
 use moat_container::{state::Status, Store};
 
 use crate::log::{LogFormat, Logger};
@@ -26,7 +26,7 @@ use crate::log::{LogFormat, Logger};
 /// `moat-runtime run --bundle . mycontainer`. podman (`--runtime`), containerd (`runc` shim with
 /// `BinaryName`) and Docker can call it in place of runc.
 #[derive(Parser, Debug)]
-#[command(name = "moat-runtime", version, about, long_about = None, propagate_version = true)]
+#[command(name = "moat-runtime", about, long_about = None)]
 struct Cli {
     /// Directory holding the state of containers.
     #[arg(long, default_value = "/run/moat", value_name = "DIR")]
@@ -172,6 +172,7 @@ impl CreateArgs {
             no_new_keyring: self.no_new_keyring,
             preserve_fds: self.preserve_fds,
             systemd_cgroup: systemd,
+            console: None,
         }
     }
 }
@@ -186,7 +187,7 @@ fn main() -> ExitCode {
         .any(|a| a == "create" || a == "run" || a == "exec");
     let sealed = enters && moat_sys::fd::running_from_sealed_copy();
     let reexec_failed = (enters && !sealed).then(moat_sys::fd::reexec_from_sealed_copy);
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     let mut log = Logger::new(cli.log.as_deref(), cli.log_format, cli.debug);
     if let Some(e) = reexec_failed {
         log.error(&format!(
@@ -208,6 +209,43 @@ fn main() -> ExitCode {
     }
 }
 
+/// runc's help layout (NAME and USAGE sections, which scripts parse) for the top level and every
+/// command.
+fn help_template(name: &str) -> &'static str {
+    let t = format!(
+        "NAME:\n   {name} - {{about}}\n\nUSAGE:\n   {{usage}}\n\n{{all-args}}{{after-help}}"
+    );
+    Box::leak(t.into_boxed_str())
+}
+
+/// The command line with runc's help sections and its `--version`/`-v`: `moat-runtime version X`
+/// then the OCI runtime spec version, as runc prints them.
+fn command() -> clap::Command {
+    let version: &'static str = Box::leak(
+        format!(
+            "version {}\nspec: {}",
+            env!("CARGO_PKG_VERSION"),
+            moat_container::state::OCI_VERSION
+        )
+        .into_boxed_str(),
+    );
+    Cli::command()
+        .version(version)
+        .disable_version_flag(true)
+        .arg(
+            Arg::new("version")
+                .short('v')
+                .long("version")
+                .action(ArgAction::Version)
+                .help("Print the version"),
+        )
+        .help_template(help_template("moat-runtime"))
+        .mut_subcommands(|s| {
+            let t = help_template(&format!("moat-runtime {}", s.get_name()));
+            s.help_template(t)
+        })
+}
+
 fn dispatch(cli: &Cli, log: &mut Logger) -> Result<ExitCode> {
     let store = Store::new(&cli.root);
     match &cli.rootless[..] {
@@ -220,6 +258,9 @@ fn dispatch(cli: &Cli, log: &mut Logger) -> Result<ExitCode> {
     }
     match &cli.cmd {
         Cmd::Create(a) => {
+            if a.console_socket.is_none() {
+                run::check_detached_terminal(run::bundle_terminal(&a.bundle)?, false)?;
+            }
             let created = moat_container::create(&store, &a.options(cli.systemd_cgroup))
                 .with_context(|| format!("create container {}", a.id))?;
             moat_runtime::print_warnings(&created.warnings);

@@ -1,17 +1,37 @@
 //! `moat-runtime run`: create and start a container in one call, forward signals to its init,
 //! wait for it, delete it, and exit with its status (128+N when killed by signal N), as runc does.
+//! With `process.terminal` and no `--console-socket`, the runtime holds the console itself and
+//! relays it to its own stdin/stdout ([`moat_runtime::tty`]); detached, that is refused as runc
+//! refuses it ([`check_detached_terminal`]).
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use moat_container::Store;
-use nix::sys::signal::{SigSet, Signal};
+use moat_runtime::tty::{ConsolePair, Relay};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::log::Logger;
 
-use moat_runtime::FORWARDED;
+/// runc's refusal of a terminal nobody would read: detached, without a console socket.
+pub fn check_detached_terminal(terminal: bool, console_socket: bool) -> Result<()> {
+    if terminal && !console_socket {
+        bail!("cannot allocate tty if moat-runtime will detach without setting console socket");
+    }
+    Ok(())
+}
+
+/// Whether the bundle's process asks for a terminal.
+pub fn bundle_terminal(bundle: &std::path::Path) -> Result<bool> {
+    let b = moat_container::spec::load_bundle(bundle)?;
+    Ok(b.spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false))
+}
 
 pub fn run(
     store: &Store,
@@ -20,9 +40,37 @@ pub fn run(
     keep: bool,
     log: &mut Logger,
 ) -> Result<ExitCode> {
-    let created = moat_container::create(store, opts)
+    let terminal = opts.console_socket.is_none()
+        && bundle_terminal(&opts.bundle).with_context(|| format!("run container {}", opts.id))?;
+    if detach {
+        check_detached_terminal(terminal, opts.console_socket.is_some())?;
+    }
+    let mut opts = opts.clone();
+    let pair = if terminal {
+        let pair = ConsolePair::new()?;
+        opts.console = Some(pair.theirs.clone());
+        log.debug("terminal: relaying the container's pty (no --console-socket)");
+        Some(pair)
+    } else {
+        None
+    };
+    let created = moat_container::create(store, &opts)
         .with_context(|| format!("create container {}", opts.id))?;
     moat_runtime::print_warnings(&created.warnings);
+    // Only the pair holds the socket now: a missing master reads as end-of-file, not a hang.
+    opts.console = None;
+    let opts = &opts;
+    let relay = match pair.map(|p| -> Result<Relay> {
+        moat_runtime::block_forwarded().context("block signals")?;
+        Ok(Relay::start(p.receive_master()?)?)
+    }) {
+        Some(Err(e)) => {
+            let _ = moat_container::delete::delete(store, &opts.id, true);
+            return Err(e).with_context(|| format!("run container {}", opts.id));
+        }
+        Some(Ok(r)) => Some(r),
+        None => None,
+    };
     if let Err(e) = moat_container::start::start(store, &opts.id) {
         let _ = moat_container::delete::delete(store, &opts.id, true);
         return Err(e).with_context(|| format!("start container {}", opts.id));
@@ -30,7 +78,9 @@ pub fn run(
     if detach {
         return Ok(ExitCode::SUCCESS);
     }
-    let status = wait_forwarding(Pid::from_raw(created.pid), log)?;
+    let status = wait_forwarding(Pid::from_raw(created.pid), log, relay.as_ref());
+    drop(relay);
+    let status = status?;
     if !keep {
         moat_container::delete::delete(store, &opts.id, true)
             .with_context(|| format!("delete container {}", opts.id))?;
@@ -39,14 +89,10 @@ pub fn run(
 }
 
 /// Wait for our child `pid` while forwarding the usual terminal and job-control signals to it;
-/// returns its exit status, 128+N when killed by signal N.
-pub fn wait_forwarding(pid: Pid, log: &mut Logger) -> Result<i32> {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGCHLD);
-    for s in FORWARDED {
-        set.add(*s);
-    }
-    set.thread_block().context("block signals")?;
+/// returns its exit status, 128+N when killed by signal N. With a terminal `relay`, SIGWINCH
+/// resizes the pty instead (the kernel then signals the pty's foreground process group).
+pub fn wait_forwarding(pid: Pid, log: &mut Logger, relay: Option<&Relay>) -> Result<i32> {
+    let set = moat_runtime::block_forwarded().context("block signals")?;
     loop {
         match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(code),
@@ -57,6 +103,11 @@ pub fn wait_forwarding(pid: Pid, log: &mut Logger) -> Result<i32> {
         }
         match set.wait() {
             Ok(Signal::SIGCHLD) => {}
+            Ok(Signal::SIGWINCH) if relay.is_some() => {
+                if let Some(r) = relay {
+                    r.resize();
+                }
+            }
             Ok(sig) => {
                 log.debug(&format!("forwarding {sig} to {pid}"));
                 let _ = nix::sys::signal::kill(pid, sig);

@@ -205,3 +205,56 @@ fn sigkill_during_create_then_delete_force_leaves_nothing() {
         "a runtime or init process survived"
     );
 }
+
+#[test]
+fn namespace_listed_twice_is_refused_by_name_but_empty_path_means_new() {
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["readlink", "/proc/self/ns/cgroup"]);
+    let others: Vec<serde_json::Value> = b.spec["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["type"] != "cgroup")
+        .cloned()
+        .collect();
+    let mut twice = others.clone();
+    twice.push(json!({"type": "pid"}));
+    b.spec["linux"]["namespaces"] = json!(twice);
+    b.save();
+    let err = create_fails(&rt, &b, &id("ns2"));
+    assert!(err.contains("namespace \"pid\" is listed twice"), "{err}");
+    // The cgroup namespace as Go tools write it (`path` left at its zero value, which runc reads
+    // as "create a new one").
+    let mut with_cgroup = others;
+    with_cgroup.push(json!({"type": "cgroup", "path": ""}));
+    b.spec["linux"]["namespaces"] = json!(with_cgroup);
+    b.save();
+    let id = id("nscg");
+    let out = rt.run_ok(&b, &id);
+    let host = std::fs::read_link("/proc/self/ns/cgroup").unwrap();
+    assert!(out.starts_with("cgroup:["), "{out}");
+    assert_ne!(
+        out.trim(),
+        host.to_string_lossy(),
+        "no new cgroup namespace"
+    );
+    assert_clean(&rt, &id, Some(b.path()));
+}
+
+#[test]
+fn unified_resources_on_a_v1_host_are_refused_as_runc() {
+    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        eprintln!("skipped: this host is pure cgroup v2");
+        return;
+    }
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["true"]);
+    b.spec["linux"]["resources"]["unified"] = json!({"memory.max": "100000000"});
+    b.save();
+    let err = create_fails(&rt, &b, &id("unified"));
+    assert!(
+        err.contains("linux.resources.unified")
+            && err.contains("invalid configuration: cannot use unified on cgroup v1"),
+        "{err}"
+    );
+}

@@ -260,23 +260,6 @@ fn terminal_through_console_socket() {
 }
 
 #[test]
-fn terminal_without_console_socket_is_refused() {
-    let rt = Rt::new();
-    let mut b = Bundle::new(&["true"]);
-    b.spec["process"]["terminal"] = json!(true);
-    b.save();
-    let id = id("notty");
-    let o = rt.create_out(&b, &id, &[]);
-    assert!(!o.status.success());
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("console-socket"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_clean(&rt, &id, Some(b.path()));
-}
-
-#[test]
 fn apparmor_profile_is_applied_or_refused_and_selinux_label_ignored_when_disabled() {
     let rt = Rt::new();
     let mut b = Bundle::new(&["true"]);

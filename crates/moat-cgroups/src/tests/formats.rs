@@ -347,7 +347,7 @@ fn v1_refusals() {
         ),
         (
             json!({"unified": {"memory.high": "1"}}),
-            "in the hybrid layout most controllers are bound to v1",
+            "linux.resources.unified: invalid configuration: cannot use unified on cgroup v1",
         ),
         (
             json!({"memory": {"kernel": 1}}),
@@ -358,15 +358,17 @@ fn v1_refusals() {
         let e = v1::apply(&dirs, &res(j.clone())).unwrap_err().to_string();
         assert!(e.contains(want), "{j}: {e}");
     }
-    // Without a unified mount, `unified` is refused outright.
+    // As runc: refused with or without a unified mount, even where the file exists there; an
+    // empty map is no request.
     let plain = V1Dirs::new([], None);
-    let e = v1::apply(&plain, &res(json!({"unified": {"a.b": "1"}}))).unwrap_err();
-    assert!(
-        e.to_string().contains("without a unified (cgroup2) mount"),
-        "{e}"
-    );
-    // Writes into the hybrid unified directory work where the file exists.
-    v1::apply(&dirs, &res(json!({"unified": {"memory.pressure": "x"}}))).unwrap();
+    for d in [&plain, &dirs] {
+        let e = v1::apply(d, &res(json!({"unified": {"memory.pressure": "x"}}))).unwrap_err();
+        assert!(
+            e.to_string().contains("cannot use unified on cgroup v1"),
+            "{e}"
+        );
+    }
+    v1::apply(&dirs, &res(json!({"unified": {}}))).unwrap();
 }
 
 #[test]
