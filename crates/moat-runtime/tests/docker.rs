@@ -1,0 +1,487 @@
+//! moat-runtime as a Docker runtime: a real dockerd (Debian's docker.io 20.10) started by the
+//! test with moat-runtime registered as `--runtime moat`, driven through the `docker` CLI.
+//!
+//! One dockerd serves every case of this file (starting one costs about a second); the cases run
+//! one after another inside a single test, each caught on its own so that one failure does not
+//! hide the others, and the test fails listing the cases that failed. Where it is cheap a case
+//! runs the same commands with `--runtime runc` and compares. Set `MOAT_DOCKER_CASES=a,b` to run
+//! some cases only. Skipped (with the reason printed) only when docker.io cannot be installed.
+
+mod common;
+#[path = "support/dockerd.rs"]
+mod dockerd;
+
+use common::support::*;
+use common::*;
+use dockerd::{Dockerd, DOCKER_IMAGE as IMG};
+
+use std::panic::AssertUnwindSafe;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const RUNTIMES: [&str; 2] = ["moat", "runc"];
+
+/// One case of the suite, given the shared daemon.
+type Case = fn(&Dockerd);
+
+/// `run --rm --network none --runtime RT [flags] IMG sh -c script`: (exit code, stdout, stderr).
+fn run_sh(dk: &Dockerd, rt: &str, flags: &[&str], script: &str) -> (i32, String, String) {
+    let mut args = vec!["run", "--rm", "--network", "none", "--runtime", rt];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&[IMG, "sh", "-c", script]);
+    let o = dk.out(&args);
+    (
+        o.status.code().unwrap_or(-1),
+        text(&o.stdout),
+        text(&o.stderr),
+    )
+}
+
+/// The same run with moat and with runc must give the same exit code and output; returns it.
+fn same_as_runc(dk: &Dockerd, flags: &[&str], script: &str) -> (i32, String, String) {
+    let moat = run_sh(dk, "moat", flags, script);
+    let runc = run_sh(dk, "runc", flags, script);
+    assert_eq!(moat, runc, "moat vs runc for {flags:?} {script:?}");
+    moat
+}
+
+/// Wait (up to 10 s) until `f` holds.
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn inspect(dk: &Dockerd, id: &str, format: &str) -> String {
+    dk.ok(&["inspect", "-f", format, id]).trim().to_owned()
+}
+
+fn run_rm(dk: &Dockerd) {
+    let (code, out, err) = same_as_runc(dk, &[], "echo hello; echo oops >&2; exit 3");
+    assert_eq!((code, out.as_str(), err.as_str()), (3, "hello\n", "oops\n"));
+}
+
+fn detach_logs(dk: &Dockerd) {
+    let mut logs = Vec::new();
+    for rt in RUNTIMES {
+        let id = dk.run_d(&[
+            "--network",
+            "none",
+            "--runtime",
+            rt,
+            IMG,
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exec sleep 60",
+        ]);
+        wait_for("logs", || dk.ok(&["logs", &id]).contains("out"));
+        let o = dk.out(&["logs", &id]);
+        logs.push((text(&o.stdout), text(&o.stderr)));
+        dk.ok(&["rm", "-f", &id]);
+    }
+    assert_eq!(logs[0], ("out\n".to_owned(), "err\n".to_owned()));
+    assert_eq!(logs[0], logs[1], "moat vs runc");
+}
+
+fn exec(dk: &Dockerd) {
+    let id = dk.run_d(&["--network", "none", "--runtime", "moat", IMG, "sleep", "60"]);
+    // -i: stdin reaches the process (run_deadline's stdin is /dev/null: pipe through sh).
+    let sock = dk.sock();
+    let o = run_deadline(
+        Command::new("sh").arg("-c").arg(format!(
+            "echo hello | /usr/bin/docker -H unix://{} exec -i {id} sh -c 'read l; echo got $l'",
+            sock.display()
+        )),
+        Duration::from_secs(30),
+        "docker exec -i",
+    );
+    assert_eq!(
+        text(&o.stdout),
+        "got hello\n",
+        "stderr: {}",
+        text(&o.stderr)
+    );
+    // -t: a terminal, through script(1) which gives docker one.
+    let o = run_deadline(
+        Command::new("script")
+            .args(["-qec"])
+            .arg(format!(
+                "/usr/bin/docker -H unix://{} exec -t {id} sh -c 'tty; echo ok'",
+                sock.display()
+            ))
+            .arg("/dev/null"),
+        Duration::from_secs(30),
+        "docker exec -t",
+    );
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("/dev/pts/") && out.contains("ok"),
+        "exec -t: {out:?} {}",
+        text(&o.stderr)
+    );
+    // The exit code of the exec'd process.
+    let o = dk.out(&["exec", &id, "sh", "-c", "exit 7"]);
+    assert_eq!(o.status.code(), Some(7));
+    // top lists the container's process.
+    let top = dk.ok(&["top", &id]);
+    assert!(top.contains("sleep 60"), "top: {top}");
+    dk.ok(&["rm", "-f", &id]);
+}
+
+fn stop_restart(dk: &Dockerd) {
+    let script = "trap 'echo bye; exit 0' TERM; echo start; while true; do sleep 0.1; done";
+    let mut seen = Vec::new();
+    for rt in RUNTIMES {
+        let id = dk.run_d(&[
+            "--network",
+            "none",
+            "--runtime",
+            rt,
+            IMG,
+            "sh",
+            "-c",
+            script,
+        ]);
+        wait_for("start", || dk.ok(&["logs", &id]).contains("start"));
+        let t = Instant::now();
+        dk.ok(&["stop", "-t", "10", &id]);
+        let stop_secs = t.elapsed().as_secs_f64();
+        let after_stop = inspect(dk, &id, "{{.State.Status}} {{.State.ExitCode}}");
+        dk.ok(&["restart", "-t", "10", &id]);
+        let after_restart = inspect(dk, &id, "{{.State.Status}}");
+        wait_for("second start", || {
+            dk.ok(&["logs", &id]).matches("start").count() == 2
+        });
+        dk.ok(&["stop", "-t", "10", &id]);
+        let logs = dk.ok(&["logs", &id]);
+        dk.ok(&["rm", "-f", &id]);
+        assert!(
+            stop_secs < 5.0,
+            "{rt}: stop took {stop_secs:.1}s (SIGTERM not delivered?)"
+        );
+        seen.push((after_stop, after_restart, logs));
+    }
+    assert_eq!(seen[0].0, "exited 0");
+    assert_eq!(seen[0].1, "running");
+    assert_eq!(seen[0].2, "start\nbye\nstart\nbye\n");
+    assert_eq!(seen[0], seen[1], "moat vs runc");
+}
+
+fn pause_unpause(dk: &Dockerd) {
+    let id = dk.run_d(&["--network", "none", "--runtime", "moat", IMG, "sleep", "60"]);
+    dk.ok(&["pause", &id]);
+    assert_eq!(inspect(dk, &id, "{{.State.Status}}"), "paused");
+    let frozen = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        dk.cgroup_file(&id, ("", ""), "cgroup.events")
+            .contains("frozen 1")
+    } else {
+        dk.cgroup_file(&id, ("freezer", "freezer.state"), "") == "FROZEN"
+    };
+    assert!(frozen, "the container's cgroup is not frozen");
+    // Docker refuses exec into a paused container itself.
+    assert!(!dk.out(&["exec", &id, "true"]).status.success());
+    dk.ok(&["unpause", &id]);
+    assert_eq!(inspect(dk, &id, "{{.State.Status}}"), "running");
+    dk.ok(&["exec", &id, "true"]);
+    dk.ok(&["rm", "-f", &id]);
+}
+
+fn update(dk: &Dockerd) {
+    let id = dk.run_d(&["--network", "none", "--runtime", "moat", IMG, "sleep", "60"]);
+    dk.ok(&[
+        "update",
+        "--memory",
+        "64m",
+        "--memory-swap",
+        "64m",
+        "--cpus",
+        "0.5",
+        "--pids-limit",
+        "50",
+        &id,
+    ]);
+    let mem = dk.cgroup_file(&id, ("memory", "memory.limit_in_bytes"), "memory.max");
+    assert_eq!(mem, "67108864");
+    let pids = dk.cgroup_file(&id, ("pids", "pids.max"), "pids.max");
+    assert_eq!(pids, "50");
+    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        assert_eq!(dk.cgroup_file(&id, ("", ""), "cpu.max"), "50000 100000");
+    } else {
+        assert_eq!(
+            dk.cgroup_file(&id, ("cpu", "cpu.cfs_quota_us"), ""),
+            "50000"
+        );
+        assert_eq!(
+            dk.cgroup_file(&id, ("cpu", "cpu.cfs_period_us"), ""),
+            "100000"
+        );
+    }
+    // Inside, the limit is the one enforced: forking past 50 processes fails.
+    let o = dk.out(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "for i in $(seq 1 60); do sleep 3 & done; echo forked",
+    ]);
+    let current: u32 = dk
+        .cgroup_file(&id, ("pids", "pids.current"), "pids.current")
+        .parse()
+        .unwrap();
+    assert!(
+        current <= 50 && !text(&o.stdout).contains("forked"),
+        "pids.max 50: {current} processes; exec: {} {}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    // All or nothing: a request moat refuses (here a unified key whose file does not exist)
+    // changes nothing, not even the memory limit that comes first.
+    let res = dk.path().join("update.json");
+    std::fs::write(
+        &res,
+        r#"{"memory": {"limit": 33554432}, "unified": {"moat.no-such-file": "1"}}"#,
+    )
+    .unwrap();
+    let o = run_deadline(
+        Command::new(BIN)
+            .arg("--root")
+            .arg(dk.runtime_root())
+            .args(["update", "-r"])
+            .arg(&res)
+            .arg(&id),
+        Duration::from_secs(30),
+        "moat-runtime update",
+    );
+    let err = text(&o.stderr);
+    assert!(!o.status.success() && err.starts_with("error:"), "{err}");
+    assert!(err.contains("moat.no-such-file"), "{err}");
+    let mem = dk.cgroup_file(&id, ("memory", "memory.limit_in_bytes"), "memory.max");
+    assert_eq!(mem, "67108864", "a refused update changed memory");
+    dk.ok(&["rm", "-f", &id]);
+}
+
+fn stats(dk: &Dockerd) {
+    let mut seen = Vec::new();
+    for rt in RUNTIMES {
+        let id = dk.run_d(&[
+            "--network",
+            "none",
+            "--runtime",
+            rt,
+            "--memory",
+            "64m",
+            IMG,
+            "sleep",
+            "60",
+        ]);
+        let s = dk.ok(&[
+            "stats",
+            "--no-stream",
+            "--format",
+            "{{.MemUsage}}|{{.PIDs}}",
+            &id,
+        ]);
+        dk.ok(&["rm", "-f", &id]);
+        let (mem, pids) = s.trim().split_once('|').unwrap_or_default();
+        let limit = mem.split(" / ").nth(1).unwrap_or_default().to_owned();
+        let used = !mem.starts_with("0B");
+        seen.push((limit, pids.to_owned(), used));
+    }
+    assert_eq!(seen[0], ("64MiB".to_owned(), "1".to_owned(), true));
+    assert_eq!(seen[0], seen[1], "moat vs runc");
+}
+
+fn read_only_tmpfs(dk: &Dockerd) {
+    let (code, out, _) = same_as_runc(dk, &["--read-only"], "touch /x 2>&1; echo rc=$?");
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("Read-only file system") && out.contains("rc=1"),
+        "{out}"
+    );
+    let (_, out, _) = same_as_runc(
+        dk,
+        &["--read-only", "--tmpfs", "/run:size=1m"],
+        "touch /run/x && echo written; grep ' /run ' /proc/mounts",
+    );
+    assert!(out.starts_with("written\ntmpfs /run tmpfs rw,"), "{out}");
+    assert!(out.contains("size=1024k"), "{out}");
+}
+
+fn user_and_caps(dk: &Dockerd) {
+    let (_, out, _) = same_as_runc(dk, &["--user", "65534:65534"], "id");
+    assert_eq!(
+        out,
+        "uid=65534(nobody) gid=65534(nogroup) groups=65534(nogroup)\n"
+    );
+    let (_, out, _) = same_as_runc(dk, &["--cap-drop", "ALL"], "grep Cap /proc/self/status");
+    for l in out.lines() {
+        assert!(l.ends_with("0000000000000000"), "{out}");
+    }
+    // Default capabilities match too.
+    same_as_runc(dk, &[], "grep Cap /proc/self/status");
+}
+
+fn oom(dk: &Dockerd) {
+    let mut seen = Vec::new();
+    for rt in RUNTIMES {
+        let name = id(&format!("moat-oom-{rt}"));
+        let o = dk.out(&[
+            "run",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            "--runtime",
+            rt,
+            "--memory",
+            "16m",
+            "--memory-swap",
+            "16m",
+            IMG,
+            "sh",
+            "-c",
+            "x=a; while true; do x=$x$x; done",
+        ]);
+        let full = inspect(dk, &name, "{{.Id}}");
+        dk.ids.borrow_mut().push(full);
+        let state = inspect(dk, &name, "{{.State.OOMKilled}} {{.State.ExitCode}}");
+        dk.ok(&["rm", &name]);
+        seen.push((o.status.code(), state));
+    }
+    assert_eq!(seen[0], (Some(137), "true 137".to_owned()));
+    assert_eq!(seen[0], seen[1], "moat vs runc");
+}
+
+/// A plain HTTP/1.0 GET of / on `addr`: the whole response.
+fn http_get(addr: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+fn publish(dk: &Dockerd) {
+    // A bridge network of our own (not docker0); docker-proxy serves -p without iptables.
+    let pid = std::process::id();
+    let (net, bridge) = (
+        format!("moat-net-{pid}"),
+        format!("moatdk{}", pid % 100_000),
+    );
+    let subnet = format!("10.213.{}.0/24", pid % 250 + 1);
+    dk.networks.borrow_mut().push((net.clone(), bridge.clone()));
+    dk.ok(&[
+        "network",
+        "create",
+        "-d",
+        "bridge",
+        "--subnet",
+        &subnet,
+        "-o",
+        &format!("com.docker.network.bridge.name={bridge}"),
+        &net,
+    ]);
+    let server = "printf 'HTTP/1.0 200 OK\\r\\n\\r\\nhello from %s\\n' $(hostname) > /tmp/r; \
+                  while true; do nc -l -p 8080 < /tmp/r; done";
+    for rt in RUNTIMES {
+        let id = dk.run_d(&[
+            "--network",
+            &net,
+            "-p",
+            "127.0.0.1::8080",
+            "--runtime",
+            rt,
+            "--hostname",
+            rt,
+            IMG,
+            "sh",
+            "-c",
+            server,
+        ]);
+        let port = dk.ok(&["port", &id, "8080"]);
+        let port = port
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .rsplit(':')
+            .next()
+            .unwrap_or_default();
+        let addr = format!("127.0.0.1:{port}");
+        let mut body = String::new();
+        wait_for(&format!("{rt}: {addr} answers"), || {
+            body = http_get(&addr).unwrap_or_default();
+            body.contains("hello")
+        });
+        let body = body.split("\r\n\r\n").nth(1).unwrap_or_default();
+        assert_eq!(body, format!("hello from {rt}\n"));
+        dk.ok(&["rm", "-f", &id]);
+    }
+    dk.ok(&["network", "rm", &net]);
+    assert!(
+        !std::path::Path::new("/sys/class/net")
+            .join(&bridge)
+            .exists(),
+        "bridge {bridge} left"
+    );
+}
+
+#[test]
+fn docker_with_moat_runtime() {
+    require_root();
+    if let Err(why) = dockerd::ensure_docker() {
+        eprintln!("SKIP: docker_with_moat_runtime: {why}");
+        return;
+    }
+    let t0 = Instant::now();
+    let dk = Dockerd::start(BIN);
+    eprintln!("dockerd up in {:.1}s", t0.elapsed().as_secs_f64());
+    let cases: [(&str, Case); 11] = [
+        ("run_rm", run_rm),
+        ("detach_logs", detach_logs),
+        ("exec_top", exec),
+        ("stop_restart", stop_restart),
+        ("pause_unpause", pause_unpause),
+        ("update", update),
+        ("stats", stats),
+        ("read_only_tmpfs", read_only_tmpfs),
+        ("user_and_caps", user_and_caps),
+        ("oom", oom),
+        ("publish", publish),
+    ];
+    let only = std::env::var("MOAT_DOCKER_CASES").ok();
+    let mut failed = Vec::new();
+    for (name, f) in cases {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|c| c == name))
+        {
+            continue;
+        }
+        let t = Instant::now();
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| f(&dk)));
+        let secs = t.elapsed().as_secs_f64();
+        match r {
+            Ok(()) => eprintln!("case {name}: ok ({secs:.1}s)"),
+            Err(_) => {
+                eprintln!(
+                    "case {name}: FAILED ({secs:.1}s)\ndockerd log:\n{}",
+                    dk.log()
+                );
+                failed.push(name);
+            }
+        }
+    }
+    if failed.is_empty() {
+        dk.assert_clean();
+    }
+    drop(dk);
+    eprintln!("total {:.1}s", t0.elapsed().as_secs_f64());
+    assert!(failed.is_empty(), "failed cases: {failed:?}");
+}
