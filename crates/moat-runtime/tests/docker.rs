@@ -66,6 +66,38 @@ fn run_rm(dk: &Dockerd) {
     assert_eq!((code, out.as_str(), err.as_str()), (3, "hello\n", "oops\n"));
 }
 
+/// Limits given to `docker run` reach the cgroup as with runc, read from inside the container
+/// (Docker mounts its cgroup at /sys/fs/cgroup).
+fn run_limits(dk: &Dockerd) {
+    let flags = [
+        "--cpu-shares",
+        "512",
+        "--cpus",
+        "1.5",
+        "--memory",
+        "64m",
+        "--memory-reservation",
+        "32m",
+        "--pids-limit",
+        "20",
+        "--blkio-weight",
+        "0",
+        "--memory-swappiness",
+        "-1",
+    ];
+    let script = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "cd /sys/fs/cgroup && cat cpu.weight cpu.max memory.max memory.low pids.max"
+    } else {
+        "cd /sys/fs/cgroup && cat cpu/cpu.shares cpu/cpu.cfs_quota_us cpu/cpu.cfs_period_us \
+         memory/memory.limit_in_bytes memory/memory.soft_limit_in_bytes pids/pids.max"
+    };
+    let (code, out, err) = same_as_runc(dk, &flags, script);
+    assert_eq!(code, 0, "{err}");
+    for want in ["150000", "67108864", "33554432", "20"] {
+        assert!(out.contains(want), "{want} not in {out}");
+    }
+}
+
 fn detach_logs(dk: &Dockerd) {
     let mut logs = Vec::new();
     for rt in RUNTIMES {
@@ -442,8 +474,9 @@ fn docker_with_moat_runtime() {
     let t0 = Instant::now();
     let dk = Dockerd::start(BIN);
     eprintln!("dockerd up in {:.1}s", t0.elapsed().as_secs_f64());
-    let cases: [(&str, Case); 11] = [
+    let cases: [(&str, Case); 12] = [
         ("run_rm", run_rm),
+        ("run_limits", run_limits),
         ("detach_logs", detach_logs),
         ("exec_top", exec),
         ("stop_restart", stop_restart),

@@ -268,6 +268,11 @@ impl Drop for Dockerd {
     fn drop(&mut self) {
         let quiet = |c: &mut Command| run_quiet(c, Duration::from_secs(30));
         if self.child.is_some() {
+            // Every container of this daemon, also those a failed `docker run` left created.
+            let docker = format!("{DOCKER} -H unix://{}", self.sock().display());
+            quiet(Command::new("sh").arg("-c").arg(format!(
+                "{docker} ps -aq --no-trunc | xargs -r {docker} rm -f"
+            )));
             for id in self.ids.borrow().iter() {
                 quiet(self.cmd().args(["rm", "-f", id]));
             }
