@@ -120,49 +120,75 @@ fn detach_logs(dk: &Dockerd) {
     assert_eq!(logs[0], logs[1], "moat vs runc");
 }
 
-fn exec(dk: &Dockerd) {
-    let id = dk.run_d(&["--network", "none", "--runtime", "moat", IMG, "sleep", "60"]);
+/// A shell command line running this daemon's docker client with `args`.
+fn docker_sh(dk: &Dockerd, args: &str) -> String {
+    format!("/usr/bin/docker -H unix://{} {args}", dk.sock().display())
+}
+
+/// `script -qec CMD /dev/null`: CMD gets a terminal (docker -t needs one); its stdout.
+fn with_tty(cmd: &str) -> String {
+    let o = run_deadline(
+        Command::new("script").arg("-qec").arg(cmd).arg("/dev/null"),
+        Duration::from_secs(30),
+        "script",
+    );
+    text(&o.stdout).replace('\r', "")
+}
+
+/// What exec -i, exec -t, run -t, an exec's exit code and top give with runtime `rt`.
+fn exec_with(dk: &Dockerd, rt: &str) -> Vec<String> {
+    let id = dk.run_d(&["--network", "none", "--runtime", rt, IMG, "sleep", "60"]);
+    let mut seen = Vec::new();
     // -i: stdin reaches the process (run_deadline's stdin is /dev/null: pipe through sh).
-    let sock = dk.sock();
     let o = run_deadline(
         Command::new("sh").arg("-c").arg(format!(
-            "echo hello | /usr/bin/docker -H unix://{} exec -i {id} sh -c 'read l; echo got $l'",
-            sock.display()
+            "echo hello | {}",
+            docker_sh(dk, &format!("exec -i {id} sh -c 'read l; echo got $l'"))
         )),
         Duration::from_secs(30),
         "docker exec -i",
     );
-    assert_eq!(
-        text(&o.stdout),
-        "got hello\n",
-        "stderr: {}",
-        text(&o.stderr)
-    );
+    seen.push(text(&o.stdout));
     // -t: a terminal, through script(1) which gives docker one.
-    let o = run_deadline(
-        Command::new("script")
-            .args(["-qec"])
-            .arg(format!(
-                "/usr/bin/docker -H unix://{} exec -t {id} sh -c 'tty; echo ok'",
-                sock.display()
-            ))
-            .arg("/dev/null"),
-        Duration::from_secs(30),
-        "docker exec -t",
-    );
-    let out = text(&o.stdout);
-    assert!(
-        out.contains("/dev/pts/") && out.contains("ok"),
-        "exec -t: {out:?} {}",
-        text(&o.stderr)
-    );
+    let tty = "sh -c 'tty; stty size >/dev/null && echo ok'";
+    seen.push(with_tty(&docker_sh(dk, &format!("exec -t {id} {tty}"))));
+    seen.push(with_tty(&docker_sh(
+        dk,
+        &format!("run --rm -t --network none --runtime {rt} {IMG} {tty}"),
+    )));
     // The exit code of the exec'd process.
-    let o = dk.out(&["exec", &id, "sh", "-c", "exit 7"]);
-    assert_eq!(o.status.code(), Some(7));
-    // top lists the container's process.
+    seen.push(format!(
+        "{:?}",
+        dk.out(&["exec", &id, "sh", "-c", "exit 7"]).status.code()
+    ));
+    // top lists the container's process (the CMD column; pids differ).
     let top = dk.ok(&["top", &id]);
-    assert!(top.contains("sleep 60"), "top: {top}");
+    seen.push(
+        top.lines()
+            .skip(1)
+            .map(|l| l.rsplit("  ").next().unwrap_or_default().trim().to_owned() + "\n")
+            .collect(),
+    );
     dk.ok(&["rm", "-f", &id]);
+    seen
+}
+
+fn exec(dk: &Dockerd) {
+    let moat = exec_with(dk, "moat");
+    assert_eq!(moat[0], "got hello\n");
+    assert!(
+        moat[1].starts_with("/dev/pts/") && moat[1].ends_with("ok\n"),
+        "exec -t: {:?}",
+        moat[1]
+    );
+    assert!(
+        moat[2].starts_with("/dev/pts/") && moat[2].ends_with("ok\n"),
+        "run -t: {:?}",
+        moat[2]
+    );
+    assert_eq!(moat[3], "Some(7)");
+    assert_eq!(moat[4], "sleep 60\n");
+    assert_eq!(moat, exec_with(dk, "runc"), "moat vs runc");
 }
 
 fn stop_restart(dk: &Dockerd) {
@@ -196,35 +222,51 @@ fn stop_restart(dk: &Dockerd) {
             stop_secs < 5.0,
             "{rt}: stop took {stop_secs:.1}s (SIGTERM not delivered?)"
         );
-        seen.push((after_stop, after_restart, logs));
+        // A PID 1 without a SIGTERM handler ignores it: stop falls back to SIGKILL.
+        let id2 = dk.run_d(&["--network", "none", "--runtime", rt, IMG, "sleep", "60"]);
+        dk.ok(&["stop", "-t", "1", &id2]);
+        let killed = inspect(dk, &id2, "{{.State.Status}} {{.State.ExitCode}}");
+        dk.ok(&["rm", "-f", &id2]);
+        seen.push((after_stop, after_restart, logs, killed));
     }
     assert_eq!(seen[0].0, "exited 0");
     assert_eq!(seen[0].1, "running");
     assert_eq!(seen[0].2, "start\nbye\nstart\nbye\n");
+    assert_eq!(seen[0].3, "exited 137");
     assert_eq!(seen[0], seen[1], "moat vs runc");
 }
 
 fn pause_unpause(dk: &Dockerd) {
-    let id = dk.run_d(&["--network", "none", "--runtime", "moat", IMG, "sleep", "60"]);
-    dk.ok(&["pause", &id]);
-    assert_eq!(inspect(dk, &id, "{{.State.Status}}"), "paused");
-    let frozen = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        dk.cgroup_file(&id, ("", ""), "cgroup.events")
-            .contains("frozen 1")
-    } else {
-        dk.cgroup_file(&id, ("freezer", "freezer.state"), "") == "FROZEN"
-    };
-    assert!(frozen, "the container's cgroup is not frozen");
-    // Docker refuses exec into a paused container itself.
-    assert!(!dk.out(&["exec", &id, "true"]).status.success());
-    dk.ok(&["unpause", &id]);
-    assert_eq!(inspect(dk, &id, "{{.State.Status}}"), "running");
-    dk.ok(&["exec", &id, "true"]);
-    dk.ok(&["rm", "-f", &id]);
+    let mut seen = Vec::new();
+    for rt in RUNTIMES {
+        let id = dk.run_d(&["--network", "none", "--runtime", rt, IMG, "sleep", "60"]);
+        dk.ok(&["pause", &id]);
+        let paused = inspect(dk, &id, "{{.State.Status}}");
+        let frozen = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            dk.cgroup_file(&id, ("", ""), "cgroup.events")
+                .contains("frozen 1")
+        } else {
+            dk.cgroup_file(&id, ("freezer", "freezer.state"), "") == "FROZEN"
+        };
+        // Docker refuses exec into a paused container itself.
+        let exec_paused = dk.out(&["exec", &id, "true"]).status.success();
+        dk.ok(&["unpause", &id]);
+        let resumed = inspect(dk, &id, "{{.State.Status}}");
+        let exec_resumed = dk.out(&["exec", &id, "true"]).status.success();
+        dk.ok(&["rm", "-f", &id]);
+        seen.push((paused, frozen, exec_paused, resumed, exec_resumed));
+    }
+    assert_eq!(
+        seen[0],
+        ("paused".to_owned(), true, false, "running".to_owned(), true)
+    );
+    assert_eq!(seen[0], seen[1], "moat vs runc");
 }
 
-fn update(dk: &Dockerd) {
-    let id = dk.run_d(&["--network", "none", "--runtime", "moat", IMG, "sleep", "60"]);
+/// `docker update` of a running container with runtime `rt`: (container id, the limits read
+/// back from its cgroup, what a fork past the new pids limit gave).
+fn update_with(dk: &Dockerd, rt: &str) -> (String, Vec<String>) {
+    let id = dk.run_d(&["--network", "none", "--runtime", rt, IMG, "sleep", "60"]);
     dk.ok(&[
         "update",
         "--memory",
@@ -237,21 +279,19 @@ fn update(dk: &Dockerd) {
         "50",
         &id,
     ]);
-    let mem = dk.cgroup_file(&id, ("memory", "memory.limit_in_bytes"), "memory.max");
-    assert_eq!(mem, "67108864");
-    let pids = dk.cgroup_file(&id, ("pids", "pids.max"), "pids.max");
-    assert_eq!(pids, "50");
-    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        assert_eq!(dk.cgroup_file(&id, ("", ""), "cpu.max"), "50000 100000");
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let mut seen = vec![
+        dk.cgroup_file(&id, ("memory", "memory.limit_in_bytes"), "memory.max"),
+        dk.cgroup_file(&id, ("pids", "pids.max"), "pids.max"),
+    ];
+    if v2 {
+        seen.push(dk.cgroup_file(&id, ("", ""), "cpu.max"));
     } else {
-        assert_eq!(
+        seen.push(format!(
+            "{} {}",
             dk.cgroup_file(&id, ("cpu", "cpu.cfs_quota_us"), ""),
-            "50000"
-        );
-        assert_eq!(
-            dk.cgroup_file(&id, ("cpu", "cpu.cfs_period_us"), ""),
-            "100000"
-        );
+            dk.cgroup_file(&id, ("cpu", "cpu.cfs_period_us"), "")
+        ));
     }
     // Inside, the limit is the one enforced: forking past 50 processes fails.
     let o = dk.out(&[
@@ -265,12 +305,20 @@ fn update(dk: &Dockerd) {
         .cgroup_file(&id, ("pids", "pids.current"), "pids.current")
         .parse()
         .unwrap();
-    assert!(
-        current <= 50 && !text(&o.stdout).contains("forked"),
-        "pids.max 50: {current} processes; exec: {} {}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
+    seen.push(format!(
+        "{} {}",
+        current <= 50,
+        text(&o.stdout).contains("forked")
+    ));
+    (id, seen)
+}
+
+fn update(dk: &Dockerd) {
+    let (runc_id, runc) = update_with(dk, "runc");
+    dk.ok(&["rm", "-f", &runc_id]);
+    let (id, moat) = update_with(dk, "moat");
+    assert_eq!(moat, ["67108864", "50", "50000 100000", "true false"]);
+    assert_eq!(moat, runc, "moat vs runc");
     // All or nothing: a request moat refuses (here a unified key whose file does not exist)
     // changes nothing, not even the memory limit that comes first.
     let res = dk.path().join("update.json");
