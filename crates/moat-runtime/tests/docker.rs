@@ -98,6 +98,36 @@ fn run_limits(dk: &Dockerd) {
     }
 }
 
+/// More `docker run` resource flags: each succeeds or fails (exit 125, a value the kernel or
+/// runc refuses) exactly as with runc.
+fn run_flags(dk: &Dockerd) {
+    let sets: [&[&str]; 5] = [
+        &["--kernel-memory", "50m"],
+        &["--memory", "32m", "--memory-swappiness", "50"],
+        &["--memory", "32m", "--oom-kill-disable"],
+        &[
+            "--cpuset-cpus",
+            "0",
+            "--cpu-period",
+            "50000",
+            "--cpu-quota",
+            "25000",
+        ],
+        &["--cpu-shares", "1"],
+    ];
+    for flags in sets {
+        let moat = run_sh(dk, "moat", flags, "echo ok");
+        let runc = run_sh(dk, "runc", flags, "echo ok");
+        assert_eq!(
+            (moat.0, &moat.1),
+            (runc.0, &runc.1),
+            "{flags:?}: moat {} / runc {}",
+            moat.2,
+            runc.2
+        );
+    }
+}
+
 fn detach_logs(dk: &Dockerd) {
     let mut logs = Vec::new();
     for rt in RUNTIMES {
@@ -522,9 +552,10 @@ fn docker_with_moat_runtime() {
     let t0 = Instant::now();
     let dk = Dockerd::start(BIN);
     eprintln!("dockerd up in {:.1}s", t0.elapsed().as_secs_f64());
-    let cases: [(&str, Case); 12] = [
+    let cases: [(&str, Case); 13] = [
         ("run_rm", run_rm),
         ("run_limits", run_limits),
+        ("run_flags", run_flags),
         ("detach_logs", detach_logs),
         ("exec_top", exec),
         ("stop_restart", stop_restart),
