@@ -176,10 +176,6 @@ pub(crate) fn apply_with(w: &mut Writes, dirs: &V1Dirs, res: &LinuxResources) ->
         };
         common::rdma(w, dir, r)?;
     }
-    if let Some(d) = res.devices() {
-        let f = "linux.resources.devices";
-        devices::apply_v1(w, dirs.need("devices", f)?, d)?;
-    }
     if let Some(u) = res.unified() {
         let dir = dirs.unified().ok_or_else(|| {
             CgroupError::Unsupported(
@@ -188,6 +184,11 @@ pub(crate) fn apply_with(w: &mut Writes, dirs: &V1Dirs, res: &LinuxResources) ->
             )
         })?;
         v2::unified(w, dir, u, true)?;
+    }
+    // Last: device rules (write-only files) cannot be undone by a rollback.
+    if let Some(d) = res.devices() {
+        let f = "linux.resources.devices";
+        devices::apply_v1(w, dirs.need("devices", f)?, d)?;
     }
     Ok(())
 }

@@ -2,8 +2,9 @@
 //!
 //! Files written by [`apply`] (field → file), with runc's conversions:
 //! - memory: limit → `memory.max`, swap → `memory.swap.max` = swap − limit (the spec's swap is
-//!   memory+swap as in v1), reservation → `memory.low`; kernel, kernelTCP, swappiness,
-//!   disableOOMKiller=true and useHierarchy=false have no v2 equivalent and are refused;
+//!   memory+swap as in v1), reservation → `memory.low`; a kernel or kernelTCP limit, a
+//!   swappiness and disableOOMKiller=true have no v2 equivalent and are refused (their "unset"
+//!   values, see [`crate::unset`], are not); useHierarchy=true is what v2 always does;
 //! - cpu: shares → `cpu.weight` (1 + (shares−2)·9999/262142), quota/period → `cpu.max`
 //!   ("max" for a negative quota; a lone period keeps the current quota), burst →
 //!   `cpu.max.burst`, idle → `cpu.idle`, cpus/mems → `cpuset.cpus`/`cpuset.mems`; the realtime
@@ -13,7 +14,8 @@
 //!   ("maj:min rbps=N", 0 meaning "max"), leafWeight refused;
 //! - hugepageLimits → `hugetlb.<size>.max` (and `.rsvd.max` when present); rdma → `rdma.max`;
 //!   network (net_cls/net_prio) refused; devices → an eBPF program ([`crate::devices`]);
-//! - unified: each key written as a file of the directory, last, so it can override.
+//! - unified: each key written as a file of the directory, after the other files so it can
+//!   override them; only the device program comes later (it cannot be rolled back).
 //!
 //! What it must never do: write outside its directory (unified keys are plain file names).
 
@@ -72,11 +74,12 @@ pub(crate) fn apply_with(w: &mut Writes, dir: &Path, res: &LinuxResources) -> Re
     if let Some(r) = res.rdma() {
         common::rdma(w, dir, r)?;
     }
-    if let Some(d) = res.devices() {
-        devices::apply_v2(w, dir, d)?;
-    }
     if let Some(u) = res.unified() {
         unified(w, dir, u, false)?;
+    }
+    // Last: the device program cannot be undone by a rollback, so nothing may fail after it.
+    if let Some(d) = res.devices() {
+        devices::apply_v2(w, dir, d)?;
     }
     Ok(())
 }
@@ -117,11 +120,6 @@ fn memory(w: &mut Writes, dir: &Path, m: &LinuxMemory) -> Result<()> {
     }
     if m.disable_oom_killer() == Some(true) {
         return Err(refuse("linux.resources.memory.disableOOMKiller"));
-    }
-    if m.use_hierarchy() == Some(false) {
-        return Err(refuse(
-            "linux.resources.memory.useHierarchy=false (v2 is always hierarchical)",
-        ));
     }
     let limit = common::mem_value(m.limit(), f_limit)?;
     if m.check_before_update() == Some(true) {
