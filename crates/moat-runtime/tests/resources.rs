@@ -227,6 +227,7 @@ fn update_changes_live_limits_and_ps_lists_pids() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.starts_with("error: "), "{err}");
     assert!(err.contains("moat.no-such-file"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert_eq!(pids_max(), "7");
     let pid = rt.state(&id)["pid"].as_i64().unwrap();
     let pids: Vec<i64> = serde_json::from_str(&rt.ok(&["ps", "--format", "json", &id])).unwrap();
