@@ -308,14 +308,42 @@ impl Drop for Dockerd {
                 );
             }
         }
-        umount_below(self.dir.path());
-        for id in self.ids.borrow().iter() {
-            for d in cgroup_paths(&format!("{}/{id}", self.cgroup_parent)) {
-                let _ = std::fs::remove_dir(d);
+        // Container processes outlive a killed shim: kill what is left in our cgroup parent
+        // (thawed first, a frozen task cannot die), then remove the cgroups, deepest first.
+        let parents = cgroup_paths(&self.cgroup_parent);
+        let mut dirs: Vec<PathBuf> = parents.iter().flat_map(|p| subdirs(p)).collect();
+        for d in &dirs {
+            let _ = std::fs::write(d.join("freezer.state"), "THAWED");
+            let _ = std::fs::write(d.join("cgroup.freeze"), "0");
+            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
-        for d in cgroup_paths(&self.cgroup_parent) {
-            let _ = std::fs::remove_dir(d);
+        umount_below(self.dir.path());
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs.iter().chain(&parents) {
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
+}
+
+/// Every directory below `dir` (not `dir` itself).
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(subdirs(&e.path()));
+            out.push(e.path());
+        }
+    }
+    out
 }
