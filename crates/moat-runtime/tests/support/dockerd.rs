@@ -67,6 +67,8 @@ pub struct Dockerd {
     pub networks: std::cell::RefCell<Vec<(String, String)>>,
     /// Full ids of the containers the tests created.
     pub ids: std::cell::RefCell<Vec<String>>,
+    /// Whether /run/docker (dockerd's fixed plugin directory) existed before we started.
+    had_run_docker: bool,
 }
 
 impl Dockerd {
@@ -80,6 +82,7 @@ impl Dockerd {
             .unwrap();
         let d = dir.path();
         let cgroup_parent = format!("moat-docker-{}", std::process::id());
+        let had_run_docker = Path::new("/run/docker").exists();
         let config = json!({
             "runtimes": {"moat": {"path": runtime}},
             "cgroup-parent": format!("/{cgroup_parent}"),
@@ -113,6 +116,7 @@ impl Dockerd {
             cgroup_parent,
             networks: Default::default(),
             ids: Default::default(),
+            had_run_docker,
         };
         let start = Instant::now();
         loop {
@@ -324,6 +328,24 @@ impl Drop for Dockerd {
             }
         }
         umount_below(self.dir.path());
+        // A killed shim leaves its socket, named by the hash of containerd's address, the
+        // namespace and the container id (containerd 1.6's shim.SocketAddress).
+        let sock = self.path().join("exec/containerd/containerd.sock");
+        for id in self.ids.borrow().iter() {
+            let key = self.path().join("shim-key");
+            let _ = std::fs::write(&key, format!("{}/moby/{id}", sock.display()));
+            // Not `sha256_file`: nothing in a drop may panic.
+            let Ok(o) = Command::new("sha256sum").arg(&key).output() else {
+                continue;
+            };
+            if let Some(hash) = text(&o.stdout).split_whitespace().next() {
+                let _ = std::fs::remove_file(Path::new("/run/containerd/s").join(hash));
+            }
+        }
+        if !self.had_run_docker {
+            let _ = std::fs::remove_dir("/run/docker/plugins");
+            let _ = std::fs::remove_dir("/run/docker");
+        }
         dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
         for d in dirs.iter().chain(&parents) {
             for _ in 0..50 {
