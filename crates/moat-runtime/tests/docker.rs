@@ -496,19 +496,28 @@ fn publish(dk: &Dockerd) {
         format!("moat-net-{pid}"),
         format!("moatdk{}", pid % 100_000),
     );
-    let subnet = format!("10.213.{}.0/24", pid % 250 + 1);
     dk.networks.borrow_mut().push((net.clone(), bridge.clone()));
-    dk.ok(&[
-        "network",
-        "create",
-        "-d",
-        "bridge",
-        "--subnet",
-        &subnet,
-        "-o",
-        &format!("com.docker.network.bridge.name={bridge}"),
-        &net,
-    ]);
+    // A subnet of 10.213.0.0/16 that no route of the host (another test's bridge) uses.
+    let bridge_opt = format!("com.docker.network.bridge.name={bridge}");
+    let created = (0..8).any(|i| {
+        let subnet = format!("10.213.{}.0/24", (pid + i) % 250 + 1);
+        let o = dk.out(&[
+            "network",
+            "create",
+            "-d",
+            "bridge",
+            "--subnet",
+            &subnet,
+            "-o",
+            &bridge_opt,
+            &net,
+        ]);
+        o.status.success()
+    });
+    assert!(
+        created,
+        "docker network create failed for 8 subnets of 10.213.0.0/16"
+    );
     let server = "printf 'HTTP/1.0 200 OK\\r\\n\\r\\nhello from %s\\n' $(hostname) > /tmp/r; \
                   while true; do nc -l -p 8080 < /tmp/r; done";
     for rt in RUNTIMES {
