@@ -5,7 +5,7 @@ use std::path::Path;
 
 use oci_spec::runtime::LinuxRdma;
 
-use crate::fsio::{read_u64, set};
+use crate::fsio::{read_u64, Writes};
 use crate::{CgroupError, Result};
 
 /// `pids.max` value: a limit below 1 means unlimited.
@@ -88,7 +88,7 @@ pub(crate) fn rdma_line(dev: &str, r: &LinuxRdma) -> Option<String> {
 }
 
 /// Write `rdma.max` (same format on v1 and v2), one device per write, in name order.
-pub(crate) fn rdma(dir: &Path, map: &HashMap<String, LinuxRdma>) -> Result<()> {
+pub(crate) fn rdma(w: &mut Writes, dir: &Path, map: &HashMap<String, LinuxRdma>) -> Result<()> {
     let mut devs: Vec<_> = map.iter().collect();
     devs.sort_by(|a, b| a.0.cmp(b.0));
     for (dev, r) in devs {
@@ -100,7 +100,7 @@ pub(crate) fn rdma(dir: &Path, map: &HashMap<String, LinuxRdma>) -> Result<()> {
             });
         }
         if let Some(line) = rdma_line(dev, r) {
-            set(dir, "rdma.max", &line, &field)?;
+            w.set(dir, "rdma.max", &line, &field)?;
         }
     }
     Ok(())

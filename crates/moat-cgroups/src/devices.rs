@@ -22,7 +22,7 @@ use std::path::Path;
 use moat_sys::bpf::{self, Insn};
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
 
-use crate::fsio::set;
+use crate::fsio::Writes;
 use crate::{CgroupError, Result};
 
 /// Access bits as the kernel's bpf device context encodes them.
@@ -247,18 +247,21 @@ pub(crate) const JEQ32_K: u8 = 0x16;
 pub(crate) const EXIT: u8 = 0x95;
 
 /// Enforce `rules` on the v1 devices directory `dir`.
-pub(crate) fn apply_v1(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<()> {
+pub(crate) fn apply_v1(w: &mut Writes, dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<()> {
     let folded = DeviceRules::from_spec(rules)?;
     for (file, line) in folded.v1_lines() {
-        set(dir, file, &line, "linux.resources.devices")?;
+        w.set(dir, file, &line, "linux.resources.devices")?;
     }
     Ok(())
 }
 
 /// Enforce `rules` on the cgroup2 directory `dir` with an attached eBPF program, replacing the
 /// programs attached to it before.
-pub(crate) fn apply_v2(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<()> {
+pub(crate) fn apply_v2(w: &mut Writes, dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<()> {
     let folded = DeviceRules::from_spec(rules)?;
+    if w.is_check() {
+        return Ok(());
+    }
     let insns = folded.program();
     let cg: OwnedFd = std::fs::File::open(dir)
         .map_err(|source| CgroupError::Read {

@@ -1,10 +1,15 @@
-//! Reading and writing cgroup interface files. Every resource write goes through [`set`], which
-//! names the spec field and the file in its error and never creates a file: a missing interface
-//! file means the controller (or the feature) is absent, and that is reported as such.
+//! Reading and writing cgroup interface files. Every resource write goes through [`Writes::set`]
+//! (or [`set`]), which names the spec field and the file in its error and never creates a file: a
+//! missing interface file means the controller (or the feature) is absent, and that is reported
+//! as such.
+//!
+//! [`Writes`] lets one request be applied in two passes: a check pass that writes nothing (every
+//! file must exist, every value must pass validation), then the writes, with the previous content
+//! of each single-line file kept so that a value the kernel refuses part-way is undone.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::{CgroupError, Result};
 
@@ -38,12 +43,7 @@ pub(crate) fn set(dir: &Path, file: &str, value: &str, field: &str) -> Result<()
         .and_then(|mut f| f.write_all(value.as_bytes()));
     match res {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(CgroupError::Unsupported(format!(
-                "{field}: {} does not exist (controller not available or feature not supported by this kernel)",
-                path.display()
-            )))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing(&path, field)),
         Err(source) => Err(CgroupError::Resource {
             field: field.into(),
             path,
@@ -51,6 +51,71 @@ pub(crate) fn set(dir: &Path, file: &str, value: &str, field: &str) -> Result<()
             source,
         }),
     }
+}
+
+/// Where the resource writes of one request go.
+#[derive(Debug, Default)]
+pub(crate) struct Writes {
+    dry: bool,
+    /// (file, previous content) of each file written, in order.
+    undo: Vec<(PathBuf, String)>,
+}
+
+impl Writes {
+    /// Check only: [`Writes::set`] verifies the file exists and writes nothing.
+    pub(crate) fn check() -> Writes {
+        Writes {
+            dry: true,
+            undo: Vec::new(),
+        }
+    }
+
+    /// Write for real, remembering what to restore.
+    pub(crate) fn live() -> Writes {
+        Writes::default()
+    }
+
+    /// Whether this is the check pass (steps that are not file writes skip their effect).
+    pub(crate) fn is_check(&self) -> bool {
+        self.dry
+    }
+
+    /// [`set`], or in the check pass only its "file exists" test.
+    pub(crate) fn set(&mut self, dir: &Path, file: &str, value: &str, field: &str) -> Result<()> {
+        let path = dir.join(file);
+        if self.dry {
+            return if path.exists() {
+                Ok(())
+            } else {
+                Err(missing(&path, field))
+            };
+        }
+        // Only a single-line value can be written back as read (lists such as io.max or
+        // devices.list cannot).
+        let old = std::fs::read_to_string(&path)
+            .ok()
+            .map(|s| s.trim_end_matches('\n').to_owned())
+            .filter(|s| !s.is_empty() && !s.contains('\n'));
+        set(dir, file, value, field)?;
+        if let Some(old) = old {
+            self.undo.push((path, old));
+        }
+        Ok(())
+    }
+
+    /// Restore, newest first and best effort, the files written so far.
+    pub(crate) fn rollback(self) {
+        for (path, old) in self.undo.into_iter().rev() {
+            let _ = std::fs::write(&path, &old);
+        }
+    }
+}
+
+fn missing(path: &Path, field: &str) -> CgroupError {
+    CgroupError::Unsupported(format!(
+        "{field}: {} does not exist (controller not available or feature not supported by this kernel)",
+        path.display()
+    ))
 }
 
 /// Parse a single number; "max" reads as `u64::MAX`.

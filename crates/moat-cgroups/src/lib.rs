@@ -19,6 +19,7 @@ pub mod devices;
 mod fsio;
 mod mounts;
 pub mod stats;
+pub mod unset;
 pub mod v1;
 pub mod v2;
 
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use common::{blkio_weight_to_io, shares_to_weight};
 pub(crate) use fsio::write;
+use fsio::Writes;
 pub use stats::Stats;
 
 /// Errors of this crate; each names the cgroup file or directory involved.
@@ -288,19 +290,36 @@ impl Cgroup {
         Ok(out)
     }
 
-    /// Apply every field of `res`; see the module docs of [`v1`] and [`v2`] for the files.
+    /// Apply every field of `res` (zero values meaning "unset" as in runc, see [`unset`]); see
+    /// the module docs of [`v1`] and [`v2`] for the files.
     pub fn apply(&self, res: &LinuxResources) -> Result<()> {
+        let res = unset::normalize(res)?;
+        self.apply_with(&mut Writes::live(), &res)
+    }
+
+    fn apply_with(&self, w: &mut Writes, res: &LinuxResources) -> Result<()> {
         match self {
-            Cgroup::V1 { dirs } => v1::apply(&v1::V1Dirs::from_dirs(dirs), res),
-            Cgroup::V2 { dir } => v2::apply(dir, res),
+            Cgroup::V1 { dirs } => v1::apply_with(w, &v1::V1Dirs::from_dirs(dirs), res),
+            Cgroup::V2 { dir } => v2::apply_with(w, dir, res),
         }
     }
 
-    /// Update the limits of a running container: the same as [`Cgroup::apply`]. With
-    /// `memory.checkBeforeUpdate: true`, a memory limit below the current usage is refused
-    /// (instead of letting the kernel reclaim or OOM-kill).
+    /// Update the limits of a running container, all or nothing: the whole request is checked
+    /// first (values, and that every file it needs exists) without writing anything; then it is
+    /// written, and if the kernel refuses a value part-way, the files already written get their
+    /// previous values back. With `memory.checkBeforeUpdate: true`, a memory limit below the
+    /// current usage is refused (instead of letting the kernel reclaim or OOM-kill).
     pub fn update(&self, res: &LinuxResources) -> Result<()> {
-        self.apply(res)
+        let res = unset::normalize(res)?;
+        self.apply_with(&mut Writes::check(), &res)?;
+        let mut w = Writes::live();
+        match self.apply_with(&mut w, &res) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                w.rollback();
+                Err(e)
+            }
+        }
     }
 
     /// Freeze every process of the cgroup and wait until the kernel reports it frozen.

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxResources};
 
-use crate::fsio::{has, read, read_u64, set, write};
-use crate::{common, devices, mounts, v2, CgroupError, Result, ROOT};
+use crate::fsio::{has, read, read_u64, write, Writes};
+use crate::{common, devices, mounts, unset, v2, CgroupError, Result, ROOT};
 
 /// The directories of a v1 cgroup by controller, and the unified directory in hybrid mode.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -100,17 +100,23 @@ impl V1Dirs {
     }
 }
 
-/// Apply `res` to a v1 cgroup.
+/// Apply `res` to a v1 cgroup, its zero values meaning "unset" as in runc ([`unset`]).
 pub fn apply(dirs: &V1Dirs, res: &LinuxResources) -> Result<()> {
+    let mut w = Writes::live();
+    apply_with(&mut w, dirs, &unset::normalize(res)?)
+}
+
+/// Apply the normalized `res` through `w` (which may be the check pass).
+pub(crate) fn apply_with(w: &mut Writes, dirs: &V1Dirs, res: &LinuxResources) -> Result<()> {
     if let Some(m) = res.memory() {
-        memory(dirs, m)?;
+        memory(w, dirs, m)?;
     }
     if let Some(c) = res.cpu() {
-        cpu(dirs, c)?;
+        cpu(w, dirs, c)?;
     }
     if let Some(p) = res.pids() {
         let f = "linux.resources.pids.limit";
-        set(
+        w.set(
             dirs.need("pids", f)?,
             "pids.max",
             &common::pids_max(p.limit()),
@@ -118,7 +124,7 @@ pub fn apply(dirs: &V1Dirs, res: &LinuxResources) -> Result<()> {
         )?;
     }
     if let Some(b) = res.block_io() {
-        blkio(dirs, b)?;
+        blkio(w, dirs, b)?;
     }
     if let Some(h) = res.hugepage_limits() {
         for (i, l) in h.iter().enumerate() {
@@ -126,14 +132,14 @@ pub fn apply(dirs: &V1Dirs, res: &LinuxResources) -> Result<()> {
             let size = common::page_size(l.page_size(), &field)?;
             if let Some(dir) = dirs.get("hugetlb") {
                 let value = common::signed_limit(l.limit());
-                set(
+                w.set(
                     dir,
                     &format!("hugetlb.{size}.limit_in_bytes"),
                     &value,
                     &field,
                 )?;
             } else if let Some(u) = dirs.unified().filter(|u| has(u, "cgroup.controllers")) {
-                v2::hugetlb_one(u, size, l.limit(), &field)?;
+                v2::hugetlb_one(w, u, size, l.limit(), &field)?;
             } else {
                 return Err(CgroupError::Unsupported(format!(
                     "{field}: the hugetlb controller is neither a v1 hierarchy nor in a unified mount on this host"
@@ -144,7 +150,7 @@ pub fn apply(dirs: &V1Dirs, res: &LinuxResources) -> Result<()> {
     if let Some(n) = res.network() {
         if let Some(id) = n.class_id() {
             let f = "linux.resources.network.classID";
-            set(
+            w.set(
                 dirs.need("net_cls", f)?,
                 "net_cls.classid",
                 &id.to_string(),
@@ -154,7 +160,7 @@ pub fn apply(dirs: &V1Dirs, res: &LinuxResources) -> Result<()> {
         for (i, p) in n.priorities().iter().flatten().enumerate() {
             let f = format!("linux.resources.network.priorities[{i}]");
             let line = format!("{} {}", p.name(), p.priority());
-            set(dirs.need("net_prio", &f)?, "net_prio.ifpriomap", &line, &f)?;
+            w.set(dirs.need("net_prio", &f)?, "net_prio.ifpriomap", &line, &f)?;
         }
     }
     if let Some(r) = res.rdma() {
@@ -168,11 +174,7 @@ pub fn apply(dirs: &V1Dirs, res: &LinuxResources) -> Result<()> {
                 )))
             }
         };
-        common::rdma(dir, r)?;
-    }
-    if let Some(d) = res.devices() {
-        let f = "linux.resources.devices";
-        devices::apply_v1(dirs.need("devices", f)?, d)?;
+        common::rdma(w, dir, r)?;
     }
     // runc refuses `unified` unless the host is pure cgroup v2, hybrid hosts included: its
     // files would land in a hierarchy that holds none of the container's v1 controllers.
@@ -182,10 +184,15 @@ pub fn apply(dirs: &V1Dirs, res: &LinuxResources) -> Result<()> {
                 .into(),
         ));
     }
+    // Last: device rules (write-only files) cannot be undone by a rollback.
+    if let Some(d) = res.devices() {
+        let f = "linux.resources.devices";
+        devices::apply_v1(w, dirs.need("devices", f)?, d)?;
+    }
     Ok(())
 }
 
-fn memory(dirs: &V1Dirs, m: &LinuxMemory) -> Result<()> {
+fn memory(w: &mut Writes, dirs: &V1Dirs, m: &LinuxMemory) -> Result<()> {
     const MEMSW: &str = "memory.memsw.limit_in_bytes";
     const LIMIT: &str = "memory.limit_in_bytes";
     let dir = dirs.need("memory", "linux.resources.memory")?;
@@ -215,28 +222,28 @@ fn memory(dirs: &V1Dirs, m: &LinuxMemory) -> Result<()> {
             // The kernel requires memsw >= limit at every step: raise swap first when growing.
             let cur = read_u64(&dir.join(LIMIT))?;
             if s == -1 || cur < s as u64 {
-                set(dir, MEMSW, &s.to_string(), f_swap)?;
-                set(dir, LIMIT, &l.to_string(), f_limit)?;
+                w.set(dir, MEMSW, &s.to_string(), f_swap)?;
+                w.set(dir, LIMIT, &l.to_string(), f_limit)?;
             } else {
-                set(dir, LIMIT, &l.to_string(), f_limit)?;
-                set(dir, MEMSW, &s.to_string(), f_swap)?;
+                w.set(dir, LIMIT, &l.to_string(), f_limit)?;
+                w.set(dir, MEMSW, &s.to_string(), f_swap)?;
             }
         }
-        (Some(l), None) => set(dir, LIMIT, &l.to_string(), f_limit)?,
-        (None, Some(s)) => set(dir, MEMSW, &s.to_string(), f_swap)?,
+        (Some(l), None) => w.set(dir, LIMIT, &l.to_string(), f_limit)?,
+        (None, Some(s)) => w.set(dir, MEMSW, &s.to_string(), f_swap)?,
         (None, None) => {}
     }
     if let Some(r) = common::mem_value(m.reservation(), "linux.resources.memory.reservation")? {
         let f = "linux.resources.memory.reservation";
-        set(dir, "memory.soft_limit_in_bytes", &r.to_string(), f)?;
+        w.set(dir, "memory.soft_limit_in_bytes", &r.to_string(), f)?;
     }
     if let Some(k) = m.kernel() {
         let f = "linux.resources.memory.kernel";
-        set(dir, "memory.kmem.limit_in_bytes", &k.to_string(), f)?;
+        w.set(dir, "memory.kmem.limit_in_bytes", &k.to_string(), f)?;
     }
     if let Some(k) = m.kernel_tcp() {
         let f = "linux.resources.memory.kernelTCP";
-        set(dir, "memory.kmem.tcp.limit_in_bytes", &k.to_string(), f)?;
+        w.set(dir, "memory.kmem.tcp.limit_in_bytes", &k.to_string(), f)?;
     }
     if let Some(s) = m.swappiness() {
         let f = "linux.resources.memory.swappiness";
@@ -246,20 +253,20 @@ fn memory(dirs: &V1Dirs, m: &LinuxMemory) -> Result<()> {
                 reason: format!("{s} is above 100"),
             });
         }
-        set(dir, "memory.swappiness", &s.to_string(), f)?;
+        w.set(dir, "memory.swappiness", &s.to_string(), f)?;
     }
     if let Some(d) = m.disable_oom_killer() {
         let f = "linux.resources.memory.disableOOMKiller";
-        set(dir, "memory.oom_control", if d { "1" } else { "0" }, f)?;
+        w.set(dir, "memory.oom_control", if d { "1" } else { "0" }, f)?;
     }
     if let Some(h) = m.use_hierarchy() {
         let f = "linux.resources.memory.useHierarchy";
-        set(dir, "memory.use_hierarchy", if h { "1" } else { "0" }, f)?;
+        w.set(dir, "memory.use_hierarchy", if h { "1" } else { "0" }, f)?;
     }
     Ok(())
 }
 
-fn cpu(dirs: &V1Dirs, c: &LinuxCpu) -> Result<()> {
+fn cpu(w: &mut Writes, dirs: &V1Dirs, c: &LinuxCpu) -> Result<()> {
     let scheduler = c.shares().is_some()
         || c.quota().is_some()
         || c.period().is_some()
@@ -270,7 +277,7 @@ fn cpu(dirs: &V1Dirs, c: &LinuxCpu) -> Result<()> {
     if scheduler {
         let dir = dirs.need("cpu", "linux.resources.cpu")?;
         if let Some(s) = c.shares().filter(|&s| s != 0) {
-            set(
+            w.set(
                 dir,
                 "cpu.shares",
                 &s.to_string(),
@@ -281,7 +288,7 @@ fn cpu(dirs: &V1Dirs, c: &LinuxCpu) -> Result<()> {
         let quota = c.quota().filter(|&q| q != 0);
         let mut retry_period = None;
         if let Some(p) = c.period().filter(|&p| p != 0) {
-            match set(dir, "cpu.cfs_period_us", &p.to_string(), fp) {
+            match w.set(dir, "cpu.cfs_period_us", &p.to_string(), fp) {
                 Ok(()) => {}
                 // A smaller period can make old_quota/new_period exceed the parent's quota:
                 // retry after the quota is written (runc does the same).
@@ -294,7 +301,7 @@ fn cpu(dirs: &V1Dirs, c: &LinuxCpu) -> Result<()> {
             }
         }
         if let Some(b) = c.burst() {
-            set(
+            w.set(
                 dir,
                 "cpu.cfs_burst_us",
                 &b.to_string(),
@@ -302,21 +309,21 @@ fn cpu(dirs: &V1Dirs, c: &LinuxCpu) -> Result<()> {
             )?;
         }
         if let Some(q) = quota {
-            set(dir, "cpu.cfs_quota_us", &q.to_string(), fq)?;
+            w.set(dir, "cpu.cfs_quota_us", &q.to_string(), fq)?;
         }
         if let Some(p) = retry_period {
-            set(dir, "cpu.cfs_period_us", &p.to_string(), fp)?;
+            w.set(dir, "cpu.cfs_period_us", &p.to_string(), fp)?;
         }
         if let Some(p) = c.realtime_period().filter(|&p| p != 0) {
             let f = "linux.resources.cpu.realtimePeriod";
-            set(dir, "cpu.rt_period_us", &p.to_string(), f)?;
+            w.set(dir, "cpu.rt_period_us", &p.to_string(), f)?;
         }
         if let Some(r) = c.realtime_runtime().filter(|&r| r != 0) {
             let f = "linux.resources.cpu.realtimeRuntime";
-            set(dir, "cpu.rt_runtime_us", &r.to_string(), f)?;
+            w.set(dir, "cpu.rt_runtime_us", &r.to_string(), f)?;
         }
         if let Some(i) = c.idle() {
-            set(dir, "cpu.idle", &i.to_string(), "linux.resources.cpu.idle")?;
+            w.set(dir, "cpu.idle", &i.to_string(), "linux.resources.cpu.idle")?;
         }
     }
     for (file, value, f) in [
@@ -324,13 +331,13 @@ fn cpu(dirs: &V1Dirs, c: &LinuxCpu) -> Result<()> {
         ("cpuset.mems", c.mems(), "linux.resources.cpu.mems"),
     ] {
         if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
-            set(dirs.need("cpuset", f)?, file, v, f)?;
+            w.set(dirs.need("cpuset", f)?, file, v, f)?;
         }
     }
     Ok(())
 }
 
-fn blkio(dirs: &V1Dirs, b: &oci_spec::runtime::LinuxBlockIo) -> Result<()> {
+fn blkio(w: &mut Writes, dirs: &V1Dirs, b: &oci_spec::runtime::LinuxBlockIo) -> Result<()> {
     let dir = dirs.need("blkio", "linux.resources.blockIO")?;
     // blkio.weight (CFQ) was replaced by blkio.bfq.weight (BFQ) in newer kernels.
     let (weight, weight_dev) = if has(dir, "blkio.weight") {
@@ -338,28 +345,28 @@ fn blkio(dirs: &V1Dirs, b: &oci_spec::runtime::LinuxBlockIo) -> Result<()> {
     } else {
         ("blkio.bfq.weight", "blkio.bfq.weight_device")
     };
-    if let Some(w) = b.weight() {
-        set(
+    if let Some(wt) = b.weight() {
+        w.set(
             dir,
             weight,
-            &w.to_string(),
+            &wt.to_string(),
             "linux.resources.blockIO.weight",
         )?;
     }
-    if let Some(w) = b.leaf_weight() {
+    if let Some(wt) = b.leaf_weight() {
         let f = "linux.resources.blockIO.leafWeight";
-        set(dir, "blkio.leaf_weight", &w.to_string(), f)?;
+        w.set(dir, "blkio.leaf_weight", &wt.to_string(), f)?;
     }
     for (i, d) in b.weight_device().iter().flatten().enumerate() {
-        if let Some(w) = d.weight() {
+        if let Some(wt) = d.weight() {
             let f = format!("linux.resources.blockIO.weightDevice[{i}].weight");
-            let line = format!("{}:{} {w}", d.major(), d.minor());
-            set(dir, weight_dev, &line, &f)?;
+            let line = format!("{}:{} {wt}", d.major(), d.minor());
+            w.set(dir, weight_dev, &line, &f)?;
         }
-        if let Some(w) = d.leaf_weight() {
+        if let Some(wt) = d.leaf_weight() {
             let f = format!("linux.resources.blockIO.weightDevice[{i}].leafWeight");
-            let line = format!("{}:{} {w}", d.major(), d.minor());
-            set(dir, "blkio.leaf_weight_device", &line, &f)?;
+            let line = format!("{}:{} {wt}", d.major(), d.minor());
+            w.set(dir, "blkio.leaf_weight_device", &line, &f)?;
         }
     }
     for (name, file, list) in [
@@ -387,7 +394,7 @@ fn blkio(dirs: &V1Dirs, b: &oci_spec::runtime::LinuxBlockIo) -> Result<()> {
         for (i, t) in list.iter().flatten().enumerate() {
             let f = format!("linux.resources.blockIO.{name}[{i}]");
             let line = format!("{}:{} {}", t.major(), t.minor(), t.rate());
-            set(dir, file, &line, &f)?;
+            w.set(dir, file, &line, &f)?;
         }
     }
     Ok(())

@@ -2,8 +2,9 @@
 //!
 //! Files written by [`apply`] (field → file), with runc's conversions:
 //! - memory: limit → `memory.max`, swap → `memory.swap.max` = swap − limit (the spec's swap is
-//!   memory+swap as in v1), reservation → `memory.low`; kernel, kernelTCP, swappiness,
-//!   disableOOMKiller=true and useHierarchy=false have no v2 equivalent and are refused;
+//!   memory+swap as in v1), reservation → `memory.low`; a kernel or kernelTCP limit, a
+//!   swappiness and disableOOMKiller=true have no v2 equivalent and are refused (their "unset"
+//!   values, see [`crate::unset`], are not); useHierarchy=true is what v2 always does;
 //! - cpu: shares → `cpu.weight` (1 + (shares−2)·9999/262142), quota/period → `cpu.max`
 //!   ("max" for a negative quota; a lone period keeps the current quota), burst →
 //!   `cpu.max.burst`, idle → `cpu.idle`, cpus/mems → `cpuset.cpus`/`cpuset.mems`; the realtime
@@ -13,7 +14,8 @@
 //!   ("maj:min rbps=N", 0 meaning "max"), leafWeight refused;
 //! - hugepageLimits → `hugetlb.<size>.max` (and `.rsvd.max` when present); rdma → `rdma.max`;
 //!   network (net_cls/net_prio) refused; devices → an eBPF program ([`crate::devices`]);
-//! - unified: each key written as a file of the directory, last, so it can override.
+//! - unified: each key written as a file of the directory, after the other files so it can
+//!   override them; only the device program comes later (it cannot be rolled back).
 //!
 //! What it must never do: write outside its directory (unified keys are plain file names).
 
@@ -24,32 +26,38 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxResources};
 
 use crate::common::{self, v2_num};
-use crate::fsio::{has, read, set, write};
-use crate::{devices, CgroupError, Result};
+use crate::fsio::{has, read, write, Writes};
+use crate::{devices, unset, CgroupError, Result};
 
 fn refuse(field: &str) -> CgroupError {
     CgroupError::Unsupported(format!("{field}: not supported on cgroup v2"))
 }
 
-/// Apply `res` to the v2 cgroup `dir`.
+/// Apply `res` to the v2 cgroup `dir`, its zero values meaning "unset" as in runc ([`unset`]).
 pub fn apply(dir: &Path, res: &LinuxResources) -> Result<()> {
+    let mut w = Writes::live();
+    apply_with(&mut w, dir, &unset::normalize(res)?)
+}
+
+/// Apply the normalized `res` through `w` (which may be the check pass).
+pub(crate) fn apply_with(w: &mut Writes, dir: &Path, res: &LinuxResources) -> Result<()> {
     if let Some(m) = res.memory() {
-        memory(dir, m)?;
+        memory(w, dir, m)?;
     }
     if let Some(c) = res.cpu() {
-        cpu(dir, c)?;
+        cpu(w, dir, c)?;
     }
     if let Some(p) = res.pids() {
         let f = "linux.resources.pids.limit";
-        set(dir, "pids.max", &common::pids_max(p.limit()), f)?;
+        w.set(dir, "pids.max", &common::pids_max(p.limit()), f)?;
     }
     if let Some(b) = res.block_io() {
-        io(dir, b)?;
+        io(w, dir, b)?;
     }
     for (i, l) in res.hugepage_limits().iter().flatten().enumerate() {
         let field = format!("linux.resources.hugepageLimits[{i}]");
         let size = common::page_size(l.page_size(), &field)?;
-        hugetlb_one(dir, size, l.limit(), &field)?;
+        hugetlb_one(w, dir, size, l.limit(), &field)?;
     }
     if let Some(n) = res.network() {
         if n.class_id().is_some() {
@@ -64,13 +72,14 @@ pub fn apply(dir: &Path, res: &LinuxResources) -> Result<()> {
         }
     }
     if let Some(r) = res.rdma() {
-        common::rdma(dir, r)?;
-    }
-    if let Some(d) = res.devices() {
-        devices::apply_v2(dir, d)?;
+        common::rdma(w, dir, r)?;
     }
     if let Some(u) = res.unified() {
-        unified(dir, u, false)?;
+        unified(w, dir, u, false)?;
+    }
+    // Last: the device program cannot be undone by a rollback, so nothing may fail after it.
+    if let Some(d) = res.devices() {
+        devices::apply_v2(w, dir, d)?;
     }
     Ok(())
 }
@@ -98,7 +107,7 @@ pub fn swap_max(swap: Option<i64>, limit: Option<i64>) -> Result<Option<i64>> {
     }
 }
 
-fn memory(dir: &Path, m: &LinuxMemory) -> Result<()> {
+fn memory(w: &mut Writes, dir: &Path, m: &LinuxMemory) -> Result<()> {
     let f_limit = "linux.resources.memory.limit";
     if m.kernel().is_some() {
         return Err(refuse("linux.resources.memory.kernel"));
@@ -112,11 +121,6 @@ fn memory(dir: &Path, m: &LinuxMemory) -> Result<()> {
     if m.disable_oom_killer() == Some(true) {
         return Err(refuse("linux.resources.memory.disableOOMKiller"));
     }
-    if m.use_hierarchy() == Some(false) {
-        return Err(refuse(
-            "linux.resources.memory.useHierarchy=false (v2 is always hierarchical)",
-        ));
-    }
     let limit = common::mem_value(m.limit(), f_limit)?;
     if m.check_before_update() == Some(true) {
         if let Some(l) = limit.filter(|&l| l > 0) {
@@ -129,7 +133,7 @@ fn memory(dir: &Path, m: &LinuxMemory) -> Result<()> {
         let f = "linux.resources.memory.swap";
         let v = v2_num(s);
         if has(dir, "memory.swap.max") {
-            set(dir, "memory.swap.max", &v, f)?;
+            w.set(dir, "memory.swap.max", &v, f)?;
         } else if s != -1 && s != 0 {
             // No swap controller (swap accounting off): unlimited or no swap are what the
             // container gets anyway; a real swap limit cannot be enforced.
@@ -140,16 +144,16 @@ fn memory(dir: &Path, m: &LinuxMemory) -> Result<()> {
         }
     }
     if let Some(l) = limit {
-        set(dir, "memory.max", &v2_num(l), f_limit)?;
+        w.set(dir, "memory.max", &v2_num(l), f_limit)?;
     }
     let f = "linux.resources.memory.reservation";
     if let Some(r) = common::mem_value(m.reservation(), f)? {
-        set(dir, "memory.low", &v2_num(r), f)?;
+        w.set(dir, "memory.low", &v2_num(r), f)?;
     }
     Ok(())
 }
 
-fn cpu(dir: &Path, c: &LinuxCpu) -> Result<()> {
+fn cpu(w: &mut Writes, dir: &Path, c: &LinuxCpu) -> Result<()> {
     if c.realtime_runtime().is_some_and(|r| r != 0) {
         return Err(refuse("linux.resources.cpu.realtimeRuntime"));
     }
@@ -157,8 +161,8 @@ fn cpu(dir: &Path, c: &LinuxCpu) -> Result<()> {
         return Err(refuse("linux.resources.cpu.realtimePeriod"));
     }
     if let Some(s) = c.shares().filter(|&s| s != 0) {
-        let w = common::shares_to_weight(s).to_string();
-        set(dir, "cpu.weight", &w, "linux.resources.cpu.shares")?;
+        let weight = common::shares_to_weight(s).to_string();
+        w.set(dir, "cpu.weight", &weight, "linux.resources.cpu.shares")?;
     }
     let quota = c.quota().filter(|&q| q != 0);
     let period = c.period().filter(|&p| p != 0);
@@ -178,10 +182,10 @@ fn cpu(dir: &Path, c: &LinuxCpu) -> Result<()> {
             Some(p) => format!("{q} {p}"),
             None => q,
         };
-        set(dir, "cpu.max", &v, f)?;
+        w.set(dir, "cpu.max", &v, f)?;
     }
     if let Some(b) = c.burst() {
-        set(
+        w.set(
             dir,
             "cpu.max.burst",
             &b.to_string(),
@@ -189,29 +193,29 @@ fn cpu(dir: &Path, c: &LinuxCpu) -> Result<()> {
         )?;
     }
     if let Some(i) = c.idle() {
-        set(dir, "cpu.idle", &i.to_string(), "linux.resources.cpu.idle")?;
+        w.set(dir, "cpu.idle", &i.to_string(), "linux.resources.cpu.idle")?;
     }
     if let Some(v) = c.cpus().as_deref().filter(|v| !v.is_empty()) {
-        set(dir, "cpuset.cpus", v, "linux.resources.cpu.cpus")?;
+        w.set(dir, "cpuset.cpus", v, "linux.resources.cpu.cpus")?;
     }
     if let Some(v) = c.mems().as_deref().filter(|v| !v.is_empty()) {
-        set(dir, "cpuset.mems", v, "linux.resources.cpu.mems")?;
+        w.set(dir, "cpuset.mems", v, "linux.resources.cpu.mems")?;
     }
     Ok(())
 }
 
-fn io(dir: &Path, b: &LinuxBlockIo) -> Result<()> {
+fn io(w: &mut Writes, dir: &Path, b: &LinuxBlockIo) -> Result<()> {
     if b.leaf_weight().is_some() {
         return Err(refuse("linux.resources.blockIO.leafWeight"));
     }
     let bfq = has(dir, "io.bfq.weight");
-    if let Some(w) = b.weight().filter(|&w| w != 0) {
+    if let Some(wt) = b.weight() {
         let f = "linux.resources.blockIO.weight";
         if bfq {
-            set(dir, "io.bfq.weight", &w.to_string(), f)?;
+            w.set(dir, "io.bfq.weight", &wt.to_string(), f)?;
         } else {
-            let v = common::blkio_weight_to_io(w).to_string();
-            set(dir, "io.weight", &format!("default {v}"), f)?;
+            let v = common::blkio_weight_to_io(wt).to_string();
+            w.set(dir, "io.weight", &format!("default {v}"), f)?;
         }
     }
     for (i, d) in b.weight_device().iter().flatten().enumerate() {
@@ -220,14 +224,14 @@ fn io(dir: &Path, b: &LinuxBlockIo) -> Result<()> {
                 "linux.resources.blockIO.weightDevice[{i}].leafWeight"
             )));
         }
-        if let Some(w) = d.weight() {
+        if let Some(wt) = d.weight() {
             let f = format!("linux.resources.blockIO.weightDevice[{i}].weight");
-            let (file, w) = if bfq {
-                ("io.bfq.weight", u64::from(w))
+            let (file, wt) = if bfq {
+                ("io.bfq.weight", u64::from(wt))
             } else {
-                ("io.weight", common::blkio_weight_to_io(w))
+                ("io.weight", common::blkio_weight_to_io(wt))
             };
-            set(dir, file, &format!("{}:{} {w}", d.major(), d.minor()), &f)?;
+            w.set(dir, file, &format!("{}:{} {wt}", d.major(), d.minor()), &f)?;
         }
     }
     for (name, key, list) in [
@@ -260,19 +264,25 @@ fn io(dir: &Path, b: &LinuxBlockIo) -> Result<()> {
                 r => r.to_string(),
             };
             let line = format!("{}:{} {key}={rate}", t.major(), t.minor());
-            set(dir, "io.max", &line, &f)?;
+            w.set(dir, "io.max", &line, &f)?;
         }
     }
     Ok(())
 }
 
 /// Write one hugetlb limit in v2 format (`hugetlb.<size>.max`, and `.rsvd.max` when present).
-pub(crate) fn hugetlb_one(dir: &Path, size: &str, limit: i64, field: &str) -> Result<()> {
+pub(crate) fn hugetlb_one(
+    w: &mut Writes,
+    dir: &Path,
+    size: &str,
+    limit: i64,
+    field: &str,
+) -> Result<()> {
     let v = v2_num(limit);
-    set(dir, &format!("hugetlb.{size}.max"), &v, field)?;
+    w.set(dir, &format!("hugetlb.{size}.max"), &v, field)?;
     let rsvd = format!("hugetlb.{size}.rsvd.max");
     if has(dir, &rsvd) {
-        set(dir, &rsvd, &v, field)?;
+        w.set(dir, &rsvd, &v, field)?;
     }
     Ok(())
 }
@@ -289,7 +299,12 @@ const RESERVED: &[&str] = &[
 
 /// Write the `unified` map: each key is a file name in `dir` (`hybrid`: `dir` is in the unified
 /// mount beside v1 hierarchies, which only affects the error message).
-pub(crate) fn unified(dir: &Path, map: &HashMap<String, String>, hybrid: bool) -> Result<()> {
+pub(crate) fn unified(
+    w: &mut Writes,
+    dir: &Path,
+    map: &HashMap<String, String>,
+    hybrid: bool,
+) -> Result<()> {
     let mut keys: Vec<_> = map.iter().collect();
     keys.sort_by(|a, b| a.0.cmp(b.0));
     for (k, v) in keys {
@@ -318,7 +333,7 @@ pub(crate) fn unified(dir: &Path, map: &HashMap<String, String>, hybrid: bool) -
                 }
             )));
         }
-        set(dir, k, v, &field)?;
+        w.set(dir, k, v, &field)?;
     }
     Ok(())
 }

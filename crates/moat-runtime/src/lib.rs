@@ -32,11 +32,3 @@ pub fn block_forwarded() -> nix::Result<SigSet> {
     set.thread_block()?;
     Ok(set)
 }
-
-/// Print a create's non-fatal findings (seccomp rules for syscalls this architecture lacks, a
-/// cgroup that already holds processes), one `warning:` line each on stderr, as runc warns.
-pub fn print_warnings(warnings: &[String]) {
-    for w in warnings {
-        eprintln!("warning: {w}");
-    }
-}

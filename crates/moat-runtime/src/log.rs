@@ -43,6 +43,15 @@ impl Logger {
         }
     }
 
+    /// A warning: to the log file when there is one (under containerd or Docker the runtime's
+    /// stderr is the container's), else one `warning:` line on stderr.
+    pub fn warn(&mut self, msg: &str) {
+        match self.file {
+            Some(_) => self.write("warning", msg),
+            None => eprintln!("warning: {msg}"),
+        }
+    }
+
     pub fn error(&mut self, msg: &str) {
         self.write("error", msg);
         eprintln!("error: {msg}");

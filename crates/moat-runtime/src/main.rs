@@ -263,7 +263,9 @@ fn dispatch(cli: &Cli, log: &mut Logger) -> Result<ExitCode> {
             }
             let created = moat_container::create(&store, &a.options(cli.systemd_cgroup))
                 .with_context(|| format!("create container {}", a.id))?;
-            moat_runtime::print_warnings(&created.warnings);
+            for w in &created.warnings {
+                log.warn(w);
+            }
         }
         Cmd::Start { id } => moat_container::start::start(&store, id)
             .with_context(|| format!("start container {id}"))?,

@@ -1,6 +1,7 @@
 //! The resource commands of runc's CLI: `pause`, `resume`, `update`, `ps`, `events`. They map to
 //! the container's cgroup through `moat-container`; `update`'s individual flags are translated into
-//! an OCI `LinuxResources` here, at the edge.
+//! an OCI `LinuxResources` here, at the edge. Zero values mean "unchanged" as in runc, and an
+//! `update` is checked whole before anything is written (`moat_cgroups::Cgroup::update`).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -28,7 +29,7 @@ pub struct UpdateArgs {
     /// Kernel memory limit (deprecated; refused by cgroup v2 and recent kernels).
     #[arg(long)]
     pub kernel_memory: Option<String>,
-    /// CPU shares (relative weight).
+    /// CPU shares (relative weight, 2-262144; 0 leaves them unchanged).
     #[arg(long)]
     pub cpu_shares: Option<u64>,
     /// CPU CFS quota in microseconds per period (-1 for none).
@@ -49,10 +50,10 @@ pub struct UpdateArgs {
     /// Memory nodes allowed (e.g. 0).
     #[arg(long)]
     pub cpuset_mems: Option<String>,
-    /// Maximum number of processes (-1 or 0 for unlimited).
+    /// Maximum number of processes (-1 for unlimited; 0 leaves it unchanged, as in runc).
     #[arg(long, allow_hyphen_values = true)]
     pub pids_limit: Option<i64>,
-    /// Block IO weight (10-1000).
+    /// Block IO weight (10-1000; 0 leaves it unchanged).
     #[arg(long)]
     pub blkio_weight: Option<u16>,
     /// Intel RDT L3 cache schema (not supported).

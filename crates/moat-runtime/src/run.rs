@@ -56,7 +56,9 @@ pub fn run(
     };
     let created = moat_container::create(store, &opts)
         .with_context(|| format!("create container {}", opts.id))?;
-    moat_runtime::print_warnings(&created.warnings);
+    for w in &created.warnings {
+        log.warn(w);
+    }
     // Only the pair holds the socket now: a missing master reads as end-of-file, not a hang.
     opts.console = None;
     let opts = &opts;

@@ -198,6 +198,37 @@ fn update_changes_live_limits_and_ps_lists_pids() {
         &id,
     ]);
     assert_eq!(pids_max(), "7");
+    // Zero values mean "unchanged", as in runc (what Docker sends for the fields it does not set).
+    std::fs::write(
+        d.path().join("zero.json"),
+        r#"{"pids": {"limit": 0}, "cpu": {"shares": 0, "quota": 0, "period": 0},
+            "blockIO": {"weight": 0}, "memory": {"limit": 0, "swap": 0, "disableOOMKiller": false}}"#,
+    )
+    .unwrap();
+    rt.ok(&[
+        "update",
+        "-r",
+        d.path().join("zero.json").to_str().unwrap(),
+        &id,
+    ]);
+    assert_eq!(pids_max(), "7");
+    // All or nothing: a refused part (cpu.shares 1, below the kernel's 2) leaves pids.max as is.
+    std::fs::write(
+        d.path().join("bad.json"),
+        r#"{"pids": {"limit": 9}, "cpu": {"shares": 1}}"#,
+    )
+    .unwrap();
+    let o = rt.out(&[
+        "update",
+        "-r",
+        d.path().join("bad.json").to_str().unwrap(),
+        &id,
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.starts_with("error: "), "{err}");
+    assert!(err.contains("cpu.shares"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert_eq!(pids_max(), "7");
     let pid = rt.state(&id)["pid"].as_i64().unwrap();
     let pids: Vec<i64> = serde_json::from_str(&rt.ok(&["ps", "--format", "json", &id])).unwrap();
     assert_eq!(pids, vec![pid]);

@@ -276,7 +276,7 @@ fn v1_files() {
     let r = res(json!({
         "memory": {"limit": 2000, "swap": 4000, "reservation": 1000, "swappiness": 0, "disableOOMKiller": true},
         "cpu": {"shares": 512, "quota": 20000, "period": 100000, "burst": 0, "cpus": "0", "mems": "0"},
-        "pids": {"limit": 0},
+        "pids": {"limit": -1},
         "blockIO": {"weight": 300, "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 100}]},
         "hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}],
         "devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 1, "minor": 5, "access": "rw"}],

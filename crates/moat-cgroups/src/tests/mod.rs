@@ -4,6 +4,7 @@
 mod formats;
 mod host;
 mod stats_files;
+mod unset;
 
 use std::path::{Path, PathBuf};
 
