@@ -110,7 +110,11 @@ pub const RULES: &[Rule] = &[
         "absent, an entry with no limit",
         "hcaHandles, hcaObjects",
     ),
-    rule("unified", "absent", "written as given on pure v2; refused on v1 and hybrid hosts (runc)"),
+    rule(
+        "unified",
+        "absent",
+        "written as given on pure v2; refused on v1 and hybrid hosts (runc)",
+    ),
     rule("devices", "never (always the spec's list)", "rules"),
 ];
 

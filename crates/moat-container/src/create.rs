@@ -32,6 +32,8 @@ pub struct CreateOptions {
     /// A console socket the caller already holds (the runtime's end of a socketpair when it
     /// relays the terminal itself); used instead of `console_socket`.
     pub console: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// Variables appended to `process.env` (`LISTEN_FDS`/`LISTEN_PID` of socket activation).
+    pub extra_env: Vec<String>,
 }
 
 /// A created container.
@@ -70,7 +72,15 @@ impl Drop for Undo<'_> {
 
 pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
     crate::state::validate_id(&opts.id)?;
-    let bundle = load_bundle(&opts.bundle)?;
+    let mut bundle = load_bundle(&opts.bundle)?;
+    if !opts.extra_env.is_empty() {
+        if let Some(mut p) = bundle.spec.process().clone() {
+            let mut env = p.env().clone().unwrap_or_default();
+            env.extend(opts.extra_env.iter().cloned());
+            p.set_env(Some(env));
+            bundle.spec.set_process(Some(p));
+        }
+    }
     check_supported(&bundle)?;
     let linux = bundle.spec.linux().as_ref();
     let cg_path = linux

@@ -163,6 +163,10 @@ struct CreateArgs {
 
 impl CreateArgs {
     fn options(&self, systemd: bool) -> moat_container::CreateOptions {
+        // Socket activation, as runc: LISTEN_FDS meant for us (LISTEN_PID is our pid) pass fds
+        // 3..3+LISTEN_FDS to the container first, with LISTEN_FDS and LISTEN_PID=1 in its
+        // environment; --preserve-fds count from there.
+        let listen = listen_fds();
         moat_container::CreateOptions {
             id: self.id.clone(),
             bundle: self.bundle.clone(),
@@ -170,11 +174,55 @@ impl CreateArgs {
             console_socket: self.console_socket.clone(),
             no_pivot: self.no_pivot,
             no_new_keyring: self.no_new_keyring,
-            preserve_fds: self.preserve_fds,
+            preserve_fds: listen + self.preserve_fds,
             systemd_cgroup: systemd,
             console: None,
+            extra_env: if listen > 0 {
+                vec![format!("LISTEN_FDS={listen}"), "LISTEN_PID=1".into()]
+            } else {
+                vec![]
+            },
         }
     }
+}
+
+/// `LISTEN_FDS` of systemd's socket activation, when `LISTEN_PID` names this process.
+fn listen_fds() -> u32 {
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|_| ours)
+        .unwrap_or(0)
+}
+
+/// Descriptors 3..3+N that `--preserve-fds N` (after the LISTEN_FDS ones) hands to the container
+/// must be the caller's: checked before this process opens anything, or one of its own (a log
+/// file, the exec fifo, a socket) could take a free number in that range and reach the container.
+/// Returns the error to report for the first one that is not open.
+fn check_preserved_fds() -> Option<String> {
+    let mut args = std::env::args().skip_while(|a| a != "create" && a != "run" && a != "exec");
+    let mut n: u32 = 0;
+    while let Some(a) = args.next() {
+        if let Some(v) = a.strip_prefix("--preserve-fds=") {
+            n = v.parse().unwrap_or(0);
+        } else if a == "--preserve-fds" {
+            n = args.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+    }
+    let total = n + listen_fds();
+    (3..3 + total as i32)
+        .find(|fd| nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_GETFD).is_err())
+        .map(|fd| {
+            format!(
+                "--preserve-fds {n}: file descriptor {fd} is not open in the caller \
+                 (pass descriptors 3..{} to moat-runtime)",
+                2 + total
+            )
+        })
 }
 
 fn main() -> ExitCode {
@@ -187,8 +235,13 @@ fn main() -> ExitCode {
         .any(|a| a == "create" || a == "run" || a == "exec");
     let sealed = enters && moat_sys::fd::running_from_sealed_copy();
     let reexec_failed = (enters && !sealed).then(moat_sys::fd::reexec_from_sealed_copy);
+    let preserve_error = check_preserved_fds();
     let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     let mut log = Logger::new(cli.log.as_deref(), cli.log_format, cli.debug);
+    if let Some(e) = preserve_error {
+        log.error(&e);
+        return ExitCode::FAILURE;
+    }
     if let Some(e) = reexec_failed {
         log.error(&format!(
             "re-execute from a sealed copy of the runtime binary: {e}"

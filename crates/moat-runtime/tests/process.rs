@@ -208,6 +208,51 @@ fn preserve_fds_passes_extra_descriptors() {
     );
 }
 
+/// No runtime descriptor reaches the container: `--preserve-fds N` beyond what the caller holds is
+/// refused (before, the runtime's own exec fifo took the free numbers and leaked in), descriptors
+/// the caller holds without asking stay out, and socket activation's LISTEN_FDS are passed first
+/// with LISTEN_FDS/LISTEN_PID=1 set, as runc does.
+#[test]
+fn only_stdio_preserved_and_listen_fds_reach_the_container() {
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["true"]);
+    b.sh("ls /proc/self/fd | sort -n | tr '\\n' ' '; echo; env | grep ^LISTEN_ | sort; cat <&3");
+    let id1 = id("fdmiss");
+    let o = rt.create_out(&b, &id1, &["--preserve-fds", "3"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "create with missing descriptors succeeded"
+    );
+    assert!(
+        err.starts_with("error:") && err.contains("file descriptor 3 is not open"),
+        "{err}"
+    );
+    assert_clean(&rt, &id1, Some(b.path()));
+
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("sock"), "activated\n").unwrap();
+    let script = format!(
+        "LISTEN_PID=$$ LISTEN_FDS=1 exec {} --root {} run --bundle {} {} 3<{} 5</dev/null 7</dev/null",
+        BIN,
+        rt.root.path().display(),
+        b.path().display(),
+        id("fdlisten"),
+        d.path().join("sock").display()
+    );
+    let o = std::process::Command::new("/bin/sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // stdio, the activated socket (3) and ls's own directory descriptor; not 5 or 7.
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "0 1 2 3 4 \nLISTEN_FDS=1\nLISTEN_PID=1\nactivated\n"
+    );
+}
+
 fn unsafe_pre_exec(cmd: &mut std::process::Command, a: i32, b: i32) {
     use std::os::unix::process::CommandExt;
     // SAFETY: dup2 is async-signal-safe; the closure only calls it.
