@@ -50,7 +50,20 @@ pub fn update(store: &Store, id: &str, res: &oci_spec::runtime::LinuxResources) 
     }
     let cg = st
         .cgroup
+        .as_ref()
         .ok_or_else(|| ContainerError::Unsupported(format!("container {id} has no cgroup")))?;
-    cg.update(res)?;
+    // Device rules of an update apply on top of the container's own (its spec's rules, the
+    // default devices and `linux.devices`), not instead of them: a deny rule takes that device
+    // away and leaves /dev/null and the rest usable.
+    let mut res = res.clone();
+    if let Some(extra) = res.devices().clone().filter(|d| !d.is_empty()) {
+        let spec = crate::spec::load_bundle(&st.bundle)?.spec;
+        let mut devs = crate::resources::effective(&spec)
+            .and_then(|r| r.devices().clone())
+            .unwrap_or_default();
+        devs.extend(extra);
+        res.set_devices(Some(devs));
+    }
+    cg.update(&res)?;
     Ok(())
 }

@@ -435,3 +435,34 @@ fn events_stats_once_and_a_stream_that_ends_on_delete() {
         assert_eq!(v["id"], id.as_str());
     }
 }
+
+/// A device deny rule given to `update` takes effect on the running container, on top of its own
+/// rules: the denied device cannot be opened, the other default devices still can.
+#[test]
+fn update_with_a_device_deny_rule_takes_effect() {
+    let rt = Rt::new();
+    let b = Bundle::new(&["sleep", "100"]);
+    let id = id("updev");
+    detach(&rt, &b, &id);
+    let probe = concat!(
+        "for d in zero full null; do ",
+        "(exec 3</dev/$d) 2>/dev/null && echo $d=open || echo $d=denied; done"
+    );
+    assert_eq!(
+        rt.ok(&["exec", &id, "sh", "-c", probe]),
+        "zero=open\nfull=open\nnull=open\n"
+    );
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("dev.json");
+    std::fs::write(
+        &f,
+        r#"{"devices": [{"allow": false, "type": "c", "major": 1, "minor": 5, "access": "rwm"}]}"#,
+    )
+    .unwrap();
+    rt.ok(&["update", "-r", f.to_str().unwrap(), &id]);
+    assert_eq!(
+        rt.ok(&["exec", &id, "sh", "-c", probe]),
+        "zero=denied\nfull=open\nnull=open\n"
+    );
+    rt.ok(&["delete", "--force", &id]);
+}
