@@ -28,21 +28,7 @@ impl Bundle {
             .prefix("moat-bundle-")
             .tempdir()
             .unwrap();
-        let rootfs = dir.path().join("rootfs");
-        for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
-            std::fs::create_dir_all(rootfs.join(d)).unwrap();
-        }
-        std::fs::copy(busybox(), rootfs.join("bin/busybox")).unwrap();
-        let list = Command::new(busybox()).arg("--list").output().unwrap();
-        for applet in String::from_utf8_lossy(&list.stdout).lines() {
-            let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
-        }
-        std::fs::write(
-            rootfs.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n",
-        )
-        .unwrap();
-        std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+        support::busybox_rootfs(&dir.path().join("rootfs"));
         let out = Command::new(BIN)
             .args(["spec", "--bundle"])
             .arg(dir.path())

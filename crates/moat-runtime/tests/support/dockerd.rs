@@ -143,22 +143,7 @@ impl Dockerd {
 
     fn import_image(&self) {
         let rootfs = self.path().join("image-rootfs");
-        for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "run"] {
-            std::fs::create_dir_all(rootfs.join(d)).unwrap();
-        }
-        std::fs::copy(busybox(), rootfs.join("bin/busybox")).unwrap();
-        let list = Command::new(busybox()).arg("--list").output().unwrap();
-        for applet in text(&list.stdout).lines() {
-            if applet != "busybox" {
-                let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
-            }
-        }
-        std::fs::write(
-            rootfs.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n",
-        )
-        .unwrap();
-        std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+        busybox_rootfs(&rootfs);
         let tarball = self.path().join("busybox.tar");
         ok(
             Command::new("tar")

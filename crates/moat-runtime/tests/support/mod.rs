@@ -201,11 +201,10 @@ pub fn sha256_file(p: &Path) -> String {
     out.split_whitespace().next().unwrap().to_owned()
 }
 
-/// Build a docker-archive tarball (`docker save` format, which both `podman load` and
-/// `ctr image import` accept) of a one-layer busybox image named [`IMAGE`]; returns its path.
-pub fn busybox_image(dir: &Path) -> PathBuf {
-    let rootfs = dir.join("rootfs");
-    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
+/// A busybox-static root filesystem at `rootfs`: the usual top directories, busybox with a link
+/// per applet, and an /etc/passwd and /etc/group with root and nobody.
+pub fn busybox_rootfs(rootfs: &Path) {
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "run"] {
         std::fs::create_dir_all(rootfs.join(d)).unwrap();
     }
     std::fs::copy(busybox(), rootfs.join("bin/busybox")).unwrap();
@@ -222,6 +221,13 @@ pub fn busybox_image(dir: &Path) -> PathBuf {
     )
     .unwrap();
     std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+}
+
+/// Build a docker-archive tarball (`docker save` format, which both `podman load` and
+/// `ctr image import` accept) of a one-layer busybox image named [`IMAGE`]; returns its path.
+pub fn busybox_image(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    busybox_rootfs(&rootfs);
 
     let img = dir.join("image");
     std::fs::create_dir_all(&img).unwrap();
