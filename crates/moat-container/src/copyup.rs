@@ -38,6 +38,15 @@ pub fn copy_dir(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> nix::Result<()> {
             Some(Uid::from_raw(st.st_uid)),
             Some(Gid::from_raw(st.st_gid)),
         );
+        let chown_entry = || {
+            nix::unistd::fchownat(
+                Some(to.as_raw_fd()),
+                name.as_c_str(),
+                uid,
+                gid,
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+        };
         match kind {
             SFlag::S_IFDIR => {
                 nix::sys::stat::mkdirat(
@@ -86,13 +95,7 @@ pub fn copy_dir(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> nix::Result<()> {
             SFlag::S_IFLNK => {
                 let target = nix::fcntl::readlinkat(Some(from.as_raw_fd()), name.as_c_str())?;
                 nix::unistd::symlinkat(target.as_os_str(), Some(to.as_raw_fd()), name.as_c_str())?;
-                nix::unistd::fchownat(
-                    Some(to.as_raw_fd()),
-                    name.as_c_str(),
-                    uid,
-                    gid,
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )?;
+                chown_entry()?;
             }
             SFlag::S_IFCHR | SFlag::S_IFBLK | SFlag::S_IFIFO | SFlag::S_IFSOCK => {
                 nix::sys::stat::mknodat(
@@ -102,13 +105,7 @@ pub fn copy_dir(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> nix::Result<()> {
                     perm,
                     st.st_rdev,
                 )?;
-                nix::unistd::fchownat(
-                    Some(to.as_raw_fd()),
-                    name.as_c_str(),
-                    uid,
-                    gid,
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )?;
+                chown_entry()?;
                 nix::sys::stat::fchmodat(
                     Some(to.as_raw_fd()),
                     name.as_c_str(),
