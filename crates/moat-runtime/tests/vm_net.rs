@@ -243,3 +243,42 @@ fn vm_without_a_network_namespace_is_refused() {
     assert!(err.starts_with("error:"), "{err}");
     assert_clean(&rt, &id, Some(b.path()));
 }
+
+/// The host half alone (no VM): `attach` joins the namespace's eth0 to a tap both ways and reads
+/// what the guest must get; `detach` removes the tap and the qdiscs; a second `attach` of a
+/// namespace already in use is refused and leaves the first one's tap alone.
+#[test]
+fn attach_and_detach_a_network_namespace() {
+    require_root();
+    let net = TestNet::new();
+    let path = std::path::PathBuf::from(net.path());
+    let t = Instant::now();
+    let a = moat_vm::net::attach(&path).unwrap();
+    eprintln!("attach: {:?}", t.elapsed());
+    assert_eq!(a.links.len(), 1, "{a:?}");
+    assert_eq!(a.links[0].interface, "eth0");
+    assert_eq!(a.interfaces[0].mtu, 1400);
+    assert_eq!(a.interfaces[0].addresses[0].address, net.guest_ip());
+    assert_eq!(a.routes.len(), 2, "{:?}", a.routes);
+    for (from, to) in [("eth0", "tap0_moat"), ("tap0_moat", "eth0")] {
+        let f = sh(&format!(
+            "tc -n {} filter show dev {from} ingress",
+            net.name
+        ));
+        assert!(f.contains(&format!("Redirect to device {to}")), "{f}");
+    }
+    let again = moat_vm::net::attach(&path).unwrap_err().to_string();
+    assert!(
+        again.contains("another VM uses this network namespace"),
+        "{again}"
+    );
+    let t = Instant::now();
+    moat_vm::net::detach(&path, &a.links).unwrap();
+    eprintln!("detach: {:?}", t.elapsed());
+    let links = sh(&format!("ip -n {} link show", net.name));
+    assert!(!links.contains("_moat"), "{links}");
+    let qdiscs = sh(&format!("tc -n {} qdisc show", net.name));
+    assert!(!qdiscs.contains("ingress"), "{qdiscs}");
+    // Detaching again (or from a namespace that is gone) is fine.
+    moat_vm::net::detach(&path, &a.links).unwrap();
+}
