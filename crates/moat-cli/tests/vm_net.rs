@@ -119,6 +119,22 @@ fn vm_container_answers_on_a_published_port() {
         &["exec", &id, "busybox", "ip", "-4", "addr", "show", "eth0"],
     );
     assert!(seen.contains(&format!("inet {ip}/24")), "{seen}");
+    // /etc/hosts and /etc/resolv.conf as for a namespaces container (moat's files, shared).
+    let etc = ok(
+        root.path(),
+        &[
+            "exec",
+            &id,
+            "busybox",
+            "cat",
+            "/etc/hosts",
+            "/etc/resolv.conf",
+        ],
+    );
+    assert!(
+        etc.contains(&id[..12]) && etc.contains("nameserver"),
+        "{etc}"
+    );
     let netns = root.path().join("containers").join(&id).join("netns");
     assert!(netns.exists());
     ok(root.path(), &["rm", "-f", &id]);

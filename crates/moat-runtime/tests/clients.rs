@@ -166,6 +166,53 @@ fn podman_run_propagates_exit_code() {
     );
     p.assert_gone(&name, &cid);
 }
+/// A podman network on its own bridge (10.231.77.0/24, on this machine only), removed on drop
+/// with its bridge.
+struct PodmanNet<'a> {
+    p: &'a Podman,
+    name: String,
+    bridge: String,
+}
+
+impl<'a> PodmanNet<'a> {
+    fn create(p: &'a Podman, name: &str) -> PodmanNet<'a> {
+        let name = format!("{name}-net");
+        ok(
+            p.cmd()
+                .args(["network", "create", "--subnet", "10.231.77.0/24", &name]),
+            Duration::from_secs(30),
+            "podman network create",
+        );
+        let bridge = ok(
+            p.cmd().args([
+                "network",
+                "inspect",
+                "--format",
+                "{{.NetworkInterface}}",
+                &name,
+            ]),
+            Duration::from_secs(30),
+            "podman network inspect",
+        )
+        .trim()
+        .to_owned();
+        PodmanNet { p, name, bridge }
+    }
+}
+
+impl Drop for PodmanNet<'_> {
+    fn drop(&mut self) {
+        run_quiet(
+            self.p.cmd().args(["network", "rm", "-f", &self.name]),
+            Duration::from_secs(30),
+        );
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 /// `podman run -d -p` of a VM container (the annotation `io.moat.isolation=vm`): podman's network
 /// (its namespace, veth and port mapping) reaches the guest, whose httpd answers from the host on
 /// 127.0.0.1; `podman rm -f` leaves no moat state, tap or process.
@@ -202,18 +249,15 @@ fn podman_vm_container_answers_on_a_published_port() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
+    // A network of the test's own (podman's default one, 10.88.0.0/16 on cni-podman0, would
+    // stay behind and collide with moat's bridge subnet).
+    let net = PodmanNet::create(&p, &name);
     let mut c = p.cmd();
     // The last --runtime wins.
     c.arg("--runtime")
         .arg(&wrapper)
-        .args([
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--annotation",
-            "io.moat.isolation=vm",
-        ])
+        .args(["run", "-d", "--name", &name, "--network", &net.name])
+        .args(["--annotation", "io.moat.isolation=vm"])
         .arg("-p")
         .arg(format!("127.0.0.1:{port}:80"))
         .arg("--cidfile")
