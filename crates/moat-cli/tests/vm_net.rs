@@ -112,7 +112,7 @@ fn vm_container_answers_on_a_published_port() {
     let inspect: serde_json::Value =
         serde_json::from_str(&ok(root.path(), &["inspect", &id])).unwrap();
     let ip = inspect["Network"]["IPAddress"].as_str().unwrap().to_owned();
-    assert!(ip.starts_with("10.88.87."), "{inspect}");
+    assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{inspect}");
     // The guest has the CNI address on eth0 (the namespace's veth, seen through the tap).
     let seen = ok(
         root.path(),

@@ -64,11 +64,14 @@ struct TestNet {
 
 impl TestNet {
     fn new() -> TestNet {
-        let n = 100 + std::process::id() % 100;
+        // One per test of this process: tests run in parallel.
+        static K: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = K.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let pid = std::process::id() % 100_000;
         let t = TestNet {
-            name: format!("moatvmnet{}", std::process::id()),
-            host_if: format!("mvn{}", std::process::id()),
-            n,
+            name: format!("moatvmnet{pid}-{k}"),
+            host_if: format!("mvn{pid}-{k}"),
+            n: 100 + (pid + 37 * k) % 100,
         };
         sh(&format!(
             "ip netns add {ns} && ip link add {h} type veth peer name eth0 netns {ns} && \
@@ -78,7 +81,8 @@ impl TestNet {
              ip -n {ns} route add default via 10.231.{n}.1 && \
              ip -n {ns} route add 10.232.{n}.0/24 via 10.231.{n}.1",
             ns = t.name,
-            h = t.host_if
+            h = t.host_if,
+            n = t.n
         ));
         t
     }
