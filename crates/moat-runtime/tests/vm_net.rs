@@ -53,9 +53,9 @@ fn sh(cmd: &str) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// A network namespace `/run/netns/<name>` with `eth0` (10.231.N.2/24, MTU 1400, default route
-/// via .1, and a route to 10.232.N.0/24 via .1) whose veth peer (10.231.N.1) is in the host;
-/// both removed on drop.
+/// A network namespace `/run/netns/<name>` with `eth0` (10.231.N.2/24 and fd00:231:N::2/64, MTU
+/// 1400, default route via .1, and a route to 10.232.N.0/24 via .1) whose veth peer (10.231.N.1,
+/// fd00:231:N::1) is in the host; both removed on drop.
 struct TestNet {
     name: String,
     host_if: String,
@@ -79,7 +79,9 @@ impl TestNet {
              ip -n {ns} addr add 10.231.{n}.2/24 dev eth0 && \
              ip -n {ns} link set eth0 mtu 1400 up && \
              ip -n {ns} route add default via 10.231.{n}.1 && \
-             ip -n {ns} route add 10.232.{n}.0/24 via 10.231.{n}.1",
+             ip -n {ns} route add 10.232.{n}.0/24 via 10.231.{n}.1 && \
+             ip addr add fd00:231:{n}::1/64 dev {h} nodad && \
+             ip -n {ns} addr add fd00:231:{n}::2/64 dev eth0 nodad",
             ns = t.name,
             h = t.host_if,
             n = t.n
@@ -199,6 +201,16 @@ fn vm_joins_the_network_namespace_of_its_spec() {
         seen.contains(&format!("10.232.{0}.0/24 via 10.231.{0}.1 dev eth0", net.n)),
         "{seen}"
     );
+    assert!(
+        seen.contains(&format!("inet6 fd00:231:{}::2/64 scope global", net.n)),
+        "{seen}"
+    );
+    let body = http_get(
+        &format!("[fd00:231:{}::2]", net.n),
+        8080,
+        Duration::from_secs(10),
+    );
+    assert!(body.contains("hello-from-the-guest"), "over IPv6: {body}");
     // Only the namespace's interface (and lo): nothing of the host.
     let links = vm_ok(&rt, &["exec", &id, "ls", "/sys/class/net"]);
     let mut names: Vec<&str> = links.split_whitespace().collect();
