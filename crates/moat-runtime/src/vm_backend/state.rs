@@ -202,6 +202,7 @@ impl VmState {
             }
         }
         // QEMU is gone: its taps are free to go, and the redirects on the namespace's interfaces.
+        // A failure here keeps the state (and so the record of the taps) for a later delete.
         if let Some(net) = &self.net {
             net.detach(&self.id)?;
         }
