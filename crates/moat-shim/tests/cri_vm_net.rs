@@ -3,7 +3,7 @@
 //! `moat-vm` pod of two containers. The VM joins the pod's network namespace (tap + tc redirects),
 //! so both containers have the pod IP that CRI reports; the host reaches the pod's httpd on it,
 //! and so does a second pod (the namespaces backend's `moat` handler). Removing the pods leaves no
-//! tap, QEMU or shim.
+//! tap, QEMU or shim, also when the VM pod's shim was killed with SIGKILL.
 
 #[path = "../../moat-runtime/tests/support/mod.rs"]
 mod support;
@@ -282,17 +282,47 @@ fn cri_vm_pod_gets_the_pod_ip_and_a_second_pod_reaches_it() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let links = std::process::Command::new("ip")
-        .args(["-all", "netns", "exec", "ip", "link"])
-        .output()
-        .unwrap();
-    assert!(
-        !text(&links.stdout).contains("_moat"),
-        "a tap is left: {}",
-        text(&links.stdout)
-    );
+    assert!(!taps_left(), "a tap is left after RemovePodSandbox");
     assert!(
         pids_with_cmdline(&pod_a).is_empty(),
         "a process of the VM pod is left"
     );
+
+    // A VM pod whose shim is killed: the agent powers the VM off when the connection closes;
+    // the taps go with the pod's namespace, which containerd removes with the pod.
+    let cfg_c = sandbox_config(&cd, "moat-vm-net-crash", &logs);
+    let pod_c = run_pod(&cri, &cfg_c, "moat-vm");
+    start_ctr(&cri, &pod_c, &cfg_c, "c", "exec sleep 1000");
+    assert!(taps_left(), "the VM pod has no tap");
+    let shims: Vec<i32> = cd.shim_processes().into_keys().collect();
+    // QEMU and virtiofsd of this pod (their run directory names the shim's pid).
+    let vm_procs = || -> Vec<i32> {
+        shims
+            .iter()
+            .flat_map(|p| pids_with_cmdline(&format!("/run/moat-shim-vm/moat-vm-{p}-")))
+            .collect()
+    };
+    assert!(!vm_procs().is_empty(), "no QEMU found for the pod");
+    for pid in &shims {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !vm_procs().is_empty() {
+        assert!(Instant::now() < deadline, "the VM outlived its shim");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    remove_pod(&cri, &pod_c);
+    assert!(!taps_left(), "a tap is left after the shim was killed");
+}
+
+/// Whether a `*_moat` tap exists in any named network namespace.
+fn taps_left() -> bool {
+    let links = std::process::Command::new("ip")
+        .args(["-all", "netns", "exec", "ip", "link"])
+        .output()
+        .unwrap();
+    text(&links.stdout).contains("_moat")
 }
