@@ -9,8 +9,9 @@
 //! Version 2 added stdin forwarding (`Stdin`, `CloseStdin`, the `stdin` flags of `Create` and
 //! `Exec`), bind mounts shared over virtiofs (`Create.shared`, [`SHARE_TAG`]) and the resource
 //! requests (`Pause`, `Resume`, `Stats`, `Processes`); later, additively, `CreateShared` (a
-//! container whose rootfs is in the shared directory: the containers of a pod VM) and the
-//! unsolicited [`GuestMessage::Oom`].
+//! container whose rootfs is in the shared directory: the containers of a pod VM), the
+//! unsolicited [`GuestMessage::Oom`] and `Network` (the guest's interfaces, addresses and routes,
+//! copied from the host network namespace the VM joined).
 //!
 //! What it must never do: perform I/O, or panic, allocate without bound or loop on hostile bytes.
 //! Both sides treat the other as untrusted, so [`Decoder`] turns every malformed frame into a

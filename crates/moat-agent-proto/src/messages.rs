@@ -90,6 +90,42 @@ pub enum Request {
     Delete { container_id: String, force: bool },
     /// End the sandbox: kill every container and power the VM off.
     Shutdown,
+    /// Configure the guest's network like the host network namespace the VM joined: each
+    /// interface (found by its MAC, which the host gave the VM's NIC) gets its name, MTU and
+    /// addresses and is brought up, then the routes are added in order. `lo` is always brought
+    /// up. (Added within version 2: an agent without it answers `Malformed`.)
+    Network {
+        interfaces: Vec<NetInterface>,
+        routes: Vec<NetRoute>,
+    },
+}
+
+/// A network interface of the guest, copied from one of the host network namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetInterface {
+    /// The name it gets in the guest (the host interface's, e.g. `eth0`): at most 15 bytes.
+    pub name: String,
+    /// `aa:bb:cc:dd:ee:ff`: the MAC of the host interface, also given to the VM's NIC.
+    pub mac: String,
+    pub mtu: u32,
+    pub addresses: Vec<IpNet>,
+}
+
+/// An address with its prefix length, e.g. `10.88.87.2`/24 or `fd00::2`/64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpNet {
+    pub address: String,
+    pub prefix_len: u8,
+}
+
+/// A route of the guest's main table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetRoute {
+    /// `None`: the default route (of `gateway`'s family, IPv4 when there is no gateway).
+    pub destination: Option<IpNet>,
+    pub gateway: Option<String>,
+    /// The name of the interface (as in [`NetInterface::name`]).
+    pub device: String,
 }
 
 /// The block device holding a container's root filesystem.
@@ -232,6 +268,10 @@ impl Request {
             Request::Processes { container_id } => format!("processes of {container_id}"),
             Request::Delete { container_id, .. } => format!("delete {container_id}"),
             Request::Shutdown => "shutdown".into(),
+            Request::Network { interfaces, .. } => {
+                let names: Vec<&str> = interfaces.iter().map(|i| i.name.as_str()).collect();
+                format!("configure the network ({})", names.join(", "))
+            }
         }
     }
 }

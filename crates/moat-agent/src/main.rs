@@ -12,6 +12,7 @@ mod boot;
 mod conn;
 mod error;
 mod log;
+mod net;
 mod serve;
 mod shared;
 mod stdin;

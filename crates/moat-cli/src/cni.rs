@@ -232,14 +232,43 @@ pub fn setup(m: &mut Meta, pid: i32, pin: &Path) -> Result<()> {
         }
         _ => {}
     }
+    check_host_routes()?;
+    // Keep the namespace alive after the container exits: the bridge plugin can remove its
+    // masquerade rules on DEL only while it can enter the namespace.
+    pin_netns(&netns, pin)?;
+    bridge_pinned(m, pin)
+}
+
+/// Check the bridge's subnet against the host's routes (saying so when it moved).
+fn check_host_routes() -> Result<()> {
     let routes = std::fs::read_to_string("/proc/net/route")
         .map_err(CliError::io("read", "/proc/net/route"))?;
     if let (_, Some(notice)) = choose_subnet(&routes)? {
         eprintln!("moat: {notice}");
     }
-    // Keep the namespace alive after the container exits: the bridge plugin can remove its
-    // masquerade rules on DEL only while it can enter the namespace.
-    pin_netns(&netns, pin)?;
+    Ok(())
+}
+
+/// The bridge network of a VM container: a new network namespace pinned at `pin` (no process
+/// lives in it yet: the VM joins it, with a tap joined to its `eth0`), and the bridge chain in
+/// it. The VM backend brings `lo` up in the guest itself.
+pub fn setup_vm(m: &mut Meta, pin: &Path) -> Result<()> {
+    check_host_routes()?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(CliError::sys("create a network namespace"))?;
+            pin_netns("/proc/thread-self/ns/net", pin)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(CliError::Usage("network namespace thread panicked".into())))
+    })?;
+    bridge_pinned(m, pin)
+}
+
+/// Run the bridge chain in the namespace pinned at `pin`; records the address in `m`. On
+/// failure the namespace is released.
+fn bridge_pinned(m: &mut Meta, pin: &Path) -> Result<()> {
     let netns = pin.display().to_string();
     invoke(
         "ADD",

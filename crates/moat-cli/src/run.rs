@@ -59,7 +59,7 @@ pub struct RunArgs {
     pub rootfs: Option<PathBuf>,
     /// Isolation: `namespaces` (the default) or `vm` (the container runs in its own lightweight
     /// VM with its own guest kernel: QEMU microvm, KVM when usable, else software emulation; the
-    /// VM has no network device yet, so its container has loopback only).
+    /// VM joins the container's network namespace through a tap: --network bridge|none, -p).
     #[arg(long, value_parser = ["namespaces", "vm"], default_value = "namespaces")]
     pub isolation: String,
     #[command(flatten)]
@@ -123,14 +123,10 @@ fn wait_single_threaded() {
     }
 }
 
-/// The network mode: --network, else bridge (none for a VM container, which has no network
-/// device yet; an explicit bridge or host is refused for it in `run`).
+/// The network mode: --network, else bridge (for a VM container too: the VM joins the bridge
+/// network's namespace; `host` is refused for it in `run`).
 fn network(a: &RunArgs) -> &str {
-    match (a.spec.network.as_deref(), a.isolation == "vm") {
-        (Some(n), _) => n,
-        (None, true) => "none",
-        (None, false) => "bridge",
-    }
+    a.spec.network.as_deref().unwrap_or("bridge")
 }
 
 fn parse_ports(a: &RunArgs) -> Result<Vec<Port>> {
@@ -275,16 +271,26 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
         .unwrap_or_else(|| id[..12].to_owned());
     let etc = etc_files(&dir, &hostname, network(a))?;
     let vm = a.isolation == "vm";
-    // A VM has no network device yet: its container gets loopback only (--network none, the
-    // default for it); what cannot work is refused, never silently dropped.
-    if vm && (a.tty || !a.publish.is_empty() || network(a) != "none") {
+    // What cannot work is refused, never silently dropped.
+    if vm && network(a) == "host" {
         return Err(CliError::Usage(
-            "--isolation vm: -t, -p and --network bridge|host are not supported for VM containers \
-             yet (the VM has no network device: its container has loopback only, --network none)"
+            "--isolation vm: --network host is not possible: a VM cannot share the host's network \
+             stack (use --network bridge, with -p to publish ports, or --network none)"
                 .into(),
         ));
     }
+    if vm && a.tty {
+        return Err(CliError::Usage(
+            "--isolation vm: -t is not supported for VM containers yet".into(),
+        ));
+    }
     let mut spec = crate::runspec::build(&a.spec, &config, cmd, &rootfs, &hostname, &etc, a.tty)?;
+    // A VM container on the bridge network joins a namespace made for it (`cni::setup_vm`), with
+    // a tap joined to its `eth0`; with --network none it gets a fresh one (loopback only).
+    let vm_netns = (vm && network(a) == "bridge").then(|| ctx.paths.netns(&id));
+    if let Some(pin) = &vm_netns {
+        crate::runspec::join_netns(&mut spec, pin);
+    }
     if vm {
         // Bind mounts (-v, and moat's /etc/hostname, /etc/hosts, /etc/resolv.conf) reach the
         // guest over virtiofs, read-only ones read-only on the host (docs/vm-transport.md).
@@ -300,7 +306,7 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
     let cfg = bundle.join("config.json");
     let body = serde_json::to_vec_pretty(&spec).unwrap_or_default();
     std::fs::write(&cfg, body).map_err(CliError::io("write", &cfg))?;
-    let m = Meta {
+    let mut m = Meta {
         id: id.clone(),
         name: name.clone(),
         rootfs: source,
@@ -319,6 +325,10 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
         finished: None,
     };
     ctx.paths.save(&m)?;
+    if let Some(pin) = &vm_netns {
+        crate::cni::setup_vm(&mut m, pin)?;
+        ctx.paths.save(&m)?;
+    }
     // Held until this process and, with -d, its monitor (which shares the lock) are done with
     // the container's directory: `moat rm` waits for it before removing the directory.
     let _finishing = crate::meta::hold_finish_lock(&ctx.paths, &id)?;

@@ -62,7 +62,8 @@ pub struct SpecArgs {
     pub privileged: bool,
     /// bridge (default): a veth on the moat0 bridge (10.213.87.0/24, or the next free /24 of 10.213.0.0/16; outbound NAT) through the CNI
     /// plugins, needed for -p; none: own network namespace with loopback only; host: the host's.
-    /// With --isolation vm only none (its default: the VM has no network device yet).
+    /// With --isolation vm: bridge (the VM joins the container's namespace through a tap) or none;
+    /// host is refused (a VM cannot share the host's network stack).
     #[arg(long, value_parser = ["none", "host", "bridge"])]
     pub network: Option<String>,
     /// Container host name (default: the first 12 digits of the id).
@@ -431,6 +432,23 @@ fn apply_flags(
         mounts.extend(extra);
     }
     Ok(())
+}
+
+/// Make the spec's network namespace the one pinned at `pin` (a VM container's, made before the
+/// VM boots).
+pub fn join_netns(spec: &mut oci_spec::runtime::Spec, pin: &Path) {
+    let Some(ns) = spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.namespaces_mut().as_mut())
+    else {
+        return;
+    };
+    for n in ns.iter_mut() {
+        if n.typ() == oci_spec::runtime::LinuxNamespaceType::Network {
+            n.set_path(Some(pin.to_path_buf()));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -229,13 +229,16 @@ fn run_isolation_vm_uses_a_guest_kernel() {
         "--rm",
         "--isolation",
         "vm",
+        "--network",
+        "none",
         "-v",
         &ro,
         "--rootfs",
         rp,
         "sh",
         "-c",
-        "uname -r; cat /data/f; echo x > /data/f || echo refused; exit 3",
+        "uname -r; cat /data/f; echo x > /data/f || echo refused; \
+         echo nets: $(busybox ls /sys/class/net); exit 3",
     ]);
     assert_eq!(
         o.status.code(),
@@ -254,19 +257,21 @@ fn run_isolation_vm_uses_a_guest_kernel() {
         out.contains("from-the-host") && out.contains("refused"),
         "{out}"
     );
+    // --network none: loopback only in the guest.
+    assert!(out.contains("nets: lo\n"), "{out}");
     assert_eq!(
         std::fs::read_to_string(vol.path().join("f")).unwrap(),
         "from-the-host\n"
     );
     assert_eq!(m.ok(&["ps", "-a", "-q"]), "", "--rm left a container");
-    // The VM has no network device: asking for one is refused, not silently dropped.
+    // A VM cannot share the host's network stack: refused with one line, nothing made.
     let o = m.cmd(&[
         "run",
         "--rm",
         "--isolation",
         "vm",
         "--network",
-        "bridge",
+        "host",
         "--rootfs",
         rp,
         "true",
@@ -274,9 +279,10 @@ fn run_isolation_vm_uses_a_guest_kernel() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(125), "{err}");
     assert!(
-        err.starts_with("error:") && err.contains("network"),
+        err.starts_with("error:") && err.contains("cannot share the host's network stack"),
         "{err}"
     );
+    assert_eq!(err.lines().count(), 1, "{err}");
     assert_eq!(
         m.ok(&["ps", "-a", "-q"]),
         "",

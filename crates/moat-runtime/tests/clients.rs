@@ -166,6 +166,163 @@ fn podman_run_propagates_exit_code() {
     );
     p.assert_gone(&name, &cid);
 }
+/// A podman network on its own bridge (10.231.77.0/24, on this machine only), removed on drop
+/// with its bridge.
+struct PodmanNet<'a> {
+    p: &'a Podman,
+    name: String,
+    bridge: String,
+}
+
+impl<'a> PodmanNet<'a> {
+    fn create(p: &'a Podman, name: &str) -> PodmanNet<'a> {
+        let name = format!("{name}-net");
+        ok(
+            p.cmd()
+                .args(["network", "create", "--subnet", "10.231.77.0/24", &name]),
+            Duration::from_secs(30),
+            "podman network create",
+        );
+        let bridge = ok(
+            p.cmd().args([
+                "network",
+                "inspect",
+                "--format",
+                "{{.NetworkInterface}}",
+                &name,
+            ]),
+            Duration::from_secs(30),
+            "podman network inspect",
+        )
+        .trim()
+        .to_owned();
+        PodmanNet { p, name, bridge }
+    }
+}
+
+impl Drop for PodmanNet<'_> {
+    fn drop(&mut self) {
+        run_quiet(
+            self.p.cmd().args(["network", "rm", "-f", &self.name]),
+            Duration::from_secs(30),
+        );
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// `podman run -d -p` of a VM container (the annotation `io.moat.isolation=vm`): podman's network
+/// (its namespace, veth and port mapping) reaches the guest, whose httpd answers from the host on
+/// 127.0.0.1; `podman rm -f` leaves no moat state, tap or process.
+#[test]
+fn podman_vm_container_answers_on_a_published_port() {
+    if !have_all(
+        "podman_vm_container_answers_on_a_published_port",
+        &["podman", "conmon"],
+    ) {
+        return;
+    }
+    #[path = "support/vm_agent.rs"]
+    mod vm_agent;
+    let p = Podman::new();
+    let name = id("moat-podman-vm");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cidfile = p.dir.path().join("vm.cid");
+    // conmon does not pass podman's environment on: a wrapper names the guest agent.
+    let wrapper = p.dir.path().join("moat-runtime-vm");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nMOAT_AGENT_BIN={} exec {BIN} \"$@\"\n",
+            vm_agent::agent().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // A network of the test's own (podman's default one, 10.88.0.0/16 on cni-podman0, would
+    // stay behind and collide with moat's bridge subnet).
+    let net = PodmanNet::create(&p, &name);
+    let mut c = p.cmd();
+    // The last --runtime wins.
+    c.arg("--runtime")
+        .arg(&wrapper)
+        .args(["run", "-d", "--name", &name, "--network", &net.name])
+        .args(["--annotation", "io.moat.isolation=vm"])
+        .arg("-p")
+        .arg(format!("127.0.0.1:{port}:80"))
+        .arg("--cidfile")
+        .arg(&cidfile);
+    if !has_cap_sys_resource() {
+        c.args([
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ]);
+    }
+    c.args([
+        IMAGE,
+        "sh",
+        "-c",
+        "mkdir -p /tmp/www && echo hello-podman-vm > /tmp/www/index.html && \
+         exec httpd -f -p 80 -h /tmp/www",
+    ]);
+    let o = run_deadline(&mut c, Duration::from_secs(120), "podman run -d");
+    let cid = std::fs::read_to_string(&cidfile)
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    assert!(
+        o.status.success(),
+        "podman run -d: {}\nstdout: {}\nstderr: {}",
+        o.status,
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let r = (|| -> std::io::Result<String> {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut b = String::new();
+            s.read_to_string(&mut b)?;
+            Ok(b)
+        })();
+        match r {
+            Ok(b) if b.contains("hello-podman-vm") => break b,
+            r if std::time::Instant::now() > deadline => {
+                panic!("no answer on 127.0.0.1:{port}: {r:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    assert!(body.contains(" 200 "), "{body}");
+    ok(
+        p.cmd().args(["rm", "-f", &name]),
+        Duration::from_secs(60),
+        "podman rm -f",
+    );
+    p.assert_gone(&name, &cid);
+    let links = ok(
+        Command::new("ip").arg("link"),
+        Duration::from_secs(10),
+        "ip link",
+    );
+    assert!(!links.contains("_moat"), "a tap is left: {links}");
+}
+
 fn containerd_with_image(test: &str) -> Option<(Containerd, tempfile::TempDir)> {
     if !have_all(test, &["containerd", "ctr", "containerd-shim-runc-v2"]) {
         return None;

@@ -35,13 +35,19 @@ fn methods(task: &Arc<Router>, version: &str) -> Methods {
 
 /// Reap every child (the shim is a child subreaper: container inits and exec'd processes are
 /// reparented to it) and report exits to the exit monitor. A pod VM's QEMU and virtiofsd are left
-/// to `moat-vm`, which waits for them itself: the reaper looks first (`WNOWAIT`).
+/// to `moat-vm`, which waits for them itself: the reaper looks first (`WNOWAIT`); so are the
+/// `ip`/`tc` commands of a pod VM's network attachment, while they run.
 fn reaper() {
     use nix::sys::wait::{waitid, Id, WaitPidFlag};
     loop {
         let pid = match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
             Ok(st) => match st.pid() {
-                Some(pid) if !crate::vm_pod::owned_pid(pid.as_raw()) => pid,
+                Some(pid)
+                    if !crate::vm_pod::owned_pid(pid.as_raw())
+                        && !crate::vm_pod::running_net_commands() =>
+                {
+                    pid
+                }
                 _ => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                     continue;

@@ -19,9 +19,12 @@
 //! output events are written to stdout/stderr, stdin is forwarded in paced chunks. The Task verbs
 //! map onto agent requests ([`task`]); exits come from the agent's `Exited` events.
 //!
-//! Networking: the VM has no network device. Containers of a host-network pod see the guest's
-//! loopback only; a pod with its own network namespace gets the same (logged at create), not the
-//! namespace containerd prepared for it.
+//! Networking (Kata's model, `moat_vm::net`): the VM joins the pod's network namespace that
+//! containerd prepared (CNI has run by the sandbox's Create): a tap per interface joined to it by
+//! tc redirects, QEMU inside, the guest given the interface's MAC, addresses, routes and MTU; the
+//! pod's containers share the guest's network, so they have the pod IP. A host-network pod gets
+//! a VM with loopback only (a VM cannot share the host's network stack). The taps and qdiscs go
+//! at power-off, or with the namespace when the shim was killed.
 //!
 //! What it must never do: leave a QEMU, virtiofsd, run directory or mount behind once the
 //! sandbox is deleted or the shim shuts down, or touch the namespaces backend's containers.
@@ -98,6 +101,21 @@ pub fn owned_pid(pid: i32) -> bool {
         .is_some_and(|s| s.contains(&pid))
 }
 
+/// Held while `moat-vm` runs `ip`/`tc` for the pod's network attachment: the reaper must leave
+/// those children to the `Command` that waits for them.
+static NET_COMMANDS: Mutex<()> = Mutex::new(());
+
+/// Whether the network attachment's commands are running (the reaper waits meanwhile).
+pub fn running_net_commands() -> bool {
+    NET_COMMANDS.try_lock().is_err()
+}
+
+/// Attach to or detach from the pod's network namespace with the reaper held off.
+fn with_net_commands<T>(f: impl FnOnce() -> T) -> T {
+    let _g = NET_COMMANDS.lock().unwrap_or_else(|e| e.into_inner());
+    f()
+}
+
 fn own_pid(pid: u32) {
     OWNED_PIDS
         .lock()
@@ -152,6 +170,8 @@ pub struct VmPod {
     link: OnceLock<Arc<Link>>,
     /// Serializes the boot (the first Create).
     booting: Mutex<()>,
+    /// The VM's attachment to the pod's network namespace, removed at power-off.
+    net: Mutex<Option<moat_vm::net::Attachment>>,
     publisher: Option<RemotePublisher>,
     namespace: String,
 }
@@ -167,6 +187,7 @@ impl VmPod {
             cond: Condvar::new(),
             link: OnceLock::new(),
             booting: Mutex::new(()),
+            net: Mutex::new(None),
             publisher,
             namespace: namespace.to_string(),
         })
@@ -222,10 +243,50 @@ impl VmPod {
         cfg.run_parent = PathBuf::from(RUN_PARENT);
         std::fs::create_dir_all(&cfg.run_parent)
             .map_err(VmPodError::io("create", &cfg.run_parent))?;
+        let netns = guest::netns_path(spec);
+        let attachment = match &netns {
+            Some(ns) => Some(with_net_commands(|| moat_vm::net::attach(ns)).map_err(
+                VmPodError::vm(format!(
+                    "attach the VM of pod {id} to its network namespace {}",
+                    ns.display()
+                )),
+            )?),
+            None => None,
+        };
+        if let Some(a) = &attachment {
+            cfg.netns = Some(a.netns.clone());
+            cfg.nics = a.nics();
+        }
+        let detach = |a: &Option<moat_vm::net::Attachment>| {
+            if let Some(a) = a {
+                if let Err(e) = with_net_commands(|| moat_vm::net::detach(&a.netns, &a.links)) {
+                    log::warn!("pod {id}: {e}");
+                }
+            }
+        };
         use moat_vm::{Hypervisor, VmInstance};
-        let vm = moat_vm::qemu::Qemu::new(accel)
-            .boot(&cfg)
-            .map_err(VmPodError::vm(format!("boot the VM of pod {id}")))?;
+        let mut vm = match moat_vm::qemu::Qemu::new(accel).boot(&cfg) {
+            Ok(vm) => vm,
+            Err(e) => {
+                detach(&attachment);
+                return Err(VmPodError::vm(format!("boot the VM of pod {id}"))(e));
+            }
+        };
+        let (interfaces, routes) = attachment
+            .as_ref()
+            .map(|a| (a.interfaces.clone(), a.routes.clone()))
+            .unwrap_or_default();
+        let configured = vm
+            .agent()
+            .and_then(|a| a.configure_network(interfaces, routes));
+        if let Err(e) = configured {
+            let _ = vm.kill();
+            detach(&attachment);
+            return Err(VmPodError::vm(format!(
+                "configure the network of pod {id} in the guest"
+            ))(e));
+        }
+        *self.net.lock().unwrap_or_else(|e| e.into_inner()) = attachment;
         own_pid(vm.pid());
         if let Some(p) = vm.virtiofsd_pid() {
             own_pid(p);
@@ -356,6 +417,12 @@ impl VmPod {
     pub fn power_off(&self) {
         if let Some(l) = self.link.get() {
             l.power_off(std::time::Duration::from_secs(5));
+        }
+        // QEMU is gone: its taps and the redirects on the pod's interfaces go too.
+        if let Some(a) = self.net.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            if let Err(e) = with_net_commands(|| moat_vm::net::detach(&a.netns, &a.links)) {
+                log::warn!("remove the pod VM's network attachment: {e}");
+            }
         }
     }
 }

@@ -20,7 +20,13 @@ use crate::error::{Result, VmError};
 pub const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
 /// Modules the agent loads, in this order after their dependencies (virtio-mmio transport, the
 /// root filesystem disk, the agent's serial port, the host's shared directory for bind mounts).
-pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "virtio_console", "virtiofs"];
+pub const GUEST_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_console",
+    "virtiofs",
+    "virtio_net",
+];
 
 /// The cache directory: `$MOAT_VM_DIR`, or /var/lib/moat/vm.
 pub fn cache_dir() -> PathBuf {

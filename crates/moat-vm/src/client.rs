@@ -329,6 +329,17 @@ impl AgentClient {
         pid_of(r, "exec")
     }
 
+    /// Give the guest the interfaces (found by MAC), addresses, MTU and routes of the network
+    /// namespace the VM joined ([`crate::net::attach`]); brings the guest's `lo` up.
+    pub fn configure_network(
+        &mut self,
+        interfaces: Vec<moat_agent_proto::NetInterface>,
+        routes: Vec<moat_agent_proto::NetRoute>,
+    ) -> Result<()> {
+        let r = self.request(Request::Network { interfaces, routes })?;
+        expect_done(r, "network", Reply::Done)
+    }
+
     pub fn pause(&mut self, id: &str) -> Result<()> {
         let r = self.request(Request::Pause {
             container_id: id.into(),

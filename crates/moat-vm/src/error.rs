@@ -68,6 +68,9 @@ pub enum VmError {
     },
     #[error("virtiofsd for the shared directory failed ({reason}): {stderr}")]
     Virtiofsd { reason: String, stderr: String },
+    /// The VM's network attachment (taps, tc redirects, the namespace QEMU runs in).
+    #[error("{what}: {reason}")]
+    Net { what: String, reason: String },
     #[error("unexpected reply to {request}: {reply}")]
     UnexpectedReply { request: String, reply: String },
 }

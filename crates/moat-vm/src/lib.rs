@@ -2,8 +2,9 @@
 //! kernel; inside, `moat-agent` (PID 1) runs it with the namespaces backend. This crate owns the
 //! host side: the [`Hypervisor`] interface and its QEMU `microvm` backend ([`qemu`]), the
 //! accelerator choice ([`accel`]), the guest assets (kernel, initramfs, root filesystem disk:
-//! [`assets`]), the directory shared with the guest for bind mounts ([`virtiofs`]) and the client
-//! of the agent protocol ([`client`]).
+//! [`assets`]), the directory shared with the guest for bind mounts ([`virtiofs`]), the network
+//! attachment (taps joined by tc redirects to the interfaces of a network namespace: [`net`]) and
+//! the client of the agent protocol ([`client`]).
 //!
 //! What it must never do: trust the guest (every byte from the agent is decoded as hostile), leave
 //! a QEMU process or a run directory behind, or write a container's disk that was attached
@@ -16,6 +17,7 @@ pub mod assets;
 pub mod client;
 pub mod cpio;
 pub mod error;
+pub mod net;
 pub mod qemu;
 pub mod virtiofs;
 
@@ -51,6 +53,11 @@ pub struct VmConfig {
     /// A directory shared with the guest over virtiofs (tag [`moat_agent_proto::SHARE_TAG`]),
     /// served by one virtiofsd; guest RAM is then a shared memfd.
     pub shared: Option<SharedDir>,
+    /// The network namespace QEMU runs in (the one [`net::attach`] joined the `nics` to);
+    /// `None`: a new, empty one (the guest reaches no network).
+    pub netns: Option<PathBuf>,
+    /// The VM's network cards (`virtio-net-device`), each on a tap of `netns`.
+    pub nics: Vec<net::Nic>,
     /// Parent of the VM's private run directory.
     pub run_parent: PathBuf,
     /// How long to wait for the agent's `Ready` after QEMU started.
@@ -76,6 +83,8 @@ impl VmConfig {
             agent_ports: 1,
             disks: vec![],
             shared: None,
+            netns: None,
+            nics: vec![],
             run_parent: std::env::temp_dir(),
             agent_timeout: Duration::from_secs(60),
         }
@@ -98,6 +107,23 @@ impl VmConfig {
                     d.path.display()
                 )));
             }
+        }
+        for n in &self.nics {
+            let mac_ok =
+                n.mac.len() == 17 && n.mac.bytes().all(|b| b.is_ascii_hexdigit() || b == b':');
+            let tap_ok = !n.tap.is_empty()
+                && n.tap.len() <= 15
+                && n.tap
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !mac_ok || !tap_ok {
+                return Err(VmError::Config(format!("nic {} {}", n.tap, n.mac)));
+            }
+        }
+        if !self.nics.is_empty() && self.netns.is_none() {
+            return Err(VmError::Config(
+                "nics without their network namespace".into(),
+            ));
         }
         for p in [&self.kernel, &self.initramfs] {
             if !p.is_file() {

@@ -1,6 +1,7 @@
 //! The QEMU backend: a `microvm` machine with no default devices, the guest kernel and moat's
-//! initramfs, one virtio-serial port for the agent (a unix socket on the host) and one
-//! virtio-blk disk per container root filesystem. QEMU runs chrooted into an empty directory
+//! initramfs, one virtio-serial port for the agent (a unix socket on the host), one
+//! virtio-blk disk per container root filesystem and one virtio-net device per tap of its network
+//! namespace, which QEMU runs in (`net`). QEMU runs chrooted into an empty directory
 //! once the VM is set up (`-chroot`/`-run-with chroot=`), with its seccomp sandbox
 //! (`-sandbox on`, no spawning, no privilege changes) and `-no-reboot`, so the guest powering
 //! off, rebooting or panicking ends the QEMU process.
@@ -123,6 +124,14 @@ impl Qemu {
                 moat_agent_proto::SHARE_TAG
             ));
         }
+        for (i, n) in cfg.nics.iter().enumerate() {
+            c.arg("-netdev").arg(format!(
+                "tap,id=net{i},ifname={},script=no,downscript=no",
+                n.tap
+            ));
+            c.arg("-device")
+                .arg(format!("virtio-net-device,netdev=net{i},mac={}", n.mac));
+        }
         for (i, d) in cfg.disks.iter().enumerate() {
             c.arg("-drive").arg(format!(
                 "id=disk{i},file={},format=raw,if=none,readonly={}",
@@ -210,13 +219,16 @@ impl Hypervisor for Qemu {
         let spawned = std::fs::File::create(&stderr_path)
             .map_err(VmError::io("create", &stderr_path))
             .and_then(|f| {
-                self.command(cfg, &run)
-                    .stderr(f)
-                    .spawn()
-                    .map_err(|source| VmError::Spawn {
+                let mut cmd = self.command(cfg, &run);
+                cmd.stderr(f);
+                // QEMU lives in the VM's network namespace (its taps are there; a fresh empty
+                // one without): it never sees the host's network stack.
+                crate::net::in_netns(cfg.netns.as_deref(), move || {
+                    cmd.spawn().map_err(|source| VmError::Spawn {
                         program: self.binary.display().to_string(),
                         source,
                     })
+                })
             });
         let child = match spawned {
             Ok(c) => c,

@@ -166,6 +166,14 @@ fn container_in_vm_sees_guest_kernel_and_processes_only() {
         0,
         "the jail is empty"
     );
+    // A VM without a network namespace of its own runs in a fresh, empty one: QEMU never sees
+    // the host's network stack.
+    let ns = |pid: String| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    assert_ne!(
+        ns(vm.pid().to_string()),
+        ns("self".into()),
+        "QEMU is in the host's network namespace"
+    );
     let host_release = nix::sys::utsname::uname().unwrap();
     let host_release = host_release.release().to_string_lossy().into_owned();
     let agent = vm.agent().unwrap();

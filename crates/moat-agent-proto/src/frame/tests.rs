@@ -64,6 +64,25 @@ fn sample_host() -> Vec<HostMessage> {
             id: 4,
             request: Request::Shutdown,
         },
+        HostMessage {
+            id: 8,
+            request: Request::Network {
+                interfaces: vec![NetInterface {
+                    name: "eth0".into(),
+                    mac: "02:00:0a:58:57:02".into(),
+                    mtu: 1400,
+                    addresses: vec![IpNet {
+                        address: "10.88.87.2".into(),
+                        prefix_len: 24,
+                    }],
+                }],
+                routes: vec![NetRoute {
+                    destination: None,
+                    gateway: Some("10.88.87.1".into()),
+                    device: "eth0".into(),
+                }],
+            },
+        },
     ]
 }
 

@@ -1,6 +1,7 @@
 //! The requests that act on containers: create (the rootfs disk or, for a pod VM's containers, a
 //! directory of the share; the shared bind mounts; the config handed to `moat-container`), start,
-//! exec, kill, pause/resume, stats, processes, delete, and the sandbox's shutdown. Each runs to completion inside one turn of the loop.
+//! exec, kill, pause/resume, stats, processes, delete, the guest's network (`net`) and the
+//! sandbox's shutdown. Each runs to completion inside one turn of the loop.
 
 use std::path::Path;
 use std::time::Duration;
@@ -135,6 +136,10 @@ impl Agent {
             }
             Request::Shutdown => {
                 self.shutdown();
+                Ok(Reply::Done)
+            }
+            Request::Network { interfaces, routes } => {
+                crate::net::configure(&interfaces, &routes)?;
                 Ok(Reply::Done)
             }
         }

@@ -13,6 +13,7 @@ use moat_vm::{AgentClient, Disk, Hypervisor, VmConfig, VmInstance};
 
 use super::error::{Result, VmBackendError};
 use super::mounts::{self, SharePlan};
+use super::network::{self, NetPlan, NetRecord};
 use super::state::{HostProc, VmState};
 use super::{ACCEL_ANNOTATION, DEFAULT_MEMORY_MIB, MEMORY_OVERHEAD_MIB};
 
@@ -76,6 +77,7 @@ fn create_inner(store: &Store, opts: &moat_container::CreateOptions, stdin: bool
     }
     // Everything the bundle can get wrong is checked before anything exists.
     let share = mounts::plan(&bundle.spec, &bundle.dir, &opts.id)?;
+    let net = network::plan(&bundle.spec)?;
     let cfg_path = bundle.dir.join("config.json");
     let config_json =
         std::fs::read_to_string(&cfg_path).map_err(VmBackendError::io("read", &cfg_path))?;
@@ -99,6 +101,7 @@ fn create_inner(store: &Store, opts: &moat_container::CreateOptions, stdin: bool
         agent_socket: PathBuf::new(),
         agent_ports: AGENT_PORTS,
         run_dir: PathBuf::new(),
+        net: None,
         image: dir.join("rootfs.ext4"),
         cgroups_path: bundle
             .spec
@@ -118,7 +121,7 @@ fn create_inner(store: &Store, opts: &moat_container::CreateOptions, stdin: bool
     // From here on a failure removes everything (`destroy` works from the state file).
     let r = st
         .save(store)
-        .and_then(|()| boot_and_create(store, &bundle, &config_json, share, stdin, &mut st));
+        .and_then(|()| boot_and_create(store, &bundle, &config_json, share, net, stdin, &mut st));
     if let Err(e) = r {
         let _ = st.destroy(store);
         return Err(e);
@@ -134,6 +137,7 @@ fn boot_and_create(
     bundle: &moat_container::spec::Bundle,
     config_json: &str,
     share: SharePlan,
+    net: NetPlan,
     stdin: bool,
     st: &mut VmState,
 ) -> Result<()> {
@@ -177,6 +181,22 @@ fn boot_and_create(
     if !share.mounts.is_empty() {
         cfg.shared = Some(share.dir);
     }
+    let attachment = match net {
+        NetPlan::Fresh => None,
+        NetPlan::Join(netns) => {
+            let a = moat_vm::net::attach(&netns).map_err(VmBackendError::vm(format!(
+                "attach the VM of container {} to the network namespace {}",
+                st.id,
+                netns.display()
+            )))?;
+            // Recorded before QEMU exists: a failure from here on removes the taps.
+            st.net = Some(NetRecord::of(&a));
+            st.save(store)?;
+            cfg.netns = Some(netns);
+            cfg.nics = a.nics();
+            Some(a)
+        }
+    };
     let what = format!("boot the VM of container {}", st.id);
     let mut vm = moat_vm::qemu::Qemu::new(accel)
         .boot(&cfg)
@@ -201,10 +221,19 @@ fn boot_and_create(
     let agent = vm
         .agent()
         .map_err(VmBackendError::vm("connect to the agent"))?;
+    let (interfaces, routes) = attachment
+        .map(|a| (a.interfaces, a.routes))
+        .unwrap_or_default();
+    agent
+        .configure_network(interfaces, routes)
+        .map_err(VmBackendError::vm(format!(
+            "configure the network of container {} in the guest",
+            st.id
+        )))?;
     agent
         .create_with(
             &st.id,
-            config_json,
+            &network::guest_config(config_json)?,
             RootfsDisk {
                 serial: ROOTFS_SERIAL.into(),
                 fstype: "ext4".into(),

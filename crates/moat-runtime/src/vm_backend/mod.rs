@@ -12,7 +12,7 @@
 //!
 //! Files: `lifecycle` (create, start, state, kill, pause, resume, delete, run), `exec`
 //! (exec, ps, events), `follow` (a foreground process's stdio and signals), `mounts`,
-//! `state`, [`error`].
+//! `network` (the VM joins the spec's network namespace), `state`, [`error`].
 //!
 //! What it must never do: leave a QEMU or virtiofsd process, mount, socket, image or cgroup
 //! behind after `delete`, act on a recycled pid (pids are checked against their recorded start
@@ -23,6 +23,7 @@ mod exec;
 mod follow;
 mod lifecycle;
 mod mounts;
+mod network;
 mod state;
 
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! The record of a VM container (`<state dir>/vm.json`) and the teardown that works from it
 //! alone: QEMU and virtiofsd (checked against their recorded start times, signalled through
-//! pidfds), the cgroup, the run dir and the state dir.
+//! pidfds), the network attachment (taps, tc qdiscs), the cgroup, the run dir and the state dir.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -74,6 +74,9 @@ pub(super) struct VmState {
     #[serde(default = "one")]
     pub agent_ports: u32,
     pub run_dir: PathBuf,
+    /// The taps and tc redirects joining the VM to its network namespace, if it joined one.
+    #[serde(default)]
+    pub net: Option<super::network::NetRecord>,
     pub image: PathBuf,
     pub cgroups_path: Option<String>,
     pub systemd_cgroup: bool,
@@ -173,8 +176,8 @@ impl VmState {
         self.qemu().wait_gone(limit)
     }
 
-    /// End the VM (ask the agent, then SIGKILL) and its virtiofsd, and remove the cgroup, the
-    /// run dir and the state dir.
+    /// End the VM (ask the agent, then SIGKILL) and its virtiofsd, and remove the network
+    /// attachment, the cgroup, the run dir and the state dir.
     pub fn destroy(&self, store: &Store) -> Result<()> {
         if self.alive() {
             // Ask politely (the agent deletes its containers and powers off), briefly.
@@ -197,6 +200,11 @@ impl VmState {
                 v.kill();
                 v.wait_gone(Duration::from_secs(5));
             }
+        }
+        // QEMU is gone: its taps are free to go, and the redirects on the namespace's interfaces.
+        // A failure here keeps the state (and so the record of the taps) for a later delete.
+        if let Some(net) = &self.net {
+            net.detach(&self.id)?;
         }
         if let Some(cg) = self.cgroup() {
             if cg.dirs().iter().any(|d| d.exists()) {

@@ -173,6 +173,18 @@ pub fn prepare(id: &str, bundle: &Path) -> Result<GuestContainer> {
     })
 }
 
+/// The network namespace of the pod (the sandbox spec's network entry with a path that exists),
+/// which the VM joins; `None` for a host-network pod.
+pub fn netns_path(spec: &Value) -> Option<std::path::PathBuf> {
+    spec["linux"]["namespaces"]
+        .as_array()?
+        .iter()
+        .find(|n| n["type"] == "network")
+        .and_then(|n| n["path"].as_str())
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.exists())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,13 +92,11 @@ impl VmPod {
         c: &mut VCtr,
     ) -> Result<()> {
         let g = guest::prepare(&req.id, Path::new(&req.bundle))?;
-        if g.dropped_namespaces.iter().any(|n| n == "network") {
-            log::warn!(
-                "container {}: the pod VM has no network device; the container sees the \
-                 guest's loopback only, not the pod's network namespace",
-                req.id
-            );
-        }
+        log::debug!(
+            "container {}: shares the pod VM's {:?} namespaces",
+            req.id,
+            g.dropped_namespaces
+        );
         let fifos = stdio::open(&req.id, &req.stdin, &req.stdout, &req.stderr)?;
         let virtiofsd = link
             .virtiofsd_pid()
