@@ -65,7 +65,11 @@ fn assert_no_qemu(rt: &Rt, id: &str) {
 #[test]
 fn vm_run_prints_the_guest_kernel_and_returns_the_exit_code() {
     let rt = Rt::new();
-    let b = vm_bundle(&["sh", "-c", "uname -r; echo to-stderr >&2; exit 7"]);
+    let b = vm_bundle(&[
+        "sh",
+        "-c",
+        "uname -r; echo to-stderr >&2; echo written > /tmp/from-guest; exit 7",
+    ]);
     let id = id("vmrun");
     let t = Instant::now();
     let o = vm_cmd(&rt, &["run", "--bundle", b.path().to_str().unwrap(), &id])
@@ -85,6 +89,11 @@ fn vm_run_prints_the_guest_kernel_and_returns_the_exit_code() {
     assert_eq!(guest, kernel.release, "stderr: {stderr}");
     assert_ne!(guest, host_release());
     assert!(stderr.contains("to-stderr"), "{stderr}");
+    // The rootfs is the bundle's, shared (not a copy): the guest's write is on the host.
+    assert_eq!(
+        std::fs::read_to_string(b.rootfs().join("tmp/from-guest")).unwrap(),
+        "written\n"
+    );
     assert_clean(&rt, &id, Some(b.path()));
     assert_no_qemu(&rt, &id);
 }
@@ -156,7 +165,8 @@ fn vm_killed_qemu_reads_stopped_and_delete_cleans_up() {
     assert_eq!(st["status"], "running");
     let pid = st["pid"].as_i64().unwrap() as i32;
     let dir = rt.root.path().join(&id);
-    assert!(dir.join("rootfs.ext4").exists());
+    // No copy of the image: the rootfs is shared over virtiofs.
+    assert!(dir.is_dir() && !dir.join("rootfs.ext4").exists());
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,

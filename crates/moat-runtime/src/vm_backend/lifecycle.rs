@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use moat_agent_proto::RootfsDisk;
+use moat_agent_proto::SharedRootfs;
 use moat_container::state::{now_rfc3339, validate_id, OciState, Status, OCI_VERSION};
 use moat_container::Store;
-use moat_vm::{AgentClient, Disk, Hypervisor, VmConfig, VmInstance};
+use moat_vm::{AgentClient, Hypervisor, SharedBind, VmConfig, VmInstance};
 
 use super::error::{Result, VmBackendError};
 use super::mounts::{self, SharePlan};
@@ -17,7 +17,6 @@ use super::network::{self, NetPlan, NetRecord};
 use super::state::{HostProc, VmState};
 use super::{ACCEL_ANNOTATION, DEFAULT_MEMORY_MIB, MEMORY_OVERHEAD_MIB};
 
-const ROOTFS_SERIAL: &str = "rootfs0";
 /// Agent ports per VM: how many commands can be attached at once (a foreground `run` or `exec`
 /// holds one for as long as it runs).
 const AGENT_PORTS: u32 = 4;
@@ -148,8 +147,6 @@ fn boot_and_create(
         .and_then(|r| r.readonly())
         .unwrap_or(false);
     let assets = VmBackendError::vm("prepare the guest");
-    moat_vm::assets::build_ext4_image(&bundle.rootfs, &st.image)
-        .map_err(VmBackendError::vm("build the rootfs image"))?;
     let cache = moat_vm::assets::cache_dir();
     let kernel = moat_vm::assets::ensure_kernel(&cache)
         .map_err(VmBackendError::vm("fetch the guest kernel"))?;
@@ -173,14 +170,18 @@ fn boot_and_create(
         std::fs::create_dir_all(&cfg.run_parent)
             .map_err(VmBackendError::io("create", &cfg.run_parent))?;
     }
-    cfg.disks.push(Disk {
-        path: st.image.clone(),
-        serial: ROOTFS_SERIAL.into(),
+    // The root filesystem reaches the guest over virtiofs like the binds (no copy: the start
+    // time and the disk used do not grow with the image; the container's writes land in the
+    // bundle's rootfs, as with the namespaces backend). See docs/vm-transport.md.
+    let mut share = share;
+    let rootfs_target = format!("{}/rootfs", st.id);
+    share.dir.binds.push(SharedBind {
+        source: bundle.rootfs.clone(),
+        target: rootfs_target.clone().into(),
         readonly,
+        recursive: true,
     });
-    if !share.mounts.is_empty() {
-        cfg.shared = Some(share.dir);
-    }
+    cfg.shared = Some(share.dir);
     let attachment = match net {
         NetPlan::Fresh => None,
         NetPlan::Join(netns) => {
@@ -231,12 +232,11 @@ fn boot_and_create(
             st.id
         )))?;
     agent
-        .create_with(
+        .create_shared(
             &st.id,
             &network::guest_config(config_json)?,
-            RootfsDisk {
-                serial: ROOTFS_SERIAL.into(),
-                fstype: "ext4".into(),
+            SharedRootfs {
+                path: rootfs_target,
                 readonly,
             },
             stdin,
