@@ -220,6 +220,12 @@ fn stage1(
     }
     if plan.second_fork {
         placement.ensure()?;
+        // The new process must not speak to the runtime before stage 1 has named it: a `Ready`
+        // that overtook `InitPid` made the runtime wait for stage 1 (exit 0) instead of the
+        // process (`exec` returned before the process wrote anything). It waits for the end of
+        // this pipe, closed when stage 1 exits right after sending `InitPid`.
+        let (gate_r, gate_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| InitFailure::new(Step::Fork, "create the fork gate", e))?;
         match moat_sys::process::clone3(libc::CLONE_PARENT as u64, false)
             .map_err(|e| InitFailure::new(Step::Fork, "fork the container init", e))?
         {
@@ -228,6 +234,10 @@ fn stage1(
                 moat_sys::process::exit_now(0);
             }
             moat_sys::process::Forked::Child => {
+                drop(gate_w);
+                let mut byte = [0u8; 1];
+                while let Err(Errno::EINTR) = nix::unistd::read(gate_r.as_raw_fd(), &mut byte) {}
+                drop(gate_r);
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                     .map_err(setup("set parent-death signal"))?;
             }

@@ -224,3 +224,40 @@ fn exec_with_tty_through_console_socket() {
     assert!(child.wait().unwrap().success());
     rt.ok(&["delete", "--force", &id]);
 }
+
+/// Under load, `exec` must wait for the process itself: the process forked into the container's
+/// pid namespace could report `Ready` before stage 1 named it (`InitPid`), and the runtime then
+/// waited for stage 1 (exit 0) and returned before the process had written anything (about one
+/// exec in fifty lost its output with six in parallel). 6 × 30 concurrent execs, each output on a file and read at once.
+#[test]
+fn concurrent_execs_each_wait_for_their_process() {
+    let rt = Rt::new();
+    let b = Bundle::new(&["sleep", "1000"]);
+    let id = id("execrace");
+    started(&rt, &b, &id);
+    std::thread::scope(|s| {
+        for t in 0..6 {
+            let (rt, id) = (&rt, &id);
+            s.spawn(move || {
+                for i in 0..30 {
+                    // stdout on a file, read as soon as exec returns (a pipe would hide the bug:
+                    // its reader waits for the last writer, the process, whatever exec does).
+                    let out = tempfile::NamedTempFile::new().unwrap();
+                    let st = rt
+                        .cmd()
+                        .args(["exec", id, "sh", "-c", &format!("echo out-{t}-{i}")])
+                        .stdout(out.reopen().unwrap())
+                        .status()
+                        .unwrap();
+                    assert!(st.success(), "exec {i} of thread {t}: {st}");
+                    assert_eq!(
+                        std::fs::read_to_string(out.path()).unwrap(),
+                        format!("out-{t}-{i}\n"),
+                        "exec {i} of thread {t} returned before its process wrote"
+                    );
+                }
+            });
+        }
+    });
+    rt.ok(&["delete", "--force", &id]);
+}
