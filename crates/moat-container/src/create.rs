@@ -92,7 +92,8 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
         .and_then(|l| l.cgroups_path().as_ref())
         .map(|p| p.to_string_lossy().into_owned());
     let cgroup = moat_cgroups::Cgroup::resolve(cg_path.as_deref(), &opts.id, opts.systemd_cgroup)?;
-    let plan = NsPlan::from_spec(&bundle.spec);
+    let mut plan = NsPlan::from_spec(&bundle.spec);
+    plan.runtime_in_userns = opts.rootless && NsPlan::running_in_userns();
     let seccomp = crate::seccomp::plan(&bundle.spec)?;
     let mut warnings = seccomp
         .as_ref()

@@ -310,7 +310,8 @@ fn dispatch(cli: &Cli, log: &mut Logger) -> Result<ExitCode> {
         // Only the commands that create a cgroup need to know (root outside a user namespace
         // pays one read of /proc/self/uid_map there, as with runc).
         "auto" if matches!(cli.cmd, Cmd::Create(_) | Cmd::Run { .. }) => {
-            !moat_sys::nix::unistd::geteuid().is_root() || in_user_namespace()
+            !moat_sys::nix::unistd::geteuid().is_root()
+                || moat_container::namespaces::NsPlan::running_in_userns()
         }
         "auto" => false,
         other => bail!("--rootless {other:?}: expected auto, true or false"),
@@ -396,27 +397,27 @@ fn dispatch(cli: &Cli, log: &mut Logger) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The state directory: `--root`, else runc's default: `$XDG_RUNTIME_DIR/moat` for a non-root
-/// user with `XDG_RUNTIME_DIR` set, `/run/moat` otherwise.
+/// The state directory: `--root`, else runc's default: `$XDG_RUNTIME_DIR/moat` when
+/// `XDG_RUNTIME_DIR` is set and the caller is not the real root (a non-root euid, or euid 0 in a
+/// user namespace with `USER` unset or not `root`, as under rootless podman), `/run/moat`
+/// otherwise.
 fn state_root(root: Option<&std::path::Path>) -> PathBuf {
     if let Some(r) = root {
         return r.to_path_buf();
     }
     match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(x) if !x.is_empty() && !moat_sys::nix::unistd::geteuid().is_root() => {
-            PathBuf::from(x).join("moat")
-        }
+        Some(x) if !x.is_empty() && honor_xdg_runtime_dir() => PathBuf::from(x).join("moat"),
         _ => PathBuf::from("/run/moat"),
     }
 }
 
-/// Whether this process runs in a user namespace other than the initial one (its uid map is not
-/// the identity over the whole range), as runc's `userns.RunningInUserNS`.
-fn in_user_namespace() -> bool {
-    std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| {
-        let f: Vec<&str> = m.split_whitespace().collect();
-        f != ["0", "0", "4294967295"]
-    })
+/// runc's `shouldHonorXDGRuntimeDir`.
+fn honor_xdg_runtime_dir() -> bool {
+    if !moat_sys::nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    moat_container::namespaces::NsPlan::running_in_userns()
+        && std::env::var_os("USER").is_none_or(|u| u != "root")
 }
 
 /// The one dispatch point between the backends: every command naming a VM container
