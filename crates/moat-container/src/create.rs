@@ -148,7 +148,16 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
         cgroup: (!opts.rootless).then(|| cgroup.clone()),
         create_done: false,
         hooks: bundle.spec.hooks().clone(),
-        owner: String::new(),
+        // `list` shows root for an empty owner; a rootless container shows its user, as runc.
+        owner: if opts.rootless {
+            let uid = nix::unistd::geteuid();
+            nix::unistd::User::from_uid(uid)
+                .ok()
+                .flatten()
+                .map_or_else(|| format!("#{uid}"), |u| u.name)
+        } else {
+            String::new()
+        },
     };
     store.save(&st)?;
     let mut notes = Vec::new();

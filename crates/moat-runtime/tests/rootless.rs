@@ -222,7 +222,14 @@ fn rootless_exec_and_delete_leave_nothing() {
     let pid = st["pid"].as_i64().unwrap() as i32;
     let out = exec_out(&cid, &["sh", "-c", "id -u; cat /proc/1/cmdline"]);
     assert!(out.starts_with("0\nsleep"), "{out:?}");
-    moat_ok(&["kill", &cid, "KILL"]);
+    // runc's list shows the owner; kill --all reaches the init without a cgroup.
+    let list = moat_ok(&["list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&cid) && l.ends_with(USER)),
+        "{list}"
+    );
+    moat_ok(&["kill", "--all", &cid, "KILL"]);
     let start = std::time::Instant::now();
     while text(&moat(&["state", &cid]).stdout).contains("running") {
         assert!(start.elapsed() < LIMIT, "container did not stop");
