@@ -229,6 +229,15 @@ fn rootless_exec_and_delete_leave_nothing() {
             .any(|l| l.starts_with(&cid) && l.ends_with(USER)),
         "{list}"
     );
+    // Without a cgroup, pause and ps fail with one error line (as runc does).
+    for args in [&["pause", &cid][..], &["ps", &cid][..]] {
+        let o = moat(args);
+        let err = text(&o.stderr);
+        assert!(
+            !o.status.success() && err.starts_with("error:") && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
     moat_ok(&["kill", "--all", &cid, "KILL"]);
     let start = std::time::Instant::now();
     while text(&moat(&["state", &cid]).stdout).contains("running") {
