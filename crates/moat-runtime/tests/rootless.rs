@@ -213,6 +213,9 @@ fn rootless_exec_and_delete_leave_nothing() {
     let cid = id("rl-exec");
     let bundle = b.path().to_str().unwrap();
     moat_ok(&["run", "-d", "--bundle", bundle, &cid]);
+    let _cleanup = Defer(|| {
+        let _ = moat(&["delete", "--force", &cid]);
+    });
     assert!(
         state_dir(&cid).exists(),
         "state not under $XDG_RUNTIME_DIR/moat"
@@ -368,6 +371,16 @@ fn rootless_podman_run_logs_exec() {
     };
     let _cleanup = Defer(|| {
         let _ = podman(&["rm", "-a", "-f", "-t", "0"]);
+        // Rootless podman keeps a pause process (holding its user namespace) per --tmpdir; it
+        // ignores SIGTERM.
+        if let Ok(pid) = std::fs::read_to_string(d.join("tmp/pause.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
         umount_below(&d);
     });
     {
@@ -406,6 +419,27 @@ fn rootless_podman_run_logs_exec() {
         let out = check(podman(&["exec", "rl1", "cat", "/proc/1/cmdline"]), "exec");
         assert!(out.starts_with("sleep"), "{out}");
         check(podman(&["rm", "-f", "-t", "0", "rl1"]), "podman rm -f");
+
+        // podman's default rootless network (slirp4netns) needs nothing from the runtime, only
+        // a /dev/net/tun the user may open (Debian's default mode 0666).
+        let tun = run_deadline(
+            as_user("sh").args(["-c", "exec 3<>/dev/net/tun"]),
+            LIMIT,
+            "open /dev/net/tun",
+        );
+        if which("slirp4netns").is_none() || !tun.status.success() {
+            eprintln!(
+                "SKIP: rootless podman with slirp4netns: slirp4netns missing or /dev/net/tun \
+                 not usable by the user ({})",
+                text(&tun.stderr).trim()
+            );
+        } else {
+            let mut run = vec!["run", "--rm"];
+            run.extend(&base[2..]);
+            run.extend([IMAGE, "cat", "/proc/net/dev"]);
+            let out = check(podman(&run), "podman run (slirp4netns)");
+            assert!(out.contains("tap0"), "{out}");
+        }
         assert!(!state_dir(&cid).exists(), "moat state left behind");
         assert_no_process(&cid);
     }
