@@ -94,6 +94,15 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
     let cgroup = moat_cgroups::Cgroup::resolve(cg_path.as_deref(), &opts.id, opts.systemd_cgroup)?;
     let mut plan = NsPlan::from_spec(&bundle.spec);
     plan.runtime_in_userns = opts.rootless && NsPlan::running_in_userns();
+    if opts.rootless && !plan.in_userns() && !nix::unistd::geteuid().is_root() {
+        // runc's check: without privileges nothing else could be set up.
+        return Err(ContainerError::InvalidConfig {
+            field: "linux.namespaces".into(),
+            message: "a rootless container needs a user namespace (`moat-runtime spec \
+                      --rootless` writes one mapping your ids)"
+                .into(),
+        });
+    }
     let seccomp = crate::seccomp::plan(&bundle.spec)?;
     let mut warnings = seccomp
         .as_ref()

@@ -276,6 +276,28 @@ fn rootless_limit_without_writable_cgroup_is_one_error() {
 }
 
 #[test]
+fn rootless_without_user_namespace_is_one_error() {
+    let mut b = rootless_bundle(&["true"]);
+    spec_args(&mut b, &["true"], |s| {
+        let ns = s["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "user");
+        let linux = s["linux"].as_object_mut().unwrap();
+        linux.remove("uidMappings");
+        linux.remove("gidMappings");
+    });
+    let cid = id("rl-nouserns");
+    let o = moat(&["run", "--bundle", b.path().to_str().unwrap(), &cid]);
+    let err = text(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error:") && err.contains("linux.namespaces"),
+        "{err}"
+    );
+    assert!(!state_dir(&cid).exists(), "state left behind");
+}
+
+#[test]
 fn rootless_uses_a_delegated_cgroup() {
     // Delegate one subtree of the pids controller (v1 hierarchy, or the v2 tree) to the user.
     let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
