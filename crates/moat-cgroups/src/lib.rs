@@ -18,6 +18,7 @@ mod common;
 pub mod devices;
 mod fsio;
 mod mounts;
+pub mod rootless;
 pub mod stats;
 pub mod unset;
 pub mod v1;
@@ -79,6 +80,9 @@ pub enum CgroupError {
         #[source]
         source: std::io::Error,
     },
+    /// A limit a rootless runtime cannot honour (its cgroup is not writable by the user).
+    #[error("{field}: {reason}")]
+    Rootless { field: String, reason: String },
     /// A resource value that is invalid before anything is written.
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },

@@ -34,6 +34,9 @@ pub struct CreateOptions {
     pub console: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
     /// Variables appended to `process.env` (`LISTEN_FDS`/`LISTEN_PID` of socket activation).
     pub extra_env: Vec<String>,
+    /// runc's rootless mode: the cgroup is used where the user may write it and skipped
+    /// elsewhere, unless a limit needs it (see [`moat_cgroups::rootless`]).
+    pub rootless: bool,
 }
 
 /// A created container.
@@ -43,6 +46,8 @@ pub struct Created {
     pub state: StateFile,
     /// Non-fatal findings (e.g. seccomp rules naming syscalls this architecture lacks).
     pub warnings: Vec<String>,
+    /// Details for `--debug` (e.g. the cgroup directories a rootless container skipped).
+    pub notes: Vec<String>,
 }
 
 /// Undo guard: on drop (unless disarmed) kills what was started and removes what was created.
@@ -87,7 +92,17 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
         .and_then(|l| l.cgroups_path().as_ref())
         .map(|p| p.to_string_lossy().into_owned());
     let cgroup = moat_cgroups::Cgroup::resolve(cg_path.as_deref(), &opts.id, opts.systemd_cgroup)?;
-    let plan = NsPlan::from_spec(&bundle.spec);
+    let mut plan = NsPlan::from_spec(&bundle.spec);
+    plan.runtime_in_userns = opts.rootless && NsPlan::running_in_userns();
+    if opts.rootless && !plan.in_userns() && !nix::unistd::geteuid().is_root() {
+        // runc's check: without privileges nothing else could be set up.
+        return Err(ContainerError::InvalidConfig {
+            field: "linux.namespaces".into(),
+            message: "a rootless container needs a user namespace (`moat-runtime spec \
+                      --rootless` writes one mapping your ids)"
+                .into(),
+        });
+    }
     let seccomp = crate::seccomp::plan(&bundle.spec)?;
     let mut warnings = seccomp
         .as_ref()
@@ -138,15 +153,43 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
             .unwrap_or_default()
             .into_iter()
             .collect(),
-        cgroup: Some(cgroup.clone()),
+        // Rootless: only what the user could create is recorded (below).
+        cgroup: (!opts.rootless).then(|| cgroup.clone()),
         create_done: false,
         hooks: bundle.spec.hooks().clone(),
-        owner: String::new(),
+        // `list` shows root for an empty owner; a rootless container shows its user, as runc.
+        owner: if opts.rootless {
+            let uid = nix::unistd::geteuid();
+            nix::unistd::User::from_uid(uid)
+                .ok()
+                .flatten()
+                .map_or_else(|| format!("#{uid}"), |u| u.name)
+        } else {
+            String::new()
+        },
     };
     store.save(&st)?;
-    cgroup.create()?;
-    undo.cgroup = Some(cgroup.clone());
-    crate::resources::apply(&cgroup, &bundle.spec)?;
+    let mut notes = Vec::new();
+    let mut asked = Vec::new();
+    let placed = if opts.rootless {
+        let res = crate::resources::rootless(&bundle.spec);
+        asked = moat_cgroups::rootless::limits_asked(&res)?;
+        let (usable, n) = cgroup.create_rootless()?;
+        notes.extend(n);
+        undo.cgroup.clone_from(&usable);
+        st.cgroup.clone_from(&usable);
+        store.save(&st)?;
+        moat_cgroups::rootless::check_limits(&cgroup, usable.as_ref(), &asked)?;
+        if let (Some(u), false) = (&usable, asked.is_empty()) {
+            u.apply(&res)?;
+        }
+        usable
+    } else {
+        cgroup.create()?;
+        undo.cgroup = Some(cgroup.clone());
+        crate::resources::apply(&cgroup, &bundle.spec)?;
+        Some(cgroup.clone())
+    };
 
     let fifo = store.fifo(&opts.id);
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622))
@@ -186,7 +229,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
         no_pivot: opts.no_pivot,
         no_new_keyring: opts.no_new_keyring,
         preserve_fds: opts.preserve_fds,
-        cgroup: Some(&cgroup),
+        cgroup: placed.as_ref(),
         exec: false,
         seccomp: seccomp.as_ref(),
         listener: listener.as_ref(),
@@ -218,9 +261,21 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
             .send(&ToInit::StartEarly)
             .map_err(crate::error::sys("write to container init"))?;
     }
-    cgroup.add_pid(stage1.as_raw())?;
+    match &placed {
+        Some(cg) if opts.rootless => {
+            let (joined, n) = cg.join_rootless(stage1.as_raw())?;
+            notes.extend(n);
+            moat_cgroups::rootless::check_limits(&cgroup, joined.as_ref(), &asked)?;
+            if joined.as_ref().map(|j| j.dirs()) != Some(cg.dirs()) {
+                st.cgroup.clone_from(&joined);
+                store.save(&st)?;
+            }
+        }
+        Some(cg) => cg.add_pid(stage1.as_raw())?,
+        None => {}
+    }
     if plan.new_userns() && plan.clone_flags & libc::CLONE_NEWUSER as u64 != 0 {
-        write_id_maps(&bundle, stage1.as_raw())?;
+        write_id_maps(&bundle, stage1.as_raw(), opts.rootless)?;
     }
     match parent.send(if early {
         &ToInit::Placed
@@ -249,7 +304,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
                     .map_err(crate::error::sys("write to container init"))?;
             }
             Some(FromInit::NeedMaps { pid }) => {
-                write_id_maps(&bundle, pid)?;
+                write_id_maps(&bundle, pid, opts.rootless)?;
                 parent
                     .send(&ToInit::MapsWritten)
                     .map_err(crate::error::sys("write to container init"))?;
@@ -303,6 +358,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
         pid: st.pid,
         state: st,
         warnings,
+        notes,
     })
 }
 
@@ -313,19 +369,42 @@ fn state_json(store: &Store, st: &StateFile) -> String {
     serde_json::to_string(&s).unwrap_or_default()
 }
 
-/// Write `/proc/<pid>/{uid,gid}_map` from the spec.
-fn write_id_maps(bundle: &Bundle, pid: i32) -> Result<()> {
+/// Write `/proc/<pid>/{uid,gid}_map` from the spec. A rootless runtime without CAP_SETUID
+/// (euid != 0) writes a map of its own id itself (after denying setgroups, which the kernel
+/// requires for the gid map) and has newuidmap/newgidmap (setuid helpers reading /etc/subuid and
+/// /etc/subgid) write any other map, as runc does.
+fn write_id_maps(bundle: &Bundle, pid: i32, rootless: bool) -> Result<()> {
     let linux = bundle.spec.linux().as_ref();
-    for (file, maps) in [
-        ("uid_map", linux.and_then(|l| l.uid_mappings().clone())),
-        ("gid_map", linux.and_then(|l| l.gid_mappings().clone())),
+    let unprivileged = rootless && !nix::unistd::geteuid().is_root();
+    for (file, helper, own, maps) in [
+        (
+            "uid_map",
+            "newuidmap",
+            nix::unistd::geteuid().as_raw(),
+            linux.and_then(|l| l.uid_mappings().clone()),
+        ),
+        (
+            "gid_map",
+            "newgidmap",
+            nix::unistd::getegid().as_raw(),
+            linux.and_then(|l| l.gid_mappings().clone()),
+        ),
     ] {
+        let maps = maps.unwrap_or_default();
+        let path = PathBuf::from(format!("/proc/{pid}/{file}"));
+        let only_own = maps.len() == 1 && maps[0].host_id() == own && maps[0].size() == 1;
+        if unprivileged && !only_own {
+            crate::idmap::run_helper(helper, pid, &maps)?;
+            continue;
+        }
+        if unprivileged && file == "gid_map" {
+            let sg = PathBuf::from(format!("/proc/{pid}/setgroups"));
+            std::fs::write(&sg, "deny").map_err(crate::error::io("deny setgroups", sg))?;
+        }
         let text: String = maps
-            .unwrap_or_default()
             .iter()
             .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
             .collect();
-        let path = PathBuf::from(format!("/proc/{pid}/{file}"));
         std::fs::write(&path, text).map_err(crate::error::io("write user namespace map", path))?;
     }
     Ok(())

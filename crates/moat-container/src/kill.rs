@@ -55,8 +55,12 @@ pub fn kill(store: &Store, id: &str, signal: i32, all: bool) -> Result<()> {
         });
     }
     if all {
-        if let Some(cg) = &st.cgroup {
-            cg.kill_all(signal)?;
+        match &st.cgroup {
+            Some(cg) => cg.kill_all(signal)?,
+            // A rootless container without a cgroup: its init (with a pid namespace of its own,
+            // SIGKILL to it ends every process of the container).
+            None if status != Status::Stopped => signal_init(&st, signal)?,
+            None => {}
         }
         return Ok(());
     }

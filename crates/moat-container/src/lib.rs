@@ -15,6 +15,7 @@ pub mod delete;
 pub mod error;
 pub mod exec;
 pub mod hooks;
+mod idmap;
 pub mod init;
 pub mod kill;
 pub mod lsm;

@@ -34,6 +34,10 @@ pub struct NsPlan {
     pub unshare_flags: u64,
     /// Whether the child forks the real init.
     pub second_fork: bool,
+    /// Whether the runtime itself runs in a user namespace (rootless podman runs it as root in
+    /// one): device nodes are then bound from the host, sysfs bound when it cannot be mounted,
+    /// as in a user namespace of the container's own. Only rootless mode looks.
+    pub runtime_in_userns: bool,
 }
 
 impl NsPlan {
@@ -111,6 +115,7 @@ impl NsPlan {
             clone_flags: 0,
             unshare_flags: 0,
             second_fork,
+            runtime_in_userns: false,
         }
     }
 
@@ -118,12 +123,22 @@ impl NsPlan {
         self.new & libc::CLONE_NEWUSER as u64 != 0
     }
     pub fn in_userns(&self) -> bool {
-        self.new_userns()
+        self.runtime_in_userns
+            || self.new_userns()
             || self
                 .joins
                 .iter()
                 .any(|(t, _)| *t == LinuxNamespaceType::User)
     }
+    /// Whether the calling process runs in a user namespace other than the initial one (its uid
+    /// map is not the identity over the whole range), as runc's `userns.RunningInUserNS`.
+    pub fn running_in_userns() -> bool {
+        std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| {
+            let f: Vec<&str> = m.split_whitespace().collect();
+            f != ["0", "0", "4294967295"]
+        })
+    }
+
     pub fn new_cgroupns(&self) -> bool {
         self.new & libc::CLONE_NEWCGROUP as u64 != 0
     }

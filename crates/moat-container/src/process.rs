@@ -118,14 +118,34 @@ pub fn set_user(p: &Process) -> R<()> {
         .into_iter()
         .map(Gid::from_raw)
         .collect();
-    nix::unistd::setgroups(&groups)
-        .map_err(uerr(format!("setgroups {:?}", u.additional_gids())))?;
+    match nix::unistd::setgroups(&groups) {
+        Ok(()) => {}
+        // A user namespace whose gid map an unprivileged user wrote denies setgroups (Linux
+        // 3.19): with no additional gids asked, the groups stay as they are, as runc does.
+        Err(nix::errno::Errno::EPERM) if groups.is_empty() && setgroups_denied() => {}
+        Err(nix::errno::Errno::EPERM) if setgroups_denied() => {
+            return Err(InitFailure::msg(
+                Step::User,
+                format!(
+                    "process.user.additionalGids {:?}: setgroups is denied in this user \
+                     namespace (rootless); remove them",
+                    u.additional_gids().as_deref().unwrap_or_default()
+                ),
+            ))
+        }
+        Err(e) => return Err(uerr(format!("setgroups {:?}", u.additional_gids()))(e)),
+    }
     let gid = Gid::from_raw(u.gid());
     nix::unistd::setresgid(gid, gid, gid).map_err(uerr(format!("setgid {}", u.gid())))?;
     let uid = Uid::from_raw(u.uid());
     nix::unistd::setresuid(uid, uid, uid).map_err(uerr(format!("setuid {}", u.uid())))?;
     nix::sys::prctl::set_keepcaps(false).map_err(uerr("clear keep-caps".into()))?;
     Ok(())
+}
+
+/// Whether this process's user namespace denies setgroups(2) (`/proc/self/setgroups`).
+fn setgroups_denied() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
 }
 
 /// Set inheritable, effective, permitted, then ambient capabilities as the spec lists them.

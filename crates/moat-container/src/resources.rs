@@ -74,6 +74,19 @@ pub fn effective(spec: &Spec) -> Option<LinuxResources> {
     Some(res)
 }
 
+/// The resources a rootless container asks for: the spec's, without device rules (they need
+/// privileges a rootless runtime lacks; runc ignores them too, and the container reaches only
+/// the devices the user can reach anyway).
+pub fn rootless(spec: &Spec) -> LinuxResources {
+    let mut res = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().clone())
+        .unwrap_or_default();
+    res.set_devices(None);
+    res
+}
+
 pub fn apply(cgroup: &moat_cgroups::Cgroup, spec: &Spec) -> Result<()> {
     if let Some(res) = effective(spec) {
         cgroup.apply(&res)?;

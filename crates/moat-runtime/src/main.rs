@@ -28,9 +28,10 @@ use crate::log::{LogFormat, Logger};
 #[derive(Parser, Debug)]
 #[command(name = "moat-runtime", about, long_about = None)]
 struct Cli {
-    /// Directory holding the state of containers.
-    #[arg(long, default_value = "/run/moat", value_name = "DIR")]
-    root: PathBuf,
+    /// Directory holding the state of containers [default: /run/moat; $XDG_RUNTIME_DIR/moat for a
+    /// non-root user, as runc].
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
     /// Append log lines to FILE (errors are also printed on stderr).
     #[arg(long, value_name = "FILE")]
     log: Option<PathBuf>,
@@ -43,7 +44,8 @@ struct Cli {
     /// Use systemd to manage cgroups (needs a running systemd; refused with a clear error otherwise).
     #[arg(long)]
     systemd_cgroup: bool,
-    /// Rootless mode (auto, true or false). moat currently runs containers as root only.
+    /// Rootless mode (auto, true or false): cgroups are used where the user may write them and
+    /// skipped elsewhere unless a limit needs them. auto: when not root or in a user namespace.
     #[arg(long, value_name = "auto|true|false", default_value = "auto")]
     rootless: String,
     /// Accepted for runc compatibility (checkpoint/restore is not supported).
@@ -162,7 +164,7 @@ struct CreateArgs {
 }
 
 impl CreateArgs {
-    fn options(&self, systemd: bool) -> moat_container::CreateOptions {
+    fn options(&self, systemd: bool, rootless: bool) -> moat_container::CreateOptions {
         // Socket activation, as runc: LISTEN_FDS meant for us (LISTEN_PID is our pid) pass fds
         // 3..3+LISTEN_FDS to the container first, with LISTEN_FDS and LISTEN_PID=1 in its
         // environment; --preserve-fds count from there.
@@ -182,6 +184,7 @@ impl CreateArgs {
             } else {
                 vec![]
             },
+            rootless,
         }
     }
 }
@@ -300,12 +303,19 @@ fn command() -> clap::Command {
 }
 
 fn dispatch(cli: &Cli, log: &mut Logger) -> Result<ExitCode> {
-    let store = Store::new(&cli.root);
-    match &cli.rootless[..] {
-        "auto" | "false" => {}
-        "true" => bail!("--rootless true: rootless containers are not supported yet; run as root"),
+    let store = Store::new(state_root(cli.root.as_deref()));
+    let rootless = match &cli.rootless[..] {
+        "true" => true,
+        "false" => false,
+        // Only the commands that create a cgroup need to know (root outside a user namespace
+        // pays one read of /proc/self/uid_map there, as with runc).
+        "auto" if matches!(cli.cmd, Cmd::Create(_) | Cmd::Run { .. }) => {
+            !moat_sys::nix::unistd::geteuid().is_root()
+                || moat_container::namespaces::NsPlan::running_in_userns()
+        }
+        "auto" => false,
         other => bail!("--rootless {other:?}: expected auto, true or false"),
-    }
+    };
     if let Some(code) = dispatch_vm(cli, &store)? {
         return Ok(code);
     }
@@ -314,10 +324,13 @@ fn dispatch(cli: &Cli, log: &mut Logger) -> Result<ExitCode> {
             if a.console_socket.is_none() {
                 run::check_detached_terminal(run::bundle_terminal(&a.bundle)?, false)?;
             }
-            let created = moat_container::create(&store, &a.options(cli.systemd_cgroup))
+            let created = moat_container::create(&store, &a.options(cli.systemd_cgroup, rootless))
                 .with_context(|| format!("create container {}", a.id))?;
             for w in &created.warnings {
                 log.warn(w);
+            }
+            for n in &created.notes {
+                log.debug(n);
             }
         }
         Cmd::Start { id } => moat_container::start::start(&store, id)
@@ -341,7 +354,7 @@ fn dispatch(cli: &Cli, log: &mut Logger) -> Result<ExitCode> {
         } => {
             return run::run(
                 &store,
-                &create.options(cli.systemd_cgroup),
+                &create.options(cli.systemd_cgroup, rootless),
                 *detach,
                 *keep,
                 log,
@@ -384,6 +397,29 @@ fn dispatch(cli: &Cli, log: &mut Logger) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The state directory: `--root`, else runc's default: `$XDG_RUNTIME_DIR/moat` when
+/// `XDG_RUNTIME_DIR` is set and the caller is not the real root (a non-root euid, or euid 0 in a
+/// user namespace with `USER` unset or not `root`, as under rootless podman), `/run/moat`
+/// otherwise.
+fn state_root(root: Option<&std::path::Path>) -> PathBuf {
+    if let Some(r) = root {
+        return r.to_path_buf();
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(x) if !x.is_empty() && honor_xdg_runtime_dir() => PathBuf::from(x).join("moat"),
+        _ => PathBuf::from("/run/moat"),
+    }
+}
+
+/// runc's `shouldHonorXDGRuntimeDir`.
+fn honor_xdg_runtime_dir() -> bool {
+    if !moat_sys::nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    moat_container::namespaces::NsPlan::running_in_userns()
+        && std::env::var_os("USER").is_none_or(|u| u != "root")
+}
+
 /// The one dispatch point between the backends: every command naming a VM container
 /// (`io.moat.isolation=vm` in its bundle) goes to [`vm_backend`]; `None` for everything else.
 /// For a namespaces container this costs a scan of config.json's text (create, run) or one
@@ -410,7 +446,7 @@ fn dispatch_vm(cli: &Cli, store: &Store) -> Result<Option<ExitCode>> {
     }
     match &cli.cmd {
         Cmd::Create(a) => {
-            vm_backend::create(store, &a.options(cli.systemd_cgroup))
+            vm_backend::create(store, &a.options(cli.systemd_cgroup, false))
                 .with_context(|| format!("create container {}", a.id))?;
         }
         Cmd::Run {
@@ -418,7 +454,7 @@ fn dispatch_vm(cli: &Cli, store: &Store) -> Result<Option<ExitCode>> {
             detach,
             keep,
         } => {
-            return vm_backend::run(store, &create.options(cli.systemd_cgroup), *detach, *keep)
+            return vm_backend::run(store, &create.options(cli.systemd_cgroup, false), *detach, *keep)
                 .with_context(|| format!("run container {}", create.id))
                 .map(Some)
         }

@@ -163,12 +163,12 @@ pub fn update(store: &Store, a: &UpdateArgs) -> Result<()> {
 /// `ps ID [ps args]`: the container's processes; `--format json` prints their pids.
 pub fn ps(store: &Store, id: &str, format: &str, ps_args: &[String]) -> Result<()> {
     let st = store.load(id)?;
-    let mut pids = st
-        .cgroup
-        .as_ref()
-        .map(|c| c.pids())
-        .transpose()?
-        .unwrap_or_default();
+    // A rootless container whose cgroup was not writable has none: its processes cannot be
+    // listed (runc fails the same way).
+    let Some(cg) = st.cgroup.as_ref() else {
+        bail!("container {id} has no cgroup (rootless, not delegated): its processes cannot be listed");
+    };
+    let mut pids = cg.pids()?;
     pids.sort_unstable();
     pids.dedup();
     if format == "json" {

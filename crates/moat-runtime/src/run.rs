@@ -59,6 +59,9 @@ pub fn run(
     for w in &created.warnings {
         log.warn(w);
     }
+    for n in &created.notes {
+        log.debug(n);
+    }
     // Only the pair holds the socket now: a missing master reads as end-of-file, not a hang.
     opts.console = None;
     let opts = &opts;
