@@ -131,17 +131,10 @@ fn state_dir(id: &str) -> PathBuf {
     user().xdg.join("moat").join(id)
 }
 
-/// `exec` in container `cid` as the user; its stdout. Under parallel load moat's `exec` (as root
-/// too, not specific to rootless) sometimes exits 0 without the process's output: that known
-/// race is retried once, loudly, so that it stays visible without failing these tests.
+/// `exec` in container `cid` as the user; its stdout.
 fn exec_out(cid: &str, cmd: &[&str]) -> String {
     let mut args = vec!["exec", cid];
     args.extend(cmd);
-    let out = moat_ok(&args);
-    if !out.is_empty() {
-        return out;
-    }
-    eprintln!("KNOWN ISSUE: moat-runtime exec {cmd:?} exited 0 with no output; retrying once");
     moat_ok(&args)
 }
 
