@@ -65,7 +65,12 @@ pub fn bind_rootfs(r: &SharedRootfs, rootfs: &Path) -> Result<()> {
             None::<&str>,
             rootfs,
             None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            // Keep the share's nosuid/nodev: a bind remount sets exactly the flags it is given.
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV,
             None::<&str>,
         )
         .map_err(|e| fail("remount read-only", e))?;

@@ -418,7 +418,16 @@ pub fn write_pid_file(path: &std::path::Path, pid: i32) -> Result<()> {
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}"));
-    std::fs::write(&tmp, pid.to_string()).map_err(crate::error::io("write pid file", &tmp))?;
+    // Never through a link planted at the temporary name (create_new is O_EXCL: a link, even
+    // a dangling one, is an error, never followed); a stale one of ours is removed first.
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(crate::error::io("write pid file", &tmp))?;
+    std::io::Write::write_all(&mut f, pid.to_string().as_bytes())
+        .map_err(crate::error::io("write pid file", &tmp))?;
     std::fs::rename(&tmp, path).map_err(crate::error::io("write pid file", path))
 }
 

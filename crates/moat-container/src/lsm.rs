@@ -44,26 +44,42 @@ pub fn apply_at_exec(process: &oci_spec::runtime::Process) -> Result<(), InitFai
     {
         // /proc/self/attr/apparmor/exec on kernels with LSM stacking, /proc/self/attr/exec before.
         let text = format!("exec {profile}");
-        let r = std::fs::write("/proc/self/attr/apparmor/exec", &text)
-            .or_else(|_| std::fs::write("/proc/self/attr/exec", &text));
-        r.map_err(|e| {
-            InitFailure::new(
-                Step::Apparmor,
-                format!("set AppArmor profile {profile}"),
-                moat_sys::process::io_errno(&e),
-            )
-        })?;
+        write_attr("apparmor/exec", &text)
+            .or_else(|_| write_attr("exec", &text))
+            .map_err(|e| {
+                InitFailure::new(Step::Apparmor, format!("set AppArmor profile {profile}"), e)
+            })?;
     }
     if let Some(label) = process.selinux_label().as_deref().filter(|l| !l.is_empty()) {
         if selinux_enabled() {
-            std::fs::write("/proc/self/attr/exec", label).map_err(|e| {
-                InitFailure::new(
-                    Step::Apparmor,
-                    format!("set SELinux label {label}"),
-                    moat_sys::process::io_errno(&e),
-                )
+            write_attr("exec", label).map_err(|e| {
+                InitFailure::new(Step::Apparmor, format!("set SELinux label {label}"), e)
             })?;
         }
+    }
+    Ok(())
+}
+
+/// Write an LSM attribute of the calling thread, making sure it lands in procfs: a /proc that the
+/// bundle's mounts or the container replaced (a tmpfs, a bind) would take the write and leave the
+/// process unconfined (runc's CVE-2019-16884). No O_CREAT, no following of a planted link, and
+/// the file's filesystem must be proc.
+fn write_attr(rel: &str, text: &str) -> nix::Result<()> {
+    use nix::fcntl::OFlag;
+    let path = format!("/proc/thread-self/attr/{rel}");
+    let fd = nix::fcntl::open(
+        path.as_str(),
+        OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map(moat_sys::fd::owned)?;
+    let fs = nix::sys::statfs::fstatfs(&fd)?;
+    if fs.filesystem_type() != nix::sys::statfs::PROC_SUPER_MAGIC {
+        return Err(nix::errno::Errno::EXDEV);
+    }
+    let n = nix::unistd::write(&fd, text.as_bytes())?;
+    if n != text.len() {
+        return Err(nix::errno::Errno::EIO);
     }
     Ok(())
 }

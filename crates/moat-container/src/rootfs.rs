@@ -205,13 +205,13 @@ fn mount_one(plan: &RootfsPlan<'_>, root: &OwnedFd, m: &Mount, opts: &ParsedOpti
             None
         };
         let src = source.as_ref().and_then(|s| s.to_str()).unwrap_or(typ);
-        let r = mount_on_fd(
-            Some(src),
-            target.as_fd(),
-            Some(typ),
-            opts.flags,
-            data.as_deref(),
-        );
+        // A read-only tmpfs with tmpcopyup is filled first, then made read-only (as runc).
+        let flags = if covered.is_some() {
+            opts.flags & !MsFlags::MS_RDONLY
+        } else {
+            opts.flags
+        };
+        let r = mount_on_fd(Some(src), target.as_fd(), Some(typ), flags, data.as_deref());
         match r {
             Ok(()) => {}
             // sysfs cannot be mounted in a user namespace that does not own the network namespace:
@@ -253,6 +253,18 @@ fn mount_one(plan: &RootfsPlan<'_>, root: &OwnedFd, m: &Mount, opts: &ParsedOpti
                 .map_err(mnt_err(format!("reopen {}", dest.display())))?;
             crate::copyup::copy_dir(old.as_fd(), new.as_fd())
                 .map_err(mnt_err(format!("tmpcopyup into {}", dest.display())))?;
+            if opts.flags.contains(MsFlags::MS_RDONLY) {
+                let top = open_in_root(root.as_fd(), dest, libc::O_PATH, 0)
+                    .map_err(mnt_err(format!("reopen {}", dest.display())))?;
+                mount_on_fd(
+                    None,
+                    top.as_fd(),
+                    None,
+                    MsFlags::MS_REMOUNT | opts.flags,
+                    data.as_deref(),
+                )
+                .map_err(mnt_err(format!("remount {} read-only", dest.display())))?;
+            }
         }
     }
     if let Some(attr) = &opts.recursive {

@@ -37,6 +37,26 @@ pub fn plan(spec: &Spec) -> Result<Option<SeccompPlan>> {
         field: "linux.seccomp".into(),
         message: e.to_string(),
     })?;
+    if compiled.needs_notify_listener {
+        use oci_spec::runtime::LinuxSchedulerPolicy as P;
+        let policy = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.scheduler().as_ref())
+            .map(|s| s.policy());
+        // The notify descriptor leaves through a helper thread while the init waits without a
+        // system call (see install_last): a real-time init would never let it run on one CPU,
+        // and a SCHED_DEADLINE one cannot create it.
+        if let Some(p @ (P::SchedFifo | P::SchedRr | P::SchedDeadline)) = policy {
+            return Err(ContainerError::InvalidConfig {
+                field: "linux.seccomp".into(),
+                message: format!(
+                    "SCMP_ACT_NOTIFY rules cannot be combined with process.scheduler {p:?} \
+                     (the notify descriptor is handed over after the scheduler is applied)"
+                ),
+            });
+        }
+    }
     if compiled.needs_notify_listener && sc.listener_path().is_none() {
         return Err(ContainerError::InvalidConfig {
             field: "linux.seccomp.listenerPath".into(),
@@ -163,6 +183,9 @@ pub fn install_last(
             return Err(install("install the seccomp filter")(e));
         }
     }
+    // Bounded (a count, not a clock: reading the time may be a system call): seconds of
+    // spinning, far beyond one sendmsg on a unix socket.
+    let mut spins: u64 = 0;
     loop {
         match shared.1.load(Ordering::Acquire) {
             SENT => break,
@@ -172,7 +195,16 @@ pub fn install_last(
                     "send the seccomp notify descriptor to listenerPath",
                 ))
             }
-            _ => std::hint::spin_loop(),
+            _ if spins > 1 << 32 => {
+                return Err(InitFailure::msg(
+                    Step::Seccomp,
+                    "the notify descriptor was not sent to listenerPath in time",
+                ))
+            }
+            _ => {
+                spins += 1;
+                std::hint::spin_loop()
+            }
         }
     }
     // Neither the thread handle nor the last reference may be dropped: freeing is not syscall-free.

@@ -134,7 +134,26 @@ fn notify_listener_receives_the_fd_and_answers() {
     b.sh("mkdir /tmp/z 2>&1; echo mkdir=$?");
     let id = id("scnotify");
     let handler = std::thread::spawn(move || {
-        let (payload, fd) = accept_fd(&listener);
+        // A descriptor that never comes fails the test instead of hanging it.
+        listener.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let conn = loop {
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("no connection from the runtime to listenerPath: {e}"),
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let (n, mut fds) =
+            moat_sys::fd::recv_fds(std::os::fd::AsFd::as_fd(&conn), &mut buf).unwrap();
+        let (payload, fd) = (
+            buf[..n].to_vec(),
+            fds.pop().expect("no descriptor received"),
+        );
         let state: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         // struct seccomp_notif (80 bytes) and seccomp_notif_resp (24 bytes).
         let mut notif = [0u8; 80];
@@ -237,7 +256,8 @@ fn a_strict_allow_list_profile_sees_only_the_programs_syscalls() {
 
 /// SCMP_ACT_NOTIFY on syscalls the runtime's init makes (getcwd, openat, close_range, capset...):
 /// the listener must see none of them (before, create hung on a notification nobody answered),
-/// and gets the descriptor with the state; a notified syscall of the program itself reaches it.
+/// and gets the descriptor with the state; the program's own notified syscalls (busybox `pwd`:
+/// getcwd, and its write, ioctl, newfstatat) do reach it.
 #[test]
 fn notify_rules_never_see_the_inits_own_syscalls() {
     use std::os::fd::AsRawFd;
@@ -245,7 +265,7 @@ fn notify_rules_never_see_the_inits_own_syscalls() {
     let d = tempfile::tempdir().unwrap();
     let sock = d.path().join("listener.sock");
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let mut b = Bundle::new(&["/bin/busybox", "true"]);
+    let mut b = Bundle::new(&["/bin/busybox", "pwd"]);
     let init_calls = [
         "getcwd",
         "openat",
@@ -293,7 +313,26 @@ fn notify_rules_never_see_the_inits_own_syscalls() {
     b.save();
     let id = id("scnotinit");
     let handler = std::thread::spawn(move || {
-        let (payload, fd) = accept_fd(&listener);
+        // A descriptor that never comes fails the test instead of hanging it.
+        listener.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let conn = loop {
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("no connection from the runtime to listenerPath: {e}"),
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let (n, mut fds) =
+            moat_sys::fd::recv_fds(std::os::fd::AsFd::as_fd(&conn), &mut buf).unwrap();
+        let (payload, fd) = (
+            buf[..n].to_vec(),
+            fds.pop().expect("no descriptor received"),
+        );
         let state: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         // Answer every notification with "continue" and count them until all users are gone.
         let mut seen = vec![];
@@ -321,8 +360,9 @@ fn notify_rules_never_see_the_inits_own_syscalls() {
             seen.push(i32::from_ne_bytes(notif[16..20].try_into().unwrap()));
             let mut resp = [0u8; 24];
             resp[..8].copy_from_slice(&notif[..8]);
-            resp[20..24].copy_from_slice(&1u32.to_ne_bytes()); // SECCOMP_USER_NOTIF_FLAG_CONTINUE
-                                                               // SAFETY: SECCOMP_IOCTL_NOTIF_SEND reads a seccomp_notif_resp of 24 bytes.
+            // SECCOMP_USER_NOTIF_FLAG_CONTINUE
+            resp[20..24].copy_from_slice(&1u32.to_ne_bytes());
+            // SAFETY: SECCOMP_IOCTL_NOTIF_SEND reads a seccomp_notif_resp of 24 bytes.
             unsafe { libc::ioctl(fd.as_raw_fd(), 0xc018_2101u64 as _, resp.as_ptr()) };
         }
         (state, seen)
@@ -333,10 +373,22 @@ fn notify_rules_never_see_the_inits_own_syscalls() {
         "run with notify rules on the init's syscalls",
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "/\n");
     let (state, seen) = handler.join().unwrap();
     assert_eq!(state["state"]["id"], id.as_str());
     assert!(state["pid"].as_i64().unwrap_or(0) > 0, "{state}");
-    assert!(seen.is_empty(), "the listener saw syscalls {seen:?}");
+    // Only busybox pwd's own calls: getcwd, write, ioctl, newfstatat (x86_64 numbers).
+    let program = [
+        libc::SYS_getcwd,
+        libc::SYS_write,
+        libc::SYS_ioctl,
+        libc::SYS_newfstatat,
+    ];
+    assert!(seen.contains(&(libc::SYS_getcwd as i32)), "{seen:?}");
+    assert!(
+        seen.iter().all(|n| program.contains(&(*n as i64))),
+        "the listener saw syscalls of the runtime: {seen:?}"
+    );
     assert_clean(&rt, &id, Some(b.path()));
 }
 
@@ -370,4 +422,28 @@ fn a_profile_without_openat2_runs_containers() {
     b.spec["process"]["cwd"] = json!("/root");
     b.save();
     assert_eq!(rt.run_ok(&b, &id("scnoopenat2")), "ok\n");
+}
+
+/// A notify listener with a real-time or deadline scheduler is refused at create (the descriptor
+/// leaves through a helper thread that such a scheduler would starve or forbid), nothing left.
+#[test]
+fn notify_with_a_realtime_scheduler_is_refused() {
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["true"]);
+    b.spec["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": "/nonexistent/listener.sock",
+        "syscalls": [{"names": ["getcwd"], "action": "SCMP_ACT_NOTIFY"}]
+    });
+    b.spec["process"]["scheduler"] = json!({"policy": "SCHED_FIFO", "priority": 1});
+    b.save();
+    let id = id("scnotifyrt");
+    let o = rt.create_out(&b, &id, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("linux.seccomp") && err.contains("SchedFifo"),
+        "{err}"
+    );
+    assert_clean(&rt, &id, Some(b.path()));
 }

@@ -22,11 +22,19 @@ fn tmpcopyup_starts_the_tmpfs_with_the_directorys_contents() {
         "destination": "/etc/seed", "type": "tmpfs", "source": "tmpfs",
         "options": ["nosuid", "nodev", "tmpcopyup"]
     }));
+    // A read-only one is filled first, then made read-only.
+    std::fs::create_dir_all(b.rootfs().join("etc/seed-ro")).unwrap();
+    std::fs::write(b.rootfs().join("etc/seed-ro/f"), "ro-content\n").unwrap();
+    b.spec["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/etc/seed-ro", "type": "tmpfs", "source": "tmpfs",
+        "options": ["ro", "tmpcopyup"]
+    }));
     b.sh(concat!(
         "stat -c '%a %u:%g' /etc/seed/a; cat /etc/seed/a /etc/seed/sub/b; readlink /etc/seed/l; ",
-        "grep ' /etc/seed ' /proc/mounts | cut -d' ' -f3; echo new > /etc/seed/a"
+        "grep ' /etc/seed ' /proc/mounts | cut -d' ' -f3; echo new > /etc/seed/a; ",
+        "cat /etc/seed-ro/f; touch /etc/seed-ro/x 2>/dev/null || echo read-only"
     ));
-    let want = "640 1:2\nalpha\nbeta\n/etc/passwd\ntmpfs\n";
+    let want = "640 1:2\nalpha\nbeta\n/etc/passwd\ntmpfs\nro-content\nread-only\n";
     assert_eq!(rt.run_ok(&b, &id("copyup")), want);
     // The write went to the tmpfs, not the image.
     assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "alpha\n");

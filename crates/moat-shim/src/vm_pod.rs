@@ -243,7 +243,7 @@ impl VmPod {
         cfg.run_parent = PathBuf::from(RUN_PARENT);
         std::fs::create_dir_all(&cfg.run_parent)
             .map_err(VmPodError::io("create", &cfg.run_parent))?;
-        let netns = guest::netns_path(spec);
+        let netns = guest::netns_path(spec).map_err(VmPodError::Unsupported)?;
         let attachment = match &netns {
             Some(ns) => Some(with_net_commands(|| moat_vm::net::attach(ns)).map_err(
                 VmPodError::vm(format!(

@@ -44,7 +44,8 @@ pub(super) fn plan(spec: &Spec) -> Result<NetPlan> {
                 .into(),
         ));
     };
-    match ns.path() {
+    // An empty path (Go's zero value) means a new namespace, as everywhere else.
+    match moat_container::namespaces::ns_path(&ns) {
         None => Ok(NetPlan::Fresh),
         Some(p) if p.exists() => Ok(NetPlan::Join(p.clone())),
         Some(p) => Err(VmBackendError::Invalid(format!(

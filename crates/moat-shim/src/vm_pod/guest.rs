@@ -173,16 +173,29 @@ pub fn prepare(id: &str, bundle: &Path) -> Result<GuestContainer> {
     })
 }
 
-/// The network namespace of the pod (the sandbox spec's network entry with a path that exists),
-/// which the VM joins; `None` for a host-network pod.
-pub fn netns_path(spec: &Value) -> Option<std::path::PathBuf> {
-    spec["linux"]["namespaces"]
-        .as_array()?
-        .iter()
+/// The network namespace of the pod (the sandbox spec's network entry), which the VM joins;
+/// `Ok(None)` for a pod without one of its own (loopback only); an error when the entry names a
+/// namespace that does not exist (the pod must not silently lose its network).
+pub fn netns_path(spec: &Value) -> std::result::Result<Option<std::path::PathBuf>, String> {
+    let Some(path) = spec["linux"]["namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
         .find(|n| n["type"] == "network")
         .and_then(|n| n["path"].as_str())
+        .filter(|p| !p.is_empty())
         .map(std::path::PathBuf::from)
-        .filter(|p| p.exists())
+    else {
+        return Ok(None);
+    };
+    if path.exists() {
+        Ok(Some(path))
+    } else {
+        Err(format!(
+            "network namespace {} does not exist",
+            path.display()
+        ))
+    }
 }
 
 #[cfg(test)]
