@@ -4,8 +4,10 @@
 //! as such.
 //!
 //! [`Writes`] lets one request be applied in two passes: a check pass that writes nothing (every
-//! file must exist, every value must pass validation), then the writes, with the previous content
-//! of each single-line file kept so that a value the kernel refuses part-way is undone.
+//! file must exist, every value must pass validation, every block device named must exist), then
+//! the writes, with the previous content of each single-line file, and each device's line of a
+//! per-device file (io.max, blkio throttles and weights), kept so that a value the kernel refuses
+//! part-way is undone.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -80,22 +82,39 @@ impl Writes {
         self.dry
     }
 
-    /// [`set`], or in the check pass only its "file exists" test.
+    /// [`set`], or in the check pass only its "file exists" test (and, for a per-device value
+    /// such as `8:0 1048576`, that the block device exists: the kernel would refuse it part-way).
     pub(crate) fn set(&mut self, dir: &Path, file: &str, value: &str, field: &str) -> Result<()> {
         let path = dir.join(file);
+        let device = device_key(value);
         if self.dry {
-            return if path.exists() {
-                Ok(())
-            } else {
-                Err(missing(&path, field))
-            };
+            if !path.exists() {
+                return Err(missing(&path, field));
+            }
+            if let Some(dev) = device {
+                if !Path::new("/sys/dev/block").join(dev).exists() {
+                    return Err(CgroupError::Unsupported(format!(
+                        "{field}: block device {dev} does not exist"
+                    )));
+                }
+            }
+            return Ok(());
         }
-        // Only a single-line value can be written back as read (lists such as io.max or
-        // devices.list cannot).
-        let old = std::fs::read_to_string(&path)
-            .ok()
-            .map(|s| s.trim_end_matches('\n').to_owned())
-            .filter(|s| !s.is_empty() && !s.contains('\n'));
+        let content = std::fs::read_to_string(&path).unwrap_or_default();
+        let old = match device {
+            // A per-device file lists one line per device: restore that device's line, or
+            // lift the limit this write set.
+            Some(dev) => Some(
+                content
+                    .lines()
+                    .find(|l| l.split_whitespace().next() == Some(dev))
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| per_device_reset(file, dev)),
+            ),
+            // Single-line files are written back as read; other lists (devices.list) cannot be.
+            None => Some(content.trim_end_matches('\n').to_owned())
+                .filter(|s| !s.is_empty() && !s.contains('\n')),
+        };
         set(dir, file, value, field)?;
         if let Some(old) = old {
             self.undo.push((path, old));
@@ -108,6 +127,27 @@ impl Writes {
         for (path, old) in self.undo.into_iter().rev() {
             let _ = std::fs::write(&path, &old);
         }
+    }
+}
+
+/// The `MAJ:MIN` a per-device value starts with, if it does.
+fn device_key(value: &str) -> Option<&str> {
+    let key = value.split_whitespace().next()?;
+    let (maj, min) = key.split_once(':')?;
+    (!maj.is_empty()
+        && !min.is_empty()
+        && maj.bytes().all(|b| b.is_ascii_digit())
+        && min.bytes().all(|b| b.is_ascii_digit()))
+    .then_some(key)
+}
+
+/// The line that lifts what a per-device write set, for a device the file did not list before.
+fn per_device_reset(file: &str, dev: &str) -> String {
+    match file {
+        "io.max" => format!("{dev} rbps=max wbps=max riops=max wiops=max"),
+        "io.weight" | "io.bfq.weight" => format!("{dev} default"),
+        // v1 blkio throttles and weights: 0 removes the device's entry.
+        _ => format!("{dev} 0"),
     }
 }
 
@@ -166,4 +206,53 @@ pub(crate) fn read_keyed_opt(path: &Path) -> Result<BTreeMap<String, u64>> {
 /// One key of a flat keyed file (0 if the key is absent, error if the file is absent).
 pub(crate) fn keyed_u64(path: &Path, key: &str) -> Result<u64> {
     Ok(parse_keyed(&read(path)?).get(key).copied().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod per_device_tests {
+    use super::*;
+
+    #[test]
+    fn per_device_values_are_recognised_and_reset() {
+        assert_eq!(device_key("8:0 1048576"), Some("8:0"));
+        assert_eq!(device_key("259:3 rbps=1 wbps=max"), Some("259:3"));
+        assert_eq!(device_key("100"), None);
+        assert_eq!(device_key("default 100"), None);
+        assert_eq!(device_key("a *:* rwm"), None);
+        assert_eq!(
+            per_device_reset("io.max", "8:0"),
+            "8:0 rbps=max wbps=max riops=max wiops=max"
+        );
+        assert_eq!(per_device_reset("io.weight", "8:0"), "8:0 default");
+        assert_eq!(
+            per_device_reset("blkio.throttle.read_bps_device", "8:0"),
+            "8:0 0"
+        );
+    }
+
+    #[test]
+    fn the_check_pass_refuses_a_missing_block_device() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("io.max"), "").unwrap();
+        let e = Writes::check()
+            .set(d.path(), "io.max", "4095:4095 rbps=1", "linux.resources.blockIO")
+            .unwrap_err();
+        assert!(e.to_string().contains("block device 4095:4095"), "{e}");
+    }
+
+    #[test]
+    fn a_refused_update_restores_each_devices_line() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("io.max");
+        std::fs::write(&f, "8:0 rbps=100 wbps=max riops=max wiops=max\n").unwrap();
+        let mut w = Writes::live();
+        w.set(d.path(), "io.max", "8:0 rbps=5", "f").unwrap();
+        w.set(d.path(), "io.max", "8:16 wbps=7", "f").unwrap();
+        w.rollback();
+        // A regular file keeps only the last write: the restore of 8:0, written last.
+        assert_eq!(
+            std::fs::read_to_string(&f).unwrap(),
+            "8:0 rbps=100 wbps=max riops=max wiops=max"
+        );
+    }
 }
