@@ -25,11 +25,22 @@ pub fn check_detached_terminal(terminal: bool, console_socket: bool) -> Result<(
 
 /// Whether the bundle's process asks for a terminal.
 pub fn bundle_terminal(bundle: &std::path::Path) -> Result<bool> {
-    let b = moat_container::spec::load_bundle(bundle)?;
-    Ok(b.spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.terminal())
+    // Only `process.terminal`: the whole config is parsed and validated once, by create.
+    #[derive(serde::Deserialize)]
+    struct Config {
+        process: Option<Process>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Process {
+        terminal: Option<bool>,
+    }
+    // A missing or broken config is create's to report, with the field named.
+    let Ok(text) = std::fs::read(bundle.join("config.json")) else {
+        return Ok(false);
+    };
+    Ok(serde_json::from_slice::<Config>(&text)
+        .ok()
+        .and_then(|c| c.process?.terminal)
         .unwrap_or(false))
 }
 
