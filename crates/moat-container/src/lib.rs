@@ -22,6 +22,7 @@ pub mod mountopts;
 pub mod namespaces;
 pub mod pause;
 pub mod process;
+pub mod propagation;
 pub mod resources;
 pub mod rootfs;
 pub mod sched;
