@@ -4,7 +4,8 @@
 //! `critest/env.rs`). critest runs once with `--runtime-handler runc` and once with `moat`; every
 //! spec that passes with runc must pass with moat (the two lists are compared, no counts are
 //! hard-coded). Set `MOAT_CRITEST_VM=1` to run the `moat-vm` handler too (slow under TCG; its
-//! results are reported, not compared). The results of each run are printed and written to
+//! results are reported, not compared) with the static test agent, `MOAT_CRITEST_VM=dynamic` with
+//! the agent the shim finds beside itself. The results of each run are printed and written to
 //! `$CARGO_TARGET_TMPDIR/critest/<handler>.txt`.
 //!
 //! Skipped, with the reason printed, when no Go toolchain or no cri-tools sources can be had.
@@ -112,7 +113,19 @@ fn parse_report(path: &Path) -> BTreeMap<String, Outcome> {
 
 /// Run critest with `handler` against `env`.
 fn critest(env: &CriEnv, handler: &str, limit: Duration) -> Run {
-    let report = env.work.path().join(format!("report-{handler}.json"));
+    critest_focus(
+        env,
+        handler,
+        &std::env::var("MOAT_CRITEST_FOCUS").unwrap_or_default(),
+        handler,
+        limit,
+    )
+}
+
+/// Run critest with `handler` on the specs matching `focus` (all if empty); `label` names the
+/// run's report and record.
+fn critest_focus(env: &CriEnv, handler: &str, focus: &str, label: &str, limit: Duration) -> Run {
+    let report = env.work.path().join(format!("report-{label}.json"));
     let t = Instant::now();
     let o = run_deadline(
         Command::new(env.tools.join("critest"))
@@ -122,10 +135,7 @@ fn critest(env: &CriEnv, handler: &str, limit: Duration) -> Run {
             .arg("--ginkgo.no-color")
             .arg(format!("--ginkgo.json-report={}", report.display()))
             .arg("--ginkgo.timeout=40m")
-            .arg(format!(
-                "--ginkgo.focus={}",
-                std::env::var("MOAT_CRITEST_FOCUS").unwrap_or_default()
-            ))
+            .arg(format!("--ginkgo.focus={focus}"))
             // critest runs `ipcmk` and talks to the pods from the host.
             .env("PATH", std::env::var("PATH").unwrap_or_default()),
         limit,
@@ -133,7 +143,7 @@ fn critest(env: &CriEnv, handler: &str, limit: Duration) -> Run {
     );
     let log = format!("{}\n{}", text(&o.stdout), text(&o.stderr));
     let run = Run {
-        handler: handler.to_owned(),
+        handler: label.to_owned(),
         specs: parse_report(&report),
         wall: t.elapsed(),
     };
@@ -176,8 +186,10 @@ fn critest_moat_passes_every_spec_runc_passes() {
         return;
     };
     let t0 = Instant::now();
-    let vm = std::env::var_os("MOAT_CRITEST_VM").is_some();
-    if vm {
+    let vm_mode = std::env::var("MOAT_CRITEST_VM").unwrap_or_default();
+    let vm = !vm_mode.is_empty();
+    // `MOAT_CRITEST_VM=dynamic`: the agent the shim finds beside itself (the default set-up).
+    if vm && vm_mode != "dynamic" {
         // The static guest agent, in containerd's environment (the shims inherit it).
         std::env::set_var("MOAT_AGENT_BIN", vm_agent_path());
     }
@@ -200,15 +212,38 @@ fn critest_moat_passes_every_spec_runc_passes() {
         "runc fails more specs than it passes: the environment is broken\n{}",
         runc.summary()
     );
-    let regressions: Vec<&String> = runc
+    let regressions: Vec<String> = runc
         .specs
         .iter()
         .filter(|(n, o)| **o == Outcome::Passed && moat.specs.get(*n) != Some(&Outcome::Passed))
-        .map(|(n, _)| n)
+        .map(|(n, _)| n.clone())
         .collect();
+    // A spec that fails once is run again alone: one that passes then is reported as flaky
+    // (loudly, and in the record: docs/kubernetes.md lists the known one), one that fails again
+    // fails the test.
+    let mut failing = Vec::new();
+    for name in &regressions {
+        let leaf = name.rsplit(" runtime should ").next().unwrap_or(name);
+        let focus: String = leaf
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || c == ' ' {
+                    c.to_string()
+                } else {
+                    format!("\\{c}")
+                }
+            })
+            .collect();
+        let again = critest_focus(&env, "moat", &focus, "moat-retry", Duration::from_secs(600));
+        if again.specs.get(name) == Some(&Outcome::Passed) {
+            eprintln!("FLAKY with moat (failed, then passed alone): {name}");
+        } else {
+            failing.push(name.clone());
+        }
+    }
     assert!(
-        regressions.is_empty(),
-        "specs passing with runc and not with moat ({}; logs in {}/critest):\n{regressions:#?}",
+        failing.is_empty(),
+        "specs passing with runc and not with moat, twice ({}; logs in {}/critest):\n{failing:#?}",
         moat.summary(),
         env!("CARGO_TARGET_TMPDIR")
     );
