@@ -23,6 +23,7 @@ pub mod mountopts;
 pub mod namespaces;
 pub mod pause;
 pub mod process;
+pub mod propagation;
 pub mod resources;
 pub mod rootfs;
 pub mod sched;

@@ -57,13 +57,7 @@ fn mnt_err(detail: String) -> impl FnOnce(Errno) -> InitFailure {
 /// Before pivot: propagation, bind of the rootfs, the spec mounts and /dev. Returns an `O_PATH`
 /// descriptor on the (bind-mounted) rootfs.
 pub fn prepare(plan: &RootfsPlan<'_>) -> R<OwnedFd> {
-    let linux = plan.spec.linux().as_ref();
-    let root_prop = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
-        Some("private") | Some("rprivate") => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-        _ => MsFlags::MS_SLAVE | MsFlags::MS_REC,
-    };
-    mount(None::<&str>, "/", None::<&str>, root_prop, None::<&str>)
-        .map_err(mnt_err("set propagation of /".into()))?;
+    crate::propagation::prepare_root(plan.spec, plan.rootfs)?;
     let rootfs = plan
         .rootfs
         .to_str()
@@ -660,9 +654,22 @@ pub fn switch_root(rootfs: &OwnedFd, no_pivot: bool) -> R<()> {
             .map_err(perr("move rootfs to /"))?;
         nix::unistd::chroot(".").map_err(perr("chroot"))?;
     } else {
+        let old_root = nix::fcntl::open(
+            "/",
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map(moat_sys::fd::owned)
+        .map_err(perr("open the old root"))?;
         nix::unistd::pivot_root(".", ".").map_err(perr("pivot_root"))?;
-        // The old root is now stacked under "."; make it private so the detach does not
-        // propagate to the host, then detach it.
+        // The old root is now stacked on "/". Work on it through its own descriptor (runc's
+        // way): "." still names the new root's mount, and making that a slave would cut a
+        // shared rootfs (rootfsPropagation: rshared) off the host's peer groups. Make the old
+        // root a slave so the detach does not propagate to the host, then detach it.
+        nix::unistd::fchdir(old_root.as_raw_fd()).map_err(perr("chdir to the old root"))?;
+        drop(old_root);
         mount(
             None::<&str>,
             ".",

@@ -4,6 +4,7 @@
 mod common;
 use common::*;
 use serde_json::json;
+use std::path::PathBuf;
 
 #[test]
 fn readonly_root_rejects_writes() {
@@ -185,6 +186,81 @@ fn rootfs_propagation_shared_and_mount_propagation() {
     assert!(
         !prop.contains("shared:") && !prop.contains("master:"),
         "/prop not private: {out}"
+    );
+}
+
+/// `rootfsPropagation: rshared` with a bidirectional (`rshared`) volume, as containerd asks for a
+/// Kubernetes `mountPropagation: Bidirectional` volume: a mount made in the container reaches the
+/// host, and a mount made on the host reaches the container (runc's rules; critest's "mount with
+/// 'rshared'" spec).
+#[test]
+fn rootfs_propagation_rshared_reaches_the_host() {
+    let rt = Rt::new();
+    let host = tempfile::tempdir().unwrap();
+    let vol = host.path().to_owned();
+    let sh = |args: &[&str]| {
+        let st = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .unwrap();
+        assert!(st.success(), "{args:?}");
+    };
+    let v = vol.to_str().unwrap();
+    sh(&["mount", "--bind", v, v]);
+    sh(&["mount", "--make-rshared", v]);
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for sub in ["from-ctr", "from-host", ""] {
+                let _ = nix::mount::umount2(&self.0.join(sub), nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+    let _guard = Unmount(vol.clone());
+    std::fs::create_dir_all(vol.join("from-ctr")).unwrap();
+    std::fs::create_dir_all(vol.join("from-host")).unwrap();
+
+    let mut b = Bundle::new(&["true"]);
+    b.spec["linux"]["rootfsPropagation"] = json!("rshared");
+    // mount(2) inside: CAP_SYS_ADMIN and no seccomp filter (the default one refuses mount).
+    b.spec["linux"].as_object_mut().unwrap().remove("seccomp");
+    for set in ["bounding", "effective", "permitted"] {
+        b.spec["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("CAP_SYS_ADMIN"));
+    }
+    b.spec["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "/vol", "type": "bind", "source": vol, "options": ["rbind", "rshared"]}),
+    );
+    b.sh(
+        "mount -t tmpfs ctr /vol/from-ctr && echo made > /vol/from-ctr/f && \
+         for i in $(seq 100); do [ -f /vol/from-host/h ] && break; sleep 0.1; done; \
+         cat /vol/from-host/h > /vol/from-ctr/seen",
+    );
+    let id = id("rshared");
+    rt.create(&b, &id);
+    // The host's mount, made while the container runs, must reach it.
+    sh(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "host",
+        vol.join("from-host").to_str().unwrap(),
+    ]);
+    std::fs::write(vol.join("from-host/h"), "from the host\n").unwrap();
+    rt.ok(&["start", &id]);
+    rt.wait_status(&id, "stopped");
+    rt.ok(&["delete", &id]);
+    assert_eq!(
+        std::fs::read_to_string(vol.join("from-ctr/f")).unwrap_or_default(),
+        "made\n",
+        "the container's mount did not reach the host"
+    );
+    assert_eq!(
+        std::fs::read_to_string(vol.join("from-ctr/seen")).unwrap_or_default(),
+        "from the host\n",
+        "the host's mount did not reach the container"
     );
 }
 

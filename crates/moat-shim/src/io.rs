@@ -1,6 +1,11 @@
 //! The container's stdio as containerd hands it to a shim: fifo paths. Without a terminal the
 //! fifos are opened here and passed to the container as its descriptors 0-2; with a terminal the
 //! shim receives the pty master on a console socket and copies between it and the fifos.
+//!
+//! Console sockets live in a private directory of their own under [`CONSOLE_BASE`] (mode 0700, a
+//! short unique name), never in the bundle: a unix socket path must fit in `sun_path` (108 bytes),
+//! and CRI bundles (`.../io.containerd.runtime.v2.task/k8s.io/<64-hex id>/`) already take most of
+//! that. The directory is removed once the runtime has handed over the pty master.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -42,18 +47,33 @@ pub fn open_stdio(stdin: &str, stdout: &str, stderr: &str) -> std::io::Result<[O
     Ok([i, out(stdout)?, out(stderr)?])
 }
 
+/// Where the shim makes the private directories of its console sockets.
+pub const CONSOLE_BASE: &str = "/run/moat-shim";
+
 /// A console socket: the path to give the runtime, and the pty master once received.
 pub struct Console {
     pub path: PathBuf,
+    /// The private directory holding `path`, removed with it.
+    dir: PathBuf,
     pub master: Arc<Mutex<Option<File>>>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Console {
-    /// Listen on `path`; in the background receive the master and start copying to/from the fifos.
-    pub fn listen(path: PathBuf, stdin: String, stdout: String) -> std::io::Result<Console> {
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)?;
+    /// Listen on a new socket in a private directory under `base`; in the background receive the
+    /// master and start copying to/from the fifos.
+    pub fn listen(base: &Path, stdin: String, stdout: String) -> std::io::Result<Console> {
+        std::fs::create_dir_all(base)?;
+        // mkdtemp(3) makes the directory 0700: only root can reach the socket.
+        let dir = nix::unistd::mkdtemp(&base.join("con-XXXXXX")).map_err(std::io::Error::from)?;
+        let path = dir.join("sock");
+        let listener = match UnixListener::bind(&path) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                return Err(e);
+            }
+        };
         let master: Arc<Mutex<Option<File>>> = Arc::default();
         let m = master.clone();
         let handle = std::thread::spawn(move || {
@@ -95,6 +115,7 @@ impl Console {
         });
         Ok(Console {
             path,
+            dir,
             master,
             handle: Some(handle),
         })
@@ -105,7 +126,12 @@ impl Console {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+        self.remove_socket();
+    }
+
+    fn remove_socket(&self) {
         let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
     }
 
     /// Give up (create failed): unblock the accepting thread.
@@ -126,5 +152,11 @@ impl Console {
             ws_ypixel: 0,
         };
         moat_sys::fd::set_winsize(std::os::fd::AsFd::as_fd(f), &ws).map_err(std::io::Error::from)
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        self.remove_socket();
     }
 }

@@ -308,20 +308,14 @@ impl Service {
         self.inner.exit.clone()
     }
 
-    fn spawn_proc(
-        &self,
-        id: &str,
-        req: Request,
-        p: &mut Proc,
-        console_dir: &Path,
-    ) -> Result<i32, String> {
+    fn spawn_proc(&self, id: &str, req: Request, p: &mut Proc) -> Result<i32, String> {
         let mut console = None;
         let req = if p.terminal {
-            let path = console_dir.join(format!("console-{}.sock", std::process::id()));
-            console = Some(
-                Console::listen(path.clone(), p.stdin.clone(), p.stdout.clone())
-                    .map_err(|e| format!("console socket: {e}"))?,
-            );
+            let base = Path::new(crate::io::CONSOLE_BASE);
+            let c = Console::listen(base, p.stdin.clone(), p.stdout.clone())
+                .map_err(|e| format!("console socket of {id} in {}: {e}", base.display()))?;
+            let path = c.path.clone();
+            console = Some(c);
             match req {
                 Request::Create {
                     root, id, bundle, ..
@@ -390,7 +384,7 @@ impl containerd_shim::Task for Service {
             bundle: PathBuf::from(&req.bundle),
             console_socket: None,
         };
-        let pid = match self.spawn_proc(&req.id, create, &mut init, Path::new(&req.bundle)) {
+        let pid = match self.spawn_proc(&req.id, create, &mut init) {
             Ok(pid) => pid,
             Err(e) => {
                 if mounted {
@@ -462,22 +456,21 @@ impl containerd_shim::Task for Service {
         }
         // An exec: run the process registered by Exec. The entry stays in place (a concurrent
         // Wait must find it); the spawn works on a copy of what it needs.
-        let (mut p, bundle) = {
+        let mut p = {
             let st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
             let c = st.ctrs.get(&req.id).ok_or_else(|| not_found(&req.id))?;
             let e = c
                 .execs
                 .get(&req.exec_id)
                 .ok_or_else(|| not_found(&format!("exec {}", req.exec_id)))?;
-            let p = Proc {
+            Proc {
                 stdin: e.stdin.clone(),
                 stdout: e.stdout.clone(),
                 stderr: e.stderr.clone(),
                 terminal: e.terminal,
                 spec: e.spec.clone(),
                 ..Default::default()
-            };
-            (p, c.bundle.clone())
+            }
         };
         let exec = Request::Exec {
             root: self.inner.store.root.clone(),
@@ -485,9 +478,7 @@ impl containerd_shim::Task for Service {
             process: p.spec.clone().unwrap_or_default(),
             console_socket: None,
         };
-        let pid = self
-            .spawn_proc(&req.id, exec, &mut p, Path::new(&bundle))
-            .map_err(err)?;
+        let pid = self.spawn_proc(&req.id, exec, &mut p).map_err(err)?;
         let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
         let early = self.inner.claim_early_exit(&mut st, pid);
         if let Some(e) = st

@@ -97,6 +97,48 @@ pub fn interpreter(elf: &[u8]) -> Option<String> {
     })
 }
 
+/// `interp --list agent`, its output read to the end. In a process that reaps every child of its
+/// own (the shim is a child subreaper whose reaper thread waits for any pid), the exit status may
+/// be taken before `wait` gets it (`ECHILD`): the listing is then judged by its output alone (an
+/// empty one is a failure).
+fn list_libraries(interp: &str, agent: &Path) -> std::io::Result<std::process::Output> {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let mut child = Command::new(interp)
+        .arg("--list")
+        .arg(agent)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stderr = child.stderr.take();
+    let errors = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.read_to_end(&mut buf);
+        }
+        buf
+    });
+    let mut stdout = Vec::new();
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_end(&mut stdout)?;
+    }
+    let stderr = errors.join().unwrap_or_default();
+    let status = match child.wait() {
+        Ok(st) => st,
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ECHILD as i32) => {
+            std::process::ExitStatus::from_raw(if stdout.is_empty() { 1 << 8 } else { 0 })
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
 /// The files a dynamically linked `agent` needs at run time, as (absolute path in the guest, path
 /// on the host to read it from): its interpreter and every shared library it loads. Empty for a
 /// static agent.
@@ -108,10 +150,7 @@ pub fn runtime_files(agent: &Path, elf: &[u8]) -> Result<Vec<(String, PathBuf)>>
         path: agent.to_path_buf(),
         reason,
     };
-    let out = Command::new(&interp)
-        .arg("--list")
-        .arg(agent)
-        .output()
+    let out = list_libraries(&interp, agent)
         .map_err(|e| fail(format!("run its interpreter {interp} --list: {e}")))?;
     if !out.status.success() {
         return Err(fail(format!(

@@ -51,6 +51,12 @@ impl std::ops::Deref for CriContainerd {
 /// The CRI plugin's configuration; `{dir}` is the containerd's temporary directory.
 /// `extra` is appended to the runtimes table (more handlers, TOML).
 pub fn cri_config(extra: &str) -> String {
+    cri_config_with(extra, PAUSE_IMAGE, None)
+}
+
+/// [`cri_config`] with another sandbox image and, when given, a CNI configuration directory
+/// other than the containerd's own (empty) one.
+pub fn cri_config_with(extra: &str, sandbox_image: &str, cni_conf: Option<&Path>) -> String {
     format!(
         r#"[plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{pause}"
@@ -69,9 +75,12 @@ pub fn cri_config(extra: &str) -> String {
 {extra}
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
-    conf_dir = "{{dir}}/cni"
+    conf_dir = "{cni}"
 "#,
-        pause = PAUSE_IMAGE,
+        pause = sandbox_image,
+        cni = cni_conf
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "{dir}/cni".into()),
         extra = extra,
         // The sandbox asks for oom_score_adj -998; lowering it needs CAP_SYS_RESOURCE, which
         // some CI sandboxes lack: then let containerd clamp it to its own, as for rootless.
@@ -82,6 +91,22 @@ pub fn cri_config(extra: &str) -> String {
 impl CriContainerd {
     pub fn start(shim_dir: &Path) -> CriContainerd {
         Self::start_with(shim_dir, "")
+    }
+
+    /// With more configuration (`extra`, see [`cri_config`]), another sandbox image and a CNI
+    /// configuration directory of the caller's.
+    pub fn start_custom(
+        shim_dir: &Path,
+        extra: &str,
+        sandbox_image: &str,
+        cni_conf: &Path,
+    ) -> CriContainerd {
+        let config = cri_config_with(extra, sandbox_image, Some(cni_conf));
+        let inner = Containerd::launch(K8S_NS, Some(shim_dir), Some(&config));
+        CriContainerd {
+            inner,
+            cgroup_parent: format!("moat-cri-{}", std::process::id()),
+        }
     }
 
     /// With more runtime handlers (`extra`, see [`cri_config`]).
