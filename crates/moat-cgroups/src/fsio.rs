@@ -235,7 +235,12 @@ mod per_device_tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("io.max"), "").unwrap();
         let e = Writes::check()
-            .set(d.path(), "io.max", "4095:4095 rbps=1", "linux.resources.blockIO")
+            .set(
+                d.path(),
+                "io.max",
+                "4095:4095 rbps=1",
+                "linux.resources.blockIO",
+            )
             .unwrap_err();
         assert!(e.to_string().contains("block device 4095:4095"), "{e}");
     }

@@ -117,6 +117,29 @@ fn exec_gets_the_filter_and_runtime_syscalls_are_not_filtered() {
     assert_clean(&rt, &id, Some(b.path()));
 }
 
+/// Accept the runtime's connection to a seccomp `listenerPath` (failing after 20 s instead of
+/// hanging) and receive the notify descriptor with the state it is sent with.
+fn accept_listener(
+    listener: &std::os::unix::net::UnixListener,
+) -> (serde_json::Value, std::os::fd::OwnedFd) {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let conn = loop {
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("no connection from the runtime to listenerPath: {e}"),
+        }
+    };
+    conn.set_nonblocking(false).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let (n, mut fds) = moat_sys::fd::recv_fds(std::os::fd::AsFd::as_fd(&conn), &mut buf).unwrap();
+    let state = serde_json::from_slice(&buf[..n]).unwrap();
+    (state, fds.pop().expect("no descriptor received"))
+}
+
 #[test]
 fn notify_listener_receives_the_fd_and_answers() {
     use std::os::fd::AsRawFd;
@@ -134,27 +157,7 @@ fn notify_listener_receives_the_fd_and_answers() {
     b.sh("mkdir /tmp/z 2>&1; echo mkdir=$?");
     let id = id("scnotify");
     let handler = std::thread::spawn(move || {
-        // A descriptor that never comes fails the test instead of hanging it.
-        listener.set_nonblocking(true).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        let conn = loop {
-            match listener.accept() {
-                Ok((c, _)) => break c,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(20))
-                }
-                Err(e) => panic!("no connection from the runtime to listenerPath: {e}"),
-            }
-        };
-        conn.set_nonblocking(false).unwrap();
-        let mut buf = vec![0u8; 64 * 1024];
-        let (n, mut fds) =
-            moat_sys::fd::recv_fds(std::os::fd::AsFd::as_fd(&conn), &mut buf).unwrap();
-        let (payload, fd) = (
-            buf[..n].to_vec(),
-            fds.pop().expect("no descriptor received"),
-        );
-        let state: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        let (state, fd) = accept_listener(&listener);
         // struct seccomp_notif (80 bytes) and seccomp_notif_resp (24 bytes).
         let mut notif = [0u8; 80];
         // SAFETY: SECCOMP_IOCTL_NOTIF_RECV fills a seccomp_notif of 80 bytes.
@@ -313,27 +316,7 @@ fn notify_rules_never_see_the_inits_own_syscalls() {
     b.save();
     let id = id("scnotinit");
     let handler = std::thread::spawn(move || {
-        // A descriptor that never comes fails the test instead of hanging it.
-        listener.set_nonblocking(true).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        let conn = loop {
-            match listener.accept() {
-                Ok((c, _)) => break c,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(20))
-                }
-                Err(e) => panic!("no connection from the runtime to listenerPath: {e}"),
-            }
-        };
-        conn.set_nonblocking(false).unwrap();
-        let mut buf = vec![0u8; 64 * 1024];
-        let (n, mut fds) =
-            moat_sys::fd::recv_fds(std::os::fd::AsFd::as_fd(&conn), &mut buf).unwrap();
-        let (payload, fd) = (
-            buf[..n].to_vec(),
-            fds.pop().expect("no descriptor received"),
-        );
-        let state: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        let (state, fd) = accept_listener(&listener);
         // Answer every notification with "continue" and count them until all users are gone.
         let mut seen = vec![];
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
