@@ -167,6 +167,7 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
         } else {
             String::new()
         },
+        devices: None,
     };
     store.save(&st)?;
     let mut notes = Vec::new();
@@ -187,7 +188,12 @@ pub fn create(store: &Store, opts: &CreateOptions) -> Result<Created> {
     } else {
         cgroup.create()?;
         undo.cgroup = Some(cgroup.clone());
-        crate::resources::apply(&cgroup, &bundle.spec)?;
+        let res = crate::resources::effective(&bundle.spec);
+        if let Some(r) = &res {
+            cgroup.apply(r)?;
+        }
+        // Kept for `update`, which adds its device rules to these (saved with create_done).
+        st.devices = res.and_then(|r| r.devices().clone());
         Some(cgroup.clone())
     };
 

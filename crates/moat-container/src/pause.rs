@@ -57,10 +57,13 @@ pub fn update(store: &Store, id: &str, res: &oci_spec::runtime::LinuxResources) 
     // away and leaves /dev/null and the rest usable.
     let mut res = res.clone();
     if let Some(extra) = res.devices().clone().filter(|d| !d.is_empty()) {
-        let spec = crate::spec::load_bundle(&st.bundle)?.spec;
-        let mut devs = crate::resources::effective(&spec)
-            .and_then(|r| r.devices().clone())
-            .unwrap_or_default();
+        // The rules of create, recorded in the state (a state from an older moat: the bundle's).
+        let mut devs = match &st.devices {
+            Some(d) => d.clone(),
+            None => crate::resources::effective(&crate::spec::load_bundle(&st.bundle)?.spec)
+                .and_then(|r| r.devices().clone())
+                .unwrap_or_default(),
+        };
         devs.extend(extra);
         res.set_devices(Some(devs));
     }

@@ -9,8 +9,6 @@ use oci_spec::runtime::{
     LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxResources, Spec,
 };
 
-use crate::error::Result;
-
 /// (type, major, minor, access) of the devices every container may use.
 const DEFAULT_ALLOWED: &[(LinuxDeviceType, Option<i64>, Option<i64>, &str)] = &[
     (LinuxDeviceType::C, None, None, "m"),
@@ -85,11 +83,4 @@ pub fn rootless(spec: &Spec) -> LinuxResources {
         .unwrap_or_default();
     res.set_devices(None);
     res
-}
-
-pub fn apply(cgroup: &moat_cgroups::Cgroup, spec: &Spec) -> Result<()> {
-    if let Some(res) = effective(spec) {
-        cgroup.apply(&res)?;
-    }
-    Ok(())
 }

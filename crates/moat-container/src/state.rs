@@ -34,6 +34,10 @@ pub struct StateFile {
     pub hooks: Option<Hooks>,
     #[serde(default)]
     pub owner: String,
+    /// The device rules applied at create (the spec's, the defaults, `linux.devices`): `update`
+    /// adds its rules to these, whatever the bundle's config.json says later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<oci_spec::runtime::LinuxDeviceCgroup>>,
 }
 
 /// The OCI status of a container.
