@@ -221,8 +221,14 @@ impl VmState {
                 Err(e) => return Err(VmBackendError::io("remove", &self.run_dir)(e)),
             }
         }
+        // Two deletes may race (`moat rm -f` and the exiting container's monitor): what the other
+        // already removed is not an error.
         let dir = store.dir(&self.id);
-        std::fs::remove_dir_all(&dir).map_err(VmBackendError::io("remove", &dir))
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(VmBackendError::io("remove", &dir)(e)),
+        }
     }
 }
 
