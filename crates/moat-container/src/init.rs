@@ -223,7 +223,7 @@ fn stage1(
         // The new process must not speak to the runtime before stage 1 has named it: a `Ready`
         // that overtook `InitPid` made the runtime wait for stage 1 (exit 0) instead of the
         // process (`exec` returned before the process wrote anything). It waits for the end of
-        // this pipe, closed when stage 1 exits right after sending `InitPid`.
+        // this pipe, which stage 1 closes right after sending `InitPid`.
         let (gate_r, gate_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| InitFailure::new(Step::Fork, "create the fork gate", e))?;
         match moat_sys::process::clone3(libc::CLONE_PARENT as u64, false)
@@ -231,6 +231,9 @@ fn stage1(
         {
             moat_sys::process::Forked::Parent { pid, .. } => {
                 let _ = ch.send(&FromInit::InitPid { pid: pid.as_raw() });
+                // Released now, not at exit: exit tears the address space down before it
+                // closes files.
+                drop(gate_w);
                 moat_sys::process::exit_now(0);
             }
             moat_sys::process::Forked::Child => {
