@@ -23,16 +23,6 @@ const VM_SHIM_NAME: &str = "containerd-shim-moat-vm-v2";
 const VM_RUNTIME: &str = r#"    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.moat-vm]
       runtime_type = "io.containerd.moat-vm.v2""#;
 
-/// The pod's own network namespace, a PID namespace per container, the pod's IPC.
-fn pod_network() -> NamespaceOption {
-    NamespaceOption {
-        network: NamespaceMode::Pod as i32,
-        pid: NamespaceMode::Container as i32,
-        ipc: NamespaceMode::Pod as i32,
-        ..Default::default()
-    }
-}
-
 /// The test's bridge, deleted on drop (the CNI bridge plugin leaves it).
 struct Bridge(String);
 
@@ -76,47 +66,6 @@ fn run_pod(cri: &Cri, cfg: &PodSandboxConfig, handler: &str) -> String {
         }
     )
     .pod_sandbox_id
-}
-
-fn start_ctr(cri: &Cri, pod: &str, cfg: &PodSandboxConfig, name: &str, script: &str) -> String {
-    let config = ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: IMAGE.into(),
-            ..Default::default()
-        }),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        log_path: format!("{name}.log"),
-        linux: Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(pod_network()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let cid = cri_ok!(
-        cri,
-        create_container,
-        CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(cfg.clone()),
-        }
-    )
-    .container_id;
-    cri_ok!(
-        cri,
-        start_container,
-        StartContainerRequest {
-            container_id: cid.clone()
-        }
-    );
-    cid
 }
 
 fn exec(cri: &Cri, cid: &str, cmd: &[&str]) -> String {
@@ -211,15 +160,23 @@ fn cri_vm_pod_gets_the_pod_ip_and_a_second_pod_reaches_it() {
     let t = Instant::now();
     let pod_a = run_pod(&cri, &cfg_a, "moat-vm");
     eprintln!("VM pod with a network device started in {:?}", t.elapsed());
-    let web = start_ctr(
+    let web = start_container_with(
         &cri,
         &pod_a,
         &cfg_a,
         "web",
         "mkdir -p /tmp/w && echo hello-from-a-vm-pod > /tmp/w/index.html && \
          exec httpd -f -p 8080 -h /tmp/w",
+        pod_network(),
     );
-    let other = start_ctr(&cri, &pod_a, &cfg_a, "other", "exec sleep 1000");
+    let other = start_container_with(
+        &cri,
+        &pod_a,
+        &cfg_a,
+        "other",
+        "exec sleep 1000",
+        pod_network(),
+    );
     let status = cri_ok!(
         cri,
         pod_sandbox_status,
@@ -262,7 +219,14 @@ fn cri_vm_pod_gets_the_pod_ip_and_a_second_pod_reaches_it() {
     // A second pod (namespaces backend) reaches it over the bridge.
     let cfg_b = sandbox_config(&cd, "moat-net-b", &logs);
     let pod_b = run_pod(&cri, &cfg_b, "moat");
-    let client = start_ctr(&cri, &pod_b, &cfg_b, "client", "exec sleep 1000");
+    let client = start_container_with(
+        &cri,
+        &pod_b,
+        &cfg_b,
+        "client",
+        "exec sleep 1000",
+        pod_network(),
+    );
     let got = exec(
         &cri,
         &client,
@@ -292,7 +256,7 @@ fn cri_vm_pod_gets_the_pod_ip_and_a_second_pod_reaches_it() {
     // the taps go with the pod's namespace, which containerd removes with the pod.
     let cfg_c = sandbox_config(&cd, "moat-vm-net-crash", &logs);
     let pod_c = run_pod(&cri, &cfg_c, "moat-vm");
-    start_ctr(&cri, &pod_c, &cfg_c, "c", "exec sleep 1000");
+    start_container_with(&cri, &pod_c, &cfg_c, "c", "exec sleep 1000", pod_network());
     assert!(taps_left(), "the VM pod has no tap");
     let shims: Vec<i32> = cd.shim_processes().into_keys().collect();
     // QEMU and virtiofsd of this pod (their run directory names the shim's pid).

@@ -358,12 +358,37 @@ pub fn host_network() -> NamespaceOption {
     }
 }
 
+/// Kubelet's namespace options for a pod on its own network: the pod's network namespace, a PID
+/// namespace per container, the pod's IPC namespace.
+pub fn pod_network() -> NamespaceOption {
+    NamespaceOption {
+        network: NamespaceMode::Pod as i32,
+        pid: NamespaceMode::Container as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
 /// A busybox container that prints `started-NAME` and sleeps, host network.
 pub fn create_and_start(
     cri: &Cri,
     pod: &str,
     sandbox_config: &PodSandboxConfig,
     name: &str,
+) -> String {
+    let script = format!("echo started-{name}; exec sleep 1000");
+    start_container_with(cri, pod, sandbox_config, name, &script, host_network())
+}
+
+/// Create and start a busybox container of `pod` running `sh -c script` with namespace options
+/// `ns`; returns its id.
+pub fn start_container_with(
+    cri: &Cri,
+    pod: &str,
+    sandbox_config: &PodSandboxConfig,
+    name: &str,
+    script: &str,
+    ns: NamespaceOption,
 ) -> String {
     let config = ContainerConfig {
         metadata: Some(ContainerMetadata {
@@ -374,15 +399,11 @@ pub fn create_and_start(
             image: IMAGE.into(),
             ..Default::default()
         }),
-        command: vec![
-            "sh".into(),
-            "-c".into(),
-            format!("echo started-{name}; exec sleep 1000"),
-        ],
+        command: vec!["sh".into(), "-c".into(), script.into()],
         log_path: format!("{name}.log"),
         linux: Some(LinuxContainerConfig {
             security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(host_network()),
+                namespace_options: Some(ns),
                 ..Default::default()
             }),
             ..Default::default()
