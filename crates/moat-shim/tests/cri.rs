@@ -53,24 +53,7 @@ fn cri_pod_with_three_containers_in_one_moat_shim() {
 
     // The pod: host network, cgroup parent of our own.
     let uid = format!("moat-cri-{}", std::process::id());
-    let sandbox_config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "moat-pod".into(),
-            uid: uid.clone(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        log_directory: logs.display().to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: format!("/{}", cd.cgroup_parent),
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(host_network()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let sandbox_config = pod_config("moat-pod", &uid, &logs, &cd.cgroup_parent, host_network());
     let started = Instant::now();
     let pod = cri_ok!(
         cri,

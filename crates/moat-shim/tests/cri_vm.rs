@@ -142,24 +142,13 @@ fn cri_vm_pod_runs_two_containers_in_one_vm() {
     let cri = Cri::connect(&cd.sock(), cd.log_path());
     eprintln!("{test}: set up in {:?}", t0.elapsed());
 
-    let sandbox_config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "moat-vm-pod".into(),
-            uid: format!("moat-cri-vm-{}", std::process::id()),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        log_directory: logs.display().to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: format!("/{}", cd.cgroup_parent),
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(host_network()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let sandbox_config = pod_config(
+        "moat-vm-pod",
+        &format!("moat-cri-vm-{}", std::process::id()),
+        &logs,
+        &cd.cgroup_parent,
+        host_network(),
+    );
     let started = Instant::now();
     let pod = cri_ok!(
         cri,

@@ -36,24 +36,8 @@ impl Drop for Bridge {
 }
 
 fn sandbox_config(cd: &CriContainerd, name: &str, logs: &std::path::Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("{name}-{}", std::process::id()),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        log_directory: logs.display().to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: format!("/{}", cd.cgroup_parent),
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(pod_network()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    let uid = format!("{name}-{}", std::process::id());
+    pod_config(name, &uid, logs, &cd.cgroup_parent, pod_network())
 }
 
 fn run_pod(cri: &Cri, cfg: &PodSandboxConfig, handler: &str) -> String {

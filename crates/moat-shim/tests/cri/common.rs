@@ -358,6 +358,35 @@ pub fn host_network() -> NamespaceOption {
     }
 }
 
+/// The sandbox config kubelet would send for pod `name` (`uid`), logging under `logs`, in the
+/// cgroup parent `cgroup_parent`, with namespace options `ns`.
+pub fn pod_config(
+    name: &str,
+    uid: &str,
+    logs: &Path,
+    cgroup_parent: &str,
+    ns: NamespaceOption,
+) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: uid.into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: format!("/{cgroup_parent}"),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(ns),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Kubelet's namespace options for a pod on its own network: the pod's network namespace, a PID
 /// namespace per container, the pod's IPC namespace.
 pub fn pod_network() -> NamespaceOption {
