@@ -98,6 +98,25 @@ pub enum Request {
         interfaces: Vec<NetInterface>,
         routes: Vec<NetRoute>,
     },
+    /// Set the window size of the terminal of the init (`exec_id: None`) or of an exec'd process
+    /// (`TIOCSWINSZ` on the pty master in the guest; the kernel signals its foreground process
+    /// group). A process has a terminal when its OCI process says `terminal: true`: the agent
+    /// then opens a pty in the container, its output comes as [`Stream::Stdout`] and
+    /// [`Request::Stdin`] writes to it. (Added within version 2: an agent without it answers
+    /// `Malformed`.)
+    Resize {
+        container_id: String,
+        exec_id: Option<String>,
+        width: u16,
+        height: u16,
+    },
+    /// From now on, send the output and exit of the init (`exec_id: None`) or of an exec'd
+    /// process to this connection (a host relay that outlives the command that created the
+    /// process); a later [`Request::Start`] does not take them back. (Added within version 2.)
+    Attach {
+        container_id: String,
+        exec_id: Option<String>,
+    },
 }
 
 /// A network interface of the guest, copied from one of the host network namespace.
@@ -272,6 +291,22 @@ impl Request {
                 let names: Vec<&str> = interfaces.iter().map(|i| i.name.as_str()).collect();
                 format!("configure the network ({})", names.join(", "))
             }
+            Request::Resize {
+                container_id,
+                exec_id,
+                width,
+                height,
+            } => match exec_id {
+                Some(e) => format!("resize the terminal of exec {e} in {container_id} to {width}x{height}"),
+                None => format!("resize the terminal of {container_id} to {width}x{height}"),
+            },
+            Request::Attach {
+                container_id,
+                exec_id,
+            } => match exec_id {
+                Some(e) => format!("attach to exec {e} in {container_id}"),
+                None => format!("attach to {container_id}"),
+            },
         }
     }
 }

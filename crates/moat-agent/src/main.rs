@@ -17,6 +17,7 @@ mod serve;
 mod shared;
 mod stdin;
 mod stdio;
+mod tty;
 
 fn main() {
     if std::process::id() != 1 {

@@ -63,12 +63,7 @@ pub struct Lent {
 /// Point fds 0/1/2 at /dev/null (or the read end of the stdin pipe) and the write ends of `p`.
 pub fn lend(p: &Pipes) -> Result<Lent> {
     let null = File::open("/dev/null").map_err(|e| AgentFailure::io("open", "/dev/null", e))?;
-    let saved = [
-        std::io::stdin().as_fd().try_clone_to_owned().ok(),
-        std::io::stdout().as_fd().try_clone_to_owned().ok(),
-        std::io::stderr().as_fd().try_clone_to_owned().ok(),
-    ];
-    let lent = Lent { saved };
+    let lent = save();
     match &p.stdin {
         Some((r, _)) => nix::unistd::dup2(r.as_raw_fd(), 0).map_err(sys("dup2 pipe to stdin"))?,
         None => nix::unistd::dup2(null.as_raw_fd(), 0).map_err(sys("dup2 /dev/null to stdin"))?,
@@ -76,6 +71,31 @@ pub fn lend(p: &Pipes) -> Result<Lent> {
     nix::unistd::dup2(p.out_w.as_raw_fd(), 1).map_err(sys("dup2 pipe to stdout"))?;
     nix::unistd::dup2(p.err_w.as_raw_fd(), 2).map_err(sys("dup2 pipe to stderr"))?;
     Ok(lent)
+}
+
+/// Point fds 0/1/2 at /dev/null: a process with a terminal gets the pty slave as its stdio from
+/// the namespaces backend, and nothing of ours must stay open in it.
+pub fn lend_null() -> Result<Lent> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| AgentFailure::io("open", "/dev/null", e))?;
+    let lent = save();
+    for fd in 0..=2 {
+        nix::unistd::dup2(null.as_raw_fd(), fd).map_err(sys("dup2 /dev/null to stdio"))?;
+    }
+    Ok(lent)
+}
+
+fn save() -> Lent {
+    Lent {
+        saved: [
+            std::io::stdin().as_fd().try_clone_to_owned().ok(),
+            std::io::stdout().as_fd().try_clone_to_owned().ok(),
+            std::io::stderr().as_fd().try_clone_to_owned().ok(),
+        ],
+    }
 }
 
 impl Drop for Lent {

@@ -197,11 +197,6 @@ pub fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32> {
     let rt = ctx.paths.runtime();
     let what = format!("exec in container {}", a.container);
     let vm = crate::backend::is_vm(&rt, &id);
-    if vm && a.tty {
-        return Err(CliError::Usage(format!(
-            "{what}: -t is not supported for VM containers yet (run without -t)"
-        )));
-    }
     let mut p = if vm {
         moat_runtime::vm_backend::base_process(&rt, &id).map_err(CliError::vm(what.clone()))?
     } else {
@@ -237,9 +232,10 @@ pub fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32> {
             .map_err(CliError::sys("dup2 /dev/null onto stdin"))?;
     }
     if vm {
-        // The agent forwards our stdin (/dev/null without -i), output and exit status.
+        // The agent forwards our stdin (/dev/null without -i), output and exit status; with -t
+        // the guest's pty is shown on our terminal (raw mode, its size followed).
         // (Its errors name the step and the id already.)
-        return moat_runtime::vm_backend::exec(&rt, &id, &p, false)
+        return moat_runtime::vm_backend::exec(&rt, &id, &p, false, None)
             .map_err(CliError::vm(format!("moat exec {}", a.container)));
     }
     let console = if a.tty {

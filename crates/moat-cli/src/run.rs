@@ -279,11 +279,6 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
                 .into(),
         ));
     }
-    if vm && a.tty {
-        return Err(CliError::Usage(
-            "--isolation vm: -t is not supported for VM containers yet".into(),
-        ));
-    }
     let mut spec = crate::runspec::build(&a.spec, &config, cmd, &rootfs, &hostname, &etc, a.tty)?;
     // A VM container on the bridge network joins a namespace made for it (`cni::setup_vm`), with
     // a tap joined to its `eth0`; with --network none it gets a fresh one (loopback only).

@@ -144,14 +144,12 @@ fn build_process(a: &ExecArgs, base: impl FnOnce() -> Result<Process>) -> Result
     Ok(p)
 }
 
-/// `exec` in a VM container: the same process, run in the guest; the options that need a host
-/// process (a pty, passed fds, a pid file) are refused.
+/// `exec` in a VM container: the same process, run in the guest (a terminal is the guest's pty,
+/// relayed to ours or to a host pty whose master goes to --console-socket); the options that
+/// need a host process (passed fds, a pid file) are refused.
 pub fn exec_vm(store: &Store, a: &ExecArgs) -> Result<ExitCode> {
     use moat_runtime::vm_backend;
     let id = &a.id;
-    if a.tty || a.console_socket.is_some() {
-        bail!("exec in VM container {id}: --tty and --console-socket are not supported yet");
-    }
     if a.preserve_fds > 0 {
         bail!("exec in VM container {id}: --preserve-fds is not supported (no host fds reach the guest)");
     }
@@ -169,7 +167,7 @@ pub fn exec_vm(store: &Store, a: &ExecArgs) -> Result<ExitCode> {
     {
         bail!("exec in VM container {id}: AppArmor profiles are not supported");
     }
-    let code = vm_backend::exec(store, id, &process, a.detach)
+    let code = vm_backend::exec(store, id, &process, a.detach, a.console_socket.as_deref())
         .with_context(|| format!("exec in container {id}"))?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }

@@ -135,6 +135,16 @@ enum Cmd {
     },
     /// Run a new process inside a running container; waits and returns its exit status unless -d.
     Exec(Box<exec_cmd::ExecArgs>),
+    /// Internal: the relay of a detached VM container's terminal (started by create, run -d and
+    /// exec -d with --console-socket; see `moat_runtime::vm_backend::terminal`).
+    #[command(name = "vm-console-relay", hide = true)]
+    VmConsoleRelay {
+        id: String,
+        #[arg(long)]
+        exec_id: Option<String>,
+        #[arg(long)]
+        process: Option<PathBuf>,
+    },
     /// Not implemented: checkpoint, restore.
     #[command(external_subcommand)]
     Other(Vec<String>),
@@ -320,6 +330,14 @@ fn dispatch(cli: &Cli, log: &mut Logger) -> Result<ExitCode> {
         return Ok(code);
     }
     match &cli.cmd {
+        Cmd::VmConsoleRelay {
+            id,
+            exec_id,
+            process,
+        } => {
+            let exec = exec_id.as_deref().zip(process.as_deref());
+            return Ok(vm_backend::terminal::relay_main(&store, id, exec));
+        }
         Cmd::Create(a) => {
             if a.console_socket.is_none() {
                 run::check_detached_terminal(run::bundle_terminal(&a.bundle)?, false)?;
@@ -439,7 +457,11 @@ fn dispatch_vm(cli: &Cli, store: &Store) -> Result<Option<ExitCode>> {
         | Cmd::Events { id, .. } => Backend::of_container(store, id),
         Cmd::Exec(a) => Backend::of_container(store, &a.id),
         Cmd::Update(a) => Backend::of_container(store, &a.id),
-        Cmd::List { .. } | Cmd::Spec { .. } | Cmd::Features | Cmd::Other(_) => Backend::Namespaces,
+        Cmd::List { .. }
+        | Cmd::Spec { .. }
+        | Cmd::Features
+        | Cmd::Other(_)
+        | Cmd::VmConsoleRelay { .. } => Backend::Namespaces,
     };
     if backend == Backend::Namespaces {
         return Ok(None);
@@ -514,7 +536,11 @@ fn dispatch_vm(cli: &Cli, store: &Store) -> Result<Option<ExitCode>> {
             "update container {}: not supported for a VM container (its limits are the VM's size, fixed at create)",
             a.id
         ),
-        Cmd::List { .. } | Cmd::Spec { .. } | Cmd::Features | Cmd::Other(_) => {
+        Cmd::List { .. }
+        | Cmd::Spec { .. }
+        | Cmd::Features
+        | Cmd::Other(_)
+        | Cmd::VmConsoleRelay { .. } => {
             unreachable!("commands without a container id use the namespaces path")
         }
     }

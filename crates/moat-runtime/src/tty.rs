@@ -76,10 +76,56 @@ impl ConsolePair {
     }
 }
 
+/// The caller's terminal (stdin) in raw mode while this lives: the container's pty does the line
+/// discipline. Restored on drop, on every path out of the command. A stdin that is not a
+/// terminal is left alone.
+pub struct RawStdin {
+    saved: Option<termios::Termios>,
+}
+
+impl RawStdin {
+    pub fn new() -> Result<RawStdin, TtyError> {
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            return Ok(RawStdin { saved: None });
+        }
+        let orig = termios::tcgetattr(stdin.as_fd()).map_err(sys("read the terminal mode"))?;
+        let mut raw = orig.clone();
+        termios::cfmakeraw(&mut raw);
+        termios::tcsetattr(stdin.as_fd(), termios::SetArg::TCSANOW, &raw)
+            .map_err(sys("set the terminal raw"))?;
+        Ok(RawStdin { saved: Some(orig) })
+    }
+
+    /// Whether stdin is a terminal (and so raw now).
+    pub fn is_terminal(&self) -> bool {
+        self.saved.is_some()
+    }
+}
+
+impl Drop for RawStdin {
+    fn drop(&mut self) {
+        if let Some(t) = &self.saved {
+            let _ = termios::tcsetattr(std::io::stdin().as_fd(), termios::SetArg::TCSANOW, t);
+        }
+    }
+}
+
+/// What to write to a pty when a stdin that is not a terminal ends, `last` being the last byte
+/// copied: ^D ends a line in canonical mode, and at the start of a line it reads as end-of-file.
+pub fn eof_bytes(last: u8) -> &'static [u8] {
+    if last == b'\n' {
+        b"\x04"
+    } else {
+        b"\x04\x04"
+    }
+}
+
 /// Copies between the caller's stdin/stdout and a pty master; restores the terminal on drop.
 pub struct Relay {
     master: OwnedFd,
-    saved: Option<termios::Termios>,
+    /// Restored after the output has been copied (fields drop after `Drop::drop`).
+    _raw: RawStdin,
     /// Copies the container's output; it ends when the last holder of the pty slave exits.
     output: Option<JoinHandle<()>>,
 }
@@ -88,21 +134,11 @@ impl Relay {
     /// Start relaying `master`. Call with the forwarded signals blocked (see
     /// [`crate::block_forwarded`]) so that the copy threads inherit the mask.
     pub fn start(master: OwnedFd) -> Result<Relay, TtyError> {
-        let stdin = std::io::stdin();
-        let tty = stdin.is_terminal();
-        let saved = if tty {
-            let orig = termios::tcgetattr(stdin.as_fd()).map_err(sys("read the terminal mode"))?;
-            let mut raw = orig.clone();
-            termios::cfmakeraw(&mut raw);
-            termios::tcsetattr(stdin.as_fd(), termios::SetArg::TCSANOW, &raw)
-                .map_err(sys("set the terminal raw"))?;
-            Some(orig)
-        } else {
-            None
-        };
+        let raw = RawStdin::new()?;
+        let tty = raw.is_terminal();
         let relay = Relay {
             master,
-            saved,
+            _raw: raw,
             output: None,
         };
         relay.resize();
@@ -156,9 +192,7 @@ fn copy_input(mut pty: std::fs::File, tty: bool) {
         }
     }
     if !tty {
-        // ^D ends a line in canonical mode; at the start of a line it reads as end-of-file.
-        let eof: &[u8] = if last == b'\n' { b"\x04" } else { b"\x04\x04" };
-        let _ = pty.write_all(eof);
+        let _ = pty.write_all(eof_bytes(last));
     }
 }
 
@@ -174,8 +208,6 @@ impl Drop for Relay {
                 let _ = h.join();
             }
         }
-        if let Some(t) = &self.saved {
-            let _ = termios::tcsetattr(std::io::stdin().as_fd(), termios::SetArg::TCSANOW, t);
-        }
+        // `self._raw` restores the caller's terminal as it drops, after this.
     }
 }

@@ -169,8 +169,10 @@ impl Task for Router {
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
         match self.vm() {
-            // No terminal in a VM pod: nothing to resize.
-            Some(_) => Ok(api::Empty::new()),
+            Some(vm) => vm
+                .resize(&req.id, &req.exec_id, req.width, req.height)
+                .map(|()| api::Empty::new())
+                .map_err(status),
             None => self.ns.resize_pty(ctx, req),
         }
     }

@@ -16,8 +16,11 @@
 //! that mount and every bind-mount source into the running VM's share
 //! ([`moat_vm::virtiofs::add_binds`], read-only ones read-only on the host) and asks the agent to
 //! create it from there (`CreateShared`). Its stdio goes through containerd's fifos: the agent's
-//! output events are written to stdout/stderr, stdin is forwarded in paced chunks. The Task verbs
-//! map onto agent requests ([`task`]); exits come from the agent's `Exited` events.
+//! output events are written to stdout/stderr, stdin is forwarded in paced chunks. A process with
+//! a terminal (`process.terminal`, an Exec with `terminal`: `ctr run -t`, `kubectl exec -it`) gets
+//! a pty in the guest (the agent opens it in the container): its bytes go to the stdout fifo, the
+//! stdin fifo's bytes into it, and ResizePty becomes the agent's `Resize`. The Task verbs map
+//! onto agent requests ([`task`]); exits come from the agent's `Exited` events.
 //!
 //! Networking (Kata's model, `moat_vm::net`): the VM joins the pod's network namespace that
 //! containerd prepared (CNI has run by the sandbox's Create): a tap per interface joined to it by

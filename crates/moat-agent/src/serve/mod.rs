@@ -11,6 +11,10 @@
 //! connection) and the VM powers off once the container's init has exited; otherwise the host
 //! closing the first port ends the sandbox.
 //!
+//! A process whose OCI process asks for a terminal gets a pty opened in its container (`tty`):
+//! its master is read as the process's stdout, written as its stdin and resized on `Resize`; a
+//! host relay that outlives its command claims a process's events with `Attach`.
+//!
 //! A `Stdin` request is answered once its bytes are in the process's pipe (the pipe is polled
 //! for writing meanwhile), which paces the host without the agent buffering more than a chunk.
 //! OOM kills in a container's cgroup go to every connected host as `Oom` (`oom.rs`).
@@ -70,6 +74,8 @@ struct Agent {
     owners: HashMap<Key, usize>,
     pipes: Vec<Pipe>,
     stdins: HashMap<Key, StdinPipe>,
+    /// The pty masters of the processes that have a terminal (`tty`), for `Resize`.
+    ttys: HashMap<Key, File>,
     /// The host's shared directory is mounted at [`crate::shared::SHARE_MOUNT`].
     share_mounted: bool,
     /// The started containers' OOM-kill counters.
@@ -114,6 +120,7 @@ pub fn serve(ports: &[PathBuf]) -> Result<()> {
         owners: HashMap::new(),
         pipes: Vec::new(),
         stdins: HashMap::new(),
+        ttys: HashMap::new(),
         share_mounted: false,
         ooms: oom::OomWatch::default(),
     };
@@ -294,6 +301,9 @@ impl Agent {
         let n = loop {
             match self.pipes[i].file.read(buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // A terminal's master is non-blocking: nothing more for now.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                // EIO from a master: the last holder of the slave closed it (its end of file).
                 r => break r.unwrap_or(0),
             }
         };
@@ -450,6 +460,7 @@ impl Agent {
                 if key.1.is_none() {
                     self.init_exited = true;
                 }
+                self.ttys.remove(&key);
                 if let Some(mut s) = self.stdins.remove(&key) {
                     if let Some((conn, id)) = s.take_waiting() {
                         let result = Err(AgentError {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use moat_agent_proto::{
-    ContainerStats, GuestProcess, Reply, Request, RootfsDisk, SharedMount, SharedRootfs,
+    ContainerStats, GuestProcess, Reply, Request, RootfsDisk, SharedMount, SharedRootfs, Stream,
 };
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::Pid;
@@ -15,7 +15,8 @@ use nix::unistd::Pid;
 use super::{Agent, Key, Pipe, Proc, BUNDLES};
 use crate::error::{AgentFailure, Result};
 use crate::stdin::StdinPipe;
-use crate::stdio::{lend, Pipes};
+use crate::stdio::{lend, lend_null, Pipes};
+use crate::tty::{ConsoleChannel, Master};
 use crate::{boot, log, shared};
 
 impl Agent {
@@ -54,7 +55,33 @@ impl Agent {
                 if let Ok(cg) = self.cgroup(&container_id) {
                     self.ooms.add(&container_id, cg);
                 }
-                self.owners.insert((container_id, None), conn);
+                // A host relay that attached before (a terminal's) keeps the init's events.
+                self.owners.entry((container_id, None)).or_insert(conn);
+                Ok(Reply::Done)
+            }
+            Request::Attach {
+                container_id,
+                exec_id,
+            } => {
+                let key = (container_id, exec_id);
+                if !self.procs.contains_key(&key) {
+                    return Err(AgentFailure::NotFound(format!("process {key:?}")));
+                }
+                self.owners.insert(key, conn);
+                Ok(Reply::Done)
+            }
+            Request::Resize {
+                container_id,
+                exec_id,
+                width,
+                height,
+            } => {
+                let key = (container_id, exec_id);
+                let master = self
+                    .ttys
+                    .get(&key)
+                    .ok_or_else(|| AgentFailure::NotFound(format!("the terminal of {key:?}")))?;
+                crate::tty::resize(master, width, height)?;
                 Ok(Reply::Done)
             }
             Request::Exec {
@@ -132,6 +159,7 @@ impl Agent {
                 self.release_bundle(&container_id);
                 self.owners.retain(|k, _| k.0 != container_id);
                 self.stdins.retain(|k, _| k.0 != container_id);
+                self.ttys.retain(|k, _| k.0 != container_id);
                 Ok(Reply::Done)
             }
             Request::Shutdown => {
@@ -249,6 +277,24 @@ impl Agent {
         }
         let cfg = bundle.join("config.json");
         std::fs::write(&cfg, config.to_string()).map_err(|e| AgentFailure::io("write", &cfg, e))?;
+        let key = (id.to_string(), None);
+        if crate::tty::wants_terminal(&config["process"]) {
+            let console = ConsoleChannel::new()?;
+            let created = {
+                let _lent = lend_null()?;
+                let opts = moat_container::CreateOptions {
+                    id: id.to_string(),
+                    bundle: bundle.to_path_buf(),
+                    console: Some(console.theirs.clone()),
+                    ..Default::default()
+                };
+                moat_container::create(&self.store, &opts)?
+            };
+            self.register(key.clone(), created.pid, 1);
+            let master = console.receive_master(&format!("container {id}"))?;
+            self.watch_tty(master, key)?;
+            return Ok(Reply::Pid(created.pid));
+        }
         let pipes = Pipes::new(stdin)?;
         let created = {
             let _lent = lend(&pipes)?;
@@ -258,10 +304,10 @@ impl Agent {
                 ..Default::default()
             };
             let created = moat_container::create(&self.store, &opts)?;
-            self.register((id.to_string(), None), created.pid);
+            self.register(key.clone(), created.pid, 2);
             created
         };
-        self.watch(pipes, (id.to_string(), None))?;
+        self.watch(pipes, key)?;
         Ok(Reply::Pid(created.pid))
     }
 
@@ -272,6 +318,22 @@ impl Agent {
         }
         let process: oci_spec::runtime::Process = serde_json::from_str(process_json)
             .map_err(|e| AgentFailure::Invalid(format!("process: {e}")))?;
+        if process.terminal().unwrap_or(false) {
+            let console = ConsoleChannel::new()?;
+            let pid = {
+                let _lent = lend_null()?;
+                let opts = moat_container::exec::ExecOptions {
+                    id: id.to_string(),
+                    console: Some(console.theirs.clone()),
+                    ..Default::default()
+                };
+                moat_container::exec::exec(&self.store, &opts, process)?.as_raw()
+            };
+            self.register(key.clone(), pid, 1);
+            let master = console.receive_master(&format!("exec {exec_id} in {id}"))?;
+            self.watch_tty(master, key)?;
+            return Ok(Reply::Pid(pid));
+        }
         let pipes = Pipes::new(stdin)?;
         let pid = {
             let _lent = lend(&pipes)?;
@@ -280,7 +342,7 @@ impl Agent {
                 ..Default::default()
             };
             let pid = moat_container::exec::exec(&self.store, &opts, process)?.as_raw();
-            self.register(key.clone(), pid);
+            self.register(key.clone(), pid, 2);
             pid
         };
         self.watch(pipes, key)?;
@@ -302,12 +364,27 @@ impl Agent {
         Ok(())
     }
 
-    fn register(&mut self, key: Key, pid: i32) {
+    /// A terminal's master: read as the process's only output stream, written as its stdin
+    /// (a terminal always has one), kept for `Resize`.
+    fn watch_tty(&mut self, master: std::os::fd::OwnedFd, key: Key) -> Result<()> {
+        let m = Master::split(master)?;
+        self.pipes.push(Pipe {
+            file: m.output,
+            key: key.clone(),
+            stream: Stream::Stdout,
+        });
+        self.stdins.insert(key.clone(), StdinPipe::new(m.input));
+        self.ttys.insert(key, m.control);
+        Ok(())
+    }
+
+    /// Track process `key` and its `pipes` output streams (2, or 1 for a terminal).
+    fn register(&mut self, key: Key, pid: i32, pipes: u8) {
         self.procs.insert(
             key,
             Proc {
                 pid,
-                open_pipes: 2,
+                open_pipes: pipes,
                 status: None,
             },
         );

@@ -2,6 +2,7 @@
 //! (a process in the guest container, followed in the foreground unless detached), `ps` (the
 //! container's guest processes) and `events` (stats of its cgroup in the guest, OOM kills).
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use moat_agent_proto::{ContainerStats, GuestMessage, GuestProcess};
@@ -10,6 +11,7 @@ use moat_container::Store;
 use oci_spec::runtime::Process;
 
 use super::error::{Result, VmBackendError};
+use super::follow::Local;
 use super::state::VmState;
 
 /// The process of the container's own config, the base of an `exec` built from flags.
@@ -24,12 +26,19 @@ pub fn base_process(store: &Store, id: &str) -> Result<Process> {
 }
 
 /// `exec`: run `process` in container `id`. Detached: return at once (0); else forward stdin,
-/// output and signals and return its status (128+N when killed by signal N).
-pub fn exec(store: &Store, id: &str, process: &Process, detach: bool) -> Result<i32> {
-    if process.terminal().unwrap_or(false) {
-        return Err(VmBackendError::Unsupported(format!(
-            "exec in VM container {id}: no terminal yet (--tty, process.terminal)"
-        )));
+/// output and signals and return its status (128+N when killed by signal N). With
+/// `process.terminal` its pty (in the guest) is shown on our terminal, or on a host pty whose
+/// master goes to `console_socket` (detached: a relay process carries it, see `terminal`).
+pub fn exec(
+    store: &Store,
+    id: &str,
+    process: &Process,
+    detach: bool,
+    console_socket: Option<&Path>,
+) -> Result<i32> {
+    let terminal = process.terminal().unwrap_or(false);
+    if terminal && detach && console_socket.is_none() {
+        return Err(super::lifecycle::no_console_socket());
     }
     let st = VmState::load(store, id)?;
     st.require("exec in", Status::Running)?;
@@ -41,6 +50,15 @@ pub fn exec(store: &Store, id: &str, process: &Process, detach: bool) -> Result<
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let exec_id = format!("exec-{}-{nanos}", std::process::id());
+    let size = super::terminal::console_size(process);
+    if let (true, true, Some(sock)) = (terminal, detach, console_socket) {
+        let job = super::terminal::RelayJob::Exec {
+            exec_id: &exec_id,
+            process_json: &json,
+        };
+        super::terminal::spawn_relay(store, id, job, sock, size)?;
+        return Ok(0);
+    }
     let mut agent = st.attach()?;
     agent
         .exec(id, &exec_id, &json, !detach)
@@ -48,7 +66,11 @@ pub fn exec(store: &Store, id: &str, process: &Process, detach: bool) -> Result<
     if detach {
         return Ok(0);
     }
-    let status = super::follow::follow(&mut agent, id, Some(&exec_id), true)?;
+    let status = if terminal {
+        super::terminal::follow_terminal(&mut agent, id, Some(&exec_id), console_socket, size, true)?
+    } else {
+        super::follow::follow(&mut agent, id, Some(&exec_id), Local::Stdio { stdin: true })?
+    };
     Ok(status.as_shell_code())
 }
 

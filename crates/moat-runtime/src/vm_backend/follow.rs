@@ -1,36 +1,53 @@
-//! A foreground process of a VM container (`run`'s init, a non-detached `exec`): copy its output
-//! to our stdout/stderr, our stdin to it (chunk by chunk, each answered by the agent before the
-//! next is sent, then `CloseStdin` at EOF), and the signals a foreground `run` forwards
-//! ([`crate::FORWARDED`]) through the agent, until it exits.
+//! A foreground process of a VM container (`run`'s init, a non-detached `exec`, or the process
+//! a terminal relay serves): copy its output to the local end, the local end's input to it
+//! (chunk by chunk, each answered by the agent before the next is sent), and, for a foreground
+//! command, the signals a foreground `run` forwards ([`crate::FORWARDED`]) through the agent,
+//! until it exits.
 //!
-//! Our stdin is read by a helper thread (a blocking read works for every kind of stdin: pipe,
-//! file, terminal); the signals are blocked before it starts, so it never takes one.
+//! The local end ([`Local`]) is our stdio (pipes or files; the end of stdin is `CloseStdin`), a
+//! terminal on our stdio (raw while it lasts, its size sent as `Resize` at start and on
+//! SIGWINCH, a piped stdin's end sent as the pty's EOF character, as `moat_runtime::tty` does for
+//! the namespaces backend), or the slave of a host pty whose master went to a console socket
+//! (its size is watched and sent as `Resize` when it changes). Input is read by a helper thread
+//! (a blocking read works for every kind of input); the signals are blocked before it starts, so
+//! it never takes one.
 
+use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
 use std::time::Duration;
 
 use moat_agent_proto::{ExitStatus, GuestMessage, Request, Stream};
 use moat_vm::AgentClient;
+use nix::sys::signal::Signal;
 
 use super::error::{Result, VmBackendError};
 
 /// Bytes per `Stdin` request (JSON carries each byte as up to 4 characters).
 const STDIN_CHUNK: usize = 16 * 1024;
 
-/// Follow process `exec_id` (`None`: the init) of container `id`; with `stdin`, forward ours.
+/// Where a followed process's stdio goes.
+pub(super) enum Local {
+    /// Our stdout/stderr; with `stdin`, our stdin is forwarded (then `CloseStdin`).
+    Stdio { stdin: bool },
+    /// The process has a terminal, shown on our stdio; with `stdin`, our stdin is forwarded.
+    Terminal { stdin: bool },
+    /// The process has a terminal, relayed to the slave of a host pty whose master the caller
+    /// got over its console socket. `foreground`: we are the command the caller waits for (we
+    /// forward its signals); else a detached relay (the caller's signals are not ours).
+    HostPty { slave: File, foreground: bool },
+}
+
+/// Follow process `exec_id` (`None`: the init) of container `id` until it exits.
 pub(super) fn follow(
     agent: &mut AgentClient,
     id: &str,
     exec_id: Option<&str>,
-    stdin: bool,
+    local: Local,
 ) -> Result<ExitStatus> {
     use nix::sys::signal::SigSet;
     use nix::sys::signalfd::{SfdFlags, SignalFd};
-    let mut set = SigSet::empty();
-    for s in crate::FORWARDED {
-        set.add(*s);
-    }
     let sys = |what: &'static str| {
         move |e: nix::errno::Errno| VmBackendError::Io {
             what,
@@ -38,43 +55,140 @@ pub(super) fn follow(
             source: e.into(),
         }
     };
+    let forward_signals = !matches!(
+        local,
+        Local::HostPty {
+            foreground: false,
+            ..
+        }
+    );
+    let mut set = SigSet::empty();
+    if forward_signals {
+        for s in crate::FORWARDED {
+            set.add(*s);
+        }
+    }
     set.thread_block().map_err(sys("block signals"))?;
     let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(sys("signalfd"))?;
-    let mut input = stdin.then(read_stdin);
+    // Raw mode (restored on drop) before the input thread reads anything.
+    let raw = match &local {
+        Local::Terminal { .. } => Some(
+            crate::tty::RawStdin::new().map_err(|e| VmBackendError::Unsupported(e.to_string()))?,
+        ),
+        _ => None,
+    };
+    let (mut input, mut out, size_of): (Option<Receiver<Input>>, Box<dyn Write>, Option<File>) =
+        match local {
+            Local::Stdio { stdin } => (
+                stdin.then(|| read_input(Box::new(std::io::stdin()))),
+                Box::new(std::io::stdout()),
+                None,
+            ),
+            Local::Terminal { stdin } => (
+                stdin.then(|| read_input(Box::new(std::io::stdin()))),
+                Box::new(std::io::stdout()),
+                dup_stdin(),
+            ),
+            Local::HostPty { slave, .. } => {
+                let dup = |f: &File| {
+                    f.try_clone()
+                        .map_err(VmBackendError::io("duplicate", "the host pty slave"))
+                };
+                let (r, w) = (dup(&slave)?, dup(&slave)?);
+                (Some(read_input(Box::new(r))), Box::new(w), Some(slave))
+            }
+        };
+    let terminal = size_of.is_some();
+    // A stdin that is not a terminal ends with the pty's EOF character, not a closed pipe.
+    let eof_as_char = matches!(&raw, Some(r) if !r.is_terminal());
+    let pty_input = size_of.is_some() && raw.is_none();
+    let mut last_size = None;
+    let mut last_byte = b'\n';
     let mut pending: Option<u64> = None;
     let owner = exec_id.map(String::from);
     let vm = |what: &str| VmBackendError::vm(format!("{what} of container {id}"));
+    let resize = |agent: &mut AgentClient, last: &mut Option<(u16, u16)>| -> Result<()> {
+        let Some(f) = &size_of else { return Ok(()) };
+        let Ok(ws) = moat_sys::fd::get_winsize(f.as_fd()) else {
+            return Ok(());
+        };
+        let size = (ws.ws_col, ws.ws_row);
+        // 0x0 (a terminal nobody sized) leaves the spec's consoleSize.
+        if size.0 == 0 || size.1 == 0 || *last == Some(size) {
+            return Ok(());
+        }
+        *last = Some(size);
+        agent
+            .send(Request::Resize {
+                container_id: id.into(),
+                exec_id: owner.clone(),
+                width: size.0,
+                height: size.1,
+            })
+            .map(drop)
+            .map_err(vm("resize the terminal"))
+    };
+    resize(agent, &mut last_size)?;
     loop {
         while let Ok(Some(si)) = sfd.read_signal() {
+            let sig = si.ssi_signo as i32;
+            if terminal && sig == Signal::SIGWINCH as i32 {
+                resize(agent, &mut last_size)?;
+                continue;
+            }
             // The process may be exiting: a refused kill is not an error.
-            let _ = agent.kill(id, exec_id, si.ssi_signo as i32, false);
+            let _ = agent.kill(id, exec_id, sig, false);
+        }
+        if pty_input {
+            // A host pty's size changes with no signal to us: look at it every turn.
+            resize(agent, &mut last_size)?;
         }
         if pending.is_none() {
             if let Some(rx) = &input {
-                match rx.try_recv() {
-                    Ok(data) => {
-                        pending = Some(
-                            agent
-                                .send(Request::Stdin {
-                                    container_id: id.into(),
-                                    exec_id: owner.clone(),
-                                    data,
-                                })
-                                .map_err(vm("forward stdin"))?,
-                        );
+                let next = match rx.try_recv() {
+                    Ok(Input::Data(data)) => {
+                        last_byte = data.last().copied().unwrap_or(last_byte);
+                        Some(Request::Stdin {
+                            container_id: id.into(),
+                            exec_id: owner.clone(),
+                            data,
+                        })
                     }
-                    Err(TryRecvError::Empty) => {}
-                    Err(TryRecvError::Disconnected) => {
+                    Ok(Input::End) | Err(TryRecvError::Disconnected) => {
                         input = None;
-                        // Answered later; a process that already exited makes it an error
-                        // nobody needs.
-                        agent
-                            .send(Request::CloseStdin {
+                        if pty_input {
+                            // The caller closed the pty's master: hang up, as the kernel
+                            // would for a process whose terminal's master closes.
+                            let _ = agent.send(Request::Kill {
+                                container_id: id.into(),
+                                exec_id: owner.clone(),
+                                signal: Signal::SIGHUP as i32,
+                                all: false,
+                            });
+                            None
+                        } else if terminal {
+                            eof_as_char.then(|| Request::Stdin {
+                                container_id: id.into(),
+                                exec_id: owner.clone(),
+                                data: crate::tty::eof_bytes(last_byte).to_vec(),
+                            })
+                        } else {
+                            // Answered later; a process that already exited makes it an
+                            // error nobody needs.
+                            Some(Request::CloseStdin {
                                 container_id: id.into(),
                                 exec_id: owner.clone(),
                             })
-                            .map_err(vm("close stdin"))?;
+                        }
+                    }
+                    Err(TryRecvError::Empty) => None,
+                };
+                if let Some(req) = next {
+                    let stdin = matches!(req, Request::Stdin { .. });
+                    let rid = agent.send(req).map_err(vm("forward stdin"))?;
+                    if stdin {
+                        pending = Some(rid);
                     }
                 }
             }
@@ -102,7 +216,7 @@ pub(super) fn follow(
                 data,
             } if container_id == id && e == owner => {
                 let _ = match stream {
-                    Stream::Stdout => std::io::stdout().write_all(&data),
+                    Stream::Stdout => out.write_all(&data).and_then(|()| out.flush()),
                     Stream::Stderr => std::io::stderr().write_all(&data),
                 };
             }
@@ -111,7 +225,7 @@ pub(super) fn follow(
                 exec_id: e,
                 status,
             } if container_id == id && e == owner => {
-                let _ = std::io::stdout().flush();
+                let _ = out.flush();
                 return Ok(status);
             }
             _ => {}
@@ -119,24 +233,40 @@ pub(super) fn follow(
     }
 }
 
-/// Our stdin in chunks from a helper thread; the channel closes at EOF (or a read error).
-fn read_stdin() -> Receiver<Vec<u8>> {
-    let (tx, rx) = sync_channel::<Vec<u8>>(1);
+/// What the input thread read.
+enum Input {
+    Data(Vec<u8>),
+    /// End of file, or a read error (EIO: a pty whose master was closed).
+    End,
+}
+
+/// A copy of our stdin (for its terminal size), if it is open.
+fn dup_stdin() -> Option<File> {
+    std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .map(File::from)
+}
+
+/// `src` in chunks from a helper thread, then [`Input::End`].
+fn read_input(mut src: Box<dyn Read + Send>) -> Receiver<Input> {
+    let (tx, rx) = sync_channel::<Input>(1);
     std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
         let mut buf = vec![0u8; STDIN_CHUNK];
         loop {
-            match stdin.read(&mut buf) {
-                Ok(0) => return,
+            match src.read(&mut buf) {
+                Ok(0) => break,
                 Ok(n) => {
-                    if tx.send(buf[..n].to_vec()).is_err() {
+                    if tx.send(Input::Data(buf[..n].to_vec())).is_err() {
                         return;
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return,
+                Err(_) => break,
             }
         }
+        let _ = tx.send(Input::End);
     });
     rx
 }

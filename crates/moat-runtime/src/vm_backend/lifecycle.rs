@@ -12,6 +12,8 @@ use moat_container::Store;
 use moat_vm::{AgentClient, Hypervisor, SharedBind, VmConfig, VmInstance};
 
 use super::error::{Result, VmBackendError};
+use super::follow::Local;
+use super::terminal;
 use super::mounts::{self, SharePlan};
 use super::network::{self, NetPlan, NetRecord};
 use super::state::{HostProc, VmState};
@@ -53,12 +55,45 @@ fn count_cpus(list: &str) -> u64 {
 }
 
 /// `create`: boot the VM, create the container in the guest, detach. Returns QEMU's pid.
+/// With `process.terminal`, the pty master goes to `--console-socket` and a detached relay
+/// carries the terminal (`terminal`).
 pub fn create(store: &Store, opts: &moat_container::CreateOptions) -> Result<i32> {
-    create_inner(store, opts, false)
+    let (pid, process) = create_inner(store, opts, false, false)?;
+    if let Some(process) = process.filter(|p| p.terminal().unwrap_or(false)) {
+        let relay = match &opts.console_socket {
+            Some(sock) => terminal::spawn_relay(
+                store,
+                &opts.id,
+                terminal::RelayJob::Init,
+                sock,
+                terminal::console_size(&process),
+            ),
+            None => Err(no_console_socket()),
+        };
+        if let Err(e) = relay {
+            let _ = delete(store, &opts.id, true);
+            return Err(e);
+        }
+    }
+    Ok(pid)
 }
 
-/// [`create`], with a stdin pipe for the init when `stdin` (for `run`, which feeds it).
-fn create_inner(store: &Store, opts: &moat_container::CreateOptions, stdin: bool) -> Result<i32> {
+/// runc's refusal of a terminal nobody would read: detached without a console socket.
+pub(super) fn no_console_socket() -> VmBackendError {
+    VmBackendError::Invalid(
+        "cannot allocate tty if moat-runtime will detach without setting console socket".into(),
+    )
+}
+
+/// [`create`] without the terminal's relay, with a stdin pipe for the init when `stdin` (for
+/// `run`, which feeds it); a terminal without a console socket is refused unless `foreground`.
+/// Returns QEMU's pid and the bundle's process.
+fn create_inner(
+    store: &Store,
+    opts: &moat_container::CreateOptions,
+    stdin: bool,
+    foreground: bool,
+) -> Result<(i32, Option<oci_spec::runtime::Process>)> {
     validate_id(&opts.id)?;
     let bundle = moat_container::spec::load_bundle(&opts.bundle)?;
     let terminal = bundle
@@ -67,12 +102,15 @@ fn create_inner(store: &Store, opts: &moat_container::CreateOptions, stdin: bool
         .as_ref()
         .and_then(|p| p.terminal())
         .unwrap_or(false);
-    if terminal || opts.console_socket.is_some() || opts.preserve_fds > 0 {
+    if opts.preserve_fds > 0 {
         return Err(VmBackendError::Unsupported(
-            "a VM container has no terminal or passed descriptors yet \
-             (process.terminal, --console-socket, --preserve-fds)"
+            "a VM container cannot be passed descriptors (--preserve-fds): no host fd reaches \
+             the guest"
                 .into(),
         ));
+    }
+    if terminal && !foreground && opts.console_socket.is_none() {
+        return Err(no_console_socket());
     }
     // Everything the bundle can get wrong is checked before anything exists.
     let share = mounts::plan(&bundle.spec, &bundle.dir, &opts.id)?;
@@ -128,7 +166,7 @@ fn create_inner(store: &Store, opts: &moat_container::CreateOptions, stdin: bool
     if let Some(p) = &opts.pid_file {
         std::fs::write(p, st.qemu_pid.to_string()).map_err(VmBackendError::io("write", p))?;
     }
-    Ok(st.qemu_pid)
+    Ok((st.qemu_pid, bundle.spec.process().clone()))
 }
 
 fn boot_and_create(
@@ -366,7 +404,7 @@ pub fn run_code(
     keep: bool,
 ) -> Result<i32> {
     if detach {
-        create_inner(store, opts, false)?;
+        create(store, opts)?;
         if let Err(e) = start(store, &opts.id) {
             let _ = delete(store, &opts.id, true);
             return Err(e);
@@ -379,6 +417,8 @@ pub fn run_code(
 /// Create and start a VM container and stay attached to it: its output goes to our stdout and
 /// stderr (and, with `stdin`, our stdin to it) until it exits; `started` is called once it runs
 /// (a detached `moat run` reports success to its caller there, and its output goes to a log).
+/// With `process.terminal` the guest's pty is shown on our terminal (raw mode, its size
+/// followed), or on a host pty whose master goes to `opts.console_socket`.
 /// Deletes the container unless `keep`; returns its status (128+N when killed by signal N).
 pub fn run_attached(
     store: &Store,
@@ -387,7 +427,7 @@ pub fn run_attached(
     stdin: bool,
     started: impl FnOnce(),
 ) -> Result<i32> {
-    create_inner(store, opts, stdin)?;
+    let (_, process) = create_inner(store, opts, stdin, true)?;
     let mut agent = match start(store, &opts.id) {
         Ok(a) => a,
         Err(e) => {
@@ -396,7 +436,17 @@ pub fn run_attached(
         }
     };
     started();
-    let status = super::follow::follow(&mut agent, &opts.id, None, stdin);
+    let status = match process.filter(|p| p.terminal().unwrap_or(false)) {
+        Some(p) => terminal::follow_terminal(
+            &mut agent,
+            &opts.id,
+            None,
+            opts.console_socket.as_deref(),
+            terminal::console_size(&p),
+            stdin,
+        ),
+        None => super::follow::follow(&mut agent, &opts.id, None, Local::Stdio { stdin }),
+    };
     drop(agent);
     // The guest powers off by itself once the init has exited.
     if let Ok(st) = VmState::load(store, &opts.id) {

@@ -11,7 +11,9 @@
 //! "QEMU is gone" is "the container stopped", and `state` never needs to talk to the guest.
 //!
 //! Files: `lifecycle` (create, start, state, kill, pause, resume, delete, run), `exec`
-//! (exec, ps, events), `follow` (a foreground process's stdio and signals), `mounts`,
+//! (exec, ps, events), `follow` (a foreground process's stdio and signals), `terminal` (a
+//! process's terminal: the guest's pty relayed to our terminal or to a host pty whose master
+//! goes to `--console-socket`, by a detached relay process when the command returns), `mounts`,
 //! `network` (the VM joins the spec's network namespace), `state`, [`error`].
 //!
 //! What it must never do: leave a QEMU or virtiofsd process, mount, socket, image or cgroup
@@ -25,6 +27,7 @@ mod lifecycle;
 mod mounts;
 mod network;
 mod state;
+pub mod terminal;
 
 use std::path::Path;
 

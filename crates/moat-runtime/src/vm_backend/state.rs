@@ -201,6 +201,8 @@ impl VmState {
                 v.wait_gone(Duration::from_secs(5));
             }
         }
+        // The terminal relays end with the agent connection; make sure before their records go.
+        super::terminal::kill_relays(store, &self.id);
         // QEMU is gone: its taps are free to go, and the redirects on the namespace's interfaces.
         // A failure here keeps the state (and so the record of the taps) for a later delete.
         if let Some(net) = &self.net {

@@ -105,11 +105,6 @@ pub fn prepare(id: &str, bundle: &Path) -> Result<GuestContainer> {
     let path = bundle.join("config.json");
     let data = std::fs::read(&path).map_err(VmPodError::io("read", &path))?;
     let mut spec: Value = serde_json::from_slice(&data).map_err(|e| spec_err(id)(e.to_string()))?;
-    if spec["process"]["terminal"].as_bool() == Some(true) {
-        return Err(VmPodError::Unsupported(format!(
-            "container {id}: a container of a VM pod cannot have a terminal yet"
-        )));
-    }
     let mut dropped = Vec::new();
     if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
         ns.retain(|n| {

@@ -30,12 +30,6 @@ impl VmPod {
                 "checkpoint/restore is not supported by moat".into(),
             ));
         }
-        if req.terminal {
-            return Err(VmPodError::Unsupported(format!(
-                "container {}: a container of a VM pod cannot have a terminal yet",
-                req.id
-            )));
-        }
         let bundle = Path::new(&req.bundle);
         let cfg_path = bundle.join("config.json");
         let data = std::fs::read(&cfg_path).map_err(VmPodError::io("read", &cfg_path))?;
@@ -416,13 +410,6 @@ impl VmPod {
     }
 
     pub fn exec(&self, req: &api::ExecProcessRequest) -> Result<()> {
-        if req.terminal {
-            return Err(VmPodError::Unsupported(format!(
-                "exec {} in {}: a terminal in a VM pod is not supported yet (the agent has no \
-                 pty forwarding)",
-                req.exec_id, req.id
-            )));
-        }
         let spec = req
             .spec
             .as_ref()
@@ -460,6 +447,36 @@ impl VmPod {
             }),
         );
         Ok(())
+    }
+
+    /// ResizePty: the size of the process's terminal in the guest (`Resize`, a `TIOCSWINSZ` on
+    /// its pty master there). Before the process runs, or after it exited, there is nothing to
+    /// resize (as for a namespaces container whose console is not there yet).
+    pub fn resize(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let running = {
+            let t = self.table();
+            let c = t.ctrs.get(id).ok_or_else(|| nf(id))?;
+            let p = if exec_id.is_empty() {
+                &c.init
+            } else {
+                c.execs.get(exec_id).ok_or_else(|| nf(exec_id))?
+            };
+            !c.sandbox && p.guest_pid > 0 && p.exit.is_none()
+        };
+        if !running {
+            return Ok(());
+        }
+        let r = self.link()?.done(Request::Resize {
+            container_id: id.into(),
+            exec_id: (!exec_id.is_empty()).then(|| exec_id.to_string()),
+            width: width.min(u16::MAX as u32) as u16,
+            height: height.min(u16::MAX as u32) as u16,
+        });
+        match r {
+            // It may have exited meanwhile, or have no terminal: not an error for containerd.
+            Err(VmPodError::Agent { .. }) => Ok(()),
+            r => r,
+        }
     }
 
     fn is_sandbox(&self, id: &str) -> Result<bool> {
