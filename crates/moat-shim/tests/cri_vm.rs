@@ -504,3 +504,131 @@ fn cri_vm_pod_runs_two_containers_in_one_vm() {
 
     eprintln!("{test}: done in {:?}", t0.elapsed());
 }
+
+/// `sh` run by `script`, so that `ctr` has a terminal; `shell` is a sh command line.
+fn in_pty(shell: &str) -> std::process::Output {
+    run_deadline(
+        std::process::Command::new("script").args(["-qec", shell, "/dev/null"]),
+        Duration::from_secs(120),
+        shell,
+    )
+}
+
+/// Terminals through the shim's VM mode, the way `ctr` (and CRI's `exec -it`) drive them: an
+/// Exec with `terminal` in a running VM container shows a pts, its size follows ResizePty (at
+/// start and on the client's SIGWINCH), the exit code comes back; `ctr run -t` gives the init a
+/// terminal too; nothing (VM, shim) is left after.
+#[test]
+fn ctr_vm_terminal_exec_and_resize() {
+    let test = "ctr_vm_terminal_exec_and_resize";
+    if !have_all(test, &["containerd", "ctr", "qemu-system-x86_64", "script"]) {
+        return;
+    }
+    if let Err(e) = moat_vm::assets::ensure_kernel(&moat_vm::assets::cache_dir()) {
+        eprintln!("{test}: skipped: no guest kernel: {e}");
+        return;
+    }
+    std::env::set_var("MOAT_AGENT_BIN", vm_agent::agent());
+    let shims = tempfile::Builder::new()
+        .prefix("moat-cri-vm-shims-")
+        .tempdir()
+        .unwrap();
+    for name in [SHIM_NAME, VM_SHIM_NAME] {
+        std::os::unix::fs::symlink(SHIM, shims.path().join(name)).unwrap();
+    }
+    let cd = CriContainerd::start_with(shims.path(), VM_RUNTIME);
+    let work = tempfile::Builder::new()
+        .prefix("moat-cri-vm-images-")
+        .tempdir()
+        .unwrap();
+    let (busybox, _) = images(work.path());
+    cd.import(&busybox);
+    let ctr = {
+        let c = cd.ctr();
+        let args: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        format!("ctr {}", args.join(" "))
+    };
+    let runtime = "--runtime io.containerd.moat-vm.v2";
+    ok(
+        cd.ctr().args([
+            "run",
+            "-d",
+            "--runtime",
+            "io.containerd.moat-vm.v2",
+            IMAGE,
+            "moat-vm-tty",
+            "sleep",
+            "600",
+        ]),
+        Duration::from_secs(120),
+        "ctr run -d in a VM",
+    );
+    // The size arrives by ResizePty once the process runs: wait for it to leave 0x0.
+    let sized = "i=0; while [ \"$(stty size)\" = \"0 0\" ] && [ $i -lt 100 ]; do sleep 0.1; \
+                 i=$((i+1)); done";
+    let t = Instant::now();
+    let o = in_pty(&format!(
+        "stty rows 33 cols 77; {ctr} task exec -t --exec-id e1 moat-vm-tty sh -c '{sized}; tty; \
+         stty size; exit 4'"
+    ));
+    eprintln!("ctr task exec -t in a VM: {:?}", t.elapsed());
+    let out = text(&o.stdout).replace('\r', "");
+    assert_eq!(o.status.code(), Some(4), "{out}\n{}", cd.log());
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("33 77\n"), "{out}");
+    // The client's SIGWINCH becomes a ResizePty, then a Resize in the guest.
+    let o = in_pty(&format!(
+        "stty rows 10 cols 20; {ctr} task exec -t --exec-id e2 moat-vm-tty sh -c '{sized}; \
+         stty size; i=0; while [ \"$(stty size)\" = \"10 20\" ] && [ $i -lt 200 ]; do sleep 0.1; \
+         i=$((i+1)); done; stty size' </dev/tty & sleep 5; stty rows 50 cols 90; kill -WINCH $!; \
+         wait $!; echo status=$?"
+    ));
+    let out = text(&o.stdout).replace('\r', "");
+    assert!(out.contains("10 20\n50 90\n"), "{out}\n{}", cd.log());
+    assert!(out.contains("status=0\n"), "{out}");
+    // `ctr run -t`: the init's terminal, sized by ResizePty, its exit code back.
+    let o = in_pty(&format!(
+        "stty rows 24 cols 100; {ctr} run -t --rm {runtime} {IMAGE} moat-vm-tty-init sh -c \
+         '{sized}; tty; stty size; exit 3'"
+    ));
+    let out = text(&o.stdout).replace('\r', "");
+    assert_eq!(o.status.code(), Some(3), "{out}\n{}", cd.log());
+    assert!(out.contains("/dev/pts/0\n"), "{out}");
+    assert!(out.contains("24 100\n"), "{out}");
+    ok(
+        cd.ctr().args(["task", "kill", "-s", "KILL", "moat-vm-tty"]),
+        Duration::from_secs(30),
+        "ctr task kill",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = run_deadline(
+            cd.ctr().args(["task", "delete", "moat-vm-tty"]),
+            Duration::from_secs(30),
+            "ctr task delete",
+        );
+        if o.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", text(&o.stderr));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ok(
+        cd.ctr().args(["container", "delete", "moat-vm-tty"]),
+        Duration::from_secs(30),
+        "ctr container delete",
+    );
+    let needle = "/run/moat-shim-vm/moat-vm-";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !cd.shim_processes().is_empty() || !procs_with(needle).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left after the terminal tests: {:#?}",
+            procs_with(needle)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
