@@ -140,6 +140,94 @@ fn detached_vm_container_logs_exec_stop_rm() {
     );
 }
 
+/// `moat ARGS` as a shell command line (the agent binary in its environment), for `script`.
+fn moat_line(m: &Moat, args: &str) -> String {
+    format!(
+        "MOAT_AGENT_BIN={} {} --root {} {args}",
+        vm_agent::agent().display(),
+        env!("CARGO_BIN_EXE_moat"),
+        m.root().display()
+    )
+}
+
+/// Run `shell` (a sh command line) in `script`, which gives it a terminal.
+fn in_pty(shell: &str) -> std::process::Output {
+    Command::new("script")
+        .args(["-qec", shell, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `-t` with `--isolation vm`: the guest's pty on our terminal (`run -it`, `exec -it`, its size
+/// copied, typed input through the guest's line discipline), `-dt` with the terminal's output in
+/// the log; nothing left after `rm -f`.
+#[test]
+fn vm_run_and_exec_with_a_terminal() {
+    let Some(m) = Moat::new() else { return };
+    let r = busybox_rootfs();
+    let rp = r.path().display().to_string();
+    let t = Instant::now();
+    let o = in_pty(&format!(
+        "stty rows 33 cols 77; {}",
+        moat_line(
+            &m,
+            &format!(
+                "run --rm -it --isolation vm --network none --rootfs {rp} sh -c \
+                 'tty; stty size; exit 3'"
+            )
+        )
+    ));
+    eprintln!("moat run -it --isolation vm: {:?}", t.elapsed());
+    let out = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+    assert_eq!(o.status.code(), Some(3), "{out}");
+    assert!(out.contains("/dev/pts/0\n"), "{out}");
+    assert!(out.contains("33 77\n"), "{out}");
+    assert_eq!(m.ok(&["ps", "-a", "-q"]), "", "--rm left a container");
+    let id = m
+        .vm_ok(&[
+            "run",
+            "-d",
+            "-t",
+            "--isolation",
+            "vm",
+            "--network",
+            "none",
+            "--rootfs",
+            &rp,
+            "sh",
+            "-c",
+            "echo tty-is-$(tty); sleep 600",
+        ])
+        .trim()
+        .to_owned();
+    wait_for("the terminal's output in the log", || {
+        m.ok(&["logs", &id]).contains("tty-is-/dev/pts/0")
+    });
+    let o = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "printf 'echo typed-$((6*7)); tty\\nexit 4\\n' | script -qec \"{}\" /dev/null",
+                moat_line(&m, &format!("exec -it {id} sh"))
+            ),
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    assert!(out.contains("typed-42\n/dev/pts/"), "{out}");
+    m.vm_ok(&["rm", "-f", &id]);
+    m.assert_gone(&id);
+    assert!(
+        !std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&id[..12]))
+        }),
+        "a process of the VM container is left"
+    );
+}
+
 fn get(port: u16) -> std::io::Result<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
