@@ -297,7 +297,9 @@ impl Request {
                 width,
                 height,
             } => match exec_id {
-                Some(e) => format!("resize the terminal of exec {e} in {container_id} to {width}x{height}"),
+                Some(e) => {
+                    format!("resize the terminal of exec {e} in {container_id} to {width}x{height}")
+                }
                 None => format!("resize the terminal of {container_id} to {width}x{height}"),
             },
             Request::Attach {

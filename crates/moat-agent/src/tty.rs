@@ -55,12 +55,13 @@ impl ConsoleChannel {
     pub fn receive_master(self, what: &str) -> Result<OwnedFd> {
         drop(self.theirs);
         let mut buf = [0u8; 4096];
-        let (_, mut fds) = moat_sys::fd::recv_fds(self.ours.as_fd(), &mut buf).map_err(|errno| {
-            AgentFailure::Sys {
-                what: format!("receive the pty master of {what}"),
-                errno,
-            }
-        })?;
+        let (_, mut fds) =
+            moat_sys::fd::recv_fds(self.ours.as_fd(), &mut buf).map_err(|errno| {
+                AgentFailure::Sys {
+                    what: format!("receive the pty master of {what}"),
+                    errno,
+                }
+            })?;
         let master = fds
             .pop()
             .ok_or_else(|| AgentFailure::NotFound(format!("the pty master of {what}")))?;

@@ -77,14 +77,20 @@ fn assert_nothing_left(rt: &Rt, id: &str) {
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(id))
         })
         .collect();
-    assert!(relays.is_empty(), "terminal relays left for {id}: {relays:?}");
+    assert!(
+        relays.is_empty(),
+        "terminal relays left for {id}: {relays:?}"
+    );
     assert!(!dir.exists(), "state dir {} left", dir.display());
 }
 
 #[test]
 fn vm_run_with_a_terminal_without_console_socket() {
     let rt = Rt::new();
-    let mut b = vm_bundle(&["sh", "-c", "tty; stty size; echo out-$((6*7)); exit 3"], true);
+    let mut b = vm_bundle(
+        &["sh", "-c", "tty; stty size; echo out-$((6*7)); exit 3"],
+        true,
+    );
     b.spec["process"]["consoleSize"] = json!({"height": 40, "width": 120});
     b.save();
     let id = id("vmttyrun");
@@ -125,7 +131,8 @@ fn vm_exec_tty_sees_a_pts_and_follows_the_callers_size() {
     assert_eq!(o.status.code(), Some(4), "{out}");
     // (script may type a NUL at its stdin's end: the guest's echo shows it as ^@.)
     assert!(
-        out.lines().any(|l| l.trim_start_matches("^@").starts_with("/dev/pts/")),
+        out.lines()
+            .any(|l| l.trim_start_matches("^@").starts_with("/dev/pts/")),
         "not a pts: {out}"
     );
     assert!(out.contains("33 77\n"), "{out}");
@@ -252,7 +259,9 @@ fn vm_console_socket_gets_a_host_master() {
     moat_sys::fd::set_winsize(master.as_fd(), &ws).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        master.write_all(b"stty size; echo done-$((1+1))\n").unwrap();
+        master
+            .write_all(b"stty size; echo done-$((1+1))\n")
+            .unwrap();
         let seen = out.until("done-2", Duration::from_secs(30));
         if seen.contains("50 100") {
             break;

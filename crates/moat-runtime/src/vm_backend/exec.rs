@@ -67,7 +67,14 @@ pub fn exec(
         return Ok(0);
     }
     let status = if terminal {
-        super::terminal::follow_terminal(&mut agent, id, Some(&exec_id), console_socket, size, true)?
+        super::terminal::follow_terminal(
+            &mut agent,
+            id,
+            Some(&exec_id),
+            console_socket,
+            size,
+            true,
+        )?
     } else {
         super::follow::follow(&mut agent, id, Some(&exec_id), Local::Stdio { stdin: true })?
     };

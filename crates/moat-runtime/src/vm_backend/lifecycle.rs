@@ -13,10 +13,10 @@ use moat_vm::{AgentClient, Hypervisor, SharedBind, VmConfig, VmInstance};
 
 use super::error::{Result, VmBackendError};
 use super::follow::Local;
-use super::terminal;
 use super::mounts::{self, SharePlan};
 use super::network::{self, NetPlan, NetRecord};
 use super::state::{HostProc, VmState};
+use super::terminal;
 use super::{ACCEL_ANNOTATION, DEFAULT_MEMORY_MIB, MEMORY_OVERHEAD_MIB};
 
 /// Agent ports per VM: how many commands can be attached at once (a foreground `run` or `exec`

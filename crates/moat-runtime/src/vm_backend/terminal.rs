@@ -68,7 +68,7 @@ pub(super) fn open_pty(size: Option<(u16, u16)>) -> Result<HostPty> {
             .custom_flags(libc::O_NOCTTY)
             .open(&name)
     }
-        .map_err(VmBackendError::io("open", &name))?;
+    .map_err(VmBackendError::io("open", &name))?;
     let mut raw = termios::tcgetattr(slave.as_fd()).map_err(sys("read the pty mode"))?;
     termios::cfmakeraw(&mut raw);
     termios::tcsetattr(slave.as_fd(), termios::SetArg::TCSANOW, &raw)
@@ -98,16 +98,13 @@ pub(super) fn open_pty(size: Option<(u16, u16)>) -> Result<HostPty> {
 pub(super) fn send_master(socket: &Path, pty: HostPty) -> Result<File> {
     let conn = std::os::unix::net::UnixStream::connect(socket)
         .map_err(VmBackendError::io("connect to the console socket", socket))?;
-    moat_sys::fd::send_fds(
-        conn.as_fd(),
-        pty.name.as_bytes(),
-        &[pty.master.as_raw_fd()],
-    )
-    .map_err(|e| VmBackendError::Io {
-        what: "send the pty master to the console socket",
-        path: socket.into(),
-        source: e.into(),
-    })?;
+    moat_sys::fd::send_fds(conn.as_fd(), pty.name.as_bytes(), &[pty.master.as_raw_fd()]).map_err(
+        |e| VmBackendError::Io {
+            what: "send the pty master to the console socket",
+            path: socket.into(),
+            source: e.into(),
+        },
+    )?;
     Ok(pty.slave)
 }
 
@@ -144,7 +141,10 @@ pub(super) enum RelayJob<'a> {
     /// The init of a created container (claimed with `Attach`).
     Init,
     /// A new process, run by the relay itself (`process_json`).
-    Exec { exec_id: &'a str, process_json: &'a str },
+    Exec {
+        exec_id: &'a str,
+        process_json: &'a str,
+    },
 }
 
 /// Start a detached relay for container `id` on a new host pty whose master goes to
@@ -164,7 +164,10 @@ pub(super) fn spawn_relay(
         use std::os::unix::process::CommandExt;
         cmd.arg0(arg0);
     }
-    cmd.arg("--root").arg(&store.root).arg(RELAY_COMMAND).arg(id);
+    cmd.arg("--root")
+        .arg(&store.root)
+        .arg(RELAY_COMMAND)
+        .arg(id);
     let mut process_file = None;
     if let RelayJob::Exec {
         exec_id,
@@ -275,7 +278,8 @@ pub fn relay_main(store: &Store, id: &str, exec: Option<(&str, &Path)>) -> ExitC
                 0
             }
             Some((exec_id, file)) => {
-                let json = std::fs::read_to_string(file).map_err(VmBackendError::io("read", file))?;
+                let json =
+                    std::fs::read_to_string(file).map_err(VmBackendError::io("read", file))?;
                 agent
                     .exec(id, exec_id, &json, true)
                     .map_err(VmBackendError::vm(format!("exec in container {id}")))?
