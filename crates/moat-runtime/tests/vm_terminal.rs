@@ -298,6 +298,48 @@ fn vm_console_socket_gets_a_host_master() {
     assert_nothing_left(&rt, &id);
 }
 
+/// `run` in the foreground with `--console-socket` (runc's form for a caller that keeps the
+/// master, e.g. a script driving a pty): the runtime relays in its own process and exits with
+/// the container's status.
+#[test]
+fn vm_run_in_the_foreground_with_a_console_socket() {
+    let rt = Rt::new();
+    let mut b = vm_bundle(&["sh", "-c", "tty; stty size; exit 7"], true);
+    b.spec["process"]["consoleSize"] = json!({"height": 30, "width": 90});
+    b.save();
+    let id = id("vmttyfg");
+    let sockdir = tempfile::tempdir().unwrap();
+    let sock = sockdir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let accept = std::thread::spawn(move || {
+        let (_, master) = accept_fd(&listener);
+        let master = std::fs::File::from(master);
+        MasterReader::new(&master).until("30 90", Duration::from_secs(120))
+    });
+    let o = run_deadline(
+        rt.cmd().env("MOAT_AGENT_BIN", agent()).args([
+            "run",
+            "--console-socket",
+            sock.to_str().unwrap(),
+            "--bundle",
+            b.path().to_str().unwrap(),
+            &id,
+        ]),
+        Duration::from_secs(240),
+        "run --console-socket",
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let seen = accept.join().unwrap();
+    assert!(seen.contains("/dev/pts/0"), "{seen:?}");
+    assert_clean(&rt, &id, Some(b.path()));
+    assert_nothing_left(&rt, &id);
+}
+
 #[test]
 fn vm_terminal_without_console_socket_is_refused_when_detached() {
     let rt = Rt::new();
