@@ -235,7 +235,7 @@ pub fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32> {
         // The agent forwards our stdin (/dev/null without -i), output and exit status; with -t
         // the guest's pty is shown on our terminal (raw mode, its size followed).
         // (Its errors name the step and the id already.)
-        return moat_runtime::vm_backend::exec(&rt, &id, &p, false, None)
+        return moat_runtime::vm_backend::exec(&rt, &id, &p, false, None, None)
             .map_err(CliError::vm(format!("moat exec {}", a.container)));
     }
     let console = if a.tty {

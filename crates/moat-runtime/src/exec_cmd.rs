@@ -145,18 +145,13 @@ fn build_process(a: &ExecArgs, base: impl FnOnce() -> Result<Process>) -> Result
 }
 
 /// `exec` in a VM container: the same process, run in the guest (a terminal is the guest's pty,
-/// relayed to ours or to a host pty whose master goes to --console-socket); the options that
-/// need a host process (passed fds, a pid file) are refused.
+/// relayed to ours or to a host pty whose master goes to --console-socket); passed fds are
+/// refused, and a pid file unless the process has a host relay (a detached terminal).
 pub fn exec_vm(store: &Store, a: &ExecArgs) -> Result<ExitCode> {
     use moat_runtime::vm_backend;
     let id = &a.id;
     if a.preserve_fds > 0 {
         bail!("exec in VM container {id}: --preserve-fds is not supported (no host fds reach the guest)");
-    }
-    if a.pid_file.is_some() {
-        bail!(
-            "exec in VM container {id}: --pid-file is not supported (the process has no host pid)"
-        );
     }
     let process = build_process(a, || Ok(vm_backend::base_process(store, id)?))
         .with_context(|| format!("exec in container {id}"))?;
@@ -167,8 +162,15 @@ pub fn exec_vm(store: &Store, a: &ExecArgs) -> Result<ExitCode> {
     {
         bail!("exec in VM container {id}: AppArmor profiles are not supported");
     }
-    let code = vm_backend::exec(store, id, &process, a.detach, a.console_socket.as_deref())
-        .with_context(|| format!("exec in container {id}"))?;
+    let code = vm_backend::exec(
+        store,
+        id,
+        &process,
+        a.detach,
+        a.console_socket.as_deref(),
+        a.pid_file.as_deref(),
+    )
+    .with_context(|| format!("exec in container {id}"))?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 

@@ -224,8 +224,6 @@ fn podman_vm_container_answers_on_a_published_port() {
     ) {
         return;
     }
-    #[path = "support/vm_agent.rs"]
-    mod vm_agent;
     let p = Podman::new();
     let name = id("moat-podman-vm");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -234,21 +232,7 @@ fn podman_vm_container_answers_on_a_published_port() {
         .unwrap()
         .port();
     let cidfile = p.dir.path().join("vm.cid");
-    // conmon does not pass podman's environment on: a wrapper names the guest agent.
-    let wrapper = p.dir.path().join("moat-runtime-vm");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nMOAT_AGENT_BIN={} exec {BIN} \"$@\"\n",
-            vm_agent::agent().display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let wrapper = vm_wrapper(&p);
     // A network of the test's own (podman's default one, 10.88.0.0/16 on cni-podman0, would
     // stay behind and collide with moat's bridge subnet).
     let net = PodmanNet::create(&p, &name);
@@ -321,6 +305,151 @@ fn podman_vm_container_answers_on_a_published_port() {
         "ip link",
     );
     assert!(!links.contains("_moat"), "a tap is left: {links}");
+}
+
+#[path = "support/vm_agent.rs"]
+mod vm_agent;
+
+/// conmon does not pass podman's environment on: a wrapper of moat-runtime names the guest agent.
+fn vm_wrapper(p: &Podman) -> std::path::PathBuf {
+    let wrapper = p.dir.path().join("moat-runtime-vm");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nMOAT_AGENT_BIN={} exec {BIN} \"$@\"\n",
+            vm_agent::agent().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    wrapper
+}
+
+/// `podman run -it` of a VM container: conmon gets the host pty master over its console socket
+/// (as from runc), the process sees the guest's pts with conmon's size, and typed input is
+/// answered. `podman exec -it` (conmon runs `exec -d -t --console-socket --pid-file`): the pid
+/// is the relay's, which exits with the process's status. Nothing is left after.
+#[test]
+fn podman_vm_container_with_a_terminal() {
+    if !have_all(
+        "podman_vm_container_with_a_terminal",
+        &["podman", "conmon", "script"],
+    ) {
+        return;
+    }
+    let p = Podman::new();
+    let name = id("moat-podman-vmtty");
+    let cidfile = p.dir.path().join("vmtty.cid");
+    let wrapper = vm_wrapper(&p);
+    let mut c = p.cmd();
+    c.arg("--runtime")
+        .arg(&wrapper)
+        .args(["run", "--rm", "-it", "--name", &name, "--network", "none"])
+        .args(["--annotation", "io.moat.isolation=vm"])
+        .arg("--cidfile")
+        .arg(&cidfile);
+    if !has_cap_sys_resource() {
+        c.args([
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ]);
+    }
+    c.args([IMAGE, "sh"]);
+    let line: Vec<String> = std::iter::once(c.get_program())
+        .chain(c.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect();
+    let o = run_deadline(
+        Command::new("sh").args([
+            "-c",
+            &format!(
+                "(sleep 15; printf 'tty; stty size; echo typed-$((6*7))\\n'; sleep 3; \
+                 printf 'exit\\n'; sleep 5) | script -qec \"stty rows 33 cols 77; {}\" /dev/null",
+                line.join(" ")
+            ),
+        ]),
+        Duration::from_secs(180),
+        "podman run -it (VM)",
+    );
+    let out = text(&o.stdout).replace('\r', "");
+    assert!(
+        out.contains("typed-42\n"),
+        "{out}\nstderr: {}",
+        text(&o.stderr)
+    );
+    assert!(out.contains("/dev/pts/0\n"), "{out}");
+    assert!(out.contains("33 77\n"), "{out}");
+    let cid = std::fs::read_to_string(&cidfile)
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    p.assert_gone(&name, &cid);
+
+    let name = id("moat-podman-vmexec");
+    let cidfile = p.dir.path().join("vmexec.cid");
+    let mut c = p.cmd();
+    c.arg("--runtime")
+        .arg(&wrapper)
+        .args(["run", "-d", "--name", &name, "--network", "none"])
+        .args(["--annotation", "io.moat.isolation=vm"])
+        .arg("--cidfile")
+        .arg(&cidfile);
+    if !has_cap_sys_resource() {
+        c.args([
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ]);
+    }
+    c.args([IMAGE, "sleep", "600"]);
+    ok(&mut c, Duration::from_secs(120), "podman run -d (VM)");
+    let mut c = p.cmd();
+    c.arg("--runtime").arg(&wrapper).args([
+        "exec",
+        "-it",
+        &name,
+        "sh",
+        "-c",
+        "tty; stty size; exit 4",
+    ]);
+    let line: Vec<String> = std::iter::once(c.get_program())
+        .chain(c.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect();
+    let o = run_deadline(
+        Command::new("script").args([
+            "-qec",
+            &format!("stty rows 20 cols 60; {}", line.join(" ")),
+            "/dev/null",
+        ]),
+        Duration::from_secs(120),
+        "podman exec -it (VM)",
+    );
+    let out = text(&o.stdout).replace('\r', "");
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{out}\nstderr: {}",
+        text(&o.stderr)
+    );
+    assert!(out.contains("/dev/pts/"), "{out}");
+    ok(
+        p.cmd().args(["rm", "-f", &name]),
+        Duration::from_secs(60),
+        "podman rm -f",
+    );
+    let cid = std::fs::read_to_string(&cidfile)
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    p.assert_gone(&name, &cid);
 }
 
 fn containerd_with_image(test: &str) -> Option<(Containerd, tempfile::TempDir)> {

@@ -29,16 +29,26 @@ pub fn base_process(store: &Store, id: &str) -> Result<Process> {
 /// output and signals and return its status (128+N when killed by signal N). With
 /// `process.terminal` its pty (in the guest) is shown on our terminal, or on a host pty whose
 /// master goes to `console_socket` (detached: a relay process carries it, see `terminal`).
+/// `pid_file` gets the host pid of that relay, which exits with the process's status (what
+/// conmon waits for); any other process has no host pid, so a pid file is refused there.
 pub fn exec(
     store: &Store,
     id: &str,
     process: &Process,
     detach: bool,
     console_socket: Option<&Path>,
+    pid_file: Option<&Path>,
 ) -> Result<i32> {
     let terminal = process.terminal().unwrap_or(false);
     if terminal && detach && console_socket.is_none() {
         return Err(super::lifecycle::no_console_socket());
+    }
+    let relayed = terminal && detach;
+    if pid_file.is_some() && !relayed {
+        return Err(VmBackendError::Unsupported(format!(
+            "exec in VM container {id}: --pid-file needs a host process, which only a detached \
+             exec with a terminal has (its relay); this process runs in the guest"
+        )));
     }
     let st = VmState::load(store, id)?;
     st.require("exec in", Status::Running)?;
@@ -56,7 +66,10 @@ pub fn exec(
             exec_id: &exec_id,
             process_json: &json,
         };
-        super::terminal::spawn_relay(store, id, job, sock, size)?;
+        let (relay, _) = super::terminal::spawn_relay(store, id, job, sock, size)?;
+        if let Some(p) = pid_file {
+            std::fs::write(p, relay.to_string()).map_err(VmBackendError::io("write", p))?;
+        }
         return Ok(0);
     }
     let mut agent = st.attach()?;
