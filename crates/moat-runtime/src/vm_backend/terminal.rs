@@ -226,7 +226,13 @@ pub(super) fn spawn_relay(
         let f = dir.join(pid.to_string());
         std::fs::write(&f, p.start_time.to_string()).map_err(VmBackendError::io("write", &f))?;
     }
-    send_master(console_socket, pty)?;
+    if let Err(e) = send_master(console_socket, pty) {
+        // Nobody will read this terminal: the relay goes (and, for an exec, so does its
+        // connection: the process's stdin closes).
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
     Ok((pid, guest_pid))
 }
 
