@@ -136,6 +136,15 @@ fn vm_exec_tty_sees_a_pts_and_follows_the_callers_size() {
         "not a pts: {out}"
     );
     assert!(out.contains("33 77\n"), "{out}");
+    // Latency of a terminal exec (attach, exec, exit) against one without a terminal.
+    for tty in ["-t ", ""] {
+        let t = Instant::now();
+        for _ in 0..3 {
+            let o = in_pty(&runtime_line(&rt, &format!("exec {tty}{id} true")));
+            assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        }
+        eprintln!("exec {tty}{id} true: {:?} each", t.elapsed() / 3);
+    }
     // A resize of the caller's terminal (SIGWINCH to the runtime) reaches the guest's pty.
     let exec = runtime_line(
         &rt,
@@ -249,6 +258,18 @@ fn vm_console_socket_gets_a_host_master() {
     let seen = out.until("typed-42", Duration::from_secs(60));
     eprintln!("first answer through the master: {:?}", t.elapsed());
     assert!(seen.contains("/dev/pts/0"), "{seen:?}");
+    // A keystroke's round trip: master -> relay -> agent -> the guest's pty echoes it -> back.
+    let t = Instant::now();
+    for k in ["a", "b", "c", "d", "e"] {
+        master.write_all(k.as_bytes()).unwrap();
+        out.until(k, Duration::from_secs(10));
+    }
+    eprintln!(
+        "keystroke echo through the master: {:?} each",
+        t.elapsed() / 5
+    );
+    // ^U: the shell's line is empty again.
+    master.write_all(b"\x15").unwrap();
     // A resize of the host master (what conmon and the shims do) reaches the guest's pty.
     let ws = nix::pty::Winsize {
         ws_row: 50,

@@ -83,6 +83,22 @@ fn sample_host() -> Vec<HostMessage> {
                 }],
             },
         },
+        HostMessage {
+            id: 9,
+            request: Request::Resize {
+                container_id: "c1".into(),
+                exec_id: Some("e".into()),
+                width: 120,
+                height: 40,
+            },
+        },
+        HostMessage {
+            id: 10,
+            request: Request::Attach {
+                container_id: "c1".into(),
+                exec_id: None,
+            },
+        },
     ]
 }
 
