@@ -53,6 +53,9 @@ pub enum VmBackendError {
     Container(#[from] moat_container::ContainerError),
     #[error("qemu {pid} of container {id} did not exit")]
     QemuStuck { id: String, pid: i32 },
+    /// A container's terminal could not be set up (our terminal's mode, its detached relay).
+    #[error("the terminal of container {id}: {reason}")]
+    Terminal { id: String, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, VmBackendError>;

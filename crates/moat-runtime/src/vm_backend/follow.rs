@@ -73,9 +73,14 @@ pub(super) fn follow(
         .map_err(sys("signalfd"))?;
     // Raw mode (restored on drop) before the input thread reads anything.
     let raw = match &local {
-        Local::Terminal { .. } => Some(
-            crate::tty::RawStdin::new().map_err(|e| VmBackendError::Unsupported(e.to_string()))?,
-        ),
+        Local::Terminal { .. } => {
+            Some(
+                crate::tty::RawStdin::new().map_err(|e| VmBackendError::Terminal {
+                    id: id.into(),
+                    reason: e.to_string(),
+                })?,
+            )
+        }
         _ => None,
     };
     let (mut input, mut out, size_of): (Option<Receiver<Input>>, Box<dyn Write>, Option<File>) =

@@ -217,10 +217,14 @@ pub(super) fn spawn_relay(
         let _ = child.kill();
         let _ = child.wait();
         let why = line.trim().strip_prefix("error: ").unwrap_or(line.trim());
-        return Err(VmBackendError::Unsupported(format!(
-            "the terminal relay of container {id} failed: {}",
-            if why.is_empty() { "no report" } else { why }
-        )));
+        return Err(VmBackendError::Terminal {
+            id: id.into(),
+            reason: if why.is_empty() {
+                "its relay exited without a report".into()
+            } else {
+                format!("its relay failed: {why}")
+            },
+        });
     };
     if let Some(p) = HostProc::of(pid) {
         let f = dir.join(pid.to_string());
