@@ -98,6 +98,34 @@ pub enum Request {
         interfaces: Vec<NetInterface>,
         routes: Vec<NetRoute>,
     },
+    /// To the agent of a template VM (booted with [`crate::TEMPLATE_FLAG`]), just before the host
+    /// saves it: drop the guest's caches so that clones share as little stale memory as
+    /// possible, and from now on treat a closed port 0 as normal (the host goes away while the
+    /// VM is saved). (Added within version 2.)
+    PrepareTemplate,
+    /// The first request to a clone resumed from a template: make this guest unique before any
+    /// container process runs (Firecracker's guidance for restored snapshots). The agent mixes
+    /// `entropy` into the kernel's pool and forces a CRNG reseed, sets the wall clock, the
+    /// hostname and /etc/machine-id, gives each NIC its MAC, and takes up the sandbox mode the
+    /// kernel command line of a cold boot would have given. Refused by an agent that was not
+    /// booted as a template. (Added within version 2.)
+    Restored(Restore),
+}
+
+/// What makes a clone of a template one guest of its own ([`Request::Restored`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restore {
+    /// Random bytes from the host (at least 32).
+    pub entropy: Vec<u8>,
+    /// The host's CLOCK_REALTIME when the request was sent, in nanoseconds since the epoch.
+    pub realtime_ns: u64,
+    pub hostname: String,
+    /// 32 lowercase hex digits.
+    pub machine_id: String,
+    /// `(MAC the template gave the NIC, MAC it gets now)`, both `aa:bb:cc:dd:ee:ff`.
+    pub macs: Vec<(String, String)>,
+    /// As [`crate::SINGLE_SANDBOX_FLAG`] on a cold boot's command line.
+    pub single: bool,
 }
 
 /// A network interface of the guest, copied from one of the host network namespace.
@@ -268,6 +296,8 @@ impl Request {
             Request::Processes { container_id } => format!("processes of {container_id}"),
             Request::Delete { container_id, .. } => format!("delete {container_id}"),
             Request::Shutdown => "shutdown".into(),
+            Request::PrepareTemplate => "prepare the template".into(),
+            Request::Restored(_) => "make the clone unique".into(),
             Request::Network { interfaces, .. } => {
                 let names: Vec<&str> = interfaces.iter().map(|i| i.name.as_str()).collect();
                 format!("configure the network ({})", names.join(", "))

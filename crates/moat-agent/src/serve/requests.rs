@@ -21,8 +21,38 @@ use crate::{boot, log, shared};
 impl Agent {
     /// Handle request `req` from connection `conn` (which then owns what it starts).
     pub(super) fn handle(&mut self, conn: usize, req: Request) -> Result<Reply> {
+        use crate::restore::{self, Phase};
+        if self.phase == Phase::Saved && !matches!(req, Request::Ping | Request::Restored(_)) {
+            return Err(AgentFailure::Invalid(format!(
+                "{}: this clone of a template was not made unique yet (`restored` comes first)",
+                req.describe()
+            )));
+        }
         match req {
             Request::Ping => Ok(Reply::Pong),
+            Request::PrepareTemplate => {
+                if self.phase != Phase::Template {
+                    return Err(AgentFailure::Invalid(
+                        "prepare the template: this VM was not booted as a template".into(),
+                    ));
+                }
+                restore::prepare()?;
+                self.phase = Phase::Saved;
+                Ok(Reply::Done)
+            }
+            // A repeat (the host resends until answered): already done.
+            Request::Restored(_) if self.phase == Phase::Clone => Ok(Reply::Done),
+            Request::Restored(r) => {
+                if self.phase != Phase::Saved {
+                    return Err(AgentFailure::Invalid(
+                        "make the clone unique: this VM is not a clone of a template".into(),
+                    ));
+                }
+                restore::make_unique(&r)?;
+                self.phase = Phase::Clone;
+                self.single = r.single;
+                Ok(Reply::Done)
+            }
             Request::Create {
                 container_id,
                 config_json,
@@ -345,6 +375,12 @@ enum Root<'a> {
 /// Mount the disk with `disk`'s serial at `rootfs`.
 fn mount_disk(disk: &RootfsDisk, rootfs: &Path) -> Result<()> {
     let dev = boot::find_disk(&disk.serial, Duration::from_secs(5))?;
+    // In a clone of a template the device's page cache still holds what the template read of
+    // its placeholder disk at boot (the partition scan): drop it before mounting.
+    if let Ok(f) = std::fs::File::open(&dev) {
+        use std::os::fd::AsFd;
+        let _ = moat_sys::random::flush_block_buffers(f.as_fd());
+    }
     let flags = if disk.readonly {
         MsFlags::MS_RDONLY
     } else {
