@@ -31,6 +31,10 @@ pub enum Request {
         /// The bind mounts served from the host's shared directory ([`SHARE_TAG`]).
         #[serde(default)]
         shared: Vec<SharedMount>,
+        /// Bind mounts of small regular files whose content the host sends along (a VM with
+        /// no shared directory: a clone of a template). (Added within version 2.)
+        #[serde(default)]
+        files: Vec<InlineFile>,
     },
     /// Create a container like [`Request::Create`], its root filesystem a directory of the
     /// host's shared directory ([`SHARE_TAG`]) instead of a disk: what a pod VM uses, where the
@@ -165,7 +169,26 @@ pub struct RootfsDisk {
     pub fstype: String,
     /// Mount read-only (the host also attaches the disk read-only).
     pub readonly: bool,
+    /// The container writes to an overlay on the (read-only) disk, its upper layer a tmpfs of
+    /// the guest: the disk is an image shared by many containers. (Added within version 2.)
+    #[serde(default)]
+    pub overlay: bool,
 }
+
+/// A bind mount of the container's config whose source is a small regular file the host sent
+/// (copied, as Kata does for /etc/hosts and the like when nothing is shared).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InlineFile {
+    /// Index of the mount in the config's `mounts` array.
+    pub index: u32,
+    pub content: Vec<u8>,
+    /// Permission bits.
+    pub mode: u32,
+    pub readonly: bool,
+}
+
+/// The largest file the host sends inline ([`InlineFile`]).
+pub const INLINE_FILE_MAX: u64 = 64 * 1024;
 
 /// A container root filesystem that the host placed in the shared directory ([`SHARE_TAG`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

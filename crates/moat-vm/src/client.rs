@@ -326,11 +326,12 @@ impl AgentClient {
 
     /// Create a container (its init's stdin is /dev/null); returns its init's guest pid.
     pub fn create(&mut self, id: &str, config_json: &str, rootfs: RootfsDisk) -> Result<i32> {
-        self.create_with(id, config_json, rootfs, false, vec![])
+        self.create_with(id, config_json, rootfs, false, vec![], vec![])
     }
 
     /// Create a container whose init has a stdin pipe (`stdin`, fed with
-    /// [`Request::Stdin`]) and whose bind mounts `shared` come from the VM's shared directory.
+    /// [`Request::Stdin`]), whose bind mounts `shared` come from the VM's shared directory and
+    /// `files` with the request.
     pub fn create_with(
         &mut self,
         id: &str,
@@ -338,6 +339,7 @@ impl AgentClient {
         rootfs: RootfsDisk,
         stdin: bool,
         shared: Vec<SharedMount>,
+        files: Vec<moat_agent_proto::InlineFile>,
     ) -> Result<i32> {
         let r = self.request(Request::Create {
             container_id: id.into(),
@@ -345,6 +347,7 @@ impl AgentClient {
             rootfs,
             stdin,
             shared,
+            files,
         })?;
         pid_of(r, "create")
     }

@@ -327,6 +327,8 @@ pub struct QemuVm {
     status: Option<ExitStatus>,
     agent: Option<AgentClient>,
     detached: bool,
+    /// The template this VM is a clone of.
+    template: Option<PathBuf>,
 }
 
 /// A VM left running by the process that booted it ([`QemuVm::detach`]): what a later process
@@ -349,7 +351,17 @@ impl QemuVm {
             status: None,
             agent: None,
             detached: false,
+            template: None,
         }
+    }
+
+    /// The template this VM was resumed from (`None`: booted cold).
+    pub fn template(&self) -> Option<&Path> {
+        self.template.as_deref()
+    }
+
+    pub(crate) fn set_template(&mut self, dir: &Path) {
+        self.template = Some(dir.to_path_buf());
     }
 
     /// Connect to agent port 0 and wait for the agent's `Ready` (a cold boot).

@@ -40,7 +40,7 @@ use moat_agent_proto::{Reply, Request, Restore};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, VmError};
-use crate::qemu::{agent_socket, new_run_dir, Launch, Qemu, QemuVm, JAIL_DIR, QMP_SOCKET};
+use crate::qemu::{new_run_dir, Launch, Qemu, QemuVm, JAIL_DIR, QMP_SOCKET};
 use crate::{Disk, VmConfig, VmInstance};
 
 /// The capacity of every disk of a templated VM: the template's placeholder disks are sparse
@@ -438,7 +438,10 @@ fn clone(qemu: &Qemu, cfg: &VmConfig, dir: &Path) -> Result<QemuVm> {
     })();
     if let Err(e) = resumed {
         let stderr = vm.tail("qemu.stderr");
-        return Err(VmError::Config(format!("{e} ({})", stderr.trim())));
+        return Err(VmError::Qmp {
+            command: "load the saved state".into(),
+            reason: format!("{e}; qemu said: {}", stderr.trim()),
+        });
     }
     let entropy = host_random(64)?;
     let machine_id: String = host_random(16)?
@@ -464,6 +467,6 @@ fn clone(qemu: &Qemu, cfg: &VmConfig, dir: &Path) -> Result<QemuVm> {
             .any(|w| w == moat_agent_proto::SINGLE_SANDBOX_FLAG),
     };
     vm.attach_clone(cfg.agent_timeout, restore)?;
-    debug_assert!(agent_socket(&run, 0).exists());
+    vm.set_template(dir);
     Ok(vm)
 }

@@ -55,6 +55,7 @@ fn probe(vm: &mut QemuVm, id: &str) -> Vec<String> {
         serial: "rootfs0".into(),
         fstype: "ext4".into(),
         readonly: true,
+        overlay: false,
     };
     let script = "cat /proc/sys/kernel/random/boot_id; cat /proc/sys/kernel/random/uuid; \
                   date +%s; echo to-stderr >&2; exit 7";

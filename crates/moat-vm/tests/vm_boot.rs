@@ -36,6 +36,7 @@ fn disk() -> RootfsDisk {
         serial: "rootfs0".into(),
         fstype: "ext4".into(),
         readonly: true,
+        overlay: false,
     }
 }
 
