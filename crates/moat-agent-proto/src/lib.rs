@@ -44,3 +44,8 @@ pub fn agent_port_name(i: u32) -> String {
 /// every new one), and the VM powers off once the container's init has exited. Without it, the
 /// host closing the port ends the sandbox.
 pub const SINGLE_SANDBOX_FLAG: &str = "moat.sandbox=single";
+
+/// On the guest kernel command line: a template VM. The agent waits for
+/// [`Request::PrepareTemplate`] before the host saves the VM, and each clone resumed from the
+/// saved state is made unique by [`Request::Restored`] before anything else runs in it.
+pub const TEMPLATE_FLAG: &str = "moat.template";

@@ -31,6 +31,10 @@ pub enum Request {
         /// The bind mounts served from the host's shared directory ([`SHARE_TAG`]).
         #[serde(default)]
         shared: Vec<SharedMount>,
+        /// Bind mounts of small regular files whose content the host sends along (a VM with
+        /// no shared directory: a clone of a template). (Added within version 2.)
+        #[serde(default)]
+        files: Vec<InlineFile>,
     },
     /// Create a container like [`Request::Create`], its root filesystem a directory of the
     /// host's shared directory ([`SHARE_TAG`]) instead of a disk: what a pod VM uses, where the
@@ -98,6 +102,18 @@ pub enum Request {
         interfaces: Vec<NetInterface>,
         routes: Vec<NetRoute>,
     },
+    /// To the agent of a template VM (booted with [`crate::TEMPLATE_FLAG`]), just before the host
+    /// saves it: drop the guest's caches so that clones share as little stale memory as
+    /// possible, and from now on treat a closed port 0 as normal (the host goes away while the
+    /// VM is saved). (Added within version 2.)
+    PrepareTemplate,
+    /// The first request to a clone resumed from a template: make this guest unique before any
+    /// container process runs (Firecracker's guidance for restored snapshots). The agent mixes
+    /// `entropy` into the kernel's pool and forces a CRNG reseed, sets the wall clock, the
+    /// hostname and /etc/machine-id, gives each NIC its MAC, and takes up the sandbox mode the
+    /// kernel command line of a cold boot would have given. Refused by an agent that was not
+    /// booted as a template. (Added within version 2.)
+    Restored(Restore),
     /// Set the window size of the terminal of the init (`exec_id: None`) or of an exec'd process
     /// (`TIOCSWINSZ` on the pty master in the guest; the kernel signals its foreground process
     /// group). A process has a terminal when its OCI process says `terminal: true`: the agent
@@ -117,6 +133,22 @@ pub enum Request {
         container_id: String,
         exec_id: Option<String>,
     },
+}
+
+/// What makes a clone of a template one guest of its own ([`Request::Restored`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restore {
+    /// Random bytes from the host (at least 32).
+    pub entropy: Vec<u8>,
+    /// The host's CLOCK_REALTIME when the request was sent, in nanoseconds since the epoch.
+    pub realtime_ns: u64,
+    pub hostname: String,
+    /// 32 lowercase hex digits.
+    pub machine_id: String,
+    /// `(MAC the template gave the NIC, MAC it gets now)`, both `aa:bb:cc:dd:ee:ff`.
+    pub macs: Vec<(String, String)>,
+    /// As [`crate::SINGLE_SANDBOX_FLAG`] on a cold boot's command line.
+    pub single: bool,
 }
 
 /// A network interface of the guest, copied from one of the host network namespace.
@@ -156,7 +188,26 @@ pub struct RootfsDisk {
     pub fstype: String,
     /// Mount read-only (the host also attaches the disk read-only).
     pub readonly: bool,
+    /// The container writes to an overlay on the (read-only) disk, its upper layer a tmpfs of
+    /// the guest: the disk is an image shared by many containers. (Added within version 2.)
+    #[serde(default)]
+    pub overlay: bool,
 }
+
+/// A bind mount of the container's config whose source is a small regular file the host sent
+/// (copied, as Kata does for /etc/hosts and the like when nothing is shared).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InlineFile {
+    /// Index of the mount in the config's `mounts` array.
+    pub index: u32,
+    pub content: Vec<u8>,
+    /// Permission bits.
+    pub mode: u32,
+    pub readonly: bool,
+}
+
+/// The largest file the host sends inline ([`InlineFile`]).
+pub const INLINE_FILE_MAX: u64 = 64 * 1024;
 
 /// A container root filesystem that the host placed in the shared directory ([`SHARE_TAG`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -287,6 +338,8 @@ impl Request {
             Request::Processes { container_id } => format!("processes of {container_id}"),
             Request::Delete { container_id, .. } => format!("delete {container_id}"),
             Request::Shutdown => "shutdown".into(),
+            Request::PrepareTemplate => "prepare the template".into(),
+            Request::Restored(_) => "make the clone unique".into(),
             Request::Network { interfaces, .. } => {
                 let names: Vec<&str> = interfaces.iter().map(|i| i.name.as_str()).collect();
                 format!("configure the network ({})", names.join(", "))

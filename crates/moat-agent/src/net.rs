@@ -28,6 +28,7 @@ const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFA_ADDRESS: u16 = 1;
@@ -141,6 +142,23 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
         *b = u8::from_str_radix(p, 16).ok()?;
     }
     parts.next().is_none().then_some(out)
+}
+
+/// Give the NIC whose MAC is `from` the MAC `to` (a clone of a template has the template's MACs).
+pub fn set_mac(from: &str, to: &str) -> Result<()> {
+    let old = parse_mac(from).ok_or_else(|| invalid(format!("mac {from:?}")))?;
+    let new = parse_mac(to).ok_or_else(|| invalid(format!("mac {to:?}")))?;
+    let name = find_by_mac(&old)
+        .ok_or_else(|| AgentFailure::NotFound(format!("a NIC with MAC {from}")))?;
+    let index = ifindex(&name)?;
+    let mut body = ifinfo(index, 0, 0);
+    push_attr(&mut body, IFLA_ADDRESS, &new);
+    Netlink::open()?.request(
+        &format!("set the MAC of {name} to {to}"),
+        RTM_NEWLINK,
+        0,
+        &body,
+    )
 }
 
 /// The name of the interface whose MAC is `mac`.

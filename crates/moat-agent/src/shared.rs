@@ -7,7 +7,7 @@
 
 use std::path::{Component, Path};
 
-use moat_agent_proto::{SharedMount, SharedRootfs, SHARE_TAG};
+use moat_agent_proto::{InlineFile, SharedMount, SharedRootfs, INLINE_FILE_MAX, SHARE_TAG};
 use nix::mount::{mount, MsFlags};
 use serde_json::Value;
 
@@ -85,8 +85,41 @@ fn is_bind(m: &Value) -> bool {
             .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
 }
 
-/// Point the config's listed bind mounts at the share; refuse any other bind mount.
-pub fn rewrite(config: &mut Value, shared: &[SharedMount]) -> Result<()> {
+/// Write the files the host sent inline into `dir` (`<dir>/<mount index>`).
+pub fn write_files(dir: &Path, files: &[InlineFile]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if files.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| AgentFailure::io("create", dir, e))?;
+    for f in files {
+        if f.content.len() as u64 > INLINE_FILE_MAX {
+            return Err(AgentFailure::Invalid(format!(
+                "inline file for mount {}: {} bytes (at most {INLINE_FILE_MAX})",
+                f.index,
+                f.content.len()
+            )));
+        }
+        let p = dir.join(f.index.to_string());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(f.mode & 0o7777)
+            .open(&p)
+            .and_then(|mut w| std::io::Write::write_all(&mut w, &f.content))
+            .map_err(|e| AgentFailure::io("write", &p, e))?;
+    }
+    Ok(())
+}
+
+/// Point the config's listed bind mounts at the share, and those of `files` at their copies in
+/// `files_dir`; refuse any other bind mount.
+pub fn rewrite(
+    config: &mut Value,
+    shared: &[SharedMount],
+    files_dir: &Path,
+    files: &[InlineFile],
+) -> Result<()> {
     let empty = Vec::new();
     let mut mounts = match config.get_mut("mounts") {
         Some(Value::Array(m)) => std::mem::take(m),
@@ -98,12 +131,8 @@ pub fn rewrite(config: &mut Value, shared: &[SharedMount]) -> Result<()> {
         }
     };
     let mut listed = vec![false; mounts.len()];
+    let mut sources: Vec<(u32, std::path::PathBuf, bool)> = Vec::new();
     for s in shared {
-        let i = s.index as usize;
-        let m = mounts
-            .get_mut(i)
-            .and_then(Value::as_object_mut)
-            .ok_or_else(|| AgentFailure::Invalid(format!("shared mount index {i}")))?;
         let rel = Path::new(&s.path);
         if rel.components().count() == 0
             || !rel.components().all(|c| matches!(c, Component::Normal(_)))
@@ -113,9 +142,19 @@ pub fn rewrite(config: &mut Value, shared: &[SharedMount]) -> Result<()> {
                 s.path
             )));
         }
-        let src = Path::new(SHARE_MOUNT).join(rel);
+        sources.push((s.index, Path::new(SHARE_MOUNT).join(rel), s.readonly));
+    }
+    for f in files {
+        sources.push((f.index, files_dir.join(f.index.to_string()), f.readonly));
+    }
+    for (index, src, readonly) in sources {
+        let i = index as usize;
+        let m = mounts
+            .get_mut(i)
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| AgentFailure::Invalid(format!("shared mount index {i}")))?;
         m.insert("source".into(), src.to_string_lossy().into_owned().into());
-        if s.readonly {
+        if readonly {
             let opts = m.entry("options").or_insert_with(|| Value::Array(vec![]));
             if let Some(o) = opts.as_array_mut() {
                 o.retain(|x| x != "rw");
@@ -156,23 +195,29 @@ mod tests {
             path: "c1/1".into(),
             readonly: true,
         }];
-        rewrite(&mut c, &shared).unwrap();
+        rewrite(&mut c, &shared, Path::new("/f"), &[]).unwrap();
         assert_eq!(c["mounts"][1]["source"], "/run/moat-agent/shared/c1/1");
         assert_eq!(c["mounts"][1]["options"], json!(["rbind", "ro"]));
         let mut c2 =
             json!({"mounts": [{"destination": "/x", "source": "/etc", "options": ["bind"]}]});
-        assert!(rewrite(&mut c2, &[]).is_err());
+        assert!(rewrite(&mut c2, &[], Path::new("/f"), &[]).is_err());
         let bad = [SharedMount {
             index: 0,
             path: "../../etc".into(),
             readonly: false,
         }];
-        assert!(rewrite(&mut c2, &bad).is_err());
+        assert!(rewrite(&mut c2, &bad, Path::new("/f"), &[]).is_err());
         let out_of_range = [SharedMount {
             index: 9,
             path: "a".into(),
             readonly: false,
         }];
-        assert!(rewrite(&mut json!({"mounts": []}), &out_of_range).is_err());
+        assert!(rewrite(
+            &mut json!({"mounts": []}),
+            &out_of_range,
+            Path::new("/f"),
+            &[]
+        )
+        .is_err());
     }
 }

@@ -16,6 +16,7 @@ mod progress;
 mod run;
 mod runspec;
 mod tty;
+mod vmimage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -236,6 +236,7 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
     };
     undo.name = Some(name.clone());
     let dir = ctx.paths.container_dir(&id);
+    let mut vm_image = None;
     let (rootfs, source, config) = match (&a.rootfs, &image) {
         (Some(d), _) => {
             let path = std::fs::canonicalize(d).map_err(CliError::io("open rootfs", d))?;
@@ -255,6 +256,9 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
                 &moat_image::UnpackOptions::default(),
             )
             .map_err(CliError::image(format!("prepare the rootfs of {name}")))?;
+            if a.isolation == "vm" && crate::vmimage::templates_enabled() {
+                vm_image = crate::vmimage::rootfs_image(&ctx.store, img, &r.path);
+            }
             let norm = moat_image::reference::normalize(&a.args[0]).unwrap_or(a.args[0].clone());
             (
                 r.path,
@@ -294,6 +298,12 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
             moat_runtime::vm_backend::ISOLATION_ANNOTATION.into(),
             "vm".into(),
         );
+        if let Some(img) = &vm_image {
+            ann.insert(
+                moat_runtime::vm_backend::ROOTFS_IMAGE_ANNOTATION.into(),
+                img.display().to_string(),
+            );
+        }
         spec.set_annotations(Some(ann));
     }
     let bundle = ctx.paths.bundle(&id);

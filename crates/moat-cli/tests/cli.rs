@@ -3,52 +3,15 @@
 //! leave nothing behind, bind mounts, cgroup limits, names and id prefixes, and bridge networking
 //! with a published port. Each test has its own store in a temporary directory.
 
-#[path = "../../moat-image/tests/common/mod.rs"]
-mod common;
+mod images;
+use images::{busybox_layout, import};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{write_layout, Comp, Tar};
-
 mod harness;
 use harness::*;
-
-/// An OCI layout holding busybox with /etc/passwd, tagged `v1`.
-fn busybox_layout(dir: &Path) {
-    let bb = std::fs::read("/bin/busybox").expect("busybox-static installed");
-    let mut t = Tar::new();
-    t.dir("bin/").file_mode("bin/busybox", &bb, 0o755);
-    for c in ["sh", "echo", "cat", "id", "sleep", "touch", "httpd", "wget"] {
-        t.symlink(&format!("bin/{c}"), "busybox");
-    }
-    t.dir("etc/")
-        .file(
-            "etc/passwd",
-            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n",
-        )
-        .file("etc/group", b"root:x:0:\nnogroup:x:65534:\n");
-    write_layout(
-        dir,
-        "v1",
-        &[(t.finish(), Comp::Gzip)],
-        &["/bin/sh", "-c", "echo default"],
-    );
-}
-
-fn import(m: &Moat, name: &str) {
-    let layout = tempfile::tempdir().unwrap();
-    busybox_layout(layout.path());
-    let out = m.ok(&[
-        "image",
-        "import",
-        layout.path().to_str().unwrap(),
-        "--name",
-        name,
-    ]);
-    assert!(out.contains("Loaded image"), "{out}");
-}
 
 fn id_of(m: &Moat, name: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(&m.ok(&["inspect", name])).unwrap();
@@ -444,7 +407,7 @@ fn names_are_unique_and_ids_match_by_prefix() {
 #[test]
 fn pull_from_local_registry_then_run() {
     let Some(m) = Moat::new() else { return };
-    let Some(reg) = common::registry::Registry::start() else {
+    let Some(reg) = images::common::registry::Registry::start() else {
         return;
     };
     let layout = tempfile::tempdir().unwrap();

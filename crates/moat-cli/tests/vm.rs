@@ -4,7 +4,9 @@
 //! container answers from the host through the published port (CNI bridge and portmap on the
 //! host, a tap joined to the namespace's eth0 by tc redirects, the guest's eth0 with the CNI
 //! address); `moat rm -f` leaves no namespace, tap, iptables rule or process behind. Traffic stays
-//! on this machine (loopback and the moat0 bridge).
+//! on this machine (loopback and the moat0 bridge). VM containers of an image are clones of a
+//! template: exit code, output, the writable layer, /etc files and a published port through a
+//! clone.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 mod harness;
 use harness::*;
+mod images;
 
 /// Also the zero set-up check: nothing but the build (no MOAT_AGENT_BIN) is needed.
 #[test]
@@ -335,4 +338,112 @@ fn vm_container_answers_on_a_published_port() {
         "a process of the VM container is left"
     );
     assert!(get(port).is_err(), "the port still answers");
+}
+
+/// `moat run --isolation vm IMAGE`: the first run makes the image's disk and the template, the
+/// next ones are clones of it, answer with their exit code and output, write to their own layer,
+/// see moat's /etc files, and serve a published port.
+#[test]
+fn vm_containers_of_an_image_are_clones_of_a_template() {
+    if !Path::new("/usr/lib/cni/bridge").exists() {
+        eprintln!("skipped: needs containernetworking-plugins");
+        return;
+    }
+    let Some(m) = Moat::new() else { return };
+    images::import(&m, "bb:v1");
+    let script = "echo out; echo err >&2; echo w > /x && cat /x; \
+                  cat /etc/hostname; exit 4";
+    let mut times = vec![];
+    for _ in 0..2 {
+        let t = Instant::now();
+        let o = m.vm_cmd(&[
+            "run",
+            "--rm",
+            "--isolation",
+            "vm",
+            "--network",
+            "none",
+            "--hostname",
+            "clonehost",
+            "bb:v1",
+            "sh",
+            "-c",
+            script,
+        ]);
+        times.push(t.elapsed());
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert_eq!(o.status.code(), Some(4), "stdout {out} stderr {err}");
+        assert_eq!(out, "out\nw\nclonehost\n", "stderr {err}");
+        assert!(err.contains("err\n"), "{err}");
+    }
+    eprintln!(
+        "moat run --rm --isolation vm: first (disk image + template) {:?}, then {:?}",
+        times[0], times[1]
+    );
+    assert!(times[1] < times[0], "{times:?}");
+    let images = std::fs::read_dir(m.root().join("vm-images"))
+        .unwrap()
+        .count();
+    assert_eq!(images, 1, "one disk image for the image");
+
+    // A clone on the bridge network: its MAC and address are its own, the port answers.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let publish = format!("127.0.0.1:{port}:80");
+    let id = m
+        .vm_ok(&[
+            "run",
+            "-d",
+            "--isolation",
+            "vm",
+            "--network",
+            "bridge",
+            "-p",
+            &publish,
+            "bb:v1",
+            "sh",
+            "-c",
+            "busybox mkdir -p /tmp/www && echo hello-from-a-clone > /tmp/www/index.html && \
+             exec httpd -f -p 80 -h /tmp/www",
+        ])
+        .trim()
+        .to_owned();
+    // The state's pid of a VM container is its QEMU's.
+    let inspect: serde_json::Value = serde_json::from_str(&m.vm_ok(&["inspect", &id])).unwrap();
+    let qemu = inspect["State"]["Pid"].as_i64().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{qemu}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(
+        cmdline.contains("-incoming defer"),
+        "not a clone: {cmdline}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match get(port) {
+            Ok(b) if b.contains("hello-from-a-clone") => break,
+            r if Instant::now() > deadline => panic!("no answer on port {port}: {r:?}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    let ip = inspect["Network"]["IPAddress"].as_str().unwrap().to_owned();
+    let seen = m.vm_ok(&["exec", &id, "busybox", "ip", "addr", "show", "eth0"]);
+    assert!(seen.contains(&format!("inet {ip}/24")), "{seen}");
+    assert!(
+        !seen.contains("02:6d:6f:61:74"),
+        "the template's MAC: {seen}"
+    );
+    m.vm_ok(&["rm", "-f", &id]);
+    // Gone, or a zombie its new parent has yet to reap.
+    wait_for(&format!("QEMU {qemu} of {id} to end"), || {
+        std::fs::read_to_string(format!("/proc/{qemu}/stat")).map_or(true, |st| {
+            st.rsplit_once(") ")
+                .is_some_and(|(_, r)| r.starts_with('Z'))
+        })
+    });
 }

@@ -19,13 +19,15 @@ use crate::error::{Result, VmError};
 /// The Debian package whose dependency names the current cloud kernel.
 pub const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
 /// Modules the agent loads, in this order after their dependencies (virtio-mmio transport, the
-/// root filesystem disk, the agent's serial port, the host's shared directory for bind mounts).
+/// root filesystem disk, the agent's serial port, the host's shared directory for bind mounts, the
+/// network card, the writable layer of an image disk).
 pub const GUEST_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_blk",
     "virtio_console",
     "virtiofs",
     "virtio_net",
+    "overlay",
 ];
 
 /// The cache directory: `$MOAT_VM_DIR`, or /var/lib/moat/vm.

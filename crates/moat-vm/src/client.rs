@@ -95,6 +95,71 @@ impl AgentClient {
         }
     }
 
+    /// The first connection to a clone resumed from a template: send
+    /// [`Request::Restored`] and wait for its answer. The guest resumed with the template's
+    /// connection state, so a `Ready` may or may not come first; the request is repeated every
+    /// [`PING_RETRY`] until answered (see [`AgentClient::reattach`] for why a first request can
+    /// be lost), which is harmless: a second one is refused once the first made the clone
+    /// unique, and the agent answers a repeat on a clone already made unique with `Done`.
+    pub fn restored(
+        stream: UnixStream,
+        timeout: Duration,
+        restore: moat_agent_proto::Restore,
+    ) -> Result<AgentClient> {
+        let mut c = AgentClient {
+            stream,
+            dec: Decoder::new(),
+            next_id: 1,
+            events: VecDeque::new(),
+            kernel_release: String::new(),
+            lock: None,
+        };
+        let deadline = Instant::now() + timeout;
+        let mut ids = vec![c.send(Request::Restored(restore.clone()))?];
+        let mut retry = Instant::now() + PING_RETRY;
+        loop {
+            let m = match c.read_message(retry.min(deadline)) {
+                Ok(m) => m,
+                Err(VmError::AgentTimeout { .. }) if Instant::now() < deadline => {
+                    ids.push(c.send(Request::Restored(restore.clone()))?);
+                    retry = Instant::now() + PING_RETRY;
+                    continue;
+                }
+                Err(VmError::AgentTimeout { .. }) => {
+                    return Err(VmError::AgentTimeout {
+                        secs: timeout.as_secs(),
+                    })
+                }
+                Err(e) => return Err(e),
+            };
+            match m {
+                GuestMessage::Ready {
+                    version,
+                    kernel_release,
+                } => {
+                    if version != PROTOCOL_VERSION {
+                        return Err(VmError::ProtocolVersion {
+                            guest: version,
+                            host: PROTOCOL_VERSION,
+                        });
+                    }
+                    c.kernel_release = kernel_release;
+                }
+                GuestMessage::Response { id, result } if ids.contains(&id) => {
+                    // The first answer decides (a repeat's, if it comes later, is queued).
+                    return match result {
+                        Ok(_) => Ok(c),
+                        Err(source) => Err(VmError::Agent {
+                            request: "make the clone unique".into(),
+                            source,
+                        }),
+                    };
+                }
+                other => c.events.push_back(other),
+            }
+        }
+    }
+
     /// Connect again to the agent of a running VM (its socket `sock`): the agent answers a ping
     /// (the `Ready` it sends on every new connection is skipped).
     ///
@@ -261,11 +326,12 @@ impl AgentClient {
 
     /// Create a container (its init's stdin is /dev/null); returns its init's guest pid.
     pub fn create(&mut self, id: &str, config_json: &str, rootfs: RootfsDisk) -> Result<i32> {
-        self.create_with(id, config_json, rootfs, false, vec![])
+        self.create_with(id, config_json, rootfs, false, vec![], vec![])
     }
 
     /// Create a container whose init has a stdin pipe (`stdin`, fed with
-    /// [`Request::Stdin`]) and whose bind mounts `shared` come from the VM's shared directory.
+    /// [`Request::Stdin`]), whose bind mounts `shared` come from the VM's shared directory and
+    /// `files` with the request.
     pub fn create_with(
         &mut self,
         id: &str,
@@ -273,6 +339,7 @@ impl AgentClient {
         rootfs: RootfsDisk,
         stdin: bool,
         shared: Vec<SharedMount>,
+        files: Vec<moat_agent_proto::InlineFile>,
     ) -> Result<i32> {
         let r = self.request(Request::Create {
             container_id: id.into(),
@@ -280,6 +347,7 @@ impl AgentClient {
             rootfs,
             stdin,
             shared,
+            files,
         })?;
         pid_of(r, "create")
     }

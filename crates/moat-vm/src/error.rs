@@ -71,6 +71,11 @@ pub enum VmError {
     /// The VM's network attachment (taps, tc redirects, the namespace QEMU runs in).
     #[error("{what}: {reason}")]
     Net { what: String, reason: String },
+    #[error("QMP {command}: {reason}")]
+    Qmp { command: String, reason: String },
+    /// A VM template could not be built or used (the caller boots without it).
+    #[error("VM template {}: {reason}", dir.display())]
+    Template { dir: PathBuf, reason: String },
     #[error("unexpected reply to {request}: {reply}")]
     UnexpectedReply { request: String, reply: String },
 }

@@ -19,6 +19,8 @@ pub mod cpio;
 pub mod error;
 pub mod net;
 pub mod qemu;
+pub mod qmp;
+pub mod template;
 pub mod virtiofs;
 
 use std::path::PathBuf;
@@ -62,6 +64,11 @@ pub struct VmConfig {
     pub run_parent: PathBuf,
     /// How long to wait for the agent's `Ready` after QEMU started.
     pub agent_timeout: Duration,
+    /// Resume a clone of a template of this VM's shape instead of booting the kernel (building
+    /// the template on first use), where the shape allows it (no shared directory: see
+    /// [`template`]); a cold boot otherwise, and after a one-line notice when the template
+    /// cannot be used. `MOAT_VM_TEMPLATES=0` turns templates off.
+    pub template: bool,
 }
 
 /// The kernel command line moat uses: serial console (errors only), no reboot loop on panic.
@@ -87,10 +94,11 @@ impl VmConfig {
             nics: vec![],
             run_parent: std::env::temp_dir(),
             agent_timeout: Duration::from_secs(60),
+            template: false,
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         for d in &self.disks {
             let ok = !d.serial.is_empty()
                 && d.serial.len() <= 20

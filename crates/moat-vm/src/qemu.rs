@@ -57,17 +57,44 @@ impl Qemu {
         c
     }
 
-    /// The command line for `cfg` with its run directory `run`.
+    /// The command line for `cfg` with its run directory `run` (a cold boot).
     pub fn command(&self, cfg: &VmConfig, run: &Path) -> Command {
+        self.command_for(cfg, run, Launch::Cold)
+    }
+
+    /// The command line for `cfg` booted or resumed as `launch` says.
+    pub(crate) fn command_for(&self, cfg: &VmConfig, run: &Path, launch: Launch<'_>) -> Command {
         let mut c = Command::new(&self.binary);
         let mut machine = String::from("microvm,x-option-roms=off,rtc=off,acpi=on");
-        if cfg.shared.is_some() {
-            // vhost-user devices need guest RAM the backend can map.
-            machine.push_str(",memory-backend=mem");
-            c.arg("-object").arg(format!(
-                "memory-backend-memfd,id=mem,size={}M,share=on",
-                cfg.memory_mib
-            ));
+        match launch {
+            Launch::Cold if cfg.shared.is_some() => {
+                // vhost-user devices need guest RAM the backend can map.
+                machine.push_str(",memory-backend=mem");
+                c.arg("-object").arg(format!(
+                    "memory-backend-memfd,id=mem,size={}M,share=on",
+                    cfg.memory_mib
+                ));
+            }
+            Launch::Cold => {}
+            Launch::Template { memory } | Launch::Clone { memory } => {
+                // The template writes its RAM into the file; a clone maps it MAP_PRIVATE, so
+                // its writes are copy-on-write and the file is shared by every clone.
+                let share = matches!(launch, Launch::Template { .. });
+                machine.push_str(",memory-backend=mem");
+                c.arg("-object").arg(format!(
+                    "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
+                    cfg.memory_mib,
+                    memory.display(),
+                    if share { "on" } else { "off" }
+                ));
+                c.arg("-qmp").arg(format!(
+                    "unix:{},server=on,wait=off",
+                    run.join(QMP_SOCKET).display()
+                ));
+                if !share {
+                    c.args(["-incoming", "defer"]);
+                }
+            }
         }
         c.args(["-M", &machine])
             .args(["-accel", self.accel.as_str()]);
@@ -98,7 +125,14 @@ impl Qemu {
         .arg(&cfg.kernel)
         .arg("-initrd")
         .arg(&cfg.initramfs)
-        .args(["-append", &self.cmdline(cfg)])
+        .args(["-append", &{
+            let mut line = self.cmdline(cfg);
+            if !matches!(launch, Launch::Cold) {
+                line.push(' ');
+                line.push_str(moat_agent_proto::TEMPLATE_FLAG);
+            }
+            line
+        }])
         .arg("-serial")
         .arg(format!("file:{}", run.join("console.log").display()))
         .args(["-device", "virtio-serial-device"]);
@@ -112,7 +146,7 @@ impl Qemu {
                 moat_agent_proto::agent_port_name(i)
             ));
         }
-        if cfg.shared.is_some() {
+        if cfg.shared.is_some() && matches!(launch, Launch::Cold) {
             // libvhost-user (virtiofsd) refuses legacy virtio, microvm's default for virtio-mmio.
             c.args(["-global", "virtio-mmio.force-legacy=false"]);
             c.arg("-chardev").arg(format!(
@@ -150,6 +184,21 @@ impl Qemu {
         c
     }
 }
+
+/// How QEMU starts a VM.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Launch<'a> {
+    /// A cold boot of the guest kernel.
+    Cold,
+    /// A template being booted: its RAM is the shared file `memory`, QMP is on.
+    Template { memory: &'a Path },
+    /// A clone of a template: RAM copy-on-write from `memory`, device state from an incoming
+    /// migration (`-incoming defer`), QMP on.
+    Clone { memory: &'a Path },
+}
+
+/// The QMP socket of a template or a clone, in its run dir.
+pub(crate) const QMP_SOCKET: &str = "qmp.sock";
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -192,19 +241,14 @@ impl Hypervisor for Qemu {
 
     fn boot(&self, cfg: &VmConfig) -> Result<QemuVm> {
         cfg.validate()?;
-        let run = cfg.run_parent.join(format!(
-            "moat-vm-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .recursive(true)
-                .create(run.join(JAIL_DIR))
-                .map_err(VmError::io("create run dir", &run))?;
+        if cfg.template && crate::template::enabled() {
+            match crate::template::boot_clone(self, cfg) {
+                Ok(Some(vm)) => return Ok(vm),
+                Ok(None) => {}
+                Err(e) => eprintln!("moat: notice: {e}; booting the VM without a template"),
+            }
         }
+        let run = new_run_dir(cfg)?;
         let virtiofsd = match &cfg.shared {
             Some(dir) => match crate::virtiofs::spawn(&run, dir) {
                 Ok(c) => Some(c),
@@ -215,22 +259,7 @@ impl Hypervisor for Qemu {
             },
             None => None,
         };
-        let stderr_path = run.join("qemu.stderr");
-        let spawned = std::fs::File::create(&stderr_path)
-            .map_err(VmError::io("create", &stderr_path))
-            .and_then(|f| {
-                let mut cmd = self.command(cfg, &run);
-                cmd.stderr(f);
-                // QEMU lives in the VM's network namespace (its taps are there; a fresh empty
-                // one without): it never sees the host's network stack.
-                crate::net::in_netns(cfg.netns.as_deref(), move || {
-                    cmd.spawn().map_err(|source| VmError::Spawn {
-                        program: self.binary.display().to_string(),
-                        source,
-                    })
-                })
-            });
-        let child = match spawned {
+        let child = match self.spawn(cfg, &run, Launch::Cold, cfg.netns.as_deref()) {
             Ok(c) => c,
             Err(e) => {
                 if let Some(mut v) = virtiofsd {
@@ -242,31 +271,50 @@ impl Hypervisor for Qemu {
             }
         };
         // From here on, dropping `vm` kills QEMU and virtiofsd and removes the run dir.
-        let mut vm = QemuVm {
-            child,
-            virtiofsd,
-            run,
-            status: None,
-            agent: None,
-            detached: false,
-        };
-        // A fresh run dir: the first port's lock is free.
-        let lock = crate::client::try_lock_port(&agent_socket(&vm.run, 0))?;
-        let stream = vm.connect(Duration::from_secs(10))?;
-        let mut client =
-            AgentClient::handshake(stream, cfg.agent_timeout).map_err(|e| match e {
-                VmError::Disconnected | VmError::AgentTimeout { .. } => VmError::GuestFailed {
-                    reason: e.to_string(),
-                    qemu_stderr: vm.tail("qemu.stderr"),
-                    console: vm.tail("console.log"),
-                },
-                e => e,
-            })?;
-        if let Some(l) = lock {
-            client.hold_lock(l);
-        }
-        vm.agent = Some(client);
+        let mut vm = QemuVm::new(child, virtiofsd, run);
+        vm.attach_agent(cfg.agent_timeout)?;
         Ok(vm)
+    }
+}
+
+/// A fresh private run directory for a VM of `cfg`, with its empty jail.
+pub(crate) fn new_run_dir(cfg: &VmConfig) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let run = cfg.run_parent.join(format!(
+        "moat-vm-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(run.join(JAIL_DIR))
+        .map_err(VmError::io("create run dir", &run))?;
+    Ok(run)
+}
+
+impl Qemu {
+    /// Start QEMU for `cfg` in the network namespace `netns` (a fresh empty one for `None`),
+    /// its stderr in `<run>/qemu.stderr`.
+    pub(crate) fn spawn(
+        &self,
+        cfg: &VmConfig,
+        run: &Path,
+        launch: Launch<'_>,
+        netns: Option<&Path>,
+    ) -> Result<Child> {
+        let stderr_path = run.join("qemu.stderr");
+        let f = std::fs::File::create(&stderr_path).map_err(VmError::io("create", &stderr_path))?;
+        let mut cmd = self.command_for(cfg, run, launch);
+        cmd.stderr(f);
+        // QEMU lives in the VM's network namespace (its taps are there; a fresh empty
+        // one without): it never sees the host's network stack.
+        crate::net::in_netns(netns, move || {
+            cmd.spawn().map_err(|source| VmError::Spawn {
+                program: self.binary.display().to_string(),
+                source,
+            })
+        })
     }
 }
 
@@ -279,6 +327,8 @@ pub struct QemuVm {
     status: Option<ExitStatus>,
     agent: Option<AgentClient>,
     detached: bool,
+    /// The template this VM is a clone of.
+    template: Option<PathBuf>,
 }
 
 /// A VM left running by the process that booted it ([`QemuVm::detach`]): what a later process
@@ -293,6 +343,70 @@ pub struct DetachedVm {
 }
 
 impl QemuVm {
+    pub(crate) fn new(child: Child, virtiofsd: Option<Child>, run: PathBuf) -> QemuVm {
+        QemuVm {
+            child,
+            virtiofsd,
+            run,
+            status: None,
+            agent: None,
+            detached: false,
+            template: None,
+        }
+    }
+
+    /// The template this VM was resumed from (`None`: booted cold).
+    pub fn template(&self) -> Option<&Path> {
+        self.template.as_deref()
+    }
+
+    pub(crate) fn set_template(&mut self, dir: &Path) {
+        self.template = Some(dir.to_path_buf());
+    }
+
+    /// Connect to agent port 0 and wait for the agent's `Ready` (a cold boot).
+    pub(crate) fn attach_agent(&mut self, timeout: Duration) -> Result<()> {
+        // A fresh run dir: the first port's lock is free.
+        let lock = crate::client::try_lock_port(&agent_socket(&self.run, 0))?;
+        let stream = self.connect(Duration::from_secs(10))?;
+        let mut client = AgentClient::handshake(stream, timeout).map_err(|e| self.failed(e))?;
+        if let Some(l) = lock {
+            client.hold_lock(l);
+        }
+        self.agent = Some(client);
+        Ok(())
+    }
+
+    /// Connect to agent port 0 of a clone and make it unique with `restore` (its `Ready` may or
+    /// may not come first: the guest resumed with the template's connection state).
+    pub(crate) fn attach_clone(
+        &mut self,
+        timeout: Duration,
+        restore: moat_agent_proto::Restore,
+    ) -> Result<()> {
+        let lock = crate::client::try_lock_port(&agent_socket(&self.run, 0))?;
+        let stream = self.connect(Duration::from_secs(10))?;
+        let mut client =
+            AgentClient::restored(stream, timeout, restore).map_err(|e| self.failed(e))?;
+        if let Some(l) = lock {
+            client.hold_lock(l);
+        }
+        self.agent = Some(client);
+        Ok(())
+    }
+
+    /// An agent failure as seen by the host, with what QEMU and the guest console said.
+    fn failed(&self, e: VmError) -> VmError {
+        match e {
+            VmError::Disconnected | VmError::AgentTimeout { .. } => VmError::GuestFailed {
+                reason: e.to_string(),
+                qemu_stderr: self.tail("qemu.stderr"),
+                console: self.tail("console.log"),
+            },
+            e => e,
+        }
+    }
+
     /// The VM's private run directory (removed once QEMU has exited and was waited for).
     pub fn run_dir(&self) -> &Path {
         &self.run
@@ -320,7 +434,7 @@ impl QemuVm {
     }
 
     /// The last lines of a file of the run dir, for error messages.
-    fn tail(&self, name: &str) -> String {
+    pub(crate) fn tail(&self, name: &str) -> String {
         let text = std::fs::read_to_string(self.run.join(name)).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")

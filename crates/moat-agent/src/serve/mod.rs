@@ -66,6 +66,8 @@ struct Agent {
     /// (each runtime command is a new connection), and the VM powers off once the container's
     /// init has exited. Otherwise the host closing the first port ends the sandbox.
     single: bool,
+    /// Cold boot, template or clone (`restore.rs`).
+    phase: crate::restore::Phase,
     init_exited: bool,
     store: Store,
     bundles: HashMap<String, PathBuf>,
@@ -113,6 +115,7 @@ pub fn serve(ports: &[PathBuf]) -> Result<()> {
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
         single,
+        phase: crate::restore::Phase::from_cmdline(),
         init_exited: false,
         store: Store::new("/run/moat"),
         bundles: HashMap::new(),
@@ -187,7 +190,10 @@ impl Agent {
                 }
                 let got = self.conns[i].receive(&mut buf, &self.kernel_release);
                 if got.disconnected {
-                    if !self.single && i == 0 {
+                    // A saved template's port 0 closes while the host saves it, and a
+                    // clone's before its host connects: neither ends the sandbox.
+                    let saved = self.phase == crate::restore::Phase::Saved;
+                    if !self.single && i == 0 && !saved {
                         log::info("host closed the port; shutting down");
                         self.shutdown();
                         return;

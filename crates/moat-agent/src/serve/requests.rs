@@ -22,20 +22,52 @@ use crate::{boot, log, shared};
 impl Agent {
     /// Handle request `req` from connection `conn` (which then owns what it starts).
     pub(super) fn handle(&mut self, conn: usize, req: Request) -> Result<Reply> {
+        use crate::restore::{self, Phase};
+        if self.phase == Phase::Saved && !matches!(req, Request::Ping | Request::Restored(_)) {
+            return Err(AgentFailure::Invalid(format!(
+                "{}: this clone of a template was not made unique yet (`restored` comes first)",
+                req.describe()
+            )));
+        }
         match req {
             Request::Ping => Ok(Reply::Pong),
+            Request::PrepareTemplate => {
+                if self.phase != Phase::Template {
+                    return Err(AgentFailure::Invalid(
+                        "prepare the template: this VM was not booted as a template".into(),
+                    ));
+                }
+                restore::prepare()?;
+                self.phase = Phase::Saved;
+                Ok(Reply::Done)
+            }
+            // A repeat (the host resends until answered): already done.
+            Request::Restored(_) if self.phase == Phase::Clone => Ok(Reply::Done),
+            Request::Restored(r) => {
+                if self.phase != Phase::Saved {
+                    return Err(AgentFailure::Invalid(
+                        "make the clone unique: this VM is not a clone of a template".into(),
+                    ));
+                }
+                restore::make_unique(&r)?;
+                self.phase = Phase::Clone;
+                self.single = r.single;
+                Ok(Reply::Done)
+            }
             Request::Create {
                 container_id,
                 config_json,
                 rootfs,
                 stdin,
                 shared,
+                files,
             } => self.create(
                 &container_id,
                 &config_json,
                 Root::Disk(&rootfs),
                 stdin,
                 &shared,
+                &files,
             ),
             Request::CreateShared {
                 container_id,
@@ -49,6 +81,7 @@ impl Agent {
                 Root::Shared(&rootfs),
                 stdin,
                 &shared,
+                &[],
             ),
             Request::Start { container_id } => {
                 moat_container::start::start(&self.store, &container_id)?;
@@ -217,6 +250,7 @@ impl Agent {
         source: Root<'_>,
         stdin: bool,
         shared: &[SharedMount],
+        files: &[moat_agent_proto::InlineFile],
     ) -> Result<Reply> {
         moat_container::state::validate_id(id)?;
         if self.bundles.contains_key(id) {
@@ -235,7 +269,9 @@ impl Agent {
             ));
         };
         root.insert("path".into(), "rootfs".into());
-        shared::rewrite(&mut config, shared)?;
+        let bundle = Path::new(BUNDLES).join(id);
+        let files_dir = bundle.join("files");
+        shared::rewrite(&mut config, shared, &files_dir, files)?;
         let needs_share = !shared.is_empty() || matches!(source, Root::Shared(_));
         if needs_share && !self.share_mounted {
             shared::mount_share()?;
@@ -251,11 +287,11 @@ impl Agent {
                 shared::source(&r.path)?;
             }
         }
-        let bundle = Path::new(BUNDLES).join(id);
         let rootfs = bundle.join("rootfs");
         std::fs::create_dir_all(&rootfs).map_err(|e| AgentFailure::io("create", &rootfs, e))?;
         self.bundles.insert(id.to_string(), bundle.clone());
-        let r = self.create_in(id, &bundle, &rootfs, &config, source, stdin);
+        let r = shared::write_files(&files_dir, files)
+            .and_then(|()| self.create_in(id, &bundle, &rootfs, &config, source, stdin));
         if r.is_err() {
             self.release_bundle(id);
         }
@@ -272,6 +308,11 @@ impl Agent {
         stdin: bool,
     ) -> Result<Reply> {
         match root {
+            Root::Disk(disk) if disk.overlay => {
+                let lower = bundle.join("lower");
+                mount_disk(disk, &lower)?;
+                overlay_on(&lower, &bundle.join("layer"), rootfs)?;
+            }
             Root::Disk(disk) => mount_disk(disk, rootfs)?,
             Root::Shared(r) => shared::bind_rootfs(r, rootfs)?,
         }
@@ -393,8 +434,9 @@ impl Agent {
     fn release_bundle(&mut self, id: &str) {
         self.ooms.remove(id);
         if let Some(bundle) = self.bundles.remove(id) {
-            let rootfs = bundle.join("rootfs");
-            let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
+            for m in ["rootfs", "layer", "lower"] {
+                let _ = umount2(&bundle.join(m), MntFlags::MNT_DETACH);
+            }
             let _ = std::fs::remove_dir_all(&bundle);
         }
     }
@@ -419,10 +461,52 @@ enum Root<'a> {
     Shared(&'a SharedRootfs),
 }
 
-/// Mount the disk with `disk`'s serial at `rootfs`.
+/// An overlay at `rootfs` whose lower layer is `lower` (a read-only disk) and whose upper layer
+/// is a fresh tmpfs at `layer`: the container's writes stay in guest memory for its lifetime.
+fn overlay_on(lower: &Path, layer: &Path, rootfs: &Path) -> Result<()> {
+    let fail =
+        |what: String| move |e: nix::errno::Errno| AgentFailure::Rootfs(format!("{what}: {e}"));
+    std::fs::create_dir_all(layer).map_err(|e| AgentFailure::io("create", layer, e))?;
+    mount(
+        Some("tmpfs"),
+        layer,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=755"),
+    )
+    .map_err(fail(format!("mount tmpfs at {}", layer.display())))?;
+    let (upper, work) = (layer.join("upper"), layer.join("work"));
+    for d in [&upper, &work] {
+        std::fs::create_dir(d).map_err(|e| AgentFailure::io("create", d, e))?;
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        rootfs,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(fail(format!("mount overlay at {}", rootfs.display())))
+}
+
+/// Mount the disk with `disk`'s serial at `rootfs` (read-only when it is an overlay's lower
+/// layer).
 fn mount_disk(disk: &RootfsDisk, rootfs: &Path) -> Result<()> {
+    let _ = std::fs::create_dir_all(rootfs);
     let dev = boot::find_disk(&disk.serial, Duration::from_secs(5))?;
-    let flags = if disk.readonly {
+    // In a clone of a template the device's page cache still holds what the template read of
+    // its placeholder disk at boot (the partition scan): drop it before mounting.
+    if let Ok(f) = std::fs::File::open(&dev) {
+        use std::os::fd::AsFd;
+        let _ = moat_sys::random::flush_block_buffers(f.as_fd());
+    }
+    let flags = if disk.readonly || disk.overlay {
         MsFlags::MS_RDONLY
     } else {
         MsFlags::empty()

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use moat_agent_proto::SharedRootfs;
+use moat_agent_proto::{InlineFile, RootfsDisk, SharedRootfs};
 use moat_container::state::{now_rfc3339, validate_id, OciState, Status, OCI_VERSION};
 use moat_container::Store;
 use moat_vm::{AgentClient, Hypervisor, SharedBind, VmConfig, VmInstance};
@@ -52,6 +52,14 @@ fn count_cpus(list: &str) -> u64 {
             None => r.trim().parse::<u64>().ok().map(|_| 1),
         })
         .sum()
+}
+
+/// Where the container's root filesystem comes from in the guest.
+enum GuestRoot {
+    /// The image disk under an overlay (a clone of a template); the binds sent as files.
+    Image(Vec<InlineFile>),
+    /// The bundle's rootfs in the VM's shared directory.
+    Shared,
 }
 
 /// `create`: boot the VM, create the container in the guest, detach. Returns QEMU's pid.
@@ -208,18 +216,41 @@ fn boot_and_create(
         std::fs::create_dir_all(&cfg.run_parent)
             .map_err(VmBackendError::io("create", &cfg.run_parent))?;
     }
-    // The root filesystem reaches the guest over virtiofs like the binds (no copy: the start
-    // time and the disk used do not grow with the image; the container's writes land in the
-    // bundle's rootfs, as with the namespaces backend). See docs/vm-transport.md.
+    // With an image of the rootfs (and binds that are small files), the VM is a clone of a
+    // template: no shared directory, the image as a read-only disk under an overlay in the
+    // guest. Otherwise the root filesystem reaches the guest over virtiofs like the binds (no
+    // copy: the start time and the disk used do not grow with the image; the container's
+    // writes land in the bundle's rootfs, as with the namespaces backend). See
+    // docs/vm-transport.md and docs/vm-templates.md.
+    let image = st
+        .annotations
+        .get(super::ROOTFS_IMAGE_ANNOTATION)
+        .map(PathBuf::from)
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == moat_vm::template::DISK_BYTES));
+    let inline = image.as_ref().and(share.inline_files());
     let mut share = share;
     let rootfs_target = format!("{}/rootfs", st.id);
-    share.dir.binds.push(SharedBind {
-        source: bundle.rootfs.clone(),
-        target: rootfs_target.clone().into(),
-        readonly,
-        recursive: true,
-    });
-    cfg.shared = Some(share.dir);
+    let root = match (image, inline) {
+        (Some(img), Some(files)) => {
+            cfg.disks.push(moat_vm::Disk {
+                path: img,
+                serial: "rootfs0".into(),
+                readonly: true,
+            });
+            cfg.template = true;
+            GuestRoot::Image(files)
+        }
+        _ => {
+            share.dir.binds.push(SharedBind {
+                source: bundle.rootfs.clone(),
+                target: rootfs_target.clone().into(),
+                readonly,
+                recursive: true,
+            });
+            cfg.shared = Some(std::mem::take(&mut share.dir));
+            GuestRoot::Shared
+        }
+    };
     let attachment = match net {
         NetPlan::Fresh => None,
         NetPlan::Join(netns) => {
@@ -240,6 +271,15 @@ fn boot_and_create(
     let mut vm = moat_vm::qemu::Qemu::new(accel)
         .boot(&cfg)
         .map_err(VmBackendError::vm(what))?;
+    st.annotations.insert(
+        super::START_ANNOTATION.into(),
+        if vm.template().is_some() {
+            "clone"
+        } else {
+            "cold"
+        }
+        .into(),
+    );
     st.qemu_pid = vm.pid() as i32;
     st.qemu_start_time = moat_sys::process::start_time(st.qemu_pid).ok_or_else(|| {
         VmBackendError::Unsupported(format!("qemu {} exited right after booting", st.qemu_pid))
@@ -269,21 +309,36 @@ fn boot_and_create(
             "configure the network of container {} in the guest",
             st.id
         )))?;
-    agent
-        .create_shared(
+    let guest_config = network::guest_config(config_json)?;
+    match root {
+        GuestRoot::Image(files) => agent.create_with(
             &st.id,
-            &network::guest_config(config_json)?,
+            &guest_config,
+            RootfsDisk {
+                serial: "rootfs0".into(),
+                fstype: "ext4".into(),
+                readonly,
+                overlay: !readonly,
+            },
+            stdin,
+            vec![],
+            files,
+        ),
+        GuestRoot::Shared => agent.create_shared(
+            &st.id,
+            &guest_config,
             SharedRootfs {
                 path: rootfs_target,
                 readonly,
             },
             stdin,
             share.mounts,
-        )
-        .map_err(VmBackendError::vm(format!(
-            "create container {} in the guest",
-            st.id
-        )))?;
+        ),
+    }
+    .map_err(VmBackendError::vm(format!(
+        "create container {} in the guest",
+        st.id
+    )))?;
     st.status = Status::Created;
     let detached = vm.detach();
     st.virtiofsd = detached.virtiofsd_pid.and_then(|p| HostProc::of(p as i32));

@@ -43,6 +43,13 @@ pub use lifecycle::{
 pub const ISOLATION_ANNOTATION: &str = "io.moat.isolation";
 /// The annotation `state` carries for a VM container: the accelerator chosen (`kvm` or `tcg`).
 pub const ACCEL_ANNOTATION: &str = "io.moat.vm.accelerator";
+/// On a bundle: the path of an ext4 image of the container's root filesystem, exactly
+/// [`moat_vm::template::DISK_BYTES`] long (`moat run` keeps one per image). With it, and bind
+/// mounts that are all small files, the VM is a clone of a template and the container writes to
+/// an overlay in the guest; otherwise the VM boots cold and shares the bundle's rootfs.
+pub const ROOTFS_IMAGE_ANNOTATION: &str = "io.moat.vm.rootfs-image";
+/// Set by moat in the state: `clone` (resumed from a template) or `cold` (booted).
+pub const START_ANNOTATION: &str = "io.moat.vm.start";
 /// Guest RAM on top of the container's memory limit: kernel, agent, page cache of the rootfs.
 pub const MEMORY_OVERHEAD_MIB: u64 = 96;
 /// Container memory when the spec sets no limit.

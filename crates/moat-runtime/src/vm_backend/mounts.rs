@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use moat_agent_proto::SharedMount;
+use moat_agent_proto::{InlineFile, SharedMount, INLINE_FILE_MAX};
 use moat_vm::{SharedBind, SharedDir};
 use oci_spec::runtime::Spec;
 
@@ -18,6 +18,33 @@ use super::error::{Result, VmBackendError};
 pub(super) struct SharePlan {
     pub dir: SharedDir,
     pub mounts: Vec<SharedMount>,
+}
+
+impl SharePlan {
+    /// The binds as files sent with the create request instead of a shared directory, when
+    /// every one is a regular file of at most [`INLINE_FILE_MAX`] bytes (moat's /etc/hosts,
+    /// /etc/resolv.conf, /etc/hostname); `None` otherwise. The guest gets a copy: later changes
+    /// on the host are not seen (Kata copies such files the same way).
+    pub(super) fn inline_files(&self) -> Option<Vec<InlineFile>> {
+        use std::os::unix::fs::PermissionsExt;
+        self.dir
+            .binds
+            .iter()
+            .zip(&self.mounts)
+            .map(|(b, m)| {
+                let md = std::fs::metadata(&b.source).ok()?;
+                if !md.is_file() || md.len() > INLINE_FILE_MAX {
+                    return None;
+                }
+                Some(InlineFile {
+                    index: m.index,
+                    content: std::fs::read(&b.source).ok()?,
+                    mode: md.permissions().mode() & 0o7777,
+                    readonly: m.readonly,
+                })
+            })
+            .collect()
+    }
 }
 
 fn is_bind(m: &oci_spec::runtime::Mount) -> bool {

@@ -1,0 +1,472 @@
+//! VM templates: boot a guest once per machine shape, save it, and start each later VM of that
+//! shape as a *clone* resumed from the saved state instead of booting a kernel (Kata's VM
+//! templating, Firecracker's snapshots; measured mechanism in shared/notes/vm-template-facts.md).
+//!
+//! - **Template**: QEMU boots with its guest RAM in a shared file (`memory-backend-file`,
+//!   `share=on`) and `moat.template` on the kernel command line. Once the agent has answered,
+//!   it is asked to prepare (drop caches; survive the host going away), QEMU is stopped and its
+//!   device state migrated with `x-ignore-shared` (the RAM stays in the file) into `state`.
+//! - **Clone**: QEMU starts with the same machine and devices, its RAM mapped from the template's
+//!   file `MAP_PRIVATE` (`share=off`: copy-on-write, the file is never written, every clone
+//!   shares its pages), `-incoming defer`, and loads `state` over a unix socket; the VM resumes
+//!   by itself. The first request to its agent makes it unique ([`moat_agent_proto::Restore`]:
+//!   entropy and a CRNG reseed, wall clock, hostname, machine-id, MACs).
+//! - **What may differ** between template and clone is what a device's backend points to: the
+//!   agent sockets, the console log, the taps (their MACs are the template's, the agent sets the
+//!   real ones), the disks' files. Disks must have the template's capacity ([`DISK_BYTES`]:
+//!   the guest read it at boot), the agent drops the stale cache of a disk before mounting it.
+//! - **Shape and key**: a template is made for (QEMU binary, accelerator, kernel, initramfs,
+//!   command line, memory, vCPUs, agent ports, NICs, disks and their read-only flags); the key
+//!   is the SHA-256 of those (files by path, size and mtime; the initramfs is named by its
+//!   content), so a new kernel, agent or QEMU makes a new template. Stored under
+//!   `<cache>/templates/<key>/` (mode 0700, built in a temporary directory and renamed, one
+//!   builder at a time per key under a lock), used templates are touched and others older than
+//!   [`GC_AFTER`] removed when a new one is built.
+//! - **Not templatable** (a cold boot, silently): a VM with a shared directory. QEMU 7.2's
+//!   vhost-user-fs device cannot be migrated, and vhost-user needs guest RAM that its backend
+//!   maps shared, which a copy-on-write clone's is not (docs/vm-templates.md).
+//! - **Failures**: a template that cannot be built or resumed is removed and the VM boots cold;
+//!   the caller prints a one-line notice ([`crate::qemu`]).
+//!
+//! What it must never do: let a clone write the template's file, run anything in a clone before
+//! it was made unique, or leave a half-built template where a complete one is looked for.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use moat_agent_proto::{Reply, Request, Restore};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Result, VmError};
+use crate::qemu::{new_run_dir, Launch, Qemu, QemuVm, JAIL_DIR, QMP_SOCKET};
+use crate::{Disk, VmConfig, VmInstance};
+
+/// The capacity of every disk of a templated VM: the template's placeholder disks are sparse
+/// files of this size, and a clone's disks must be as long (make them so with `set_len`).
+pub const DISK_BYTES: u64 = 8 << 30;
+
+/// Templates not used for this long are removed when another is built.
+pub const GC_AFTER: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Bumped when what a template holds changes meaning.
+const FORMAT: &str = "moat-vm-template-1";
+const MEMORY: &str = "memory";
+const STATE: &str = "state";
+const META: &str = "meta";
+
+/// Templates are on unless `MOAT_VM_TEMPLATES=0`.
+pub fn enabled() -> bool {
+    std::env::var("MOAT_VM_TEMPLATES").map_or(true, |v| v != "0")
+}
+
+/// Where templates live: `<cache>/templates`.
+pub fn store_dir() -> PathBuf {
+    crate::assets::cache_dir().join("templates")
+}
+
+/// The MAC a template gives its NIC `i` (the agent of a clone sets the real one).
+pub fn template_mac(i: usize) -> String {
+    format!("02:6d:6f:61:74:{:02x}", i & 0xff)
+}
+
+/// Why `cfg` cannot be cloned from a template, if it cannot.
+pub fn unsupported(cfg: &VmConfig) -> Option<String> {
+    if cfg.shared.is_some() {
+        return Some("a shared directory (virtiofs) cannot be part of a template".into());
+    }
+    for d in &cfg.disks {
+        match std::fs::metadata(&d.path) {
+            Ok(m) if m.len() == DISK_BYTES => {}
+            Ok(m) => {
+                return Some(format!(
+                    "disk {} is {} bytes, not the template's {DISK_BYTES}",
+                    d.path.display(),
+                    m.len()
+                ))
+            }
+            Err(e) => return Some(format!("disk {}: {e}", d.path.display())),
+        }
+    }
+    None
+}
+
+/// `qemu`'s binary as found on PATH.
+fn resolve_binary(bin: &Path) -> PathBuf {
+    if bin.components().count() > 1 {
+        return bin.to_path_buf();
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| bin.to_path_buf())
+}
+
+fn file_id(p: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(p) {
+        Ok(m) => format!(
+            "{} {} {} {}",
+            p.display(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec()
+        ),
+        Err(_) => format!("{} missing", p.display()),
+    }
+}
+
+/// The kernel command line of templates and clones of `cfg` (the sandbox mode travels in
+/// [`Restore::single`] instead).
+fn template_cmdline(cfg: &VmConfig) -> String {
+    cfg.cmdline
+        .split_whitespace()
+        .filter(|w| *w != moat_agent_proto::SINGLE_SANDBOX_FLAG)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The key of `cfg`'s template (see the module doc).
+pub fn key(qemu: &Qemu, cfg: &VmConfig) -> String {
+    let mut t = cfg.clone();
+    t.cmdline = template_cmdline(cfg);
+    let mut h = Sha256::new();
+    for line in [
+        FORMAT.to_string(),
+        file_id(&resolve_binary(&qemu.binary)),
+        qemu.accel.as_str().to_string(),
+        file_id(&cfg.kernel),
+        file_id(&cfg.initramfs),
+        qemu.cmdline(&t),
+        format!("{} MiB {} vcpus", cfg.memory_mib, cfg.vcpus),
+        format!("{} ports {} nics", cfg.agent_ports.max(1), cfg.nics.len()),
+        cfg.disks
+            .iter()
+            .map(|d| if d.readonly { "ro" } else { "rw" })
+            .collect::<Vec<_>>()
+            .join(","),
+    ] {
+        h.update(line.as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The configuration QEMU gets for a template (`tpl`: its directory) or a clone of `cfg`: the
+/// template's command line and MACs; a template's disks are sparse placeholders in `tpl`.
+fn shaped(cfg: &VmConfig, tpl: &Path, template: bool) -> VmConfig {
+    let mut c = cfg.clone();
+    c.cmdline = template_cmdline(cfg);
+    c.shared = None;
+    c.template = false;
+    for (i, n) in c.nics.iter_mut().enumerate() {
+        n.mac = template_mac(i);
+        if template {
+            // QEMU creates the tap in the template's own (empty) network namespace.
+            n.tap = format!("moattpl{i}");
+        }
+    }
+    if template {
+        c.netns = None;
+        for (i, d) in c.disks.iter_mut().enumerate() {
+            *d = Disk {
+                path: tpl.join(format!("disk{i}")),
+                serial: format!("template{i}"),
+                readonly: d.readonly,
+            };
+        }
+    }
+    c
+}
+
+/// A clone of `cfg`'s template, building the template first when there is none. `Ok(None)`:
+/// `cfg` cannot be templated (boot it cold). An error names the template, which was removed
+/// if it was broken.
+pub fn boot_clone(qemu: &Qemu, cfg: &VmConfig) -> Result<Option<QemuVm>> {
+    boot_clone_in(qemu, cfg, &store_dir())
+}
+
+/// [`boot_clone`] with the templates kept in `store`.
+pub fn boot_clone_in(qemu: &Qemu, cfg: &VmConfig, store: &Path) -> Result<Option<QemuVm>> {
+    if unsupported(cfg).is_some() {
+        return Ok(None);
+    }
+    let key = key(qemu, cfg);
+    let dir = store.join(&key);
+    ensure(qemu, cfg, &dir)?;
+    match clone(qemu, cfg, &dir) {
+        Ok(vm) => Ok(Some(vm)),
+        Err(e) => {
+            // Broken (or unusable here): the next VM of this shape builds a new one.
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(VmError::Template {
+                dir,
+                reason: format!("resume a clone: {e}"),
+            })
+        }
+    }
+}
+
+/// Make sure the template `dir` for `cfg` exists, building it under its lock if not.
+pub fn ensure(qemu: &Qemu, cfg: &VmConfig, dir: &Path) -> Result<()> {
+    let complete = |d: &Path| d.join(META).is_file();
+    if complete(dir) {
+        touch(dir);
+        return Ok(());
+    }
+    let store = dir.parent().unwrap_or(dir).to_path_buf();
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(&store)
+            .map_err(VmError::io("create", &store))?;
+    }
+    let lock_path = dir.with_extension("lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(VmError::io("open", &lock_path))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| VmError::io("lock", &lock_path)(e.into()))?;
+    if complete(dir) {
+        return Ok(());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let started = Instant::now();
+    let built = build(qemu, cfg, &tmp).and_then(|()| {
+        std::fs::rename(&tmp, dir).map_err(VmError::io("rename the template to", dir))
+    });
+    if let Err(e) = built {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(VmError::Template {
+            dir: dir.to_path_buf(),
+            reason: format!("build: {e}"),
+        });
+    }
+    eprintln!(
+        "moat: built the VM template {} in {:.1} s (once per kernel, agent and machine shape)",
+        dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    collect_garbage(&store, dir);
+    Ok(())
+}
+
+/// Mark `dir` as used now (its mtime), for the garbage collection.
+fn touch(dir: &Path) {
+    let now = nix::sys::time::TimeSpec::from_duration(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
+    let _ = nix::sys::stat::utimensat(
+        None,
+        dir,
+        &now,
+        &now,
+        nix::sys::stat::UtimensatFlags::FollowSymlink,
+    );
+}
+
+/// Remove templates unused for [`GC_AFTER`] and temporary directories of builders that died.
+fn collect_garbage(store: &Path, keep: &Path) {
+    let Ok(rd) = std::fs::read_dir(store) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p == keep || !p.is_dir() {
+            continue;
+        }
+        let name = e.file_name().to_string_lossy().into_owned();
+        let dead_builder = name
+            .rsplit_once(".tmp-")
+            .and_then(|(_, pid)| pid.parse::<i32>().ok())
+            .is_some_and(|pid| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+            });
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > GC_AFTER);
+        if dead_builder || (old && !name.contains(".tmp-")) {
+            let _ = std::fs::remove_dir_all(&p);
+            let _ = std::fs::remove_file(p.with_extension("lock"));
+        }
+    }
+}
+
+/// Boot a template of `cfg`'s shape and save it into `tmp`.
+fn build(qemu: &Qemu, cfg: &VmConfig, tmp: &Path) -> Result<()> {
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(tmp)
+            .map_err(VmError::io("create", tmp))?;
+    }
+    let t = shaped(cfg, tmp, true);
+    for d in &t.disks {
+        let f = std::fs::File::create(&d.path).map_err(VmError::io("create", &d.path))?;
+        f.set_len(DISK_BYTES)
+            .map_err(VmError::io("size the placeholder disk", &d.path))?;
+    }
+    let memory = tmp.join(MEMORY);
+    let run = new_run_dir(&t)?;
+    let child = match qemu.spawn(&t, &run, Launch::Template { memory: &memory }, None) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&run);
+            return Err(e);
+        }
+    };
+    // Dropping `vm` kills QEMU and removes the run dir.
+    let mut vm = QemuVm::new(child, None, run.clone());
+    vm.attach_agent(t.agent_timeout)?;
+    match vm.agent()?.request(Request::PrepareTemplate)? {
+        Reply::Done => {}
+        other => {
+            return Err(VmError::UnexpectedReply {
+                request: "prepare the template".into(),
+                reply: format!("{other:?}"),
+            })
+        }
+    }
+    let mut qmp = crate::qmp::Qmp::connect(&run.join(QMP_SOCKET), Duration::from_secs(10))?;
+    qmp.ignore_shared_ram()?;
+    qmp.execute("stop", None)?;
+    // QEMU has chrooted into the jail: it connects to `/out.sock` there.
+    let out = run.join(JAIL_DIR).join("out.sock");
+    let listener = UnixListener::bind(&out).map_err(VmError::io("listen on", &out))?;
+    let state_path = tmp.join(STATE);
+    let receiver = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut s, _) = listener.accept()?;
+        let mut f = std::fs::File::create(&state_path)?;
+        let n = std::io::copy(&mut s, &mut f)?;
+        f.sync_all()?;
+        Ok(n)
+    });
+    let migrated = qmp
+        .execute(
+            "migrate",
+            Some(serde_json::json!({ "uri": "unix:/out.sock" })),
+        )
+        .and_then(|_| qmp.wait_migration(Duration::from_secs(60)));
+    let _ = vm.kill();
+    migrated?;
+    let n = receiver
+        .join()
+        .map_err(|_| VmError::Config("the state receiver panicked".into()))?
+        .map_err(VmError::io("save the template state into", tmp.join(STATE)))?;
+    if n == 0 {
+        return Err(VmError::Config("QEMU saved an empty state".into()));
+    }
+    std::fs::File::open(&memory)
+        .and_then(|f| f.sync_all())
+        .map_err(VmError::io("sync", &memory))?;
+    std::fs::write(tmp.join(META), format!("{FORMAT}\n"))
+        .map_err(VmError::io("write", tmp.join(META)))?;
+    Ok(())
+}
+
+/// Random bytes from the host kernel.
+fn host_random(n: usize) -> Result<Vec<u8>> {
+    let mut b = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(VmError::io("read", "/dev/urandom"))?;
+    Ok(b)
+}
+
+/// Resume a clone of the template in `dir` for `cfg`.
+fn clone(qemu: &Qemu, cfg: &VmConfig, dir: &Path) -> Result<QemuVm> {
+    let c = shaped(cfg, dir, false);
+    let run = new_run_dir(&c)?;
+    let memory = dir.join(MEMORY);
+    let child = match qemu.spawn(
+        &c,
+        &run,
+        Launch::Clone { memory: &memory },
+        cfg.netns.as_deref(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&run);
+            return Err(e);
+        }
+    };
+    let mut vm = QemuVm::new(child, None, run.clone());
+    let resumed = (|| -> Result<()> {
+        let mut qmp = crate::qmp::Qmp::connect(&run.join(QMP_SOCKET), Duration::from_secs(10))?;
+        qmp.ignore_shared_ram()?;
+        qmp.execute(
+            "migrate-incoming",
+            Some(serde_json::json!({ "uri": "unix:/in.sock" })),
+        )?;
+        let sock = run.join(JAIL_DIR).join("in.sock");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut s = loop {
+            match UnixStream::connect(&sock) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(VmError::io("connect to", &sock)(e))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        };
+        let state = dir.join(STATE);
+        let mut f = std::fs::File::open(&state).map_err(VmError::io("open", &state))?;
+        std::io::copy(&mut f, &mut s).map_err(VmError::io("send the state", &state))?;
+        let _ = s.flush();
+        drop(s);
+        qmp.wait_running(Duration::from_secs(30))
+    })();
+    if let Err(e) = resumed {
+        let stderr = vm.tail("qemu.stderr");
+        return Err(VmError::Qmp {
+            command: "load the saved state".into(),
+            reason: format!("{e}; qemu said: {}", stderr.trim()),
+        });
+    }
+    let entropy = host_random(64)?;
+    let machine_id: String = host_random(16)?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let restore = Restore {
+        entropy,
+        realtime_ns: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+        hostname: format!("moat-{}", &machine_id[..12]),
+        machine_id,
+        macs: cfg
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (template_mac(i), n.mac.clone()))
+            .collect(),
+        single: cfg
+            .cmdline
+            .split_whitespace()
+            .any(|w| w == moat_agent_proto::SINGLE_SANDBOX_FLAG),
+    };
+    vm.attach_clone(cfg.agent_timeout, restore)?;
+    vm.set_template(dir);
+    Ok(vm)
+}
