@@ -162,9 +162,10 @@ fn in_pty(shell: &str) -> std::process::Output {
         .unwrap()
 }
 
-/// `-t` with `--isolation vm`: the guest's pty on our terminal (`run -it`, `exec -it`, its size
-/// copied, typed input through the guest's line discipline), `-dt` with the terminal's output in
-/// the log; nothing left after `rm -f`.
+/// `-t` with `--isolation vm`: the guest's pty on our terminal (`run -it` of a rootfs and of an
+/// image, whose VM is a template clone; `exec -it`; its size copied, typed input through the
+/// guest's line discipline), `-dt` with the terminal's output in the log; nothing left after
+/// `rm -f`.
 #[test]
 fn vm_run_and_exec_with_a_terminal() {
     let Some(m) = Moat::new() else { return };
@@ -186,6 +187,22 @@ fn vm_run_and_exec_with_a_terminal() {
     assert_eq!(o.status.code(), Some(3), "{out}");
     assert!(out.contains("/dev/pts/0\n"), "{out}");
     assert!(out.contains("33 77\n"), "{out}");
+    assert_eq!(m.ok(&["ps", "-a", "-q"]), "", "--rm left a container");
+    // An image's VM container is a clone of a template: the same terminal.
+    images::import(&m, "bb:tty");
+    let o = in_pty(&format!(
+        "stty rows 21 cols 61; {}",
+        moat_line(
+            &m,
+            "run --rm -it --isolation vm --network none bb:tty sh -c 'tty; stty size; exit 5'"
+        )
+    ));
+    let out = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+    assert_eq!(o.status.code(), Some(5), "{out}");
+    assert!(
+        out.contains("/dev/pts/0\n") && out.contains("21 61\n"),
+        "{out}"
+    );
     assert_eq!(m.ok(&["ps", "-a", "-q"]), "", "--rm left a container");
     let id = m
         .vm_ok(&[
