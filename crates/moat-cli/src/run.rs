@@ -519,6 +519,8 @@ fn vm_monitor(
             if let Some(mut w) = wr.take() {
                 let _ = w.write_all(b"ok");
             }
+            // This process now only follows the container: give back what the set-up used.
+            moat_sys::process::release_free_heap();
         });
     undo.armed = false;
     match (r, wr) {

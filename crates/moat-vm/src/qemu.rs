@@ -57,6 +57,21 @@ impl Qemu {
         c
     }
 
+    /// `-accel`'s value. A clone under TCG gets a smaller translation buffer than QEMU's
+    /// 1 GiB default: a sandbox's guest runs little code, and every page of the buffer it ever
+    /// filled stays resident (measured: 29 MiB of an idle clone's 67 MiB of private memory).
+    /// Override with `MOAT_VM_TB_MIB`.
+    fn accel_arg(&self, launch: Launch<'_>) -> String {
+        let tb = std::env::var("MOAT_VM_TB_MIB")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok());
+        match (self.accel, launch, tb) {
+            (Accel::Tcg, _, Some(mib)) => format!("tcg,tb-size={mib}"),
+            (Accel::Tcg, Launch::Clone { .. }, None) => format!("tcg,tb-size={CLONE_TB_MIB}"),
+            _ => self.accel.as_str().to_string(),
+        }
+    }
+
     /// The command line for `cfg` with its run directory `run` (a cold boot).
     pub fn command(&self, cfg: &VmConfig, run: &Path) -> Command {
         self.command_for(cfg, run, Launch::Cold)
@@ -97,7 +112,7 @@ impl Qemu {
             }
         }
         c.args(["-M", &machine])
-            .args(["-accel", self.accel.as_str()]);
+            .args(["-accel", &self.accel_arg(launch)]);
         if self.accel == Accel::Kvm {
             c.args(["-cpu", "host"]);
         }
@@ -196,6 +211,9 @@ pub(crate) enum Launch<'a> {
     /// migration (`-incoming defer`), QMP on.
     Clone { memory: &'a Path },
 }
+
+/// TCG translation buffer of a clone, MiB.
+const CLONE_TB_MIB: u32 = 32;
 
 /// The QMP socket of a template or a clone, in its run dir.
 pub(crate) const QMP_SOCKET: &str = "qmp.sock";
@@ -307,6 +325,10 @@ impl Qemu {
         let f = std::fs::File::create(&stderr_path).map_err(VmError::io("create", &stderr_path))?;
         let mut cmd = self.command_for(cfg, run, launch);
         cmd.stderr(f);
+        // No transparent huge pages for QEMU (the flag is inherited): TCG's code buffer and a
+        // clone's copy-on-write guest pages would otherwise take 2 MiB at a time (measured: 32
+        // of a clone's 70 MiB of anonymous memory). Set on this process, which QEMU inherits.
+        let _ = nix::sys::prctl::set_thp_disable(true);
         // QEMU lives in the VM's network namespace (its taps are there; a fresh empty
         // one without): it never sees the host's network stack.
         crate::net::in_netns(netns, move || {
