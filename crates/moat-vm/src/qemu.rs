@@ -107,6 +107,8 @@ impl Qemu {
                     run.join(QMP_SOCKET).display()
                 ));
                 if !share {
+                    // The state comes once QMP has set `x-ignore-shared` (QEMU 7.2 has no
+                    // property for it) and named the socket (`template::clone`).
                     c.args(["-incoming", "defer"]);
                 }
             }
@@ -214,6 +216,9 @@ pub(crate) enum Launch<'a> {
 
 /// TCG translation buffer of a clone, MiB.
 const CLONE_TB_MIB: u32 = 32;
+
+/// Where a clone's QEMU listens for the template's state, in its jail.
+pub(crate) const INCOMING_SOCKET: &str = "in.sock";
 
 /// The QMP socket of a template or a clone, in its run dir.
 pub(crate) const QMP_SOCKET: &str = "qmp.sock";
