@@ -13,8 +13,10 @@ mod lifecycle;
 mod login;
 mod meta;
 mod progress;
+mod rootless;
 mod run;
 mod runspec;
+mod slirp;
 mod tty;
 
 use std::path::PathBuf;
@@ -37,12 +39,18 @@ use crate::run::Ctx;
 ///
 /// State lives under --root: images (blobs/, snapshots/, refs.json), containers (containers/<id>/
 /// with meta.json, bundle/, ctr.log) and the runtime core's state (runtime/).
+///
+/// Rootless (run as a user other than root): the store is $XDG_DATA_HOME/moat (default
+/// ~/.local/share/moat), the runtime state $XDG_RUNTIME_DIR/moat; containers run in a user
+/// namespace mapping your /etc/subuid and /etc/subgid ranges, with the slirp4netns network by
+/// default (docs/rootless.md).
 #[derive(Parser, Debug)]
 #[command(name = "moat", version, verbatim_doc_comment, propagate_version = true)]
 struct Cli {
-    /// Directory holding images, containers and runtime state.
-    #[arg(long, global = true, default_value = moat_image::store::DEFAULT_ROOT, value_name = "DIR")]
-    root: PathBuf,
+    /// Directory holding images, containers and runtime state [default: /var/lib/moat; rootless:
+    /// $XDG_DATA_HOME/moat or ~/.local/share/moat].
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
     /// Registry (HOST[:PORT]) to reach over plain HTTP; loopback registries always are. Repeatable.
     /// Also read from `insecureRegistries` in the config file (`$MOAT_CONFIG`, default
     /// /etc/moat/moat.json).
@@ -193,7 +201,21 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(125);
     }
-    match dispatch(&cli) {
+    let rootless = !nix::unistd::geteuid().is_root();
+    let paths = match store_paths(&cli, rootless) {
+        Ok(p) => p,
+        Err(e) => {
+            report(cli.log_format, &one_line(&anyhow::Error::new(e)));
+            return ExitCode::from(125);
+        }
+    };
+    if rootless {
+        if let Err(e) = enter_user_namespace(&cli.cmd, &paths) {
+            report(cli.log_format, &one_line(&anyhow::Error::new(e)));
+            return ExitCode::from(125);
+        }
+    }
+    match dispatch(&cli, paths, rootless) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             let code = e
@@ -215,13 +237,57 @@ fn report(format: LogFormat, msg: &str) {
     }
 }
 
-fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
-    let store = moat_image::Store::open(&cli.root).map_err(CliError::image(format!(
+/// Where the store and the runtime state are: `--root` (default /var/lib/moat, rootless
+/// `$XDG_DATA_HOME/moat`) and its `runtime/` (rootless: `$XDG_RUNTIME_DIR/moat`).
+fn store_paths(cli: &Cli, rootless: bool) -> error::Result<meta::Paths> {
+    if !rootless {
+        let root = cli
+            .root
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(moat_image::store::DEFAULT_ROOT));
+        return Ok(meta::Paths::new(root));
+    }
+    let dirs = rootless::dirs()?;
+    Ok(meta::Paths::with_runtime(
+        cli.root.clone().unwrap_or(dirs.data),
+        dirs.runtime,
+    ))
+}
+
+/// Rootless: the user namespace a command works in (see `rootless`): a new one for commands
+/// that write files of other owners, the container's for `exec`, none for those that only read.
+fn enter_user_namespace(cmd: &Cmd, paths: &meta::Paths) -> error::Result<()> {
+    use rootless::Enter;
+    let how = match cmd {
+        Cmd::Run(_) => Enter::UserAndMount,
+        Cmd::Pull { .. }
+        | Cmd::Rm { .. }
+        | Cmd::Stop { .. }
+        | Cmd::Kill { .. }
+        | Cmd::Image(ImageCmd::Import { .. } | ImageCmd::Gc) => Enter::User,
+        Cmd::Exec(a) => {
+            // A container that is not running: `exec` says so itself.
+            let Ok(id) = paths.resolve(&a.container) else {
+                return Ok(());
+            };
+            return match crate::backend::state(&paths.runtime(), &id) {
+                Some((moat_container::state::Status::Running, pid)) => rootless::join(pid),
+                _ => Ok(()),
+            };
+        }
+        _ => return Ok(()),
+    };
+    rootless::enter(how, &paths.root)
+}
+
+fn dispatch(cli: &Cli, paths: meta::Paths, rootless: bool) -> anyhow::Result<i32> {
+    let store = moat_image::Store::open(&paths.root).map_err(CliError::image(format!(
         "open the store at {}",
-        cli.root.display()
+        paths.root.display()
     )))?;
     let ctx = Ctx {
-        paths: meta::Paths::new(&cli.root),
+        paths,
+        rootless,
         store,
         reg: RegistryOptions {
             insecure: cli
