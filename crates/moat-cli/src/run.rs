@@ -296,8 +296,8 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
             .map_err(CliError::image(format!("prepare the rootfs of {name}")))?;
             if r.copied {
                 eprintln!(
-                    "moat: the kernel refused an overlay mount in the user namespace (Linux \
-                     5.11+ allows it): the image was copied into the container's rootfs"
+                    "moat: no overlay in this user namespace (Linux 5.11+ allows one; or \
+                     MOAT_ROOTFS_COPY=1): the image's layers were copied into the rootfs"
                 );
             }
             let norm = moat_image::reference::normalize(&a.args[0]).unwrap_or(a.args[0].clone());

@@ -52,6 +52,21 @@ pub fn apply_layer(layer: &Path, dest: &Path) -> Result<()> {
             fs::set_permissions(&dst, fs::Permissions::from_mode(md.mode() & 0o7777))
                 .map_err(ImageError::io("chmod", &dst))?;
         }
+        let ts = |sec, nsec| rustix::fs::Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: ts(md.atime(), md.atime_nsec()),
+            last_modification: ts(md.mtime(), md.mtime_nsec()),
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            &dst,
+            &times,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| ImageError::io("set the times of", &dst)(e.into()))?;
     }
     Ok(())
 }

@@ -1,0 +1,663 @@
+//! Rootless `moat`, run as created unprivileged users through `runuser` (as
+//! crates/moat-runtime/tests/rootless.rs does): `moat-rootless` with /etc/subuid and /etc/subgid
+//! ranges, and `moat-rootless-nosub` without. Each test has its own store
+//! (`XDG_DATA_HOME=<tempdir in the user's home>`); the runtime state is the user's
+//! `$XDG_RUNTIME_DIR/moat`. Images come from a real docker-registry on 127.0.0.1 or an imported
+//! OCI layout, with a file owned by uid 1000, a whiteout and an opaque directory.
+//!
+//! slirp4netns needs a `/dev/net/tun` the user may open (mode 0666 on stock Debian): where it is
+//! 0600, [`Tun`] makes it 0666 for as long as a test needs it and restores the mode after.
+
+#[path = "../../moat-image/tests/common/mod.rs"]
+mod common;
+mod harness;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::{write_layout, Comp, Tar};
+use harness::wait_for;
+
+const WITH_RANGES: &str = "moat-rootless";
+const WITHOUT_RANGES: &str = "moat-rootless-nosub";
+const BIN: &str = env!("CARGO_BIN_EXE_moat");
+
+/// An unprivileged test user.
+struct User {
+    name: &'static str,
+    uid: u32,
+    home: PathBuf,
+    xdg: PathBuf,
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn sh(cmd: &mut Command, what: &str) -> String {
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{what}: {}", text(&o.stderr));
+    text(&o.stdout)
+}
+
+/// The subordinate ranges of `name` in `file` (/etc/subuid or /etc/subgid).
+fn ranges(file: &str, name: &str) -> Vec<(u64, u64)> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() == 3 && f[0] == name).then(|| (f[1].parse().unwrap(), f[2].parse().unwrap()))
+        })
+        .collect()
+}
+
+/// Create the user once (idempotent across runs), with or without subordinate id ranges.
+fn user(name: &'static str) -> &'static User {
+    static WITH: OnceLock<User> = OnceLock::new();
+    static WITHOUT: OnceLock<User> = OnceLock::new();
+    static EDIT: Mutex<()> = Mutex::new(());
+    let cell = if name == WITH_RANGES { &WITH } else { &WITHOUT };
+    cell.get_or_init(|| {
+        let _edit = EDIT.lock().unwrap();
+        if !Command::new("id")
+            .arg(name)
+            .output()
+            .unwrap()
+            .status
+            .success()
+        {
+            sh(
+                Command::new("useradd").args(["-m", "-s", "/bin/sh", name]),
+                "useradd",
+            );
+        }
+        let uid: u32 = sh(Command::new("id").args(["-u", name]), "id")
+            .trim()
+            .parse()
+            .unwrap();
+        for (file, flag) in [
+            ("/etc/subuid", "--add-subuids"),
+            ("/etc/subgid", "--add-subgids"),
+        ] {
+            let mine = !ranges(file, name).is_empty();
+            if name == WITH_RANGES && !mine {
+                sh(
+                    Command::new("usermod").args([flag, "300000-365535", name]),
+                    "usermod",
+                );
+            } else if name == WITHOUT_RANGES && mine {
+                // Debian's useradd gives every new user a range: take it away.
+                let kept: String = std::fs::read_to_string(file)
+                    .unwrap()
+                    .lines()
+                    .filter(|l| !l.starts_with(&format!("{name}:")))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                std::fs::write(file, kept).unwrap();
+            }
+        }
+        let xdg = PathBuf::from(format!("/run/user/{uid}"));
+        std::fs::create_dir_all(&xdg).unwrap();
+        std::os::unix::fs::chown(&xdg, Some(uid), Some(uid)).unwrap();
+        std::fs::set_permissions(&xdg, PermissionsExt::from_mode(0o700)).unwrap();
+        User {
+            name,
+            uid,
+            home: PathBuf::from(format!("/home/{name}")),
+            xdg,
+        }
+    })
+}
+
+/// A private store of one test (`XDG_DATA_HOME` in the user's home); its drop removes every
+/// container left in it, then the store.
+struct Session {
+    user: &'static User,
+    data: tempfile::TempDir,
+}
+
+impl Session {
+    fn new(name: &'static str) -> Option<Session> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to create the test users");
+            return None;
+        }
+        for bin in ["newuidmap", "newgidmap", "runuser"] {
+            if !Path::new("/usr/bin").join(bin).exists() && !Path::new("/sbin").join(bin).exists() {
+                eprintln!("skipped: {bin} is not installed (apt-get install uidmap util-linux)");
+                return None;
+            }
+        }
+        let u = user(name);
+        let data = tempfile::Builder::new()
+            .prefix("moat-rl-")
+            .tempdir_in(&u.home)
+            .unwrap();
+        std::os::unix::fs::chown(data.path(), Some(u.uid), Some(u.uid)).unwrap();
+        Some(Session { user: u, data })
+    }
+
+    /// The store: `$XDG_DATA_HOME/moat`.
+    fn store(&self) -> PathBuf {
+        self.data.path().join("moat")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let u = self.user;
+        let mut c = Command::new("runuser");
+        c.args(["-u", u.name, "--", "timeout", "120", "env"])
+            .arg(format!("XDG_RUNTIME_DIR={}", u.xdg.display()))
+            .arg(format!("XDG_DATA_HOME={}", self.data.path().display()))
+            .arg(format!("HOME={}", u.home.display()))
+            .arg(format!("USER={}", u.name))
+            .arg("PATH=/usr/bin:/bin")
+            .arg(BIN)
+            .args(args)
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    fn cmd(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        harness::Moat::require_ok(args, self.cmd(args))
+    }
+
+    /// Import the test image as `name` (no registry needed).
+    fn import(&self, name: &str) {
+        let layout = tempfile::tempdir_in(&self.user.home).unwrap();
+        image_layout(layout.path());
+        sh(
+            Command::new("chown")
+                .arg("-R")
+                .arg(self.user.name)
+                .arg(layout.path()),
+            "chown",
+        );
+        let out = self.ok(&[
+            "image",
+            "import",
+            layout.path().to_str().unwrap(),
+            "--name",
+            name,
+        ]);
+        assert!(out.contains("Loaded image"), "{out}");
+    }
+
+    /// Nothing of container `id` is left: no container directory, runtime state, process, or
+    /// mount in any of the user's processes.
+    fn assert_gone(&self, id: &str) {
+        assert!(
+            !self.store().join("containers").join(id).exists(),
+            "container dir left"
+        );
+        assert!(
+            !self.user.xdg.join("moat").join(id).exists(),
+            "runtime state left"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = processes_of(self.user, id);
+            if left.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "processes left: {left:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let ids = self.cmd(&["ps", "-a", "-q"]);
+        for id in text(&ids.stdout).split_whitespace() {
+            let _ = self.cmd(&["rm", "-f", id]);
+        }
+    }
+}
+
+/// Processes (of the user, or of its subordinate ids) whose command line, working directory or
+/// mounts mention `needle`.
+fn processes_of(u: &User, needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(md) = std::fs::metadata(e.path()) else {
+            continue;
+        };
+        if md.uid() != u.uid && md.uid() < 100_000 {
+            continue;
+        }
+        let cmdline = text(&std::fs::read(e.path().join("cmdline")).unwrap_or_default());
+        let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
+        let mounts = std::fs::read_to_string(e.path().join("mountinfo")).unwrap_or_default();
+        if cmdline.contains(needle)
+            || cwd.to_string_lossy().contains(needle)
+            || mounts.contains(needle)
+        {
+            out.push(format!("{pid}: {}", cmdline.replace('\0', " ")));
+        }
+    }
+    out
+}
+
+/// The test image: busybox and /etc/passwd, `home/u/f` owned by 1000:1000, and a second layer
+/// with a whiteout of `/gone` and an opaque `/opq` (so the overlay's view is checked).
+fn image_layout(dir: &Path) {
+    let bb = std::fs::read("/bin/busybox").expect("busybox-static installed");
+    let mut t = Tar::new();
+    t.dir("bin/").file_mode("bin/busybox", &bb, 0o755);
+    for c in [
+        "sh", "echo", "cat", "id", "sleep", "ls", "test", "httpd", "true", "touch", "stat",
+    ] {
+        t.symlink(&format!("bin/{c}"), "busybox");
+    }
+    t.dir("etc/")
+        .file(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nu:x:1000:1000::/home/u:/bin/sh\n",
+        )
+        .file("etc/group", b"root:x:0:\nu:x:1000:\n")
+        .dir("home/")
+        .pax(&[("uid", b"1000"), ("gid", b"1000")])
+        .dir("home/u/")
+        .pax(&[("uid", b"1000"), ("gid", b"1000")])
+        .file("home/u/f", b"owned by u\n")
+        .file("gone", b"hidden by the next layer\n")
+        .dir("opq/")
+        .file("opq/a", b"a\n");
+    let mut t2 = Tar::new();
+    t2.file(".wh.gone", b"")
+        .dir("opq/")
+        .file("opq/.wh..wh..opq", b"")
+        .file("opq/b", b"b\n");
+    write_layout(
+        dir,
+        "v1",
+        &[(t.finish(), Comp::Gzip), (t2.finish(), Comp::Gzip)],
+        &["/bin/sh", "-c", "echo default"],
+    );
+}
+
+/// `/dev/net/tun` usable by everybody while held (Debian's default mode 0666; this development
+/// machine has 0600): the first holder widens the mode, the last one restores it.
+struct Tun;
+
+static TUN: Mutex<(u32, Option<u32>)> = Mutex::new((0, None));
+
+impl Tun {
+    fn open() -> Tun {
+        let mut g = TUN.lock().unwrap();
+        if g.0 == 0 {
+            let mode = std::fs::metadata("/dev/net/tun").unwrap().mode() & 0o7777;
+            if mode & 0o006 != 0o006 {
+                std::fs::set_permissions("/dev/net/tun", PermissionsExt::from_mode(0o666)).unwrap();
+                g.1 = Some(mode);
+            }
+        }
+        g.0 += 1;
+        Tun
+    }
+}
+
+impl Drop for Tun {
+    fn drop(&mut self) {
+        let mut g = TUN.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 -= 1;
+        if g.0 == 0 {
+            if let Some(mode) = g.1.take() {
+                let _ = std::fs::set_permissions("/dev/net/tun", PermissionsExt::from_mode(mode));
+            }
+        }
+    }
+}
+
+fn have_slirp() -> bool {
+    if !Path::new("/usr/bin/slirp4netns").exists() {
+        eprintln!("skipped: slirp4netns is not installed (apt-get install slirp4netns)");
+        return false;
+    }
+    true
+}
+
+/// The expected uid_map inside a container of `u`: its own id as 0, its ranges from 1 on.
+fn expected_uid_map(u: &User) -> Vec<[u64; 3]> {
+    let mut v = vec![[0, u64::from(u.uid), 1]];
+    let mut next = 1;
+    for (start, count) in ranges("/etc/subuid", u.name) {
+        v.push([next, start, count]);
+        next += count;
+    }
+    v
+}
+
+fn parse_map(text: &str) -> Vec<[u64; 3]> {
+    text.lines()
+        .map(|l| {
+            let f: Vec<u64> = l.split_whitespace().map(|w| w.parse().unwrap()).collect();
+            [f[0], f[1], f[2]]
+        })
+        .collect()
+}
+
+const PROBE: &str = "id; cat /proc/self/uid_map; echo --; ls -ln /home/u | tail -1; ls /opq; \
+                     test -e /gone || echo gone-hidden; exit 3";
+
+/// What [`PROBE`] printed: (`id`, uid_map lines, the rest).
+fn probe_output(out: &str) -> (String, Vec<[u64; 3]>, String) {
+    let (head, rest) = out.split_once("--\n").expect(out);
+    let (id, map) = head.split_once('\n').unwrap();
+    (id.to_owned(), parse_map(map), rest.to_owned())
+}
+
+#[test]
+fn pull_and_run_as_the_user_with_mapped_ids() {
+    let Some(s) = Session::new(WITH_RANGES) else {
+        return;
+    };
+    if !have_slirp() {
+        return;
+    }
+    let Some(reg) = common::registry::Registry::start() else {
+        return;
+    };
+    let layout = tempfile::tempdir().unwrap();
+    image_layout(layout.path());
+    reg.push(layout.path(), "v1", "moat/rl");
+    let reference = format!("{}/moat/rl:v1", reg.addr());
+    let o = s.cmd(&["pull", &reference]);
+    assert!(o.status.success(), "pull: {}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("pulled"), "{}", text(&o.stderr));
+    assert!(
+        s.store().join("blobs").is_dir(),
+        "store not under XDG_DATA_HOME/moat"
+    );
+    // Files are owned by the mapped ids on the host: uid 1000 is the user's range start + 999.
+    let sub = ranges("/etc/subuid", WITH_RANGES)[0].0;
+    let mut owners = vec![];
+    for e in std::fs::read_dir(s.store().join("snapshots"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(md) = std::fs::metadata(e.path().join("fs/home/u/f")) {
+            owners.push((md.uid(), md.gid()));
+        }
+        // The opaque directory is marked for an overlay in a user namespace.
+        if e.path().join("fs/opq/b").exists() {
+            let mut buf = [0u8; 4];
+            let n = rustix::fs::getxattr(e.path().join("fs/opq"), "user.overlay.opaque", &mut buf);
+            assert_eq!(n.ok().map(|n| &buf[..n]), Some(&b"y"[..]));
+        }
+    }
+    let want = (
+        sub as u32 + 999,
+        ranges("/etc/subgid", WITH_RANGES)[0].0 as u32 + 999,
+    );
+    assert_eq!(owners, vec![want], "owner of home/u/f on the host");
+    // Run with the default rootless network (slirp4netns).
+    let _tun = Tun::open();
+    let script = format!("grep -q tap0 /proc/net/dev && echo tap0; {PROBE}");
+    let o = s.cmd(&["run", "--rm", &reference, "sh", "-c", &script]);
+    assert_eq!(o.status.code(), Some(3), "stderr: {}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let out = out.strip_prefix("tap0\n").expect(&out);
+    let (id, map, rest) = probe_output(out);
+    assert!(id.starts_with("uid=0(root) gid=0(root)"), "{id}");
+    assert_eq!(map, expected_uid_map(s.user));
+    assert!(rest.starts_with("-rw-r--r--    1 1000     1000 "), "{rest}");
+    assert_eq!(
+        rest.lines().skip(1).collect::<Vec<_>>(),
+        ["b", "gone-hidden"],
+        "{rest}"
+    );
+    assert_eq!(text(&o.stderr), "", "a clean run prints nothing else");
+    let images = s.ok(&["images"]);
+    assert!(images.contains("moat/rl"), "{images}");
+    s.ok(&["rmi", &reference]);
+    assert_eq!(s.ok(&["ps", "-a", "-q"]), "", "--rm left a container");
+}
+
+#[test]
+fn detached_logs_exec_stop_rm_leave_nothing() {
+    let Some(s) = Session::new(WITH_RANGES) else {
+        return;
+    };
+    s.import("example.com/rl:v1");
+    let name = format!("rl-det-{}", std::process::id());
+    let id = s
+        .ok(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            &name,
+            "example.com/rl:v1",
+            "sh",
+            "-c",
+            "echo started; exec sleep 1001",
+        ])
+        .trim()
+        .to_owned();
+    assert!(
+        s.user.xdg.join("moat").join(&id).is_dir(),
+        "runtime state not under $XDG_RUNTIME_DIR/moat"
+    );
+    let ps = s.ok(&["ps"]);
+    assert!(ps.contains(&name) && ps.contains("running"), "{ps}");
+    wait_for("the log", || s.ok(&["logs", &name]) == "started\n");
+    let out = s.ok(&["exec", &name, "sh", "-c", "id -u; cat /proc/1/cmdline"]);
+    assert_eq!(out, "0\nsleep\u{0}1001\u{0}");
+    assert_eq!(s.ok(&["exec", "-u", "1000", &name, "id", "-u"]), "1000\n");
+    // The container's processes are the user's (0) and its range's (1000 -> start + 999).
+    s.ok(&["stop", "-t", "1", &name]);
+    let ps = s.ok(&["ps", "-a"]);
+    assert!(
+        ps.contains("exited (143)") || ps.contains("exited (137)"),
+        "{ps}"
+    );
+    s.ok(&["rm", &name]);
+    s.assert_gone(&id);
+    assert!(!s.ok(&["ps", "-a"]).contains(&name));
+}
+
+#[test]
+fn published_port_answers_from_the_host() {
+    let Some(s) = Session::new(WITH_RANGES) else {
+        return;
+    };
+    if !have_slirp() {
+        return;
+    }
+    s.import("example.com/rl:v1");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let web = tempfile::tempdir_in(&s.user.home).unwrap();
+    std::fs::write(web.path().join("index.html"), "hello from rootless moat\n").unwrap();
+    sh(
+        Command::new("chmod").arg("-R").arg("a+rX").arg(web.path()),
+        "chmod",
+    );
+    let vol = format!("{}:/www:ro", web.path().display());
+    let publish = format!("127.0.0.1:{port}:80");
+    let _tun = Tun::open();
+    let id = s
+        .ok(&[
+            "run",
+            "-d",
+            "-p",
+            &publish,
+            "-v",
+            &vol,
+            "example.com/rl:v1",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ])
+        .trim()
+        .to_owned();
+    let mut body = String::new();
+    wait_for("the published port", || {
+        use std::io::{Read, Write};
+        let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = write!(c, "GET /index.html HTTP/1.0\r\n\r\n");
+        body.clear();
+        let _ = c.read_to_string(&mut body);
+        body.contains("hello from rootless moat")
+    });
+    let ps = s.ok(&["ps"]);
+    assert!(ps.contains(&format!("127.0.0.1:{port}->80/tcp")), "{ps}");
+    s.ok(&["rm", "-f", &id]);
+    s.assert_gone(&id);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the port is still forwarded"
+    );
+}
+
+#[test]
+fn a_limit_without_a_delegated_cgroup_is_one_error() {
+    let Some(s) = Session::new(WITH_RANGES) else {
+        return;
+    };
+    s.import("example.com/rl:v1");
+    for (flag, value, field) in [
+        ("--memory", "64m", "linux.resources.memory"),
+        ("--pids-limit", "10", "linux.resources.pids"),
+    ] {
+        let o = s.cmd(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            flag,
+            value,
+            "example.com/rl:v1",
+            "true",
+        ]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(125), "{flag}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("error: create container")
+                && err.contains(field)
+                && err.contains(&format!("({} on the host)", s.user.uid))
+                && err.contains("delegate it"),
+            "{err}"
+        );
+    }
+    // The bridge network needs root: refused, naming the rootless choices.
+    let o = s.cmd(&[
+        "run",
+        "--rm",
+        "--network",
+        "bridge",
+        "example.com/rl:v1",
+        "true",
+    ]);
+    let err = text(&o.stderr);
+    assert!(err.starts_with("error: --network bridge needs root") && err.lines().count() == 1);
+    assert_eq!(s.ok(&["ps", "-a", "-q"]), "");
+    let left: Vec<_> = std::fs::read_dir(s.store().join("containers"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn without_subordinate_ids_only_the_user_is_mapped_and_said_once() {
+    let Some(s) = Session::new(WITHOUT_RANGES) else {
+        return;
+    };
+    let o = s
+        .command(&["image", "import", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let notice = "no /etc/subuid or /etc/subgid range for moat-rootless-nosub";
+    assert!(text(&o.stderr).contains(notice), "{}", text(&o.stderr));
+    s.import("example.com/rl:v1");
+    let o = s.cmd(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "example.com/rl:v1",
+        "sh",
+        "-c",
+        PROBE,
+    ]);
+    assert!(
+        !text(&o.stderr).contains(notice),
+        "said twice: {}",
+        text(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    let (id, map, rest) = probe_output(&text(&o.stdout));
+    assert!(id.starts_with("uid=0(root)"), "{id}");
+    assert_eq!(map, vec![[0, u64::from(s.user.uid), 1]]);
+    // uid 1000 is not mapped: the file stays the user's, root in the container.
+    assert!(rest.starts_with("-rw-r--r--    1 0        0 "), "{rest}");
+    assert_eq!(
+        rest.lines().skip(1).collect::<Vec<_>>(),
+        ["b", "gone-hidden"]
+    );
+}
+
+#[test]
+fn the_copy_fallback_shows_the_same_tree() {
+    let Some(s) = Session::new(WITH_RANGES) else {
+        return;
+    };
+    s.import("example.com/rl:v1");
+    let run = |copy: bool| {
+        let mut c = s.command(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "example.com/rl:v1",
+            "sh",
+            "-c",
+            PROBE,
+        ]);
+        if copy {
+            // `env` is the program runuser runs: its first arguments are assignments.
+            let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
+            c = Command::new("runuser");
+            let at = args.iter().position(|a| a == "env").unwrap() + 1;
+            c.args(&args[..at])
+                .arg("MOAT_ROOTFS_COPY=1")
+                .args(&args[at..])
+                .stdin(std::process::Stdio::null());
+        }
+        c.output().unwrap()
+    };
+    let (overlay, copied) = (run(false), run(true));
+    assert_eq!(overlay.status.code(), Some(3), "{}", text(&overlay.stderr));
+    assert_eq!(copied.status.code(), Some(3), "{}", text(&copied.stderr));
+    assert_eq!(text(&overlay.stdout), text(&copied.stdout));
+    let err = text(&copied.stderr);
+    assert!(
+        err.starts_with("moat: ") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(s.ok(&["ps", "-a", "-q"]), "");
+}
