@@ -247,6 +247,7 @@ pub fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32> {
     let console = if a.tty {
         Some(crate::tty::ConsoleSocket::listen(
             &ctx.paths.container_dir(&id),
+            &ctx.paths.short_socket_dir(),
         )?)
     } else {
         None

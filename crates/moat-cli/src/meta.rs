@@ -129,6 +129,15 @@ impl Paths {
     pub fn netns(&self, id: &str) -> PathBuf {
         self.container_dir(id).join("netns")
     }
+    /// A directory with a short path for sockets whose name in the container's directory would
+    /// be too long: /run, or (rootless) the runtime state directory, which is the user's.
+    pub fn short_socket_dir(&self) -> PathBuf {
+        if self.runtime_root == self.root.join("runtime") {
+            PathBuf::from("/run")
+        } else {
+            self.runtime_root.clone()
+        }
+    }
     pub fn names(&self) -> PathBuf {
         self.root.join("names")
     }

@@ -412,6 +412,7 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
     let console = if a.tty {
         Some(crate::tty::ConsoleSocket::listen(
             &ctx.paths.container_dir(&id),
+            &ctx.paths.short_socket_dir(),
         )?)
     } else {
         None
@@ -613,6 +614,7 @@ fn monitor(
         let console = if tty {
             Some(crate::tty::ConsoleSocket::listen(
                 &ctx.paths.container_dir(&id),
+                &ctx.paths.short_socket_dir(),
             )?)
         } else {
             None

@@ -661,3 +661,43 @@ fn the_copy_fallback_shows_the_same_tree() {
     );
     assert_eq!(s.ok(&["ps", "-a", "-q"]), "");
 }
+
+#[test]
+fn terminal_run_and_exec_as_the_user() {
+    let Some(s) = Session::new(WITH_RANGES) else {
+        return;
+    };
+    s.import("example.com/rl:v1");
+    // The store's path is too long for a console socket: it goes to $XDG_RUNTIME_DIR/moat.
+    let out = s.ok(&[
+        "run",
+        "--rm",
+        "-t",
+        "--network",
+        "none",
+        "example.com/rl:v1",
+        "sh",
+        "-c",
+        "tty; id -u",
+    ]);
+    assert!(
+        out.contains("/dev/pts/0") && out.contains("0\r\n"),
+        "{out:?}"
+    );
+    let id = s
+        .ok(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "example.com/rl:v1",
+            "sleep",
+            "1002",
+        ])
+        .trim()
+        .to_owned();
+    let out = s.ok(&["exec", "-t", &id, "sh", "-c", "tty"]);
+    assert!(out.contains("/dev/pts/"), "{out:?}");
+    s.ok(&["rm", "-f", &id]);
+    s.assert_gone(&id);
+}
