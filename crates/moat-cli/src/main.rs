@@ -16,8 +16,8 @@ mod progress;
 mod rootless;
 mod run;
 mod runspec;
-mod slirp;
 mod tty;
+mod usernet;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -147,16 +147,14 @@ fn check_network(a: &RunArgs, rootless: bool) -> Result<()> {
     if rootless && net == "bridge" {
         return Err(CliError::Usage(
             "--network bridge needs root (a bridge, veths and iptables on the host): rootless \
-             moat uses slirp4netns (the default, with -p), none or host"
+             moat uses slirp4netns (the default) or pasta (both with -p), none or host"
                 .into(),
         ));
     }
-    if !rootless && net == "slirp4netns" {
-        return Err(CliError::Usage(
-            "--network slirp4netns is the rootless network: as root use bridge (with -p), none \
-             or host"
-                .into(),
-        ));
+    if !rootless && matches!(net, "slirp4netns" | "pasta") {
+        return Err(CliError::Usage(format!(
+            "--network {net} is a rootless network: as root use bridge (with -p), none or host"
+        )));
     }
     Ok(())
 }
@@ -193,10 +191,10 @@ fn parse_ports(a: &RunArgs, rootless: bool) -> Result<Vec<Port>> {
             protocol: proto.into(),
         });
     }
-    if !out.is_empty() && !matches!(network(a, rootless), "bridge" | "slirp4netns") {
+    if !out.is_empty() && !matches!(network(a, rootless), "bridge" | "slirp4netns" | "pasta") {
         return Err(CliError::Usage(
-            "-p needs --network bridge, or slirp4netns rootless (the container has no reachable \
-             address otherwise)"
+            "-p needs --network bridge, or slirp4netns or pasta rootless (the container has no \
+             reachable address otherwise)"
                 .into(),
         ));
     }
@@ -219,7 +217,7 @@ fn etc_files(dir: &Path, hostname: &str, network: &str) -> Result<EtcFiles> {
         "none" => None,
         "slirp4netns" => Some(w(
             "resolv.conf",
-            format!("nameserver {}\n", crate::slirp::DNS),
+            format!("nameserver {}\n", crate::usernet::DNS),
         )?),
         _ => {
             let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -439,7 +437,7 @@ fn create_and_start(
     ctx: &Ctx,
     mut m: Meta,
     console_socket: Option<PathBuf>,
-) -> Result<(Pid, Option<crate::slirp::Slirp>)> {
+) -> Result<(Pid, Option<crate::usernet::UserNet>)> {
     let rt = ctx.paths.runtime();
     let opts = moat_container::CreateOptions {
         id: m.id.clone(),
@@ -450,10 +448,15 @@ fn create_and_start(
     };
     let created = moat_container::create(&rt, &opts)
         .map_err(CliError::container(format!("create container {}", m.name)))?;
-    let started = (|| -> Result<Option<crate::slirp::Slirp>> {
-        let net = if m.network == "slirp4netns" {
+    let started = (|| -> Result<Option<crate::usernet::UserNet>> {
+        let net = if matches!(m.network.as_str(), "slirp4netns" | "pasta") {
             let dir = ctx.paths.container_dir(&m.id);
-            Some(crate::slirp::start(created.pid, &dir, &m.ports)?)
+            Some(crate::usernet::start(
+                &m.network,
+                created.pid,
+                &dir,
+                &m.ports,
+            )?)
         } else {
             let pin = ctx.paths.netns(&m.id);
             crate::cni::setup(&mut m, created.pid, &pin)?;
@@ -610,7 +613,7 @@ fn monitor(
     let id = m.id.clone();
     let mut wr = std::fs::File::from(wr);
     #[allow(clippy::type_complexity)]
-    let started = (|| -> Result<(Pid, Option<OwnedFd>, Option<crate::slirp::Slirp>)> {
+    let started = (|| -> Result<(Pid, Option<OwnedFd>, Option<crate::usernet::UserNet>)> {
         let console = if tty {
             Some(crate::tty::ConsoleSocket::listen(
                 &ctx.paths.container_dir(&id),

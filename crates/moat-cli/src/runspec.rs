@@ -65,8 +65,8 @@ pub struct SpecArgs {
     /// With --isolation vm: bridge (the VM joins the container's namespace through a tap) or none;
     /// host is refused (a VM cannot share the host's network stack).
     /// Rootless: slirp4netns (default: a user-mode network stack, outbound NAT, -p through it),
-    /// none or host.
-    #[arg(long, value_parser = ["none", "host", "bridge", "slirp4netns"])]
+    /// pasta (passt: the host's addresses in the container, -p through it), none or host.
+    #[arg(long, value_parser = ["none", "host", "bridge", "slirp4netns", "pasta"])]
     pub network: Option<String>,
     /// Container host name (default: the first 12 digits of the id).
     #[arg(long, value_name = "NAME")]

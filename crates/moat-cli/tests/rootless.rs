@@ -478,6 +478,17 @@ fn published_port_answers_from_the_host() {
         return;
     }
     s.import("example.com/rl:v1");
+    publish_through(&s, "slirp4netns");
+    if Path::new("/usr/bin/pasta").exists() {
+        publish_through(&s, "pasta");
+    } else {
+        eprintln!("SKIP: -p through pasta: pasta is not installed (apt-get install passt)");
+    }
+}
+
+/// `-p 127.0.0.1:PORT:80` on network `net` answers from the host; after `rm -f` nothing is
+/// left (the helper neither) and the port is closed.
+fn publish_through(s: &Session, net: &str) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -496,6 +507,8 @@ fn published_port_answers_from_the_host() {
         .ok(&[
             "run",
             "-d",
+            "--network",
+            net,
             "-p",
             &publish,
             "-v",
@@ -523,12 +536,15 @@ fn published_port_answers_from_the_host() {
         body.contains("hello from rootless moat")
     });
     let ps = s.ok(&["ps"]);
-    assert!(ps.contains(&format!("127.0.0.1:{port}->80/tcp")), "{ps}");
+    assert!(
+        ps.contains(&format!("127.0.0.1:{port}->80/tcp")),
+        "{net}: {ps}"
+    );
     s.ok(&["rm", "-f", &id]);
     s.assert_gone(&id);
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "the port is still forwarded"
+        "{net}: the port is still forwarded"
     );
 }
 
