@@ -280,6 +280,39 @@ pub fn maps_gid(gid: u64) -> bool {
     })
 }
 
+/// Where rootless containers' cgroups go: below the cgroup this process is in when that one is
+/// delegated to the user (writable by root of the user namespace, i.e. owned by the user), as
+/// rootless podman places its containers. On cgroup v1 the first writable controller's path
+/// (containers are created below it: the other hierarchies are skipped unless a limit needs
+/// them); on v2 the parent of this process's cgroup when that is writable (a cgroup with
+/// processes cannot give controllers to children). `None`: nothing delegated, the default
+/// `moat/<id>` (skipped by the runtime core unless a limit needs it, then one `error:`).
+pub fn delegated_cgroup() -> Option<PathBuf> {
+    let writable = |d: &Path| nix::unistd::access(d, nix::unistd::AccessFlags::W_OK).is_ok();
+    let base = Path::new("/sys/fs/cgroup");
+    let v2 = base.join("cgroup.controllers").exists();
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    for line in text.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+        let rel = Path::new(path.trim_start_matches('/'));
+        if rel.as_os_str().is_empty() {
+            continue; // the root is never delegated
+        }
+        if v2 {
+            let parent = rel.parent().filter(|p| !p.as_os_str().is_empty())?;
+            return writable(&base.join(parent)).then(|| Path::new("/").join(parent));
+        }
+        if ctrls.is_empty() || ctrls.starts_with("name=") {
+            continue;
+        }
+        if writable(&base.join(ctrls).join(rel)) {
+            return Some(Path::new("/").join(rel));
+        }
+    }
+    None
+}
+
 /// Join the user namespace of process `pid` (a container's init made by `moat run`) as its root.
 pub fn join(pid: i32) -> Result<()> {
     let p = format!("/proc/{pid}/ns/user");

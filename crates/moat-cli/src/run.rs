@@ -330,6 +330,12 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
     let mut spec = crate::runspec::build(&a.spec, &config, cmd, &rootfs, &hostname, &etc, a.tty)?;
     if ctx.rootless {
         crate::runspec::adapt_rootless(&mut spec);
+        if let Some(parent) = crate::rootless::delegated_cgroup() {
+            let path = parent.join(format!("moat-{}", &id[..12]));
+            if let Some(l) = spec.linux_mut() {
+                l.set_cgroups_path(Some(path));
+            }
+        }
     }
     // A VM container on the bridge network joins a namespace made for it (`cni::setup_vm`), with
     // a tap joined to its `eth0`; with --network none it gets a fresh one (loopback only).

@@ -717,3 +717,91 @@ fn terminal_run_and_exec_as_the_user() {
     s.ok(&["rm", "-f", &id]);
     s.assert_gone(&id);
 }
+
+#[test]
+fn a_delegated_cgroup_is_used_for_limits() {
+    let Some(s) = Session::new(WITH_RANGES) else {
+        return;
+    };
+    s.import("example.com/rl:v1");
+    // Delegate a subtree to the user (as systemd's Delegate=yes does) and start moat in it.
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let name = format!("moat-rl-deleg-{}", std::process::id());
+    let (top, place) = if v2 {
+        let top = Path::new("/sys/fs/cgroup").join(&name);
+        (top.clone(), top.join("leaf"))
+    } else {
+        let top = Path::new("/sys/fs/cgroup/pids").join(&name);
+        (top.clone(), top.clone())
+    };
+    std::fs::create_dir_all(&place).unwrap();
+    let _cleanup = Cleanup(|| {
+        let _ = std::fs::remove_dir(top.join("leaf"));
+        let _ = std::fs::remove_dir(&top);
+    });
+    if v2 {
+        let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+pids");
+    }
+    sh(
+        Command::new("chown").arg("-R").arg(s.user.name).arg(&top),
+        "chown",
+    );
+    let mut moat = s.command(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--pids-limit",
+        "7",
+        "example.com/rl:v1",
+        "sleep",
+        "1003",
+    ]);
+    let args: Vec<_> = std::iter::once(moat.get_program().to_owned())
+        .chain(moat.get_args().map(|a| a.to_owned()))
+        .collect();
+    moat = Command::new("sh");
+    moat.arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec \"$@\"",
+            place.display()
+        ))
+        .arg("sh")
+        .args(args)
+        .stdin(std::process::Stdio::null());
+    let o = moat.output().unwrap();
+    assert!(o.status.success(), "run: {}", text(&o.stderr));
+    let id = text(&o.stdout).trim().to_owned();
+    let dir = top.join(format!("moat-{}", &id[..12]));
+    let max = std::fs::read_to_string(dir.join("pids.max")).unwrap();
+    assert_eq!(max.trim(), "7");
+    let inspect: serde_json::Value = serde_json::from_str(&s.ok(&["inspect", &id])).unwrap();
+    let pid = inspect["State"]["Pid"].to_string();
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+    assert!(procs.lines().any(|l| l == pid), "init {pid} not in {procs}");
+    // The limit holds: the eighth process of the container cannot be forked.
+    let o = s.cmd(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8; do sleep 5 & done",
+    ]);
+    assert!(
+        text(&o.stderr).contains("can't fork"),
+        "{}",
+        text(&o.stderr)
+    );
+    s.ok(&["rm", "-f", &id]);
+    s.assert_gone(&id);
+    assert!(!dir.exists(), "cgroup {} left", dir.display());
+}
+
+/// Runs its closure when dropped (cleanup that also runs when an assertion fails).
+struct Cleanup<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Cleanup<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
