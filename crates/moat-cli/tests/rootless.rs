@@ -5,249 +5,21 @@
 //! `$XDG_RUNTIME_DIR/moat`. Images come from a real docker-registry on 127.0.0.1 or an imported
 //! OCI layout, with a file owned by uid 1000, a whiteout and an opaque directory.
 //!
-//! slirp4netns needs a `/dev/net/tun` the user may open (mode 0666 on stock Debian): where it is
-//! 0600, [`Tun`] makes it 0666 for as long as a test needs it and restores the mode after.
+//! slirp4netns and pasta need a `/dev/net/tun` the user may open (0666 on stock Debian): where it is
+//! 0600, `harness::rootless::Tun` makes it 0666 while a test needs it and restores the mode after.
 
 #[path = "../../moat-image/tests/common/mod.rs"]
 mod common;
 mod harness;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use common::{write_layout, Comp, Tar};
+use harness::rootless::*;
 use harness::wait_for;
-
-const WITH_RANGES: &str = "moat-rootless";
-const WITHOUT_RANGES: &str = "moat-rootless-nosub";
-const BIN: &str = env!("CARGO_BIN_EXE_moat");
-
-/// An unprivileged test user.
-struct User {
-    name: &'static str,
-    uid: u32,
-    home: PathBuf,
-    xdg: PathBuf,
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn sh(cmd: &mut Command, what: &str) -> String {
-    let o = cmd.output().unwrap();
-    assert!(o.status.success(), "{what}: {}", text(&o.stderr));
-    text(&o.stdout)
-}
-
-/// The subordinate ranges of `name` in `file` (/etc/subuid or /etc/subgid).
-fn ranges(file: &str, name: &str) -> Vec<(u64, u64)> {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() == 3 && f[0] == name).then(|| (f[1].parse().unwrap(), f[2].parse().unwrap()))
-        })
-        .collect()
-}
-
-/// Create the user once (idempotent across runs), with or without subordinate id ranges.
-fn user(name: &'static str) -> &'static User {
-    static WITH: OnceLock<User> = OnceLock::new();
-    static WITHOUT: OnceLock<User> = OnceLock::new();
-    static EDIT: Mutex<()> = Mutex::new(());
-    let cell = if name == WITH_RANGES { &WITH } else { &WITHOUT };
-    cell.get_or_init(|| {
-        let _edit = EDIT.lock().unwrap();
-        if !Command::new("id")
-            .arg(name)
-            .output()
-            .unwrap()
-            .status
-            .success()
-        {
-            sh(
-                Command::new("useradd").args(["-m", "-s", "/bin/sh", name]),
-                "useradd",
-            );
-        }
-        let uid: u32 = sh(Command::new("id").args(["-u", name]), "id")
-            .trim()
-            .parse()
-            .unwrap();
-        for (file, flag) in [
-            ("/etc/subuid", "--add-subuids"),
-            ("/etc/subgid", "--add-subgids"),
-        ] {
-            let mine = !ranges(file, name).is_empty();
-            if name == WITH_RANGES && !mine {
-                sh(
-                    Command::new("usermod").args([flag, "300000-365535", name]),
-                    "usermod",
-                );
-            } else if name == WITHOUT_RANGES && mine {
-                // Debian's useradd gives every new user a range: take it away.
-                let kept: String = std::fs::read_to_string(file)
-                    .unwrap()
-                    .lines()
-                    .filter(|l| !l.starts_with(&format!("{name}:")))
-                    .map(|l| format!("{l}\n"))
-                    .collect();
-                std::fs::write(file, kept).unwrap();
-            }
-        }
-        let xdg = PathBuf::from(format!("/run/user/{uid}"));
-        std::fs::create_dir_all(&xdg).unwrap();
-        std::os::unix::fs::chown(&xdg, Some(uid), Some(uid)).unwrap();
-        std::fs::set_permissions(&xdg, PermissionsExt::from_mode(0o700)).unwrap();
-        User {
-            name,
-            uid,
-            home: PathBuf::from(format!("/home/{name}")),
-            xdg,
-        }
-    })
-}
-
-/// A private store of one test (`XDG_DATA_HOME` in the user's home); its drop removes every
-/// container left in it, then the store.
-struct Session {
-    user: &'static User,
-    data: tempfile::TempDir,
-}
-
-impl Session {
-    fn new(name: &'static str) -> Option<Session> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root to create the test users");
-            return None;
-        }
-        for bin in ["newuidmap", "newgidmap", "runuser"] {
-            if !Path::new("/usr/bin").join(bin).exists() && !Path::new("/sbin").join(bin).exists() {
-                eprintln!("skipped: {bin} is not installed (apt-get install uidmap util-linux)");
-                return None;
-            }
-        }
-        let u = user(name);
-        let data = tempfile::Builder::new()
-            .prefix("moat-rl-")
-            .tempdir_in(&u.home)
-            .unwrap();
-        std::os::unix::fs::chown(data.path(), Some(u.uid), Some(u.uid)).unwrap();
-        Some(Session { user: u, data })
-    }
-
-    /// The store: `$XDG_DATA_HOME/moat`.
-    fn store(&self) -> PathBuf {
-        self.data.path().join("moat")
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let u = self.user;
-        let mut c = Command::new("runuser");
-        c.args(["-u", u.name, "--", "timeout", "120", "env"])
-            .arg(format!("XDG_RUNTIME_DIR={}", u.xdg.display()))
-            .arg(format!("XDG_DATA_HOME={}", self.data.path().display()))
-            .arg(format!("HOME={}", u.home.display()))
-            .arg(format!("USER={}", u.name))
-            .arg("PATH=/usr/bin:/bin")
-            .arg(BIN)
-            .args(args)
-            .stdin(std::process::Stdio::null());
-        c
-    }
-
-    fn cmd(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        harness::Moat::require_ok(args, self.cmd(args))
-    }
-
-    /// Import the test image as `name` (no registry needed).
-    fn import(&self, name: &str) {
-        let layout = tempfile::tempdir_in(&self.user.home).unwrap();
-        image_layout(layout.path());
-        sh(
-            Command::new("chown")
-                .arg("-R")
-                .arg(self.user.name)
-                .arg(layout.path()),
-            "chown",
-        );
-        let out = self.ok(&[
-            "image",
-            "import",
-            layout.path().to_str().unwrap(),
-            "--name",
-            name,
-        ]);
-        assert!(out.contains("Loaded image"), "{out}");
-    }
-
-    /// Nothing of container `id` is left: no container directory, runtime state, process, or
-    /// mount in any of the user's processes.
-    fn assert_gone(&self, id: &str) {
-        assert!(
-            !self.store().join("containers").join(id).exists(),
-            "container dir left"
-        );
-        assert!(
-            !self.user.xdg.join("moat").join(id).exists(),
-            "runtime state left"
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = processes_of(self.user, id);
-            if left.is_empty() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "processes left: {left:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let ids = self.cmd(&["ps", "-a", "-q"]);
-        for id in text(&ids.stdout).split_whitespace() {
-            let _ = self.cmd(&["rm", "-f", id]);
-        }
-    }
-}
-
-/// Processes (of the user, or of its subordinate ids) whose command line, working directory or
-/// mounts mention `needle`.
-fn processes_of(u: &User, needle: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(md) = std::fs::metadata(e.path()) else {
-            continue;
-        };
-        if md.uid() != u.uid && md.uid() < 100_000 {
-            continue;
-        }
-        let cmdline = text(&std::fs::read(e.path().join("cmdline")).unwrap_or_default());
-        let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
-        let mounts = std::fs::read_to_string(e.path().join("mountinfo")).unwrap_or_default();
-        if cmdline.contains(needle)
-            || cwd.to_string_lossy().contains(needle)
-            || mounts.contains(needle)
-        {
-            out.push(format!("{pid}: {}", cmdline.replace('\0', " ")));
-        }
-    }
-    out
-}
 
 /// The test image: busybox and /etc/passwd, `home/u/f` owned by 1000:1000, and a second layer
 /// with a whiteout of `/gone` and an opaque `/opq` (so the overlay's view is checked).
@@ -287,45 +59,25 @@ fn image_layout(dir: &Path) {
     );
 }
 
-/// `/dev/net/tun` usable by everybody while held (Debian's default mode 0666; this development
-/// machine has 0600): the first holder widens the mode, the last one restores it.
-struct Tun;
-
-static TUN: Mutex<(u32, Option<u32>)> = Mutex::new((0, None));
-
-impl Tun {
-    fn open() -> Tun {
-        let mut g = TUN.lock().unwrap();
-        if g.0 == 0 {
-            let mode = std::fs::metadata("/dev/net/tun").unwrap().mode() & 0o7777;
-            if mode & 0o006 != 0o006 {
-                std::fs::set_permissions("/dev/net/tun", PermissionsExt::from_mode(0o666)).unwrap();
-                g.1 = Some(mode);
-            }
-        }
-        g.0 += 1;
-        Tun
-    }
-}
-
-impl Drop for Tun {
-    fn drop(&mut self) {
-        let mut g = TUN.lock().unwrap_or_else(|e| e.into_inner());
-        g.0 -= 1;
-        if g.0 == 0 {
-            if let Some(mode) = g.1.take() {
-                let _ = std::fs::set_permissions("/dev/net/tun", PermissionsExt::from_mode(mode));
-            }
-        }
-    }
-}
-
-fn have_slirp() -> bool {
-    if !Path::new("/usr/bin/slirp4netns").exists() {
-        eprintln!("skipped: slirp4netns is not installed (apt-get install slirp4netns)");
-        return false;
-    }
-    true
+/// Import the test image as `name` into the store of `s` (no registry needed).
+fn import(s: &Session, name: &str) {
+    let layout = tempfile::tempdir_in(&s.user.home).unwrap();
+    image_layout(layout.path());
+    sh(
+        Command::new("chown")
+            .arg("-R")
+            .arg(s.user.name)
+            .arg(layout.path()),
+        "chown",
+    );
+    let out = s.ok(&[
+        "image",
+        "import",
+        layout.path().to_str().unwrap(),
+        "--name",
+        name,
+    ]);
+    assert!(out.contains("Loaded image"), "{out}");
 }
 
 /// The expected uid_map inside a container of `u`: its own id as 0, its ranges from 1 on.
@@ -430,7 +182,7 @@ fn detached_logs_exec_stop_rm_leave_nothing() {
     let Some(s) = Session::new(WITH_RANGES) else {
         return;
     };
-    s.import("example.com/rl:v1");
+    import(&s, "example.com/rl:v1");
     let name = format!("rl-det-{}", std::process::id());
     let id = s
         .ok(&[
@@ -477,7 +229,7 @@ fn published_port_answers_from_the_host() {
     if !have_slirp() {
         return;
     }
-    s.import("example.com/rl:v1");
+    import(&s, "example.com/rl:v1");
     publish_through(&s, "slirp4netns");
     if Path::new("/usr/bin/pasta").exists() {
         publish_through(&s, "pasta");
@@ -553,7 +305,7 @@ fn a_limit_without_a_delegated_cgroup_is_one_error() {
     let Some(s) = Session::new(WITH_RANGES) else {
         return;
     };
-    s.import("example.com/rl:v1");
+    import(&s, "example.com/rl:v1");
     for (flag, value, field) in [
         ("--memory", "64m", "linux.resources.memory"),
         ("--pids-limit", "10", "linux.resources.pids"),
@@ -609,7 +361,7 @@ fn without_subordinate_ids_only_the_user_is_mapped_and_said_once() {
     assert!(!o.status.success());
     let notice = "no /etc/subuid or /etc/subgid range for moat-rootless-nosub";
     assert!(text(&o.stderr).contains(notice), "{}", text(&o.stderr));
-    s.import("example.com/rl:v1");
+    import(&s, "example.com/rl:v1");
     let o = s.cmd(&[
         "run",
         "--rm",
@@ -642,7 +394,7 @@ fn the_copy_fallback_shows_the_same_tree() {
     let Some(s) = Session::new(WITH_RANGES) else {
         return;
     };
-    s.import("example.com/rl:v1");
+    import(&s, "example.com/rl:v1");
     let run = |copy: bool| {
         let mut c = s.command(&[
             "run",
@@ -683,7 +435,7 @@ fn terminal_run_and_exec_as_the_user() {
     let Some(s) = Session::new(WITH_RANGES) else {
         return;
     };
-    s.import("example.com/rl:v1");
+    import(&s, "example.com/rl:v1");
     // The store's path is too long for a console socket: it goes to $XDG_RUNTIME_DIR/moat.
     let out = s.ok(&[
         "run",
@@ -723,7 +475,7 @@ fn a_delegated_cgroup_is_used_for_limits() {
     let Some(s) = Session::new(WITH_RANGES) else {
         return;
     };
-    s.import("example.com/rl:v1");
+    import(&s, "example.com/rl:v1");
     // Delegate a subtree to the user (as systemd's Delegate=yes does) and start moat in it.
     let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     let name = format!("moat-rl-deleg-{}", std::process::id());
@@ -795,13 +547,4 @@ fn a_delegated_cgroup_is_used_for_limits() {
     s.ok(&["rm", "-f", &id]);
     s.assert_gone(&id);
     assert!(!dir.exists(), "cgroup {} left", dir.display());
-}
-
-/// Runs its closure when dropped (cleanup that also runs when an assertion fails).
-struct Cleanup<F: FnMut()>(F);
-
-impl<F: FnMut()> Drop for Cleanup<F> {
-    fn drop(&mut self) {
-        (self.0)()
-    }
 }
