@@ -258,23 +258,30 @@ fn store_paths(cli: &Cli, rootless: bool) -> error::Result<meta::Paths> {
 /// that write files of other owners, the container's for `exec`, none for those that only read.
 fn enter_user_namespace(cmd: &Cmd, paths: &meta::Paths) -> error::Result<()> {
     use rootless::Enter;
+    // The init of a running container named alone: its user namespace owns the container's
+    // other namespaces and processes (signals to all of them, `exec`).
+    let running = |name: &str| -> Option<i32> {
+        let id = paths.resolve(name).ok()?;
+        match crate::backend::state(&paths.runtime(), &id) {
+            Some((moat_container::state::Status::Running, pid)) => Some(pid),
+            _ => None,
+        }
+    };
     let how = match cmd {
         Cmd::Run(_) => Enter::UserAndMount,
-        Cmd::Pull { .. }
-        | Cmd::Rm { .. }
-        | Cmd::Stop { .. }
-        | Cmd::Kill { .. }
-        | Cmd::Image(ImageCmd::Import { .. } | ImageCmd::Gc) => Enter::User,
-        Cmd::Exec(a) => {
-            // A container that is not running: `exec` says so itself.
-            let Ok(id) = paths.resolve(&a.container) else {
-                return Ok(());
-            };
-            return match crate::backend::state(&paths.runtime(), &id) {
-                Some((moat_container::state::Status::Running, pid)) => rootless::join(pid),
-                _ => Ok(()),
-            };
+        Cmd::Rm { containers, .. }
+        | Cmd::Stop { containers, .. }
+        | Cmd::Kill { containers, .. } => {
+            if let [one] = containers.as_slice() {
+                if let Some(pid) = running(one) {
+                    return rootless::join(pid);
+                }
+            }
+            Enter::User
         }
+        Cmd::Pull { .. } | Cmd::Image(ImageCmd::Import { .. } | ImageCmd::Gc) => Enter::User,
+        // A container that is not running: `exec` says so itself.
+        Cmd::Exec(a) => return running(&a.container).map_or(Ok(()), rootless::join),
         _ => return Ok(()),
     };
     rootless::enter(how, &paths.root)
