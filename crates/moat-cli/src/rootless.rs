@@ -9,8 +9,9 @@
 //!   user's /etc/subuid and /etc/subgid ranges from 1 on, written by `newuidmap`/`newgidmap`
 //!   (package uidmap) from a short-lived helper child; `run` takes a mount namespace too, which
 //!   holds the container's overlay and ends with its last process. Without subordinate ranges
-//!   only the user's own id is mapped (said once per store). `exec` joins the user namespace of
-//!   the container's init instead. Nothing outlives the commands: no pause process.
+//!   only the user's own id is mapped (said once per store). `exec` (and `stop`, `kill`, `rm` of
+//!   one running container) joins the user namespace of the container's init instead. Nothing
+//!   outlives the commands: no pause process.
 //! - The container runs in that namespace (as under rootless podman: the spec has no user
 //!   namespace of its own) and the runtime core runs in its rootless mode.
 //!
