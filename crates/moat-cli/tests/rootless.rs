@@ -548,3 +548,43 @@ fn a_delegated_cgroup_is_used_for_limits() {
     s.assert_gone(&id);
     assert!(!dir.exists(), "cgroup {} left", dir.display());
 }
+
+#[test]
+fn host_and_none_networks() {
+    let Some(s) = Session::new(WITH_RANGES) else {
+        return;
+    };
+    import(&s, "example.com/rl:v1");
+    let ifaces = |text: &str| -> Vec<String> {
+        let mut v: Vec<String> = text
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split(':').next().map(|n| n.trim().to_owned()))
+            .collect();
+        v.sort();
+        v
+    };
+    let host = ifaces(&std::fs::read_to_string("/proc/net/dev").unwrap());
+    let run = |net: &str| {
+        s.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            net,
+            "example.com/rl:v1",
+            "cat",
+            "/proc/net/dev",
+        ])
+    };
+    assert_eq!(
+        ifaces(&run("host")),
+        host,
+        "--network host sees the host's interfaces"
+    );
+    assert_eq!(
+        ifaces(&run("none")),
+        ["lo"],
+        "--network none has loopback only"
+    );
+    assert_eq!(s.ok(&["ps", "-a", "-q"]), "");
+}
