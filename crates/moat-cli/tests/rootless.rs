@@ -45,12 +45,17 @@ fn image_layout(dir: &Path) {
         .file("home/u/f", b"owned by u\n")
         .file("gone", b"hidden by the next layer\n")
         .dir("opq/")
-        .file("opq/a", b"a\n");
+        .file("opq/a", b"a\n")
+        .symlink("swap", "/tmp");
+    // A directory over the lower layer's symlink to the host's /tmp: it replaces the link (the
+    // copy fallback must never write through it).
     let mut t2 = Tar::new();
     t2.file(".wh.gone", b"")
         .dir("opq/")
         .file("opq/.wh..wh..opq", b"")
-        .file("opq/b", b"b\n");
+        .file("opq/b", b"b\n")
+        .dir("swap/")
+        .file("swap/moat-rl-escape", b"stays in the rootfs\n");
     write_layout(
         dir,
         "v1",
@@ -101,7 +106,7 @@ fn parse_map(text: &str) -> Vec<[u64; 3]> {
 }
 
 const PROBE: &str = "id; cat /proc/self/uid_map; echo --; ls -ln /home/u | tail -1; ls /opq; \
-                     test -e /gone || echo gone-hidden; exit 3";
+                     ls /swap; test -e /gone || echo gone-hidden; exit 3";
 
 /// What [`PROBE`] printed: (`id`, uid_map lines, the rest).
 fn probe_output(out: &str) -> (String, Vec<[u64; 3]>, String) {
@@ -167,7 +172,7 @@ fn pull_and_run_as_the_user_with_mapped_ids() {
     assert!(rest.starts_with("-rw-r--r--    1 1000     1000 "), "{rest}");
     assert_eq!(
         rest.lines().skip(1).collect::<Vec<_>>(),
-        ["b", "gone-hidden"],
+        ["b", "moat-rl-escape", "gone-hidden"],
         "{rest}"
     );
     assert_eq!(text(&o.stderr), "", "a clean run prints nothing else");
@@ -385,7 +390,7 @@ fn without_subordinate_ids_only_the_user_is_mapped_and_said_once() {
     assert!(rest.starts_with("-rw-r--r--    1 0        0 "), "{rest}");
     assert_eq!(
         rest.lines().skip(1).collect::<Vec<_>>(),
-        ["b", "gone-hidden"]
+        ["b", "moat-rl-escape", "gone-hidden"]
     );
 }
 
@@ -426,6 +431,15 @@ fn the_copy_fallback_shows_the_same_tree() {
     assert!(
         err.starts_with("moat: ") && err.lines().count() == 1,
         "{err}"
+    );
+    assert!(
+        text(&copied.stdout).contains("\nmoat-rl-escape\n"),
+        "{}",
+        text(&copied.stdout)
+    );
+    assert!(
+        !Path::new("/tmp/moat-rl-escape").exists(),
+        "the copy wrote through a layer's symlink"
     );
     assert_eq!(s.ok(&["ps", "-a", "-q"]), "");
 }

@@ -5,7 +5,10 @@
 //! times (hard links become copies).
 //!
 //! The snapshots are moat's own unpacked layers (already checked when unpacked), walked without
-//! following any symlink; what it must never do is follow a link of a layer while writing.
+//! following any symlink; what it must never do is follow a link of a layer while writing: it
+//! descends only into directories it has just created or found to be real directories with
+//! `lstat` (a symlink of a lower layer where an upper one has a directory is replaced, as
+//! overlayfs shows it), and nothing else writes in the tree before the container starts.
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};

@@ -595,9 +595,9 @@ impl Unpacker {
             return false; // would forge whiteouts, opaque dirs or redirects in the overlay
         }
         if self.opts.userns {
-            // Root of a user namespace may set `security.capability` (as a namespaced v3
-            // capability), never `trusted.`.
-            return name.starts_with(b"user.") || name.starts_with(b"security.");
+            // Root of a user namespace may set `security.capability` (stored as a namespaced
+            // v3 capability), never `trusted.` nor the LSMs' labels.
+            return name.starts_with(b"user.") || name == b"security.capability";
         }
         name.starts_with(b"user.") || self.opts.privileged
     }
