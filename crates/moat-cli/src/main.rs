@@ -192,28 +192,34 @@ pub fn one_line(e: &anyhow::Error) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // CVE-2019-5736: run from a sealed copy of ourselves before touching a container's namespaces.
-    if matches!(cli.cmd, Cmd::Run(_) | Cmd::Exec(_)) && !moat_sys::fd::running_from_sealed_copy() {
-        let e = moat_sys::fd::reexec_from_sealed_copy();
-        report(
-            cli.log_format,
-            &format!("re-execute from a sealed copy of moat: {e}"),
-        );
-        return ExitCode::from(125);
-    }
-    let rootless = !nix::unistd::geteuid().is_root();
-    let paths = match store_paths(&cli, rootless) {
-        Ok(p) => p,
-        Err(e) => {
-            report(cli.log_format, &one_line(&anyhow::Error::new(e)));
-            return ExitCode::from(125);
-        }
+    let fail = |msg: String| {
+        report(cli.log_format, &msg);
+        ExitCode::from(125)
     };
-    if rootless {
+    // CVE-2019-5736: run from a sealed copy of ourselves before touching a container's namespaces.
+    let needs_sealed = matches!(cli.cmd, Cmd::Run(_) | Cmd::Exec(_));
+    let sealed = needs_sealed && moat_sys::fd::running_from_sealed_copy();
+    // Rootless, the user namespace comes first: the re-execution keeps it, and `run`'s mount
+    // namespace lets it make the read-only overlay view of the binary as root does, instead of
+    // copying the whole binary into a sealed memfd.
+    let entered = rootless::entered_before_reexec();
+    let host_uid = entered.unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+    let rootless = entered.is_some() || !nix::unistd::geteuid().is_root();
+    let paths = match store_paths(&cli, rootless, host_uid) {
+        Ok(p) => p,
+        Err(e) => return fail(one_line(&anyhow::Error::new(e))),
+    };
+    if rootless && entered.is_none() {
         if let Err(e) = enter_user_namespace(&cli.cmd, &paths) {
-            report(cli.log_format, &one_line(&anyhow::Error::new(e)));
-            return ExitCode::from(125);
+            return fail(one_line(&anyhow::Error::new(e)));
         }
+        if needs_sealed && !sealed {
+            rootless::mark_entered(host_uid);
+        }
+    }
+    if needs_sealed && !sealed {
+        let e = moat_sys::fd::reexec_from_sealed_copy();
+        return fail(format!("re-execute from a sealed copy of moat: {e}"));
     }
     match dispatch(&cli, paths, rootless) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -239,7 +245,7 @@ fn report(format: LogFormat, msg: &str) {
 
 /// Where the store and the runtime state are: `--root` (default /var/lib/moat, rootless
 /// `$XDG_DATA_HOME/moat`) and its `runtime/` (rootless: `$XDG_RUNTIME_DIR/moat`).
-fn store_paths(cli: &Cli, rootless: bool) -> error::Result<meta::Paths> {
+fn store_paths(cli: &Cli, rootless: bool, uid: u32) -> error::Result<meta::Paths> {
     if !rootless {
         let root = cli
             .root
@@ -247,7 +253,7 @@ fn store_paths(cli: &Cli, rootless: bool) -> error::Result<meta::Paths> {
             .unwrap_or_else(|| PathBuf::from(moat_image::store::DEFAULT_ROOT));
         return Ok(meta::Paths::new(root));
     }
-    let dirs = rootless::dirs()?;
+    let dirs = rootless::dirs(uid)?;
     Ok(meta::Paths::with_runtime(
         cli.root.clone().unwrap_or(dirs.data),
         dirs.runtime,
@@ -274,14 +280,17 @@ fn enter_user_namespace(cmd: &Cmd, paths: &meta::Paths) -> error::Result<()> {
         | Cmd::Kill { containers, .. } => {
             if let [one] = containers.as_slice() {
                 if let Some(pid) = running(one) {
-                    return rootless::join(pid);
+                    return rootless::join(pid, Enter::User);
                 }
             }
             Enter::User
         }
         Cmd::Pull { .. } | Cmd::Image(ImageCmd::Import { .. } | ImageCmd::Gc) => Enter::User,
         // A container that is not running: `exec` says so itself.
-        Cmd::Exec(a) => return running(&a.container).map_or(Ok(()), rootless::join),
+        Cmd::Exec(a) => {
+            return running(&a.container)
+                .map_or(Ok(()), |pid| rootless::join(pid, Enter::UserAndMount))
+        }
         _ => return Ok(()),
     };
     rootless::enter(how, &paths.root)

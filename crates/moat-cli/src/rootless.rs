@@ -35,8 +35,8 @@ pub struct Dirs {
 }
 
 /// `$XDG_DATA_HOME/moat` (default `~/.local/share/moat`) and `$XDG_RUNTIME_DIR/moat` (default
-/// `/run/user/UID/moat` when that directory is the user's).
-pub fn dirs() -> Result<Dirs> {
+/// `/run/user/UID/moat` when that directory is user `uid`'s).
+pub fn dirs(uid: u32) -> Result<Dirs> {
     let env = |k: &str| {
         std::env::var_os(k)
             .filter(|v| !v.is_empty())
@@ -52,14 +52,11 @@ pub fn dirs() -> Result<Dirs> {
         }
     }
     .join("moat");
-    let uid = nix::unistd::geteuid();
     let runtime = match env("XDG_RUNTIME_DIR") {
         Some(r) => r,
         None => {
             let r = PathBuf::from(format!("/run/user/{uid}"));
-            if !fs::metadata(&r)
-                .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == uid.as_raw())
-            {
+            if !fs::metadata(&r).is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == uid) {
                 return Err(CliError::Usage(format!(
                     "rootless: XDG_RUNTIME_DIR is not set and {} is not yours: set it to a \
                      directory only you can write (as systemd's pam_systemd does)",
@@ -71,6 +68,33 @@ pub fn dirs() -> Result<Dirs> {
     }
     .join("moat");
     Ok(Dirs { data, runtime })
+}
+
+/// The variable telling the sealed re-execution of a rootless `run`/`exec` that its user
+/// namespace is entered already, and as which host uid.
+const ENTERED_ENV: &str = "_MOAT_ROOTLESS_ENTERED_AS";
+
+/// Before re-executing: say that the user namespace is entered (by host user `uid`).
+pub fn mark_entered(uid: u32) {
+    std::env::set_var(ENTERED_ENV, uid.to_string());
+}
+
+/// After re-executing (first thing, single-threaded): the host uid of the user whose namespace
+/// this process already is root of, when [`mark_entered`] said so and the namespace agrees (its
+/// uid 0 is that host uid, and this process is uid 0 there); the variable is removed either way.
+pub fn entered_before_reexec() -> Option<u32> {
+    let v = std::env::var(ENTERED_ENV).ok()?;
+    std::env::remove_var(ENTERED_ENV);
+    let uid: u32 = v.parse().ok().filter(|u| *u != 0)?;
+    let map = fs::read_to_string("/proc/self/uid_map").ok()?;
+    let first: Vec<u64> = map
+        .lines()
+        .next()?
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let agrees = first.len() == 3 && first[0] == 0 && first[1] == u64::from(uid) && first[2] >= 1;
+    (agrees && nix::unistd::geteuid().is_root()).then_some(uid)
 }
 
 /// One line of /etc/subuid or /etc/subgid that belongs to the user: (start, count).
@@ -132,19 +156,24 @@ pub fn enter(how: Enter, store: &Path) -> Result<()> {
     }
     become_root(!own_only)?;
     if how == Enter::UserAndMount {
-        // Host mounts still reach us; ours (the container's overlay) never reach the host.
-        nix::mount::mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
-            None::<&str>,
-        )
-        .map_err(CliError::sys(
-            "rootless: make / a slave mount in the new mount namespace",
-        ))?;
+        slave_root()?;
     }
     Ok(())
+}
+
+/// In a new mount namespace: host mounts still reach us; ours (the container's overlay) never
+/// reach the host.
+fn slave_root() -> Result<()> {
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(CliError::sys(
+        "rootless: make / a slave mount in the new mount namespace",
+    ))
 }
 
 fn unshare_user(how: Enter) -> Result<()> {
@@ -314,8 +343,10 @@ pub fn delegated_cgroup() -> Option<PathBuf> {
     None
 }
 
-/// Join the user namespace of process `pid` (a container's init made by `moat run`) as its root.
-pub fn join(pid: i32) -> Result<()> {
+/// Join the user namespace of process `pid` (a container's init made by `moat run`) as its root;
+/// with `Enter::UserAndMount`, in a mount namespace of its own too (`exec`: where the sealed
+/// view of the binary can be made without copying it).
+pub fn join(pid: i32, how: Enter) -> Result<()> {
     let p = format!("/proc/{pid}/ns/user");
     let f = fs::File::open(&p).map_err(CliError::io("rootless: open", &p))?;
     nix::sched::setns(&f, CloneFlags::CLONE_NEWUSER).map_err(CliError::sys(format!(
@@ -323,7 +354,13 @@ pub fn join(pid: i32) -> Result<()> {
     )))?;
     let setgroups =
         fs::read_to_string(format!("/proc/{pid}/setgroups")).is_ok_and(|s| s.trim() == "allow");
-    become_root(setgroups)
+    become_root(setgroups)?;
+    if how == Enter::UserAndMount {
+        nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+            .map_err(CliError::sys("rootless: create a mount namespace"))?;
+        slave_root()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

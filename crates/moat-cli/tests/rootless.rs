@@ -211,6 +211,28 @@ fn detached_logs_exec_stop_rm_leave_nothing() {
     let ps = s.ok(&["ps"]);
     assert!(ps.contains(&name) && ps.contains("running"), "{ps}");
     wait_for("the log", || s.ok(&["logs", &name]) == "started\n");
+    // CVE-2019-5736 rootless too: the monitor runs from a read-only view of moat's binary
+    // (made in its own mount namespace), never from the binary itself.
+    let monitor = processes_of(s.user, &name);
+    let pid = monitor
+        .iter()
+        .find(|l| l.contains(" run -d "))
+        .and_then(|l| l.split(':').next())
+        .unwrap_or_else(|| panic!("no monitor of the container in {monitor:?}"));
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_ne!(
+        exe,
+        Path::new(BIN),
+        "the monitor runs from the binary itself"
+    );
+    let w = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/exe"));
+    assert!(
+        w.is_err(),
+        "the monitor's binary ({}) is writable",
+        exe.display()
+    );
     let out = s.ok(&["exec", &name, "sh", "-c", "id -u; cat /proc/1/cmdline"]);
     assert_eq!(out, "0\nsleep\u{0}1001\u{0}");
     assert_eq!(s.ok(&["exec", "-u", "1000", &name, "id", "-u"]), "1000\n");
