@@ -52,7 +52,7 @@ pub struct Meta {
     pub created: String,
     pub auto_remove: bool,
     pub detached: bool,
-    /// `none`, `host` or `bridge`.
+    /// `none`, `host` or `bridge`; rootless `slirp4netns` or `pasta`.
     pub network: String,
     #[serde(default)]
     pub ports: Vec<Port>,

@@ -54,7 +54,8 @@ pub struct RunArgs {
     /// Name of the container (default: a generated adjective_noun).
     #[arg(long)]
     pub name: Option<String>,
-    /// Publish a container port on the host (needs --network bridge).
+    /// Publish a container port on the host (needs --network bridge; rootless, slirp4netns or
+    /// pasta).
     #[arg(short, long, value_name = "[IP:]HOSTPORT:CTRPORT[/tcp|udp]")]
     pub publish: Vec<String>,
     /// Use DIR as the root filesystem instead of an image; all arguments are the command.
