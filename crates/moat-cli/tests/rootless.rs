@@ -524,8 +524,16 @@ fn a_delegated_cgroup_is_used_for_limits() {
     };
     std::fs::create_dir_all(&place).unwrap();
     let _cleanup = Cleanup(|| {
+        // The container's monitor may still be exiting (EBUSY until it has left).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let _ = std::fs::remove_dir(top.join("leaf"));
-        let _ = std::fs::remove_dir(&top);
+        while std::fs::remove_dir(&top).is_err()
+            && top.exists()
+            && std::time::Instant::now() < deadline
+        {
+            let _ = std::fs::remove_dir(top.join("leaf"));
+            std::thread::sleep(Duration::from_millis(50));
+        }
     });
     if v2 {
         let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+pids");
