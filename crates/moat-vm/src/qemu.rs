@@ -234,12 +234,24 @@ pub const JAIL_DIR: &str = "jail";
 fn chroot_args(qemu: &Path, dir: &Path) -> Vec<std::ffi::OsString> {
     static RUN_WITH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let run_with = *RUN_WITH.get_or_init(|| {
-        Command::new(qemu)
+        // Remembered per QEMU binary (path, size, mtime) in the cache: running `-help` costs a
+        // QEMU start (40-80 ms here) on every VM start otherwise.
+        let memo = qemu_memo(qemu, "run-with");
+        if let Some(v) = memo.as_ref().and_then(|m| std::fs::read_to_string(m).ok()) {
+            return v == "yes";
+        }
+        let yes = Command::new(qemu)
             .arg("-help")
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("-run-with"))
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("-run-with"));
+        if let Some(m) = memo {
+            let tmp = m.with_extension(format!("tmp-{}", std::process::id()));
+            let _ = std::fs::write(&tmp, if yes { "yes" } else { "no" })
+                .and_then(|()| std::fs::rename(&tmp, &m));
+        }
+        yes
     });
     if run_with {
         let mut v = std::ffi::OsString::from("chroot=");
@@ -248,6 +260,35 @@ fn chroot_args(qemu: &Path, dir: &Path) -> Vec<std::ffi::OsString> {
     } else {
         vec!["-chroot".into(), dir.into()]
     }
+}
+
+/// `bin` as found on PATH (itself when it has a directory part or is not found).
+pub(crate) fn resolve_binary(bin: &Path) -> PathBuf {
+    if bin.components().count() > 1 {
+        return bin.to_path_buf();
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| bin.to_path_buf())
+}
+
+/// Where a fact `what` about the QEMU binary `qemu` is remembered: a file of the cache named by
+/// the binary's identity (its path on PATH, size and mtime), so an upgrade asks again.
+fn qemu_memo(qemu: &Path, what: &str) -> Option<PathBuf> {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    let bin = resolve_binary(qemu);
+    let m = std::fs::metadata(&bin).ok()?;
+    let key = sha2::Sha256::digest(
+        format!("{} {} {} {}", bin.display(), m.len(), m.mtime(), m.mtime_nsec()).as_bytes(),
+    );
+    let key: String = key.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    let dir = crate::assets::cache_dir().join("qemu");
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir.join(format!("{key}.{what}")))
 }
 
 /// The host end of agent port `i` of the VM whose run dir is `run`.

@@ -93,19 +93,6 @@ pub fn unsupported(cfg: &VmConfig) -> Option<String> {
     None
 }
 
-/// `qemu`'s binary as found on PATH.
-fn resolve_binary(bin: &Path) -> PathBuf {
-    if bin.components().count() > 1 {
-        return bin.to_path_buf();
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(bin))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| bin.to_path_buf())
-}
-
 fn file_id(p: &Path) -> String {
     use std::os::unix::fs::MetadataExt;
     match std::fs::metadata(p) {
@@ -137,7 +124,7 @@ pub fn key(qemu: &Qemu, cfg: &VmConfig) -> String {
     let mut h = Sha256::new();
     for line in [
         FORMAT.to_string(),
-        file_id(&resolve_binary(&qemu.binary)),
+        file_id(&crate::qemu::resolve_binary(&qemu.binary)),
         qemu.accel.as_str().to_string(),
         file_id(&cfg.kernel),
         file_id(&cfg.initramfs),
