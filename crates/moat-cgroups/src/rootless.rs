@@ -112,7 +112,7 @@ pub fn check_limits(
             }
         };
         if !have {
-            let uid = moat_sys::nix::unistd::geteuid();
+            let uid = caller();
             return Err(CgroupError::Rootless {
                 field: field.clone(),
                 reason: match want {
@@ -130,6 +130,25 @@ pub fn check_limits(
         }
     }
     Ok(())
+}
+
+/// The caller's uid for messages: `1001`, or `0 (1001 on the host)` in a user namespace (the
+/// rootless `moat` CLI runs the core as root of its own).
+fn caller() -> String {
+    let uid = moat_sys::nix::unistd::geteuid().as_raw();
+    let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    let host = map.lines().find_map(|l| {
+        let f: Vec<u64> = l
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        (f.len() == 3 && f[0] <= u64::from(uid) && u64::from(uid) < f[0] + f[2])
+            .then(|| f[1] + u64::from(uid) - f[0])
+    });
+    match host {
+        Some(h) if h != u64::from(uid) => format!("{uid} ({h} on the host)"),
+        _ => uid.to_string(),
+    }
 }
 
 impl Cgroup {

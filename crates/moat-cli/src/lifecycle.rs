@@ -154,7 +154,9 @@ pub fn rm(ctx: &Ctx, name: &str, force: bool) -> Result<()> {
     // The container's monitor may be tearing the network down at this moment: `release`
     // serializes the two and runs CNI DEL once.
     crate::cni::release(&ctx.paths, &id)?;
-    if matches!(m.rootfs, RootfsSource::Image { .. }) {
+    // Rootless, the overlay lives in the mount namespace of the `moat run` that made it (gone
+    // with its last process, waited for above); the host's has nothing to unmount.
+    if matches!(m.rootfs, RootfsSource::Image { .. }) && !ctx.rootless {
         if let Ok(r) = moat_image::snapshot::rootfs_of(&ctx.store, &id) {
             r.unmount()
                 .map_err(CliError::image(format!("unmount the rootfs of {name}")))?;
@@ -241,6 +243,7 @@ pub fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32> {
     let console = if a.tty {
         Some(crate::tty::ConsoleSocket::listen(
             &ctx.paths.container_dir(&id),
+            &ctx.paths.short_socket_dir(),
         )?)
     } else {
         None

@@ -13,9 +13,11 @@ mod lifecycle;
 mod login;
 mod meta;
 mod progress;
+mod rootless;
 mod run;
 mod runspec;
 mod tty;
+mod usernet;
 mod vmimage;
 
 use std::path::PathBuf;
@@ -38,12 +40,18 @@ use crate::run::Ctx;
 ///
 /// State lives under --root: images (blobs/, snapshots/, refs.json), containers (containers/<id>/
 /// with meta.json, bundle/, ctr.log) and the runtime core's state (runtime/).
+///
+/// Rootless (run as a user other than root): the store is $XDG_DATA_HOME/moat (default
+/// ~/.local/share/moat), the runtime state $XDG_RUNTIME_DIR/moat; containers run in a user
+/// namespace mapping your /etc/subuid and /etc/subgid ranges, with the slirp4netns network by
+/// default (docs/rootless.md).
 #[derive(Parser, Debug)]
 #[command(name = "moat", version, verbatim_doc_comment, propagate_version = true)]
 struct Cli {
-    /// Directory holding images, containers and runtime state.
-    #[arg(long, global = true, default_value = moat_image::store::DEFAULT_ROOT, value_name = "DIR")]
-    root: PathBuf,
+    /// Directory holding images, containers and runtime state [default: /var/lib/moat; rootless:
+    /// $XDG_DATA_HOME/moat or ~/.local/share/moat].
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
     /// Registry (HOST[:PORT]) to reach over plain HTTP; loopback registries always are. Repeatable.
     /// Also read from `insecureRegistries` in the config file (`$MOAT_CONFIG`, default
     /// /etc/moat/moat.json).
@@ -185,16 +193,36 @@ pub fn one_line(e: &anyhow::Error) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let fail = |msg: String| {
+        report(cli.log_format, &msg);
+        ExitCode::from(125)
+    };
     // CVE-2019-5736: run from a sealed copy of ourselves before touching a container's namespaces.
-    if matches!(cli.cmd, Cmd::Run(_) | Cmd::Exec(_)) && !moat_sys::fd::running_from_sealed_copy() {
-        let e = moat_sys::fd::reexec_from_sealed_copy();
-        report(
-            cli.log_format,
-            &format!("re-execute from a sealed copy of moat: {e}"),
-        );
-        return ExitCode::from(125);
+    let needs_sealed = matches!(cli.cmd, Cmd::Run(_) | Cmd::Exec(_));
+    let sealed = needs_sealed && moat_sys::fd::running_from_sealed_copy();
+    // Rootless, the user namespace comes first: the re-execution keeps it, and `run`'s mount
+    // namespace lets it make the read-only overlay view of the binary as root does, instead of
+    // copying the whole binary into a sealed memfd.
+    let entered = rootless::entered_before_reexec();
+    let host_uid = entered.unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+    let rootless = entered.is_some() || !nix::unistd::geteuid().is_root();
+    let paths = match store_paths(&cli, rootless, host_uid) {
+        Ok(p) => p,
+        Err(e) => return fail(one_line(&anyhow::Error::new(e))),
+    };
+    if rootless && entered.is_none() {
+        if let Err(e) = enter_user_namespace(&cli.cmd, &paths) {
+            return fail(one_line(&anyhow::Error::new(e)));
+        }
+        if needs_sealed && !sealed {
+            rootless::mark_entered(host_uid);
+        }
     }
-    match dispatch(&cli) {
+    if needs_sealed && !sealed {
+        let e = moat_sys::fd::reexec_from_sealed_copy();
+        return fail(format!("re-execute from a sealed copy of moat: {e}"));
+    }
+    match dispatch(&cli, paths, rootless) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             let code = e
@@ -216,13 +244,67 @@ fn report(format: LogFormat, msg: &str) {
     }
 }
 
-fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
-    let store = moat_image::Store::open(&cli.root).map_err(CliError::image(format!(
+/// Where the store and the runtime state are: `--root` (default /var/lib/moat, rootless
+/// `$XDG_DATA_HOME/moat`) and its `runtime/` (rootless: `$XDG_RUNTIME_DIR/moat`).
+fn store_paths(cli: &Cli, rootless: bool, uid: u32) -> error::Result<meta::Paths> {
+    if !rootless {
+        let root = cli
+            .root
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(moat_image::store::DEFAULT_ROOT));
+        return Ok(meta::Paths::new(root));
+    }
+    let dirs = rootless::dirs(uid)?;
+    Ok(meta::Paths::with_runtime(
+        cli.root.clone().unwrap_or(dirs.data),
+        dirs.runtime,
+    ))
+}
+
+/// Rootless: the user namespace a command works in (see `rootless`): a new one for commands
+/// that write files of other owners, the container's for `exec`, none for those that only read.
+fn enter_user_namespace(cmd: &Cmd, paths: &meta::Paths) -> error::Result<()> {
+    use rootless::Enter;
+    // The init of a running container named alone: its user namespace owns the container's
+    // other namespaces and processes (signals to all of them, `exec`).
+    let running = |name: &str| -> Option<i32> {
+        let id = paths.resolve(name).ok()?;
+        match crate::backend::state(&paths.runtime(), &id) {
+            Some((moat_container::state::Status::Running, pid)) => Some(pid),
+            _ => None,
+        }
+    };
+    let how = match cmd {
+        Cmd::Run(_) => Enter::UserAndMount,
+        Cmd::Rm { containers, .. }
+        | Cmd::Stop { containers, .. }
+        | Cmd::Kill { containers, .. } => {
+            if let [one] = containers.as_slice() {
+                if let Some(pid) = running(one) {
+                    return rootless::join(pid, Enter::User);
+                }
+            }
+            Enter::User
+        }
+        Cmd::Pull { .. } | Cmd::Image(ImageCmd::Import { .. } | ImageCmd::Gc) => Enter::User,
+        // A container that is not running: `exec` says so itself.
+        Cmd::Exec(a) => {
+            return running(&a.container)
+                .map_or(Ok(()), |pid| rootless::join(pid, Enter::UserAndMount))
+        }
+        _ => return Ok(()),
+    };
+    rootless::enter(how, &paths.root)
+}
+
+fn dispatch(cli: &Cli, paths: meta::Paths, rootless: bool) -> anyhow::Result<i32> {
+    let store = moat_image::Store::open(&paths.root).map_err(CliError::image(format!(
         "open the store at {}",
-        cli.root.display()
+        paths.root.display()
     )))?;
     let ctx = Ctx {
-        paths: meta::Paths::new(&cli.root),
+        paths,
+        rootless,
         store,
         reg: RegistryOptions {
             insecure: cli

@@ -6,7 +6,8 @@
 //! <root>/containers/<id>/ctr.log       stdout and stderr of a detached container
 //! <root>/containers/<id>/netns         its network namespace, pinned (bridge network only)
 //! <root>/names/<name>                  the id owning <name> (created with O_EXCL: names are unique)
-//! <root>/runtime/<id>/                 the runtime core's state of the container
+//! <root>/runtime/<id>/                 the runtime core's state of the container (rootless:
+//!                                      $XDG_RUNTIME_DIR/moat/<id>, see `crate::rootless`)
 //! ```
 //!
 //! Ids are 64 random hex digits; a container is named by its name, its full id or a unique id
@@ -51,7 +52,7 @@ pub struct Meta {
     pub created: String,
     pub auto_remove: bool,
     pub detached: bool,
-    /// `none`, `host` or `bridge`.
+    /// `none`, `host` or `bridge`; rootless `slirp4netns` or `pasta`.
     pub network: String,
     #[serde(default)]
     pub ports: Vec<Port>,
@@ -69,6 +70,8 @@ pub struct Meta {
 #[derive(Clone, Debug)]
 pub struct Paths {
     pub root: PathBuf,
+    /// The runtime core's state directory.
+    pub runtime_root: PathBuf,
 }
 
 /// The lock file a running `moat run` (or its detached monitor) holds in the container's
@@ -97,7 +100,18 @@ pub fn wait_finished(paths: &Paths, id: &str, limit: std::time::Duration) {
 
 impl Paths {
     pub fn new(root: impl Into<PathBuf>) -> Paths {
-        Paths { root: root.into() }
+        let root = root.into();
+        Paths {
+            runtime_root: root.join("runtime"),
+            root,
+        }
+    }
+    /// A store whose runtime state lives in `runtime_root` (rootless: `$XDG_RUNTIME_DIR/moat`).
+    pub fn with_runtime(root: impl Into<PathBuf>, runtime_root: impl Into<PathBuf>) -> Paths {
+        Paths {
+            root: root.into(),
+            runtime_root: runtime_root.into(),
+        }
     }
     pub fn container_dir(&self, id: &str) -> PathBuf {
         self.root.join("containers").join(id)
@@ -115,11 +129,20 @@ impl Paths {
     pub fn netns(&self, id: &str) -> PathBuf {
         self.container_dir(id).join("netns")
     }
+    /// A directory with a short path for sockets whose name in the container's directory would
+    /// be too long: /run, or (rootless) the runtime state directory, which is the user's.
+    pub fn short_socket_dir(&self) -> PathBuf {
+        if self.runtime_root == self.root.join("runtime") {
+            PathBuf::from("/run")
+        } else {
+            self.runtime_root.clone()
+        }
+    }
     pub fn names(&self) -> PathBuf {
         self.root.join("names")
     }
     pub fn runtime(&self) -> moat_container::Store {
-        moat_container::Store::new(self.root.join("runtime"))
+        moat_container::Store::new(&self.runtime_root)
     }
 
     pub fn save(&self, m: &Meta) -> Result<()> {

@@ -28,6 +28,9 @@ use crate::runspec::{EtcFiles, SpecArgs};
 /// Everything a command needs to reach the stores.
 pub struct Ctx {
     pub paths: Paths,
+    /// Started by a user other than root: the command runs as root of its own user namespace
+    /// (`crate::rootless`), the runtime core in its rootless mode.
+    pub rootless: bool,
     pub store: Store,
     pub reg: RegistryOptions,
 }
@@ -51,7 +54,8 @@ pub struct RunArgs {
     /// Name of the container (default: a generated adjective_noun).
     #[arg(long)]
     pub name: Option<String>,
-    /// Publish a container port on the host (needs --network bridge).
+    /// Publish a container port on the host (needs --network bridge; rootless, slirp4netns or
+    /// pasta).
     #[arg(short, long, value_name = "[IP:]HOSTPORT:CTRPORT[/tcp|udp]")]
     pub publish: Vec<String>,
     /// Use DIR as the root filesystem instead of an image; all arguments are the command.
@@ -124,12 +128,39 @@ fn wait_single_threaded() {
 }
 
 /// The network mode: --network, else bridge (for a VM container too: the VM joins the bridge
-/// network's namespace; `host` is refused for it in `run`).
-fn network(a: &RunArgs) -> &str {
-    a.spec.network.as_deref().unwrap_or("bridge")
+/// network's namespace; `host` is refused for it in `run`); rootless, slirp4netns.
+fn network(a: &RunArgs, rootless: bool) -> &str {
+    a.spec
+        .network
+        .as_deref()
+        .unwrap_or(if rootless { "slirp4netns" } else { "bridge" })
 }
 
-fn parse_ports(a: &RunArgs) -> Result<Vec<Port>> {
+/// What cannot work for the caller is refused before anything is made.
+fn check_network(a: &RunArgs, rootless: bool) -> Result<()> {
+    let net = network(a, rootless);
+    if rootless && a.isolation == "vm" {
+        return Err(CliError::Usage(
+            "--isolation vm: VM containers are not available to rootless moat yet (run as root)"
+                .into(),
+        ));
+    }
+    if rootless && net == "bridge" {
+        return Err(CliError::Usage(
+            "--network bridge needs root (a bridge, veths and iptables on the host): rootless \
+             moat uses slirp4netns (the default) or pasta (both with -p), none or host"
+                .into(),
+        ));
+    }
+    if !rootless && matches!(net, "slirp4netns" | "pasta") {
+        return Err(CliError::Usage(format!(
+            "--network {net} is a rootless network: as root use bridge (with -p), none or host"
+        )));
+    }
+    Ok(())
+}
+
+fn parse_ports(a: &RunArgs, rootless: bool) -> Result<Vec<Port>> {
     let mut out = Vec::new();
     for p in &a.publish {
         let (spec, proto) = p.split_once('/').unwrap_or((p, "tcp"));
@@ -161,9 +192,11 @@ fn parse_ports(a: &RunArgs) -> Result<Vec<Port>> {
             protocol: proto.into(),
         });
     }
-    if !out.is_empty() && network(a) != "bridge" {
+    if !out.is_empty() && !matches!(network(a, rootless), "bridge" | "slirp4netns" | "pasta") {
         return Err(CliError::Usage(
-            "-p needs --network bridge (the container has no reachable address otherwise)".into(),
+            "-p needs --network bridge, or slirp4netns or pasta rootless (the container has no \
+             reachable address otherwise)"
+                .into(),
         ));
     }
     Ok(out)
@@ -183,6 +216,10 @@ fn etc_files(dir: &Path, hostname: &str, network: &str) -> Result<EtcFiles> {
     };
     let resolv = match network {
         "none" => None,
+        "slirp4netns" => Some(w(
+            "resolv.conf",
+            format!("nameserver {}\n", crate::usernet::DNS),
+        )?),
         _ => {
             let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
             // A loopback resolver of the host is unreachable from another network namespace.
@@ -205,7 +242,8 @@ fn etc_files(dir: &Path, hostname: &str, network: &str) -> Result<EtcFiles> {
 }
 
 pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
-    let ports = parse_ports(a)?;
+    check_network(a, ctx.rootless)?;
+    let ports = parse_ports(a, ctx.rootless)?;
     let (image, cmd): (Option<moat_image::StoredImage>, &[String]) = match &a.rootfs {
         Some(_) => (None, &a.args[..]),
         None => (Some(image(ctx, &a.args[0])?), &a.args[1..]),
@@ -256,6 +294,12 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
                 &moat_image::UnpackOptions::default(),
             )
             .map_err(CliError::image(format!("prepare the rootfs of {name}")))?;
+            if r.copied {
+                eprintln!(
+                    "moat: no overlay in this user namespace (Linux 5.11+ allows one; or \
+                     MOAT_ROOTFS_COPY=1): the image's layers were copied into the rootfs"
+                );
+            }
             if a.isolation == "vm" && crate::vmimage::templates_enabled() {
                 vm_image = crate::vmimage::rootfs_image(&ctx.store, img, &r.path);
             }
@@ -273,10 +317,10 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
         .hostname
         .clone()
         .unwrap_or_else(|| id[..12].to_owned());
-    let etc = etc_files(&dir, &hostname, network(a))?;
+    let etc = etc_files(&dir, &hostname, network(a, ctx.rootless))?;
     let vm = a.isolation == "vm";
     // What cannot work is refused, never silently dropped.
-    if vm && network(a) == "host" {
+    if vm && network(a, ctx.rootless) == "host" {
         return Err(CliError::Usage(
             "--isolation vm: --network host is not possible: a VM cannot share the host's network \
              stack (use --network bridge, with -p to publish ports, or --network none)"
@@ -284,9 +328,18 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
         ));
     }
     let mut spec = crate::runspec::build(&a.spec, &config, cmd, &rootfs, &hostname, &etc, a.tty)?;
+    if ctx.rootless {
+        crate::runspec::adapt_rootless(&mut spec);
+        if let Some(parent) = crate::rootless::delegated_cgroup() {
+            let path = parent.join(format!("moat-{}", &id[..12]));
+            if let Some(l) = spec.linux_mut() {
+                l.set_cgroups_path(Some(path));
+            }
+        }
+    }
     // A VM container on the bridge network joins a namespace made for it (`cni::setup_vm`), with
     // a tap joined to its `eth0`; with --network none it gets a fresh one (loopback only).
-    let vm_netns = (vm && network(a) == "bridge").then(|| ctx.paths.netns(&id));
+    let vm_netns = (vm && network(a, ctx.rootless) == "bridge").then(|| ctx.paths.netns(&id));
     if let Some(pin) = &vm_netns {
         crate::runspec::join_netns(&mut spec, pin);
     }
@@ -323,7 +376,7 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
         created: moat_container::state::now_rfc3339(),
         auto_remove: a.rm,
         detached: a.detach,
-        network: network(a).to_owned(),
+        network: network(a, ctx.rootless).to_owned(),
         ports,
         ip: None,
         exit_code: None,
@@ -369,11 +422,13 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
     let console = if a.tty {
         Some(crate::tty::ConsoleSocket::listen(
             &ctx.paths.container_dir(&id),
+            &ctx.paths.short_socket_dir(),
         )?)
     } else {
         None
     };
-    let pid = create_and_start(ctx, m, console.as_ref().map(|c| c.path().to_path_buf()))?;
+    // The network helper (slirp4netns) lives until the container has been waited for.
+    let (pid, _net) = create_and_start(ctx, m, console.as_ref().map(|c| c.path().to_path_buf()))?;
     undo.armed = false;
     let _attached = console.map(|c| c.attach()).transpose()?;
     let code = wait_forwarding(pid)?;
@@ -387,30 +442,50 @@ fn stdin_null() -> Result<()> {
     Ok(())
 }
 
-/// Create the container, set up its network, start it; returns the init's pid. On failure the
-/// runtime state is removed (the caller's `Undo` removes the rest).
-fn create_and_start(ctx: &Ctx, mut m: Meta, console_socket: Option<PathBuf>) -> Result<Pid> {
+/// Create the container, set up its network, start it; returns the init's pid and the network
+/// helper to keep while the container runs (slirp4netns). On failure the runtime state is
+/// removed (the caller's `Undo` removes the rest).
+fn create_and_start(
+    ctx: &Ctx,
+    mut m: Meta,
+    console_socket: Option<PathBuf>,
+) -> Result<(Pid, Option<crate::usernet::UserNet>)> {
     let rt = ctx.paths.runtime();
     let opts = moat_container::CreateOptions {
         id: m.id.clone(),
         bundle: ctx.paths.bundle(&m.id),
         console_socket,
+        rootless: ctx.rootless,
         ..Default::default()
     };
     let created = moat_container::create(&rt, &opts)
         .map_err(CliError::container(format!("create container {}", m.name)))?;
-    let started = (|| -> Result<()> {
-        let pin = ctx.paths.netns(&m.id);
-        crate::cni::setup(&mut m, created.pid, &pin)?;
+    let started = (|| -> Result<Option<crate::usernet::UserNet>> {
+        let net = if matches!(m.network.as_str(), "slirp4netns" | "pasta") {
+            let dir = ctx.paths.container_dir(&m.id);
+            Some(crate::usernet::start(
+                &m.network,
+                created.pid,
+                &dir,
+                &m.ports,
+            )?)
+        } else {
+            let pin = ctx.paths.netns(&m.id);
+            crate::cni::setup(&mut m, created.pid, &pin)?;
+            None
+        };
         ctx.paths.save(&m)?;
         moat_container::start::start(&rt, &m.id)
-            .map_err(CliError::container(format!("start container {}", m.name)))
+            .map_err(CliError::container(format!("start container {}", m.name)))?;
+        Ok(net)
     })();
-    if let Err(e) = started {
-        let _ = moat_container::delete::delete(&rt, &m.id, true);
-        return Err(e);
+    match started {
+        Ok(net) => Ok((Pid::from_raw(created.pid), net)),
+        Err(e) => {
+            let _ = moat_container::delete::delete(&rt, &m.id, true);
+            Err(e)
+        }
     }
-    Ok(Pid::from_raw(created.pid))
 }
 
 /// Record the exit of container `id`, free its runtime state and network, and remove it all
@@ -514,6 +589,8 @@ fn vm_monitor(
             if let Some(mut w) = wr.take() {
                 let _ = w.write_all(b"ok");
             }
+            // This process now only follows the container: give back what the set-up used.
+            moat_sys::process::release_free_heap();
         });
     undo.armed = false;
     match (r, wr) {
@@ -549,16 +626,18 @@ fn monitor(
     detach_stdio(log, null);
     let id = m.id.clone();
     let mut wr = std::fs::File::from(wr);
-    let started = (|| -> Result<(Pid, Option<OwnedFd>)> {
+    #[allow(clippy::type_complexity)]
+    let started = (|| -> Result<(Pid, Option<OwnedFd>, Option<crate::usernet::UserNet>)> {
         let console = if tty {
             Some(crate::tty::ConsoleSocket::listen(
                 &ctx.paths.container_dir(&id),
+                &ctx.paths.short_socket_dir(),
             )?)
         } else {
             None
         };
         let path = console.as_ref().map(|c| c.path().to_path_buf());
-        let pid = create_and_start(ctx, m, path)?;
+        let (pid, net) = create_and_start(ctx, m, path)?;
         let terminal = match console {
             Some(c) => {
                 let log = log.try_clone().map_err(CliError::io("dup", "log"))?;
@@ -566,15 +645,16 @@ fn monitor(
             }
             None => None,
         };
-        Ok((pid, terminal))
+        Ok((pid, terminal, net))
     })();
     match started {
-        Ok((pid, _terminal)) => {
+        Ok((pid, _terminal, net)) => {
             undo.armed = false;
             let _ = wr.write_all(b"ok");
             drop(wr);
             let code = wait_plain(pid);
             finish(ctx, &id, code);
+            drop(net); // `exit` runs no destructor
             std::process::exit(0)
         }
         Err(e) => {

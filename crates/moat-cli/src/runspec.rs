@@ -64,7 +64,9 @@ pub struct SpecArgs {
     /// plugins, needed for -p; none: own network namespace with loopback only; host: the host's.
     /// With --isolation vm: bridge (the VM joins the container's namespace through a tap) or none;
     /// host is refused (a VM cannot share the host's network stack).
-    #[arg(long, value_parser = ["none", "host", "bridge"])]
+    /// Rootless: slirp4netns (default: a user-mode network stack, outbound NAT, -p through it),
+    /// pasta (passt: the host's addresses in the container, -p through it), none or host.
+    #[arg(long, value_parser = ["none", "host", "bridge", "slirp4netns", "pasta"])]
     pub network: Option<String>,
     /// Container host name (default: the first 12 digits of the id).
     #[arg(long, value_name = "NAME")]
@@ -432,6 +434,28 @@ fn apply_flags(
         mounts.extend(extra);
     }
     Ok(())
+}
+
+/// Rootless: the container runs in moat's user namespace (no user namespace of its own), so the
+/// devpts `gid=5` option stays only when that namespace maps gid 5.
+pub fn adapt_rootless(spec: &mut Spec) {
+    if crate::rootless::maps_gid(5) {
+        return;
+    }
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for m in mounts.iter_mut() {
+        if m.destination() == Path::new("/dev/pts") {
+            let opts: Vec<String> = m
+                .options()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|o| o != "gid=5")
+                .collect();
+            m.set_options(Some(opts));
+        }
+    }
+    spec.set_mounts(Some(mounts));
 }
 
 /// Make the spec's network namespace the one pinned at `pin` (a VM container's, made before the

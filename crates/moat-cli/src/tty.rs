@@ -22,12 +22,14 @@ pub struct ConsoleSocket {
 }
 
 impl ConsoleSocket {
-    /// Listen in `dir` if its path is short enough for a socket address (108 bytes), else in /run.
-    pub fn listen(dir: &Path) -> Result<ConsoleSocket> {
+    /// Listen in `dir` if its path is short enough for a socket address (108 bytes), else in
+    /// `short` (/run; rootless, `$XDG_RUNTIME_DIR/moat`).
+    pub fn listen(dir: &Path, short: &Path) -> Result<ConsoleSocket> {
         let name = format!("moat-console-{}.sock", std::process::id());
         let mut path = dir.join(&name);
         if path.as_os_str().len() >= 100 {
-            path = Path::new("/run").join(&name);
+            std::fs::create_dir_all(short).map_err(CliError::io("mkdir", short))?;
+            path = short.join(&name);
         }
         let _ = std::fs::remove_file(&path);
         let listener =

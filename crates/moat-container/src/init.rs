@@ -361,19 +361,26 @@ fn container_init(
     let fifo = args
         .fifo
         .ok_or_else(|| InitFailure::msg(Step::Setup, "no exec fifo"))?;
-    moat_sys::resolve::mkdir_all_in_root(
+    match moat_sys::resolve::mkdir_all_in_root(
         root.as_fd(),
         process.cwd(),
         moat_sys::resolve::Leaf::Dir,
         0o755,
-    )
-    .map_err(|e| {
-        InitFailure::new(
-            Step::Cwd,
-            format!("create working directory {}", process.cwd().display()),
-            e,
-        )
-    })?;
+    ) {
+        Ok(_) => {}
+        // A directory on the way that root in the runtime may not search (mode 0700 of the
+        // container's user, with no CAP_DAC_OVERRIDE over it: a user namespace not mapping its
+        // owner, a root-squashed mount, a runtime without the capability): it exists, and the
+        // process enters it as its own user (`prepare_process`), as runc 1.1 does.
+        Err(nix::errno::Errno::EACCES | nix::errno::Errno::EPERM) => {}
+        Err(e) => {
+            return Err(InitFailure::new(
+                Step::Cwd,
+                format!("create working directory {}", process.cwd().display()),
+                e,
+            ))
+        }
+    }
 
     rootfs::switch_root(&root, args.no_pivot)?;
     drop(root);
@@ -464,10 +471,16 @@ fn prepare_process(
     }
     let nnp = process.no_new_privileges().unwrap_or(false);
     let caps = process.capabilities().as_ref();
+    // runc 1.1's order: the working directory is entered before the switch to the process's
+    // user (so a directory only the runtime's root may reach works), and once more after it when
+    // root was refused (a directory only the process's user may reach).
+    let denied_as_root = crate::process::enter_cwd_before_setuid(process.cwd())?;
     crate::process::apply_bounding(caps)?;
     crate::process::set_user(process)?;
+    if let Some(first) = denied_as_root {
+        crate::process::enter_cwd_after_setuid(process, first)?;
+    }
     crate::process::apply_caps(caps, args.seccomp.is_some() && !nnp)?;
-    crate::process::enter_cwd(process.cwd())?;
     let env = crate::process::exec_env(process);
     let env_strings: Vec<String> = env
         .iter()

@@ -185,6 +185,36 @@ pub fn apply_caps(caps: Option<&LinuxCapabilities>, hold_sys_admin: bool) -> R<(
     Ok(())
 }
 
+/// The first attempt at the working directory, as the runtime's root: `Ok(None)` when entered,
+/// `Ok(Some(errno))` when root was refused (EACCES/EPERM: retry as the process's user with
+/// [`enter_cwd_after_setuid`]), an error otherwise.
+pub fn enter_cwd_before_setuid(cwd: &Path) -> R<Option<i32>> {
+    match enter_cwd(cwd) {
+        Ok(()) => Ok(None),
+        Err(f) if f.errno == libc::EACCES || f.errno == libc::EPERM => Ok(Some(f.errno)),
+        Err(f) => Err(f),
+    }
+}
+
+/// The second attempt, after the switch to the process's user (runc: "chdir to cwd may fail
+/// before setuid; retry after"); its error names the directory and both refusals.
+pub fn enter_cwd_after_setuid(p: &Process, first_errno: i32) -> R<()> {
+    enter_cwd(p.cwd()).map_err(|f| {
+        let first = nix::errno::Errno::from_raw(first_errno).desc();
+        InitFailure {
+            step: Step::Cwd,
+            detail: format!(
+                "chdir to cwd {} set in config.json failed: as the runtime's root: {first}; \
+                 as uid {} gid {}",
+                p.cwd().display(),
+                p.user().uid(),
+                p.user().gid()
+            ),
+            errno: f.errno,
+        }
+    })
+}
+
 /// `chdir` into `cwd` resolved inside the (already switched) root, and verify the result is
 /// reachable from the root: a leaked descriptor cannot be used as a working directory.
 pub fn enter_cwd(cwd: &Path) -> R<()> {

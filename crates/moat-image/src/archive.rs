@@ -155,6 +155,7 @@ fn extract(store: &Store, archive: &Path) -> Result<tempfile::TempDir> {
     let opts = UnpackOptions {
         limits: Limits::default(),
         privileged: false,
+        userns: false,
     };
     unpack_layer(f, tmp.path(), &archive.display().to_string(), &opts)?;
     Ok(tmp)

@@ -13,6 +13,7 @@ pub mod archive;
 pub mod auth;
 pub mod digest;
 pub mod error;
+pub mod flatten;
 pub mod manifest;
 pub mod progress;
 pub mod pull;

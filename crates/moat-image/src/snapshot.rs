@@ -6,6 +6,10 @@
 //! A snapshot is unpacked in `tmp/` and renamed into place when complete, so a snapshot directory
 //! that exists is whole; when two pulls unpack the same layer at once, the first rename wins and
 //! the other copy is discarded.
+//!
+//! As root of a user namespace (rootless `moat`) the overlay is mounted with `userxattr` (opaque
+//! directories are marked `user.overlay.opaque`), which Linux 5.11+ allows; where the kernel
+//! refuses it, the layers are copied into a plain directory instead ([`Rootfs::copied`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -117,6 +121,21 @@ pub fn unpack_snapshot(
     }
 }
 
+/// The xattr marking an opaque directory: `trusted.overlay.opaque`, or `user.overlay.opaque`
+/// for an overlay mounted in a user namespace (with `userxattr`).
+pub fn opaque_xattr(userns: bool) -> &'static str {
+    if userns {
+        "user.overlay.opaque"
+    } else {
+        "trusted.overlay.opaque"
+    }
+}
+
+/// Whether this process is root of a user namespace other than the initial one.
+fn userns_root() -> bool {
+    rustix::process::geteuid().is_root() && crate::unpack::in_user_namespace()
+}
+
 /// A mounted container root filesystem.
 #[derive(Debug)]
 pub struct Rootfs {
@@ -124,6 +143,9 @@ pub struct Rootfs {
     pub path: PathBuf,
     /// `containers/<id>`: upper, work, rootfs and the chain IDs in use.
     pub dir: PathBuf,
+    /// The layers were copied into `path` (a plain directory): the kernel refused an overlay
+    /// in this user namespace (before Linux 5.11), or `MOAT_ROOTFS_COPY=1` asked for it.
+    pub copied: bool,
 }
 
 impl Rootfs {
@@ -187,13 +209,42 @@ pub fn prepare_rootfs(store: &Store, name: &str, id: &str, opts: &UnpackOptions)
             fs::create_dir(&empty).map_err(ImageError::io("mkdir", &empty))?;
             lowers.push(empty);
         }
-        mount_overlay(&lowers, &upper, &work, &rootfs)
+        let forced =
+            userns_root() && std::env::var_os("MOAT_ROOTFS_COPY").is_some_and(|v| v == "1");
+        if !forced {
+            match mount_overlay(&lowers, &upper, &work, &rootfs) {
+                Ok(()) => return Ok(false),
+                // An overlay in a user namespace needs Linux 5.11.
+                Err(e) if userns_root() && overlay_refused(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for l in lowers.iter().rev() {
+            crate::flatten::apply_layer(l, &rootfs)?;
+        }
+        Ok(true)
     })();
-    if let Err(e) = res {
-        let _ = fs::remove_dir_all(&dir);
-        return Err(e);
+    match res {
+        Ok(copied) => Ok(Rootfs {
+            path: rootfs,
+            dir,
+            copied,
+        }),
+        Err(e) => {
+            let _ = fs::remove_dir_all(&dir);
+            Err(e)
+        }
     }
-    Ok(Rootfs { path: rootfs, dir })
+}
+
+/// Whether a failed overlay mount is the kernel refusing overlay in a user namespace.
+fn overlay_refused(e: &ImageError) -> bool {
+    let errno = match e {
+        ImageError::Io { source, .. } => source.raw_os_error().unwrap_or(0),
+        ImageError::Sys { errno, .. } => *errno as i32,
+        _ => 0,
+    };
+    matches!(errno, libc::EPERM | libc::EINVAL | libc::ENODEV)
 }
 
 /// The rootfs of container `id` as prepared earlier (to unmount or remove it).
@@ -208,6 +259,7 @@ pub fn rootfs_of(store: &Store, id: &str) -> Result<Rootfs> {
     Ok(Rootfs {
         path: dir.join("rootfs"),
         dir,
+        copied: false,
     })
 }
 
@@ -215,6 +267,7 @@ pub fn rootfs_of(store: &Store, id: &str) -> Result<Rootfs> {
 /// layer (no page-size limit on the option string, Linux 6.8+), and the classic `mount(2)` with a
 /// colon-separated `lowerdir=` on older kernels.
 pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
+    let userxattr = userns_root();
     let new_api = || -> rustix::io::Result<()> {
         let fs_fd = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
         for l in lowers {
@@ -222,6 +275,9 @@ pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Pat
         }
         rustix::mount::fsconfig_set_string(&fs_fd, "upperdir", upper)?;
         rustix::mount::fsconfig_set_string(&fs_fd, "workdir", work)?;
+        if userxattr {
+            rustix::mount::fsconfig_set_flag(&fs_fd, "userxattr")?;
+        }
         rustix::mount::fsconfig_create(&fs_fd)?;
         let mnt = rustix::mount::fsmount(
             &fs_fd,
@@ -249,10 +305,11 @@ pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Pat
     }
     let join = |p: &Path| p.display().to_string();
     let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={}{}",
         lowers.iter().map(|p| join(p)).collect::<Vec<_>>().join(":"),
         join(upper),
-        join(work)
+        join(work),
+        if userxattr { ",userxattr" } else { "" }
     );
     nix::mount::mount(
         Some("overlay"),

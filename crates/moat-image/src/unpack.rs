@@ -51,15 +51,33 @@ impl Default for Limits {
 pub struct UnpackOptions {
     pub limits: Limits,
     /// Apply ownership, create device nodes and whiteouts, set `trusted.`/`security.` xattrs.
-    /// Defaults to whether the effective uid is 0.
+    /// Defaults to whether the effective uid is 0 in the initial user namespace.
     pub privileged: bool,
+    /// Root of a user namespace (rootless `moat`): ownership is applied through the namespace's
+    /// id map (an id it does not map stays the namespace's root, counted in `unmapped`),
+    /// whiteouts are 0/0 character devices (which Linux 5.8+ lets anyone create), opaque
+    /// directories carry `user.overlay.opaque` (the overlay is mounted with `userxattr`), and
+    /// device nodes and `trusted.` xattrs are left out. Defaults to whether the effective uid
+    /// is 0 in a user namespace other than the initial one.
+    pub userns: bool,
+}
+
+/// Whether this process runs in a user namespace other than the initial one.
+pub fn in_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| {
+        let f: Vec<&str> = m.split_whitespace().collect();
+        f != ["0", "0", "4294967295"]
+    })
 }
 
 impl Default for UnpackOptions {
     fn default() -> Self {
+        let root = rustix::process::geteuid().is_root();
+        let userns = root && in_user_namespace();
         UnpackOptions {
             limits: Limits::default(),
-            privileged: rustix::process::geteuid().is_root(),
+            privileged: root && !userns,
+            userns,
         }
     }
 }
@@ -74,6 +92,8 @@ pub struct UnpackStats {
     pub bytes: u64,
     /// Entries left out on purpose (device nodes when unprivileged, aufs metadata, unknown types).
     pub skipped: u64,
+    /// Entries whose owner the user namespace does not map (left owned by its root).
+    pub unmapped: u64,
 }
 
 /// Reads the uncompressed stream, hashing it and counting it against the byte limit.
@@ -144,6 +164,7 @@ pub fn unpack_layer(
         cache: None,
         dirs: Vec::new(),
         stats: (0, 0),
+        unmapped: Cell::new(0),
     };
     let mut archive = tar::Archive::new(meter);
     let res = u.run(&mut archive);
@@ -169,6 +190,7 @@ pub fn unpack_layer(
         entries: u.stats.0,
         bytes: meter.count,
         skipped: u.stats.1,
+        unmapped: u.unmapped.get(),
     })
 }
 
@@ -205,6 +227,8 @@ struct Unpacker {
     dirs: Vec<DirMeta>,
     /// (entries, skipped)
     stats: (u64, u64),
+    /// Entries whose owner the user namespace does not map (`UnpackOptions::userns`).
+    unmapped: Cell<u64>,
 }
 
 impl Unpacker {
@@ -435,7 +459,7 @@ impl Unpacker {
                     tar::EntryType::Block => FileType::BlockDevice,
                     _ => FileType::Fifo,
                 };
-                if ft != FileType::Fifo && !self.opts.privileged {
+                if ft != FileType::Fifo && (!self.opts.privileged || self.opts.userns) {
                     self.stats.1 += 1;
                     return Ok(());
                 }
@@ -508,19 +532,25 @@ impl Unpacker {
         raw: &[u8],
     ) -> Result<()> {
         let e = |e: rustix::io::Errno| self.io_err(raw, e);
-        if self.opts.privileged {
+        if self.opts.privileged || self.opts.userns {
             let (u, g) = (
                 u32::try_from(uid).unwrap_or(u32::MAX - 1),
                 u32::try_from(gid).unwrap_or(u32::MAX - 1),
             );
-            rustix::fs::chownat(
+            match rustix::fs::chownat(
                 p,
                 name,
                 Some(rustix::fs::Uid::from_raw(u)),
                 Some(rustix::fs::Gid::from_raw(g)),
                 AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(e)?;
+            ) {
+                Ok(()) => {}
+                // An id the user namespace does not map: the entry stays the namespace root's.
+                Err(rustix::io::Errno::INVAL) if self.opts.userns => {
+                    self.unmapped.set(self.unmapped.get() + 1);
+                }
+                Err(err) => return Err(e(err)),
+            }
         }
         if !xattrs.is_empty() {
             // lsetxattr through the magic link of the parent: acts on exactly `parent/name`,
@@ -564,12 +594,17 @@ impl Unpacker {
         if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
             return false; // would forge whiteouts, opaque dirs or redirects in the overlay
         }
+        if self.opts.userns {
+            // Root of a user namespace may set `security.capability` (stored as a namespaced
+            // v3 capability), never `trusted.` nor the LSMs' labels.
+            return name.starts_with(b"user.") || name == b"security.capability";
+        }
         name.starts_with(b"user.") || self.opts.privileged
     }
 
     /// `.wh.NAME` hides NAME of the layers below; `.wh..wh..opq` makes the parent opaque.
     fn whiteout(&mut self, parent: BorrowedFd<'_>, target: &[u8], raw: &[u8]) -> Result<()> {
-        if !self.opts.privileged {
+        if !self.opts.privileged && !self.opts.userns {
             return Err(self.unsafe_entry(
                 raw,
                 "whiteouts need root (overlay whiteouts are 0/0 devices)",
@@ -578,7 +613,7 @@ impl Unpacker {
         if target == b".wh..opq" {
             return rustix::fs::fsetxattr(
                 parent,
-                "trusted.overlay.opaque",
+                crate::snapshot::opaque_xattr(self.opts.userns),
                 b"y",
                 XattrFlags::empty(),
             )

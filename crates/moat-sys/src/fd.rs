@@ -149,31 +149,56 @@ const MOUNT_ATTR_RDONLY: libc::c_uint = 0x1;
 const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
 const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
 
+/// The directories tried, in order, as the second lower layer of [`sealed_overlay_of_self`]:
+/// any directory will do that does not overlap the binary's and has no mount below it that the
+/// caller cannot see through. `/dev` first (what root always gets); in a user namespace's own
+/// mount namespace the submounts of `/dev` are locked ("overlayfs: failed to clone lowerpath"),
+/// so directories that rarely hold mounts follow.
+const SECOND_LOWER: &[&[u8]] = &[b"/dev", b"/usr/share", b"/etc", b"/var/lib"];
+
 /// A read-only descriptor of our own binary, seen through a fresh overlayfs whose lower layers are
-/// the binary's directory (on top) and `/dev` (overlayfs needs two lower layers to run without an
-/// upper one). The mount is never attached anywhere; it lives as long as a descriptor (or, after
-/// `execveat`, the process's executable) refers to it.
+/// the binary's directory (on top) and another directory ([`SECOND_LOWER`]: overlayfs needs two
+/// lower layers to run without an upper one). The mount is never attached anywhere; it lives as
+/// long as a descriptor (or, after `execveat`, the process's executable) refers to it.
 fn sealed_overlay_of_self() -> Result<OwnedFd> {
     let exe = std::fs::read_link("/proc/self/exe").map_err(|_| Errno::ENOENT)?;
     let (Some(dir), Some(name)) = (exe.parent(), exe.file_name()) else {
         return Err(Errno::EINVAL);
     };
     let dir = dir.as_os_str().as_encoded_bytes();
-    // The layers must not overlap; ':' ',' '\\' are separators in the option. A deleted binary
-    // (" (deleted)") is not found through the overlay.
-    if dir.starts_with(b"/dev") || dir.iter().any(|c| matches!(c, b':' | b',' | b'\\')) {
+    // ':' ',' '\\' are separators in the option. A deleted binary (" (deleted)") is not found
+    // through the overlay.
+    if dir.iter().any(|c| matches!(c, b':' | b',' | b'\\')) {
         return Err(Errno::EINVAL);
     }
-    let mut lower = dir.to_vec();
-    lower.extend_from_slice(b":/dev");
-    let lower = CString::new(lower).map_err(|_| Errno::EINVAL)?;
     let name = CString::new(name.as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
+    let under = |a: &[u8], b: &[u8]| a == b || (a.starts_with(b) && a.get(b.len()) == Some(&b'/'));
+    let mut last = Errno::EINVAL;
+    for second in SECOND_LOWER {
+        // The layers must not overlap.
+        if under(dir, second) || under(second, dir) || dir == b"/" {
+            continue;
+        }
+        let mut lower = dir.to_vec();
+        lower.push(b':');
+        lower.extend_from_slice(second);
+        let lower = CString::new(lower).map_err(|_| Errno::EINVAL)?;
+        match overlay_view(&lower, &name) {
+            Ok(fd) => return Ok(fd),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// `name` in a never-attached read-only overlay of the layers `lower` (no upper layer).
+fn overlay_view(lower: &CStr, name: &CStr) -> Result<OwnedFd> {
     let ctx = fsopen(c"overlay")?;
     fsconfig(
         ctx.as_fd(),
         FSCONFIG_SET_STRING,
         Some(c"lowerdir"),
-        Some(&lower),
+        Some(lower),
     )?;
     fsconfig(ctx.as_fd(), FSCONFIG_CMD_CREATE, None, None)?;
     let mnt = fsmount(
@@ -182,7 +207,7 @@ fn sealed_overlay_of_self() -> Result<OwnedFd> {
     )?;
     let fd = nix::fcntl::openat(
         Some(mnt.as_raw_fd()),
-        name.as_c_str(),
+        name,
         OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;

@@ -238,8 +238,58 @@ pub fn resolve_modules(modules: &Path, wanted: &[&str]) -> Result<Vec<(String, P
 }
 
 /// Build (or find in the cache) the initramfs holding `agent` as /init and the modules; returns
-/// its path. The name is the SHA-256 of the contents.
+/// its path. The name is the SHA-256 of the contents. A second index, keyed by the agent file's
+/// identity (path, inode, size, mtime) and the kernel's, finds it again without reading the agent
+/// and the modules (tens of milliseconds and megabytes of heap on every VM start otherwise).
 pub fn ensure_initramfs(cache: &Path, kernel: &Kernel, agent: &Path) -> Result<PathBuf> {
+    let index = initramfs_index(cache, kernel, agent);
+    if let Some(found) = index
+        .as_ref()
+        .and_then(|i| std::fs::read_to_string(i).ok())
+        .map(|name| cache.join("initramfs").join(name.trim()))
+        .filter(|p| p.is_file())
+    {
+        return Ok(found);
+    }
+    let path = build_initramfs(cache, kernel, agent)?;
+    if let (Some(i), Some(name)) = (index, path.file_name()) {
+        let tmp = i.with_extension(format!("tmp-{}", std::process::id()));
+        let _ = std::fs::write(&tmp, name.to_string_lossy().as_bytes())
+            .and_then(|()| std::fs::rename(&tmp, &i));
+    }
+    Ok(path)
+}
+
+/// Where [`ensure_initramfs`] records which initramfs `agent` and `kernel` made.
+fn initramfs_index(cache: &Path, kernel: &Kernel, agent: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let a = std::fs::metadata(agent).ok()?;
+    let k = std::fs::metadata(&kernel.modules).ok()?;
+    let mut h = Sha256::new();
+    h.update(format!(
+        "initramfs-1\n{}\n{} {} {} {}\n{} {} {}\n{}\n",
+        agent.display(),
+        a.ino(),
+        a.len(),
+        a.mtime(),
+        a.mtime_nsec(),
+        kernel.release,
+        k.mtime(),
+        k.mtime_nsec(),
+        GUEST_MODULES.join(",")
+    ));
+    let key: String = h
+        .finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dir = cache.join("initramfs").join("by-agent");
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir.join(key))
+}
+
+fn build_initramfs(cache: &Path, kernel: &Kernel, agent: &Path) -> Result<PathBuf> {
     let agent_bytes = std::fs::read(agent).map_err(VmError::io("read agent binary", agent))?;
     if !agent_bytes.starts_with(b"\x7fELF") {
         return Err(VmError::AgentBinary {

@@ -1,6 +1,6 @@
 //! A minimal QMP (QEMU Machine Protocol) client: one unix socket, newline-delimited JSON,
-//! synchronous commands. Templates use it to save a VM (`stop`, `migrate`) and to resume a clone
-//! (`migrate-incoming`, `query-status`); nothing else in moat talks to QEMU at run time.
+//! synchronous commands. Saving a template (`migrate`, `query-migrate`) and resuming a clone
+//! (`migrate-incoming`) use it; nothing else in moat talks to QEMU at run time.
 //!
 //! Written by hand: the protocol needed here is four commands, and the QMP crates on crates.io
 //! (qapi, qmp-client) are async or generate the whole schema.
@@ -122,30 +122,6 @@ impl Qmp {
                     return Err(self.error("migrate", "did not complete in time"))
                 }
                 _ => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    }
-
-    /// Poll `query-status` until the incoming migration is loaded, then let the VM run (it was
-    /// stopped when saved, so it comes up paused); fail when it ends in any other state.
-    pub fn wait_running(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let v = self.execute("query-status", None)?;
-            match v["status"].as_str().unwrap_or("") {
-                "running" => return Ok(()),
-                // Loaded from a VM that was stopped to be saved: it stays paused until told.
-                "paused" => {
-                    self.execute("cont", None)?;
-                }
-                "inmigrate" | "prelaunch" | "finish-migrate" | "restore-vm"
-                    if Instant::now() <= deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(2))
-                }
-                s => {
-                    return Err(self.error("resume", &format!("the VM is {s:?} instead of running")))
-                }
             }
         }
     }

@@ -4,12 +4,13 @@
 //!
 //! - **Template**: QEMU boots with its guest RAM in a shared file (`memory-backend-file`,
 //!   `share=on`) and `moat.template` on the kernel command line. Once the agent has answered,
-//!   it is asked to prepare (drop caches; survive the host going away), QEMU is stopped and its
-//!   device state migrated with `x-ignore-shared` (the RAM stays in the file) into `state`.
+//!   it is asked to prepare (drop caches; survive the host going away) and its device state is
+//!   migrated with `x-ignore-shared` (the RAM stays in the file) into `state` over QMP.
 //! - **Clone**: QEMU starts with the same machine and devices, its RAM mapped from the template's
 //!   file `MAP_PRIVATE` (`share=off`: copy-on-write, the file is never written, every clone
-//!   shares its pages), `-incoming defer`, and loads `state` over a unix socket; the VM resumes
-//!   by itself. The first request to its agent makes it unique ([`moat_agent_proto::Restore`]:
+//!   shares its pages), `-incoming defer`; over QMP `x-ignore-shared` and `migrate-incoming` on a
+//!   socket of its jail, the host streams `state`, and the VM resumes by itself (the template was
+//!   saved running, so no `cont`). The first request to its agent makes it unique ([`moat_agent_proto::Restore`]:
 //!   entropy and a CRNG reseed, wall clock, hostname, machine-id, MACs).
 //! - **What may differ** between template and clone is what a device's backend points to: the
 //!   agent sockets, the console log, the taps (their MACs are the template's, the agent sets the
@@ -40,7 +41,7 @@ use moat_agent_proto::{Reply, Request, Restore};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, VmError};
-use crate::qemu::{new_run_dir, Launch, Qemu, QemuVm, JAIL_DIR, QMP_SOCKET};
+use crate::qemu::{new_run_dir, Launch, Qemu, QemuVm, INCOMING_SOCKET, JAIL_DIR, QMP_SOCKET};
 use crate::{Disk, VmConfig, VmInstance};
 
 /// The capacity of every disk of a templated VM: the template's placeholder disks are sparse
@@ -92,19 +93,6 @@ pub fn unsupported(cfg: &VmConfig) -> Option<String> {
     None
 }
 
-/// `qemu`'s binary as found on PATH.
-fn resolve_binary(bin: &Path) -> PathBuf {
-    if bin.components().count() > 1 {
-        return bin.to_path_buf();
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(bin))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| bin.to_path_buf())
-}
-
 fn file_id(p: &Path) -> String {
     use std::os::unix::fs::MetadataExt;
     match std::fs::metadata(p) {
@@ -136,7 +124,7 @@ pub fn key(qemu: &Qemu, cfg: &VmConfig) -> String {
     let mut h = Sha256::new();
     for line in [
         FORMAT.to_string(),
-        file_id(&resolve_binary(&qemu.binary)),
+        file_id(&crate::qemu::resolve_binary(&qemu.binary)),
         qemu.accel.as_str().to_string(),
         file_id(&cfg.kernel),
         file_id(&cfg.initramfs),
@@ -347,9 +335,10 @@ fn build(qemu: &Qemu, cfg: &VmConfig, tmp: &Path) -> Result<()> {
             })
         }
     }
+    // Saved running (the migration stops the VM for its last step): clones then run as soon as
+    // they have loaded the state, without a `cont`.
     let mut qmp = crate::qmp::Qmp::connect(&run.join(QMP_SOCKET), Duration::from_secs(10))?;
     qmp.ignore_shared_ram()?;
-    qmp.execute("stop", None)?;
     // QEMU has chrooted into the jail: it connects to `/out.sock` there.
     let out = run.join(JAIL_DIR).join("out.sock");
     let listener = UnixListener::bind(&out).map_err(VmError::io("listen on", &out))?;
@@ -411,14 +400,18 @@ fn clone(qemu: &Qemu, cfg: &VmConfig, dir: &Path) -> Result<QemuVm> {
         }
     };
     let mut vm = QemuVm::new(child, None, run.clone());
+    // QEMU listens on a socket of its jail and runs the guest once the state is in (no `cont`:
+    // the template was saved running); if it refuses the state, the agent connection below
+    // notices.
     let resumed = (|| -> Result<()> {
         let mut qmp = crate::qmp::Qmp::connect(&run.join(QMP_SOCKET), Duration::from_secs(10))?;
         qmp.ignore_shared_ram()?;
+        // QEMU has chrooted into the jail by now: the path is the jail's.
         qmp.execute(
             "migrate-incoming",
-            Some(serde_json::json!({ "uri": "unix:/in.sock" })),
+            Some(serde_json::json!({ "uri": format!("unix:/{INCOMING_SOCKET}") })),
         )?;
-        let sock = run.join(JAIL_DIR).join("in.sock");
+        let sock = run.join(JAIL_DIR).join(INCOMING_SOCKET);
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut s = loop {
             match UnixStream::connect(&sock) {
@@ -426,15 +419,19 @@ fn clone(qemu: &Qemu, cfg: &VmConfig, dir: &Path) -> Result<QemuVm> {
                 Err(e) if Instant::now() > deadline => {
                     return Err(VmError::io("connect to", &sock)(e))
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                Err(_) => {
+                    if let Some(st) = vm.try_wait()? {
+                        return Err(VmError::Config(format!("qemu exited: {st}")));
+                    }
+                    std::thread::sleep(Duration::from_millis(2))
+                }
             }
         };
         let state = dir.join(STATE);
         let mut f = std::fs::File::open(&state).map_err(VmError::io("open", &state))?;
         std::io::copy(&mut f, &mut s).map_err(VmError::io("send the state", &state))?;
         let _ = s.flush();
-        drop(s);
-        qmp.wait_running(Duration::from_secs(30))
+        Ok(())
     })();
     if let Err(e) = resumed {
         let stderr = vm.tail("qemu.stderr");
@@ -466,7 +463,18 @@ fn clone(qemu: &Qemu, cfg: &VmConfig, dir: &Path) -> Result<QemuVm> {
             .split_whitespace()
             .any(|w| w == moat_agent_proto::SINGLE_SANDBOX_FLAG),
     };
-    vm.attach_clone(cfg.agent_timeout, restore)?;
+    if let Err(e) = vm.attach_clone(cfg.agent_timeout, restore) {
+        // QEMU refused the state and exited: say what it said.
+        let stderr = vm.tail("qemu.stderr");
+        return Err(if stderr.trim().is_empty() {
+            e
+        } else {
+            VmError::Qmp {
+                command: "load the saved state".into(),
+                reason: format!("{e}; qemu said: {}", stderr.trim()),
+            }
+        });
+    }
     vm.set_template(dir);
     Ok(vm)
 }

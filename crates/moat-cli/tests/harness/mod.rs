@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+pub mod rootless;
 #[path = "../../../moat-runtime/tests/support/vm_agent.rs"]
 pub mod vm_agent;
 

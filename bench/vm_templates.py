@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""VM templates and density benchmark (Python 3 stdlib only; must run as root).
+
+Against a one-layer busybox image imported into a private moat store:
+1. Start: wall time of `moat run --rm --isolation vm --network none IMAGE true` as a clone of a
+   template (the default) and as a cold boot (MOAT_VM_TEMPLATES=0), interleaved, medians.
+2. Host memory of one idle VM sandbox (`moat run -d ... sleep 600`): PSS (smaps_rollup) of every
+   host process it has (QEMU, moat's monitor, virtiofsd for a cold boot), clone and cold.
+3. 20 idle clones at once: their total PSS and the PSS per sandbox.
+4. 20 VM containers started at once (`moat run -d` in parallel): wall time and starts per
+   second per core.
+
+Replaces the "Templates" section of bench/VM-RESULTS.md. Environment: MOAT_AGENT_BIN (else the
+moat-agent beside --moat), --moat (default $CARGO_TARGET_DIR/dist/moat, CARGO_TARGET_DIR
+defaulting to /tmp/target-bench). Unset RUST_BACKTRACE when timing.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import vm  # noqa: E402  (make_image, kernel, accel, pss_kib)
+
+TARGET = os.environ.get("CARGO_TARGET_DIR", "/tmp/target-bench")
+SECTION = "## Templates, clones and density"
+
+
+def sandbox_pids(moat, store, cid, before):
+    """QEMU (the state's pid), moat's monitor (a moat process of the store that was not there
+    `before`) and virtiofsd (its socket is in QEMU's run dir) of container `cid`."""
+    st = json.loads(subprocess.run([moat, "--root", store, "inspect", cid], check=True,
+                                   capture_output=True).stdout)
+    qemu = st["State"]["Pid"]
+    with open(f"/proc/{qemu}/cmdline", "rb") as f:
+        qcl = f.read().decode(errors="replace").split("\0")
+    run = next((a[len("file:"):].rsplit("/", 1)[0] for a in qcl if a.startswith("file:")), "")
+    pids = {qemu} | (monitors(store) - before)
+    for e in os.listdir("/proc"):
+        if not e.isdigit():
+            continue
+        try:
+            with open(f"/proc/{e}/cmdline", "rb") as f:
+                cl = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if "virtiofsd" in cl and run and run in cl:
+            pids.add(int(e))
+    return pids
+
+
+def monitors(store):
+    """moat processes of this store (the monitors of detached containers)."""
+    out = set()
+    for e in os.listdir("/proc"):
+        if not e.isdigit():
+            continue
+        try:
+            with open(f"/proc/{e}/cmdline", "rb") as f:
+                cl = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if store in cl and "qemu" not in cl:
+            out.add(int(e))
+    return out
+
+
+def pss_mib(pids):
+    total = 0
+    for p in pids:
+        try:
+            total += vm.pss_kib(p)
+        except OSError:
+            pass
+    return total / 1024
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--many", type=int, default=20)
+    ap.add_argument("--moat", default=os.path.join(TARGET, "dist/moat"))
+    ap.add_argument("--out", default=os.path.join(HERE, "VM-RESULTS.md"))
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        vm.die("must run as root")
+    agent = os.environ.get("MOAT_AGENT_BIN", os.path.join(os.path.dirname(a.moat), "moat-agent"))
+    for p in [a.moat, agent]:
+        if not os.path.exists(p):
+            vm.die(f"{p} is missing (cargo build --profile dist -p moat-cli -p moat-agent)")
+    env = dict(os.environ, MOAT_AGENT_BIN=agent)
+    env.pop("RUST_BACKTRACE", None)
+    cold_env = dict(env, MOAT_VM_TEMPLATES="0")
+    release, _ = vm.kernel()
+    acc = vm.accel()
+    work = tempfile.mkdtemp(prefix="moat-vmtpl-")
+    store = os.path.join(work, "store")
+    started = []
+
+    def moat(*args, e=env, **kw):
+        return subprocess.run([a.moat, "--root", store, *args], env=e, **kw)
+
+    def run_d(e, *cmd):
+        r = moat("run", "-d", "--isolation", "vm", "--network", "none", image, *cmd, e=e,
+                 capture_output=True, text=True)
+        if r.returncode != 0:
+            vm.die(f"moat run -d failed: {r.stderr}")
+        cid = r.stdout.strip()
+        started.append(cid)
+        return cid
+
+    def rm(cids):
+        for c in cids:
+            moat("rm", "-f", c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if c in started:
+                started.remove(c)
+
+    try:
+        image = vm.make_image(os.path.join(work, "image"), a.moat, store)
+        one = ["run", "--rm", "--isolation", "vm", "--network", "none", image, "true"]
+        # warm-up: the disk image, the template, the cold path's caches
+        for e in (env, cold_env):
+            r = moat(*one, e=e, capture_output=True, text=True)
+            if r.returncode != 0:
+                vm.die(f"warm-up failed: {r.stderr}")
+        clones, colds = [], []
+        for _ in range(a.runs):
+            for e, xs in ((env, clones), (cold_env, colds)):
+                t = time.monotonic()
+                r = moat(*one, e=e, capture_output=True, text=True)
+                xs.append(time.monotonic() - t)
+                if r.returncode != 0:
+                    vm.die(f"moat run failed: {r.stderr}")
+        # one idle sandbox each way
+        idle = {}
+        for name, e in (("clone", env), ("cold", cold_env)):
+            before = monitors(store)
+            cid = run_d(e, "sleep", "600")
+            time.sleep(3)
+            pids = sandbox_pids(a.moat, store, cid, before)
+            st = json.loads(moat("inspect", cid, capture_output=True).stdout)
+            idle[name] = (pss_mib(pids), len(pids), pss_mib({st["State"]["Pid"]}))
+            rm([cid])
+        # many idle clones at once
+        before = monitors(store)
+        cids = [run_d(env, "sleep", "600") for _ in range(a.many)]
+        time.sleep(3)
+        qemus = set()
+        for c in cids:
+            st = json.loads(moat("inspect", c, capture_output=True).stdout)
+            qemus.add(st["State"]["Pid"])
+        many_pss = pss_mib(qemus | (monitors(store) - before))
+        rm(cids)
+        # many started at once
+        t = time.monotonic()
+        procs = [subprocess.Popen([a.moat, "--root", store, "run", "-d", "--isolation", "vm",
+                                   "--network", "none", image, "sleep", "600"], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(a.many)]
+        outs = [p.communicate() for p in procs]
+        burst = time.monotonic() - t
+        ok = [o.strip() for (o, _), p in zip(outs, procs) if p.returncode == 0]
+        started.extend(ok)
+        failed = [err for (_, err), p in zip(outs, procs) if p.returncode != 0]
+        rm(ok)
+    finally:
+        rm(list(started))
+        shutil.rmtree(work, ignore_errors=True)
+
+    def ms(xs):
+        return f"{statistics.median(xs) * 1000:.0f}"
+
+    ncpu = os.cpu_count()
+    rate = len(ok) / burst / ncpu
+    lines = [
+        SECTION,
+        "",
+        f"`bench/vm_templates.py`, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}"
+        f" UTC, host kernel {platform.release()}, {ncpu} CPUs, guest kernel {release}, "
+        f"accelerator **{acc}**, 256 MiB guests, {a.runs} runs each (interleaved), medians.",
+        "",
+        "| what | median (ms) | all runs (ms) |",
+        "|---|---|---|",
+        f"| `moat run --rm --isolation vm IMAGE true`, clone of a template | {ms(clones)} | "
+        + ", ".join(f"{x * 1000:.0f}" for x in clones) + " |",
+        f"| the same, cold boot (`MOAT_VM_TEMPLATES=0`) | {ms(colds)} | "
+        + ", ".join(f"{x * 1000:.0f}" for x in colds) + " |",
+        "",
+        f"clone / cold: {statistics.median(clones) / statistics.median(colds):.2f}x "
+        "(target: at most 0.15x and 500 ms).",
+        "",
+        "| host memory (PSS, MiB) | clone | cold boot |",
+        "|---|---|---|",
+        f"| one idle sandbox (`sleep`), every host process it has | {idle['clone'][0]:.1f} "
+        f"({idle['clone'][1]} processes) | {idle['cold'][0]:.1f} ({idle['cold'][1]} processes) |",
+        f"| of which QEMU | {idle['clone'][2]:.1f} | {idle['cold'][2]:.1f} |",
+        "",
+        f"{a.many} idle clones at once: {many_pss:.0f} MiB PSS in total, "
+        f"{many_pss / a.many:.1f} MiB per sandbox (QEMU and monitor; the template's pages are "
+        "shared between clones).",
+        "",
+        f"{a.many} VM containers started at once (`moat run -d`, clones): {len(ok)} started in "
+        f"{burst:.1f} s, {rate:.2f} starts per second per core"
+        + (f"; {len(failed)} failed: {failed[0].strip()[:200]}" if failed else "") + ".",
+        "",
+    ]
+    text = "\n".join(lines)
+    old = open(a.out).read() if os.path.exists(a.out) else "# VM isolation benchmark\n"
+    if SECTION in old:
+        head, _, rest = old.partition(SECTION)
+        nxt = re.search(r"^## ", rest, re.M)
+        old = head + (rest[nxt.start():] if nxt else "")
+    with open(a.out, "w") as f:
+        f.write(old.rstrip("\n") + "\n\n" + text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
