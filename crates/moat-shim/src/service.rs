@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use containerd_shim::api::{self, Status};
 use containerd_shim::monitor::{monitor_subscribe, Subject, Topic};
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
@@ -22,6 +22,8 @@ use containerd_shim::{
     Config, Context, DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult,
 };
 use moat_container::Store;
+
+mod oom;
 
 use crate::io::Console;
 use crate::zygote::{self, Request};
@@ -70,8 +72,10 @@ struct Ctr {
 #[derive(Default)]
 struct State {
     ctrs: HashMap<String, Ctr>,
-    /// Exits of pids not (yet) known: a process may exit before create returns its pid.
-    early: HashMap<i32, i32>,
+    /// Exits of pids not (yet) known: a process may exit before create returns its pid. With
+    /// the time seen: one not claimed soon is dropped (its pid may be reused by a later process,
+    /// and a long-lived shared shim must not grow it forever).
+    early: HashMap<i32, (i32, std::time::Instant)>,
 }
 
 pub struct Inner {
@@ -87,6 +91,9 @@ pub struct Inner {
 pub struct Service {
     inner: Arc<Inner>,
 }
+
+/// How long the exit of a pid not known yet is kept for the Create or Start that returns it.
+const EARLY_EXIT_KEPT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn store_root(namespace: &str) -> PathBuf {
     PathBuf::from("/run/moat-shim").join(namespace)
@@ -133,14 +140,18 @@ impl Inner {
                 );
             }
             None => {
-                st.early.insert(pid, code);
+                st.early.retain(|_, (_, at)| at.elapsed() < EARLY_EXIT_KEPT);
+                st.early.insert(pid, (code, std::time::Instant::now()));
             }
         }
     }
 
     /// Record `pid` as started; if it already exited, take that exit now.
     fn claim_early_exit(&self, st: &mut State, pid: i32) -> Option<i32> {
-        st.early.remove(&pid)
+        st.early
+            .remove(&pid)
+            .filter(|(_, at)| at.elapsed() < EARLY_EXIT_KEPT)
+            .map(|(code, _)| code)
     }
 }
 
@@ -217,63 +228,8 @@ impl containerd_shim::Shim for Service {
             }
         });
         let i = inner.clone();
-        std::thread::spawn(move || oom_watch(i));
+        std::thread::spawn(move || oom::watch(i));
         Service { inner }
-    }
-}
-
-/// The CRI sandbox a container belongs to (from its bundle's annotations), else its own id.
-pub fn pod_grouping(id: &str) -> String {
-    let Ok(data) = std::fs::read("config.json") else {
-        return id.into();
-    };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) else {
-        return id.into();
-    };
-    let ann = &v["annotations"];
-    match (
-        ann["io.kubernetes.cri.container-type"].as_str(),
-        ann["io.kubernetes.cri.sandbox-id"].as_str(),
-    ) {
-        (Some("container"), Some(sandbox)) if !sandbox.is_empty() => sandbox.into(),
-        _ => id.into(),
-    }
-}
-
-fn oom_watch(i: Arc<Inner>) {
-    loop {
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        let ids: Vec<(String, u64)> = {
-            let st = i.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.ctrs
-                .iter()
-                .filter(|(_, c)| c.init.started && c.init.exit.is_none())
-                .map(|(id, c)| (id.clone(), c.ooms))
-                .collect()
-        };
-        for (id, seen) in ids {
-            let Ok(sf) = i.store.load(&id) else { continue };
-            let Some(cg) = sf.cgroup else { continue };
-            let n = cg.oom_kill_count().unwrap_or(seen);
-            if n > seen {
-                if let Some(c) = i
-                    .state
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .ctrs
-                    .get_mut(&id)
-                {
-                    c.ooms = n;
-                }
-                i.publish(
-                    topics::TASK_OOM_EVENT_TOPIC,
-                    Box::new(TaskOOM {
-                        container_id: id,
-                        ..Default::default()
-                    }),
-                );
-            }
-        }
     }
 }
 
@@ -367,6 +323,7 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
+        crate::shared::claim(&req.id);
         if !req.checkpoint.is_empty() {
             return Err(err("checkpoint/restore is not supported by moat"));
         }
@@ -835,7 +792,8 @@ impl containerd_shim::Task for Service {
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
         let st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
-        if st.ctrs.is_empty() {
+        // The shared shim serves other pods' tasks too, and may have been promised new ones.
+        if st.ctrs.is_empty() && crate::shared::may_exit() {
             self.inner.exit.signal();
         }
         Ok(api::Empty::new())
