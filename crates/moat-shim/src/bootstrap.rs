@@ -10,8 +10,29 @@
 use std::io::Read;
 use std::process::{Command, Stdio};
 
-/// Handle `start`: print the address of the shim that will serve this container.
+/// Handle `start`: print the address of the shim that will serve this container, and record it
+/// in the bundle (the working directory) as `address`: containerd reads that file when it
+/// restarts, to reconnect to the task's shim (without it, a restarted containerd finds no shim
+/// and cleans the task up).
 pub fn start(args: &[String]) -> Result<String, String> {
+    let address = serving_address(args)?;
+    write_address(&address)?;
+    Ok(address)
+}
+
+/// Write `address` to `./address` atomically (a temporary file renamed over it).
+fn write_address(address: &str) -> Result<(), String> {
+    let tmp = format!(".address.{}", std::process::id());
+    std::fs::write(&tmp, address)
+        .and_then(|()| std::fs::rename(&tmp, "address"))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("write the shim address to the bundle's address file: {e}")
+        })
+}
+
+/// The address of the shim that will serve this container, spawned if needed.
+fn serving_address(args: &[String]) -> Result<String, String> {
     let flags = containerd_shim::parse(&args[1..]).map_err(|e| format!("parse flags: {e}"))?;
     if flags.namespace.is_empty() || flags.id.is_empty() {
         return Err("start: -namespace and -id are required".into());

@@ -83,7 +83,8 @@ pub struct Inner {
     cond: Condvar,
     store: Store,
     namespace: String,
-    publisher: Option<RemotePublisher>,
+    /// Reconnected when a publish fails (containerd restarted; the shim, shared or not, lives on).
+    publisher: Mutex<Option<RemotePublisher>>,
     exit: Arc<ExitSignal>,
 }
 
@@ -101,10 +102,25 @@ fn store_root(namespace: &str) -> PathBuf {
 
 impl Inner {
     fn publish(&self, topic: &str, ev: Box<dyn MessageDyn>) {
-        if let Some(p) = &self.publisher {
-            if let Err(e) = p.publish(Context::default(), topic, &self.namespace, ev) {
-                log::warn!("publish {topic}: {e}");
-            }
+        let mut publisher = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = publisher.as_ref() else {
+            return;
+        };
+        let Err(e) = p.publish(Context::default(), topic, &self.namespace, ev.clone_box()) else {
+            return;
+        };
+        // containerd restarted: its ttrpc socket is a new one at the same address.
+        let again = std::env::var("TTRPC_ADDRESS")
+            .map_err(|_| "TTRPC_ADDRESS is not set".to_string())
+            .and_then(|a| RemotePublisher::new(&a).map_err(|e| e.to_string()))
+            .and_then(|p| {
+                p.publish(Context::default(), topic, &self.namespace, ev)
+                    .map(|()| p)
+                    .map_err(|e| e.to_string())
+            });
+        match again {
+            Ok(p) => *publisher = Some(p),
+            Err(e2) => log::warn!("publish {topic}: {e}; after reconnecting: {e2}"),
         }
     }
 
@@ -165,7 +181,7 @@ impl containerd_shim::Shim for Service {
                 cond: Condvar::new(),
                 store: Store::new(store_root(&args.namespace)),
                 namespace: args.namespace.clone(),
-                publisher: None,
+                publisher: Mutex::new(None),
                 exit: Arc::new(ExitSignal::default()),
             }),
         }
@@ -215,7 +231,7 @@ impl containerd_shim::Shim for Service {
             cond: Condvar::new(),
             store: self.inner.store.clone(),
             namespace: self.inner.namespace.clone(),
-            publisher: Some(publisher),
+            publisher: Mutex::new(Some(publisher)),
             exit: self.inner.exit.clone(),
         });
         let sub = monitor_subscribe(Topic::All).expect("subscribe to the exit monitor");

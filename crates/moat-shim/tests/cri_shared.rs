@@ -9,6 +9,9 @@
 //! - The shared shim is SIGKILLed: containerd cleans up every task it served (see
 //!   docs/kubernetes.md, "The shared shim"), the pods can still be stopped and removed, a new pod
 //!   gets a new shared shim, and nothing is left afterwards.
+//! - containerd restarts: it reconnects to the shim of every task (the shared one, and per-pod
+//!   shims alike) through the address the shim's `start` recorded in the bundle; the pods stay
+//!   ready, a container's exit after the restart is reported, new pods start, removal is clean.
 
 #[path = "../../moat-runtime/tests/support/mod.rs"]
 mod support;
@@ -84,7 +87,18 @@ fn the_shared_shim(cd: &CriContainerd) -> (i32, PathBuf) {
     (*pid, socket)
 }
 
+/// Run pod `name` with the `moat-shared` handler.
 fn run_pod(cri: &Cri, cd: &CriContainerd, logs: &Path, name: &str) -> (String, PodSandboxConfig) {
+    run_pod_with(cri, cd, logs, name, "moat-shared")
+}
+
+fn run_pod_with(
+    cri: &Cri,
+    cd: &CriContainerd,
+    logs: &Path,
+    name: &str,
+    handler: &str,
+) -> (String, PodSandboxConfig) {
     let config = pod_config(
         name,
         &format!("{name}-{}", std::process::id()),
@@ -97,7 +111,7 @@ fn run_pod(cri: &Cri, cd: &CriContainerd, logs: &Path, name: &str) -> (String, P
         run_pod_sandbox,
         RunPodSandboxRequest {
             config: Some(config.clone()),
-            runtime_handler: "moat-shared".into(),
+            runtime_handler: handler.into(),
         }
     )
     .pod_sandbox_id;
@@ -395,4 +409,126 @@ fn shared_shim_killed_then_pods_removed_and_new_pods_served() {
     remove_pod(&cri, &pod3);
     assert_nothing_left(&cri, &cd, &socket, &ids);
     eprintln!("{test}: done in {:?}", t0.elapsed());
+}
+
+/// Pods of `handler` outlive a restart of containerd: containerd reconnects to their shims
+/// through the address each bundle records; exits after the restart are still reported.
+fn pods_outlive_a_containerd_restart(test: &str, handler: &str) {
+    if !have_all(test, &["containerd", "ctr"]) {
+        return;
+    }
+    let t0 = Instant::now();
+    let (mut cd, _shims, cri, logs) = setup(&format!("{handler}-restart"));
+    let mut ids = Vec::new();
+    let (pod1, config1) = run_pod_with(&cri, &cd, &logs, "steady", handler);
+    let steady = create_and_start(&cri, &pod1, &config1, "steady");
+    let (pod2, config2) = run_pod_with(&cri, &cd, &logs, "waiter", handler);
+    // Exits with 7 once told to, after the restart.
+    let waiter = start_container_with(
+        &cri,
+        &pod2,
+        &config2,
+        "waiter",
+        "while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 7",
+        host_network(),
+    );
+    ids.extend([pod1.clone(), steady.clone(), pod2.clone(), waiter.clone()]);
+    let shims = serving_shims(&cd);
+    drop(cri);
+
+    cd.inner.restart();
+    let cri = Cri::connect(&cd.sock(), cd.log_path());
+    // The CRI plugin answers "not initialized" until it has recovered its pods.
+    wait_for(
+        "the CRI plugin recovers",
+        &cd,
+        Duration::from_secs(30),
+        || {
+            cri!(
+                cri,
+                list_pod_sandbox,
+                ListPodSandboxRequest { filter: None }
+            )
+            .is_ok()
+        },
+    );
+    eprintln!("{test}: containerd restarted after {:?}", t0.elapsed());
+    // containerd reconnected to the shims of every task: the pods are ready, their containers
+    // running, served by the same shim processes.
+    for pod in [&pod1, &pod2] {
+        let st = cri_ok!(
+            cri,
+            pod_sandbox_status,
+            PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: false,
+            }
+        );
+        assert_eq!(
+            st.status.map(|s| s.state),
+            Some(PodSandboxState::SandboxReady as i32),
+            "{pod}\n{}",
+            cd.log()
+        );
+    }
+    for cid in [&steady, &waiter] {
+        assert_eq!(
+            container_state(&cri, cid),
+            ContainerState::ContainerRunning as i32,
+            "{cid}"
+        );
+    }
+    assert_eq!(serving_shims(&cd), shims, "the shims changed");
+    assert_eq!(exec_echo(&cri, &steady), ("alive\n".into(), 0));
+
+    // An exit after the restart is still reported.
+    let r = cri_ok!(
+        cri,
+        exec_sync,
+        ExecSyncRequest {
+            container_id: waiter.clone(),
+            cmd: vec!["touch".into(), "/tmp/go".into()],
+            timeout: 30,
+        }
+    );
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    wait_for(
+        "the waiter's exit is reported",
+        &cd,
+        Duration::from_secs(20),
+        || container_state(&cri, &waiter) == ContainerState::ContainerExited as i32,
+    );
+    assert_eq!(
+        container_state(&cri, &steady),
+        ContainerState::ContainerRunning as i32
+    );
+
+    // A new pod (for the shared shim: in the same shim); then every pod is removed and nothing
+    // is left.
+    let (pod3, config3) = run_pod_with(&cri, &cd, &logs, "newcomer", handler);
+    let cid3 = create_and_start(&cri, &pod3, &config3, "newcomer");
+    ids.extend([pod3.clone(), cid3.clone()]);
+    assert_eq!(exec_echo(&cri, &cid3), ("alive\n".into(), 0));
+    let socket = if handler == "moat-shared" {
+        let (shim, socket) = the_shared_shim(&cd);
+        assert_eq!(vec![shim], shims.iter().map(|s| s.0).collect::<Vec<_>>());
+        socket
+    } else {
+        PathBuf::from(SHARED_DIR).join("none.sock")
+    };
+    for pod in [&pod1, &pod2, &pod3] {
+        remove_pod(&cri, pod);
+    }
+    assert_nothing_left(&cri, &cd, &socket, &ids);
+    eprintln!("{test}: done in {:?}", t0.elapsed());
+}
+
+#[test]
+fn shared_shim_outlives_a_containerd_restart() {
+    pods_outlive_a_containerd_restart("shared_shim_outlives_a_containerd_restart", "moat-shared");
+}
+
+#[test]
+fn per_pod_shims_outlive_a_containerd_restart() {
+    pods_outlive_a_containerd_restart("per_pod_shims_outlive_a_containerd_restart", "moat");
 }
