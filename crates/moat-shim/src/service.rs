@@ -163,6 +163,21 @@ impl Inner {
         }
     }
 
+    /// Exit if the shim serves no container and may exit (`shared::may_exit`, decided under the
+    /// state lock: a Create inserts its container before it releases its pending task): `None`
+    /// when it serves containers, else whether it is exiting.
+    fn try_exit(&self) -> Option<bool> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !st.ctrs.is_empty() {
+            return None;
+        }
+        let exit = crate::shared::may_exit();
+        if exit {
+            self.exit.signal();
+        }
+        Some(exit)
+    }
+
     /// Record `pid` as started; if it already exited, take that exit now.
     fn claim_early_exit(&self, st: &mut State, pid: i32) -> Option<i32> {
         st.early
@@ -288,7 +303,8 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        crate::shared::claim(&req.id);
+        // Released once the container is in the state (or the Create failed).
+        let _pending = crate::shared::Pending(&req.id);
         if !req.checkpoint.is_empty() {
             return Err(err("checkpoint/restore is not supported by moat"));
         }
@@ -756,10 +772,11 @@ impl containerd_shim::Task for Service {
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
-        let st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
-        // The shared shim serves other pods' tasks too, and may have been promised new ones.
-        if st.ctrs.is_empty() && crate::shared::may_exit() {
-            self.inner.exit.signal();
+        // The shared shim serves other pods' tasks too, and may have been promised new ones: if
+        // so, it looks again later (a promised task whose Create never comes must not keep it).
+        if self.inner.try_exit() == Some(false) {
+            let inner = self.inner.clone();
+            crate::shared::exit_when_idle(move || inner.try_exit());
         }
         Ok(api::Empty::new())
     }

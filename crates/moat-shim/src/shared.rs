@@ -234,10 +234,15 @@ pub fn serving() -> bool {
     SERVING.get().is_some()
 }
 
-/// Create of task `id` arrived: it is no longer pending.
-pub fn claim(id: &str) {
-    if let Some(s) = SERVING.get() {
-        let _ = std::fs::remove_file(s.paths.pending.join(id));
+/// The Create of a task promised by `start`: the task is no longer pending when this is dropped
+/// (after its container is in the shim's state, or the Create failed).
+pub struct Pending<'a>(pub &'a str);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = SERVING.get() {
+            let _ = std::fs::remove_file(s.paths.pending.join(self.0));
+        }
     }
 }
 
@@ -260,6 +265,26 @@ pub fn may_exit() -> bool {
     }
     *exiting = Some(lock);
     true
+}
+
+/// Shutdown found no container but could not exit yet (a `start` under way, or a task pending):
+/// call `try_exit` every few seconds until it exits (`Some(true)`) or the shim serves a container
+/// again (`None`: a later Shutdown decides then). One such watcher at a time.
+pub fn exit_when_idle(try_exit: impl Fn() -> Option<bool> + Send + 'static) {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    static WATCHING: AtomicBool = AtomicBool::new(false);
+    if WATCHING.swap(true, SeqCst) {
+        return;
+    }
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(5));
+            if try_exit() != Some(false) {
+                break;
+            }
+        }
+        WATCHING.store(false, SeqCst);
+    });
 }
 
 /// Recent pending tasks; stale ones (a `start` whose Create never came) are removed.
