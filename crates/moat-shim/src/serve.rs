@@ -192,6 +192,67 @@ pub fn serve(args: &[String]) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use containerd_shim::protos::protobuf::Message;
+    use containerd_shim::protos::ttrpc::{
+        Code, MessageHeader, MethodHandler, Request, Response, TtrpcContext,
+    };
+
+    /// A Task method that panics.
+    struct Panics;
+
+    impl MethodHandler for Panics {
+        fn handler(
+            &self,
+            _ctx: TtrpcContext,
+            _req: Request,
+        ) -> containerd_shim::protos::ttrpc::Result<()> {
+            panic!("boom in the handler")
+        }
+    }
+
+    #[test]
+    fn a_panicking_method_is_answered_with_an_error_naming_the_task() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (_cancel, cancel_rx) = crossbeam::channel::unbounded();
+        let ctx = TtrpcContext {
+            fd: -1,
+            cancel_rx,
+            mh: MessageHeader {
+                stream_id: 7,
+                ..Default::default()
+            },
+            res_tx: tx,
+            metadata: Default::default(),
+            timeout_nano: 0,
+            conn_ctx: Default::default(),
+        };
+        let state = containerd_shim::api::StateRequest {
+            id: "pod-a-ctr".into(),
+            ..Default::default()
+        };
+        let req = Request {
+            payload: state.write_to_bytes().unwrap(),
+            ..Default::default()
+        };
+        let guarded = super::Guarded {
+            method: "State".into(),
+            inner: Box::new(Panics),
+        };
+        // The server thread carries on (the call returns), and the caller gets an answer.
+        guarded.handler(ctx, req).expect("answered");
+        let (mh, body) = rx.recv().expect("a response frame");
+        assert_eq!(mh.stream_id, 7);
+        let res = Response::parse_from_bytes(&body).expect("a ttrpc response");
+        let status = res.status.as_ref().expect("an error status");
+        assert_eq!(status.code(), Code::INTERNAL);
+        assert!(
+            status.message.contains("State of task pod-a-ctr")
+                && status.message.contains("boom in the handler"),
+            "{}",
+            status.message
+        );
+    }
+
     #[test]
     fn task_id_is_field_one_of_the_request() {
         use containerd_shim::protos::protobuf::Message;
