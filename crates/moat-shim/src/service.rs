@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use containerd_shim::api::{self, Status};
 use containerd_shim::monitor::{monitor_subscribe, Subject, Topic};
@@ -85,7 +85,7 @@ pub struct Inner {
     store: Store,
     namespace: String,
     /// Reconnected when a publish fails (containerd restarted; the shim, shared or not, lives on).
-    publisher: Mutex<Option<RemotePublisher>>,
+    publisher: RwLock<Option<RemotePublisher>>,
     exit: Arc<ExitSignal>,
 }
 
@@ -103,13 +103,17 @@ fn store_root(namespace: &str) -> PathBuf {
 
 impl Inner {
     fn publish(&self, topic: &str, ev: Box<dyn MessageDyn>) {
-        let mut publisher = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(p) = publisher.as_ref() else {
-            return;
-        };
-        let Err(e) = p.publish(Context::default(), topic, &self.namespace, ev.clone_box()) else {
-            return;
-        };
+        {
+            let publisher = self.publisher.read().unwrap_or_else(|e| e.into_inner());
+            let Some(p) = publisher.as_ref() else {
+                return;
+            };
+            let Err(e) = p.publish(Context::default(), topic, &self.namespace, ev.clone_box())
+            else {
+                return;
+            };
+            log::info!("publish {topic}: {e}; reconnecting to containerd");
+        }
         // containerd restarted: its ttrpc socket is a new one at the same address.
         let again = std::env::var("TTRPC_ADDRESS")
             .map_err(|_| "TTRPC_ADDRESS is not set".to_string())
@@ -120,8 +124,8 @@ impl Inner {
                     .map_err(|e| e.to_string())
             });
         match again {
-            Ok(p) => *publisher = Some(p),
-            Err(e2) => log::warn!("publish {topic}: {e}; after reconnecting: {e2}"),
+            Ok(p) => *self.publisher.write().unwrap_or_else(|e| e.into_inner()) = Some(p),
+            Err(e) => log::warn!("publish {topic} after reconnecting to containerd: {e}"),
         }
     }
 
@@ -197,7 +201,7 @@ impl containerd_shim::Shim for Service {
                 cond: Condvar::new(),
                 store: Store::new(store_root(&args.namespace)),
                 namespace: args.namespace.clone(),
-                publisher: Mutex::new(None),
+                publisher: RwLock::new(None),
                 exit: Arc::new(ExitSignal::default()),
             }),
         }
@@ -247,7 +251,7 @@ impl containerd_shim::Shim for Service {
             cond: Condvar::new(),
             store: self.inner.store.clone(),
             namespace: self.inner.namespace.clone(),
-            publisher: Mutex::new(Some(publisher)),
+            publisher: RwLock::new(Some(publisher)),
             exit: self.inner.exit.clone(),
         });
         let sub = monitor_subscribe(Topic::All).expect("subscribe to the exit monitor");

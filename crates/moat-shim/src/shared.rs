@@ -120,15 +120,27 @@ impl Lock {
     /// Lock `path` (created if missing); `None` if another process holds it and `wait` has passed.
     fn take(path: &Path, wait: Duration) -> Result<Option<Lock>, SharedError> {
         let deadline = Instant::now() + wait;
+        let mut remade = 0;
         loop {
-            let file = std::fs::OpenOptions::new()
+            let file = match std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .mode(0o600)
                 .open(path)
-                .map_err(io("open the lock file", path))?;
+            {
+                Ok(f) => f,
+                // An exiting shim removed the (then empty) directory: make it again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && remade < 3 => {
+                    remade += 1;
+                    if let Some(dir) = path.parent() {
+                        let _ = std::fs::create_dir_all(dir);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(io("open the lock file", path)(e)),
+            };
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(flock) => {
                     // Its holder may have unlinked it before releasing it: lock the file that is
@@ -166,8 +178,8 @@ pub fn start(
     id: &str,
     spawn: impl FnOnce(&str) -> Result<(), String>,
 ) -> Result<String, String> {
-    std::fs::create_dir_all(&paths.pending)
-        .map_err(io("create", &paths.pending))
+    std::fs::create_dir_all(DIR)
+        .map_err(io("create", Path::new(DIR)))
         .map_err(|e| e.to_string())?;
     let lock = Lock::take(&paths.start, START_LOCK_WAIT)
         .map_err(|e| e.to_string())?
@@ -178,6 +190,10 @@ pub fn start(
             }
             .to_string()
         })?;
+    // Under the lock: an exiting shim removes the directory while it holds the lock.
+    std::fs::create_dir_all(&paths.pending)
+        .map_err(io("create", &paths.pending))
+        .map_err(|e| e.to_string())?;
     let pending = paths.pending.join(id);
     std::fs::write(&pending, b"")
         .map_err(io("record the pending task", &pending))
@@ -358,6 +374,15 @@ mod tests {
         assert!(path.exists());
         assert!(Lock::take(&path, Duration::ZERO).unwrap().is_none());
         drop(second);
+    }
+
+    #[test]
+    fn a_lock_in_a_removed_directory_is_taken_after_making_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gone/x.start");
+        let lock = Lock::take(&path, Duration::ZERO).unwrap().expect("free");
+        assert!(path.exists());
+        drop(lock);
     }
 
     #[test]
