@@ -55,5 +55,11 @@ fn main() {
         }
         return;
     }
+    if action == "delete" {
+        // After a crash of the shared shim: its socket and lock files.
+        if let Ok(flags) = containerd_shim::parse(&args[1..]) {
+            shared::remove_stale_files(&flags.address, &flags.namespace);
+        }
+    }
     containerd_shim::run::<service::Service>("io.containerd.moat.v2", None);
 }

@@ -18,8 +18,9 @@
 //! - `<hash>.pending/<task id>`: a task `start` promised to the shim and whose Create has not
 //!   arrived yet: the shim does not exit while one is recent.
 //!
-//! The shim removes them all when it exits. Lock files are unlinked while held; every taker checks
-//! that the file it locked is still the one at the path (else it locks the new one).
+//! The shim removes them all when it exits; after a crash, containerd's `delete` of its tasks does
+//! ([`remove_stale_files`]). Lock files are unlinked while held; every taker checks that the file
+//! it locked is still the one at the path (else it locks the new one).
 //!
 //! What it must never do: exit while it serves a container or a task was just promised to it, or
 //! let one pod's request take the others down (`serve` answers a panicking request with an
@@ -301,6 +302,30 @@ pub fn exit_when_idle(try_exit: impl Fn() -> Option<bool> + Send + 'static) {
         }
         WATCHING.store(false, SeqCst);
     });
+}
+
+/// containerd's `delete` after a shim died: if the shared shim of this containerd and namespace
+/// is gone (its lifetime lock is free) and no `start` is under way, remove its files, as it
+/// would have on exit. Nothing is touched while a shim serves or starts.
+pub fn remove_stale_files(containerd_address: &str, namespace: &str) {
+    let paths = Paths::new(containerd_address, namespace);
+    if !paths.lock.exists() {
+        return;
+    }
+    let Ok(Some(start)) = Lock::take(&paths.start, Duration::from_secs(5)) else {
+        return;
+    };
+    let Ok(Some(lock)) = Lock::take(&paths.lock, Duration::ZERO) else {
+        return;
+    };
+    log::info!(
+        "remove the files of a gone shared shim: {}",
+        paths.sock.display()
+    );
+    let _ = std::fs::remove_file(&paths.sock);
+    let _ = std::fs::remove_dir_all(&paths.pending);
+    lock.remove();
+    start.remove();
 }
 
 /// Recent pending tasks; stale ones (a `start` whose Create never came) are removed.
