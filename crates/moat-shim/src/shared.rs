@@ -385,6 +385,17 @@ mod tests {
     }
 
     #[test]
+    fn the_shared_name_asks_for_the_shared_shim() {
+        if std::env::var(SHARED_ENV).is_ok() {
+            return; // the node-wide switch answers yes for every name
+        }
+        assert!(wanted("/usr/local/bin/containerd-shim-moat-shared-v2"));
+        assert!(wanted(SHARED_SHIM_NAME));
+        assert!(!wanted("/usr/local/bin/containerd-shim-moat-v2"));
+        assert!(!wanted("containerd-shim-moat-vm-v2"));
+    }
+
+    #[test]
     fn a_held_lock_is_refused_and_an_unlinked_one_is_not_reused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.lock");
