@@ -478,3 +478,98 @@ fn vm_containers_of_an_image_are_clones_of_a_template() {
         })
     });
 }
+
+/// `kill -9` of moat while it builds a template: the template's QEMU and its half-built
+/// directory are left, and the next VM start of that shape removes both before it builds its own.
+#[test]
+fn a_template_build_killed_midway_is_cleaned_up_by_the_next() {
+    let Some(m) = Moat::new() else { return };
+    images::import(&m, "bb:v1");
+    vm_agent::agent(); // the kernel in the shared cache
+                       // A template store of its own: the kernel and the rest of the cache are shared read-only.
+    let vmdir = tempfile::tempdir().unwrap();
+    let shared = Path::new("/var/lib/moat/vm");
+    for e in std::fs::read_dir(shared).unwrap().flatten() {
+        if e.file_name() != "templates" {
+            std::os::unix::fs::symlink(e.path(), vmdir.path().join(e.file_name())).unwrap();
+        }
+    }
+    let templates = vmdir.path().join("templates");
+    let run = |m: &Moat| {
+        let mut c = m.command(&[
+            "run",
+            "--rm",
+            "--isolation",
+            "vm",
+            "--network",
+            "none",
+            "bb:v1",
+            "echo",
+            "ok",
+        ]);
+        c.env("MOAT_VM_DIR", vmdir.path())
+            .env("MOAT_AGENT_BIN", vm_agent::agent())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    let users_of = |dir: &Path| -> Vec<i32> {
+        let needle = dir.display().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+                let c = std::fs::read(e.path().join("cmdline")).ok()?;
+                String::from_utf8_lossy(&c).contains(&needle).then_some(pid)
+            })
+            .collect()
+    };
+    let mut first = run(&m).spawn().unwrap();
+    // Wait for the template's QEMU, then kill moat in the middle of the build.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let tmp = loop {
+        let tmp = std::fs::read_dir(&templates).ok().and_then(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .find(|p| p.to_string_lossy().contains(".tmp-"))
+        });
+        if let Some(t) = tmp.filter(|t| !users_of(t).is_empty()) {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "no template build seen");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let orphans = users_of(&tmp);
+    assert!(!orphans.is_empty(), "the template's QEMU went with moat");
+    // The next start of the shape cleans up, builds its template and runs.
+    let o = run(&m).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !tmp.exists(),
+        "the half-built template {} is left",
+        tmp.display()
+    );
+    for pid in orphans {
+        wait_for(&format!("the orphaned template QEMU {pid} to end"), || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| {
+                st.rsplit_once(") ")
+                    .is_some_and(|(_, r)| r.starts_with('Z'))
+            })
+        });
+    }
+    let left: Vec<_> = std::fs::read_dir(&templates)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert_eq!(left.len(), 1, "one complete template: {left:?}");
+    // The killed run's container record stays (no daemon noticed); `rm -f` removes it.
+    for id in m.ok(&["ps", "-a", "-q"]).split_whitespace() {
+        m.ok(&["rm", "-f", id]);
+    }
+    assert_eq!(m.ok(&["ps", "-a", "-q"]), "", "a container is left");
+}

@@ -627,3 +627,42 @@ fn vm_exec_ps_events_pause_and_list() {
     assert_no_qemu(&rt, &id);
     assert_no_host_mount(&h.path().to_string_lossy());
 }
+
+/// A bundle naming an ext4 image of its rootfs (`io.moat.vm.rootfs-image`, what `moat run` gives
+/// an image's containers) runs in a clone of a template: the output and exit code pass through,
+/// the container writes to its own layer (the image is not written), `state` says `clone`.
+#[test]
+fn vm_bundle_with_a_rootfs_image_runs_in_a_clone() {
+    let rt = Rt::new();
+    let mut b = vm_bundle(&["sh", "-c", "echo w > /tmp/x && cat /tmp/x; sleep 30"]);
+    let img_dir = tempfile::tempdir().unwrap();
+    let img = img_dir.path().join("rootfs.ext4");
+    moat_vm::assets::build_ext4_image(&b.rootfs(), &img).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(moat_vm::template::DISK_BYTES)
+        .unwrap();
+    let before = std::fs::read(&img).unwrap().len();
+    b.spec["annotations"]["io.moat.vm.rootfs-image"] = img.display().to_string().into();
+    b.spec["root"]["readonly"] = false.into();
+    b.save();
+    let id = id("vmclone");
+    let bp = b.path().to_str().unwrap().to_owned();
+    vm_ok(&rt, &["create", "--bundle", &bp, &id]);
+    let state: serde_json::Value =
+        serde_json::from_slice(&vm_ok(&rt, &["state", &id]).stdout).unwrap();
+    assert_eq!(state["annotations"]["io.moat.vm.start"], "clone", "{state}");
+    vm_ok(&rt, &["start", &id]);
+    let o = vm_ok(&rt, &["exec", &id, "cat", "/tmp/x"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "w\n");
+    assert!(
+        !b.rootfs().join("tmp/x").exists(),
+        "the guest's write reached the bundle"
+    );
+    vm_ok(&rt, &["delete", "--force", &id]);
+    assert_eq!(std::fs::read(&img).unwrap().len(), before);
+    assert_clean(&rt, &id, Some(b.path()));
+    assert_no_qemu(&rt, &id);
+}

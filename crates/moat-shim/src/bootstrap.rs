@@ -4,23 +4,78 @@
 //! (containerd-shim's own handler answers with a JSON document that 1.6 cannot parse.)
 //!
 //! One shim per pod: a container that carries the CRI annotations of an existing sandbox is
-//! answered with the sandbox shim's address instead of a new shim.
+//! answered with the sandbox shim's address instead of a new shim. With the shared shim
+//! (`shared`), every pod but VM pods is answered with the one shared shim's address.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
 
-/// Handle `start`: print the address of the shim that will serve this container.
+/// Handle `start`: print the address of the shim that will serve this container, and record it
+/// in the bundle (the working directory) as `address`: containerd reads that file when it
+/// restarts, to reconnect to the task's shim (without it, a restarted containerd finds no shim
+/// and cleans the task up).
 pub fn start(args: &[String]) -> Result<String, String> {
+    let address = serving_address(args)?;
+    write_address(&address)?;
+    Ok(address)
+}
+
+/// Write `address` to `./address` atomically (a temporary file renamed over it).
+fn write_address(address: &str) -> Result<(), String> {
+    let tmp = format!(".address.{}", std::process::id());
+    std::fs::write(&tmp, address)
+        .and_then(|()| std::fs::rename(&tmp, "address"))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("write the shim address to the bundle's address file: {e}")
+        })
+}
+
+/// The address of the shim that will serve this container, spawned if needed.
+fn serving_address(args: &[String]) -> Result<String, String> {
     let flags = containerd_shim::parse(&args[1..]).map_err(|e| format!("parse flags: {e}"))?;
     if flags.namespace.is_empty() || flags.id.is_empty() {
         return Err("start: -namespace and -id are required".into());
     }
-    let grouping = crate::service::pod_grouping(&flags.id);
+    let arg0 = args.first().map(String::as_str).unwrap_or("");
+    // Run as containerd-shim-moat-vm-v2 (runtime io.containerd.moat-vm.v2): every pod of this
+    // shim runs in a VM.
+    let vm_name = std::path::Path::new(arg0)
+        .file_name()
+        .is_some_and(|n| n == crate::vm_pod::VM_SHIM_NAME);
+    let grouping = pod_grouping(&flags.id);
     let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &grouping);
     let path = address.strip_prefix("unix://").unwrap_or(&address);
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Ok(address);
     }
+    // The shared shim, unless the pod runs in a VM (a VM pod keeps a shim of its own; its
+    // containers found it above).
+    let wants_vm =
+        grouping == flags.id && crate::vm_pod::guest::wants_vm(std::path::Path::new("."));
+    if !vm_name && !wants_vm && crate::shared::wanted(arg0) {
+        let paths = crate::shared::Paths::new(&flags.address, &flags.namespace);
+        return crate::shared::start(&paths, &flags.id, |address| {
+            spawn(&flags, address, &[(crate::shared::SERVE_ENV, "1")])
+        });
+    }
+    let env: &[(&str, &str)] = if vm_name {
+        // The serving shim runs from `current_exe` (the link resolved): told by the environment.
+        &[(crate::vm_pod::VM_MODE_ENV, "vm")]
+    } else {
+        &[]
+    };
+    spawn(&flags, &address, env)?;
+    Ok(address)
+}
+
+/// Spawn the serving shim on `address` with `env` (the mode variables not in it are removed);
+/// return once it listens.
+fn spawn(
+    flags: &containerd_shim::Flags,
+    address: &str,
+    env: &[(&str, &str)],
+) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
     let mut cmd = Command::new(exe);
     cmd.stdin(Stdio::null())
@@ -34,23 +89,15 @@ pub fn start(args: &[String]) -> Result<String, String> {
             "-address",
             &flags.address,
             "-socket",
-            &address,
+            address,
         ]);
     if flags.debug {
         cmd.arg("-debug");
     }
-    // Run as containerd-shim-moat-vm-v2 (runtime io.containerd.moat-vm.v2): every pod of this
-    // shim runs in a VM. The serving shim runs from `current_exe` (the link resolved), so it is
-    // told by the environment.
-    let vm_name = args.first().is_some_and(|a0| {
-        std::path::Path::new(a0)
-            .file_name()
-            .is_some_and(|n| n == crate::vm_pod::VM_SHIM_NAME)
-    });
-    if vm_name {
-        cmd.env(crate::vm_pod::VM_MODE_ENV, "vm");
-    } else {
-        cmd.env_remove(crate::vm_pod::VM_MODE_ENV);
+    cmd.env_remove(crate::vm_pod::VM_MODE_ENV)
+        .env_remove(crate::shared::SERVE_ENV);
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     // The serving shim must not die with containerd's `start` process group.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -65,5 +112,24 @@ pub fn start(args: &[String]) -> Result<String, String> {
             return Err(format!("the shim exited during start-up: {status}"));
         }
     }
-    Ok(address)
+    Ok(())
+}
+
+/// The CRI sandbox a container belongs to (from its bundle's annotations, the working
+/// directory), else its own id.
+pub fn pod_grouping(id: &str) -> String {
+    let Ok(data) = std::fs::read("config.json") else {
+        return id.into();
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) else {
+        return id.into();
+    };
+    let ann = &v["annotations"];
+    match (
+        ann["io.kubernetes.cri.container-type"].as_str(),
+        ann["io.kubernetes.cri.sandbox-id"].as_str(),
+    ) {
+        (Some("container"), Some(sandbox)) if !sandbox.is_empty() => sandbox.into(),
+        _ => id.into(),
+    }
 }

@@ -1,6 +1,7 @@
 //! `containerd-shim-moat-v2`: the containerd shim v2 of moat. containerd starts one per pod (the
-//! containers of a CRI sandbox share the sandbox's shim); the shim serves the Task API over ttrpc
-//! and drives containers through the runtime core (`moat-container`) as a library.
+//! containers of a CRI sandbox share the sandbox's shim), or, as `containerd-shim-moat-shared-v2`,
+//! one for every pod of the node (`shared`); the shim serves the Task API over ttrpc and drives
+//! containers through the runtime core (`moat-container`) as a library.
 //!
 //! Forking a multi-threaded process and then running arbitrary code in the child is unsound, and
 //! the ttrpc server is multi-threaded; so before any thread starts, the shim forks a single-threaded
@@ -14,6 +15,7 @@ mod metrics;
 mod router;
 mod serve;
 mod service;
+mod shared;
 mod vm_pod;
 mod zygote;
 
@@ -52,6 +54,12 @@ fn main() {
             std::process::exit(1);
         }
         return;
+    }
+    if action == "delete" {
+        // After a crash of the shared shim: its socket and lock files.
+        if let Ok(flags) = containerd_shim::parse(&args[1..]) {
+            shared::remove_stale_files(&flags.address, &flags.namespace);
+        }
     }
     containerd_shim::run::<service::Service>("io.containerd.moat.v2", None);
 }

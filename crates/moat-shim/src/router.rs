@@ -71,6 +71,13 @@ impl Task for Router {
         ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
+        // `start` gives a VM pod a shim of its own: the shared shim never holds a VM.
+        if crate::shared::serving() && vm_pod::guest::wants_vm(Path::new(&req.bundle)) {
+            return Err(status(VmPodError::Unsupported(format!(
+                "create {}: a VM pod is not served by the shared shim",
+                req.id
+            ))));
+        }
         match self.vm_for_create(&req) {
             Some(vm) => Ok(api::CreateTaskResponse {
                 pid: vm.create(&req).map_err(status)?,

@@ -6,12 +6,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use containerd_shim::api::{self, Status};
 use containerd_shim::monitor::{monitor_subscribe, Subject, Topic};
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
@@ -23,8 +23,11 @@ use containerd_shim::{
 };
 use moat_container::Store;
 
+mod oom;
+mod spawn;
+
 use crate::io::Console;
-use crate::zygote::{self, Request};
+use crate::zygote::Request;
 
 fn err(msg: impl Into<String>) -> containerd_shim::protos::ttrpc::Error {
     containerd_shim::protos::ttrpc::Error::RpcStatus(containerd_shim::protos::ttrpc::get_status(
@@ -70,8 +73,10 @@ struct Ctr {
 #[derive(Default)]
 struct State {
     ctrs: HashMap<String, Ctr>,
-    /// Exits of pids not (yet) known: a process may exit before create returns its pid.
-    early: HashMap<i32, i32>,
+    /// Exits of pids not (yet) known: a process may exit before create returns its pid. With
+    /// the time seen: one not claimed soon is dropped (its pid may be reused by a later process,
+    /// and a long-lived shared shim must not grow it forever).
+    early: HashMap<i32, (i32, std::time::Instant)>,
 }
 
 pub struct Inner {
@@ -79,7 +84,8 @@ pub struct Inner {
     cond: Condvar,
     store: Store,
     namespace: String,
-    publisher: Option<RemotePublisher>,
+    /// Reconnected when a publish fails (containerd restarted; the shim, shared or not, lives on).
+    publisher: RwLock<Option<RemotePublisher>>,
     exit: Arc<ExitSignal>,
 }
 
@@ -88,16 +94,38 @@ pub struct Service {
     inner: Arc<Inner>,
 }
 
+/// How long the exit of a pid not known yet is kept for the Create or Start that returns it.
+const EARLY_EXIT_KEPT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn store_root(namespace: &str) -> PathBuf {
     PathBuf::from("/run/moat-shim").join(namespace)
 }
 
 impl Inner {
     fn publish(&self, topic: &str, ev: Box<dyn MessageDyn>) {
-        if let Some(p) = &self.publisher {
-            if let Err(e) = p.publish(Context::default(), topic, &self.namespace, ev) {
-                log::warn!("publish {topic}: {e}");
-            }
+        {
+            let publisher = self.publisher.read().unwrap_or_else(|e| e.into_inner());
+            let Some(p) = publisher.as_ref() else {
+                return;
+            };
+            let Err(e) = p.publish(Context::default(), topic, &self.namespace, ev.clone_box())
+            else {
+                return;
+            };
+            log::info!("publish {topic}: {e}; reconnecting to containerd");
+        }
+        // containerd restarted: its ttrpc socket is a new one at the same address.
+        let again = std::env::var("TTRPC_ADDRESS")
+            .map_err(|_| "TTRPC_ADDRESS is not set".to_string())
+            .and_then(|a| RemotePublisher::new(&a).map_err(|e| e.to_string()))
+            .and_then(|p| {
+                p.publish(Context::default(), topic, &self.namespace, ev)
+                    .map(|()| p)
+                    .map_err(|e| e.to_string())
+            });
+        match again {
+            Ok(p) => *self.publisher.write().unwrap_or_else(|e| e.into_inner()) = Some(p),
+            Err(e) => log::warn!("publish {topic} after reconnecting to containerd: {e}"),
         }
     }
 
@@ -133,14 +161,33 @@ impl Inner {
                 );
             }
             None => {
-                st.early.insert(pid, code);
+                st.early.retain(|_, (_, at)| at.elapsed() < EARLY_EXIT_KEPT);
+                st.early.insert(pid, (code, std::time::Instant::now()));
             }
         }
     }
 
+    /// Exit if the shim serves no container and may exit (`shared::may_exit`, decided under the
+    /// state lock: a Create inserts its container before it releases its pending task): `None`
+    /// when it serves containers, else whether it is exiting.
+    fn try_exit(&self) -> Option<bool> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !st.ctrs.is_empty() {
+            return None;
+        }
+        let exit = crate::shared::may_exit();
+        if exit {
+            self.exit.signal();
+        }
+        Some(exit)
+    }
+
     /// Record `pid` as started; if it already exited, take that exit now.
     fn claim_early_exit(&self, st: &mut State, pid: i32) -> Option<i32> {
-        st.early.remove(&pid)
+        st.early
+            .remove(&pid)
+            .filter(|(_, at)| at.elapsed() < EARLY_EXIT_KEPT)
+            .map(|(code, _)| code)
     }
 }
 
@@ -154,7 +201,7 @@ impl containerd_shim::Shim for Service {
                 cond: Condvar::new(),
                 store: Store::new(store_root(&args.namespace)),
                 namespace: args.namespace.clone(),
-                publisher: None,
+                publisher: RwLock::new(None),
                 exit: Arc::new(ExitSignal::default()),
             }),
         }
@@ -204,7 +251,7 @@ impl containerd_shim::Shim for Service {
             cond: Condvar::new(),
             store: self.inner.store.clone(),
             namespace: self.inner.namespace.clone(),
-            publisher: Some(publisher),
+            publisher: RwLock::new(Some(publisher)),
             exit: self.inner.exit.clone(),
         });
         let sub = monitor_subscribe(Topic::All).expect("subscribe to the exit monitor");
@@ -217,63 +264,8 @@ impl containerd_shim::Shim for Service {
             }
         });
         let i = inner.clone();
-        std::thread::spawn(move || oom_watch(i));
+        std::thread::spawn(move || oom::watch(i));
         Service { inner }
-    }
-}
-
-/// The CRI sandbox a container belongs to (from its bundle's annotations), else its own id.
-pub fn pod_grouping(id: &str) -> String {
-    let Ok(data) = std::fs::read("config.json") else {
-        return id.into();
-    };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) else {
-        return id.into();
-    };
-    let ann = &v["annotations"];
-    match (
-        ann["io.kubernetes.cri.container-type"].as_str(),
-        ann["io.kubernetes.cri.sandbox-id"].as_str(),
-    ) {
-        (Some("container"), Some(sandbox)) if !sandbox.is_empty() => sandbox.into(),
-        _ => id.into(),
-    }
-}
-
-fn oom_watch(i: Arc<Inner>) {
-    loop {
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        let ids: Vec<(String, u64)> = {
-            let st = i.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.ctrs
-                .iter()
-                .filter(|(_, c)| c.init.started && c.init.exit.is_none())
-                .map(|(id, c)| (id.clone(), c.ooms))
-                .collect()
-        };
-        for (id, seen) in ids {
-            let Ok(sf) = i.store.load(&id) else { continue };
-            let Some(cg) = sf.cgroup else { continue };
-            let n = cg.oom_kill_count().unwrap_or(seen);
-            if n > seen {
-                if let Some(c) = i
-                    .state
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .ctrs
-                    .get_mut(&id)
-                {
-                    c.ooms = n;
-                }
-                i.publish(
-                    topics::TASK_OOM_EVENT_TOPIC,
-                    Box::new(TaskOOM {
-                        container_id: id,
-                        ..Default::default()
-                    }),
-                );
-            }
-        }
     }
 }
 
@@ -307,58 +299,6 @@ impl Service {
     pub fn exit_signal(&self) -> Arc<ExitSignal> {
         self.inner.exit.clone()
     }
-
-    fn spawn_proc(&self, id: &str, req: Request, p: &mut Proc) -> Result<i32, String> {
-        let mut console = None;
-        let req = if p.terminal {
-            let base = Path::new(crate::io::CONSOLE_BASE);
-            let c = Console::listen(base, p.stdin.clone(), p.stdout.clone())
-                .map_err(|e| format!("console socket of {id} in {}: {e}", base.display()))?;
-            let path = c.path.clone();
-            console = Some(c);
-            match req {
-                Request::Create {
-                    root, id, bundle, ..
-                } => Request::Create {
-                    root,
-                    id,
-                    bundle,
-                    console_socket: Some(path),
-                },
-                Request::Exec {
-                    root, id, process, ..
-                } => Request::Exec {
-                    root,
-                    id,
-                    process,
-                    console_socket: Some(path),
-                },
-            }
-        } else {
-            req
-        };
-        let stdio = if p.terminal {
-            crate::io::open_stdio("", "", "")
-        } else {
-            crate::io::open_stdio(&p.stdin, &p.stdout, &p.stderr)
-        }
-        .map_err(|e| format!("open stdio of {id}: {e}"))?;
-        use std::os::fd::AsRawFd;
-        let raw = [
-            stdio[0].as_raw_fd(),
-            stdio[1].as_raw_fd(),
-            stdio[2].as_raw_fd(),
-        ];
-        let r = zygote::call(&req, raw);
-        drop(stdio);
-        match (&r, console.as_mut()) {
-            (Ok(_), Some(c)) => c.received(),
-            (Err(_), Some(c)) => c.abort(),
-            _ => {}
-        }
-        p.console = console;
-        r
-    }
 }
 
 impl containerd_shim::Task for Service {
@@ -367,6 +307,8 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
+        // Released once the container is in the state (or the Create failed).
+        let _pending = crate::shared::Pending(&req.id);
         if !req.checkpoint.is_empty() {
             return Err(err("checkpoint/restore is not supported by moat"));
         }
@@ -834,9 +776,11 @@ impl containerd_shim::Task for Service {
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
-        let st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
-        if st.ctrs.is_empty() {
-            self.inner.exit.signal();
+        // The shared shim serves other pods' tasks too, and may have been promised new ones: if
+        // so, it looks again later (a promised task whose Create never comes must not keep it).
+        if self.inner.try_exit() == Some(false) {
+            let inner = self.inner.clone();
+            crate::shared::exit_when_idle(move || inner.try_exit());
         }
         Ok(api::Empty::new())
     }

@@ -5,7 +5,8 @@
 //! spec that passes with runc must pass with moat (the two lists are compared, no counts are
 //! hard-coded). Set `MOAT_CRITEST_VM=1` to run the `moat-vm` handler too (slow under TCG; its
 //! results are reported, not compared) with the static test agent, `MOAT_CRITEST_VM=dynamic` with
-//! the agent the shim finds beside itself. The results of each run are printed and written to
+//! the agent the shim finds beside itself. `MOAT_CRITEST_SHARED=1` adds a run with `moat-shared`
+//! (the shared shim, one shim process for every pod), compared with runc like `moat`. The results of each run are printed and written to
 //! `$CARGO_TARGET_TMPDIR/critest/<handler>.txt`.
 //!
 //! Skipped, with the reason printed, when no Go toolchain or no cri-tools sources can be had.
@@ -197,6 +198,9 @@ fn critest_moat_passes_every_spec_runc_passes() {
     eprintln!("{test}: environment up in {:?}", t0.elapsed());
     let runc = critest(&env, "runc", Duration::from_secs(30 * 60));
     let moat = critest(&env, "moat", Duration::from_secs(30 * 60));
+    // The shared shim (one shim for every pod), on request: 80 s more.
+    let shared = (std::env::var("MOAT_CRITEST_SHARED").as_deref() == Ok("1"))
+        .then(|| critest(&env, "moat-shared", Duration::from_secs(30 * 60)));
     if vm {
         critest(&env, "moat-vm", Duration::from_secs(60 * 60));
     }
@@ -212,15 +216,34 @@ fn critest_moat_passes_every_spec_runc_passes() {
         "runc fails more specs than it passes: the environment is broken\n{}",
         runc.summary()
     );
+    let mut failing = twice_failing(&env, &runc, &moat);
+    if let Some(shared) = &shared {
+        failing.extend(twice_failing(&env, &runc, shared));
+    }
+    assert!(
+        failing.is_empty(),
+        "specs passing with runc and not with moat, twice ({}; logs in {}/critest):\n{failing:#?}",
+        moat.summary(),
+        env!("CARGO_TARGET_TMPDIR")
+    );
+
+    let sock = env.cd.sock();
+    drop(env);
+    assert_left_nothing(&sock);
+    eprintln!("{test}: done in {:?}", t0.elapsed());
+}
+
+/// The specs that pass with runc and fail with `run`'s handler, twice: a spec that fails once is
+/// run again alone: one that passes then is reported as flaky (loudly, and in the record:
+/// docs/kubernetes.md lists the known one), one that fails again is returned, with the handler.
+fn twice_failing(env: &CriEnv, runc: &Run, run: &Run) -> Vec<String> {
+    let handler = &run.handler;
     let regressions: Vec<String> = runc
         .specs
         .iter()
-        .filter(|(n, o)| **o == Outcome::Passed && moat.specs.get(*n) != Some(&Outcome::Passed))
+        .filter(|(n, o)| **o == Outcome::Passed && run.specs.get(*n) != Some(&Outcome::Passed))
         .map(|(n, _)| n.clone())
         .collect();
-    // A spec that fails once is run again alone: one that passes then is reported as flaky
-    // (loudly, and in the record: docs/kubernetes.md lists the known one), one that fails again
-    // fails the test.
     let mut failing = Vec::new();
     for name in &regressions {
         let leaf = name.rsplit(" runtime should ").next().unwrap_or(name);
@@ -234,24 +257,15 @@ fn critest_moat_passes_every_spec_runc_passes() {
                 }
             })
             .collect();
-        let again = critest_focus(&env, "moat", &focus, "moat-retry", Duration::from_secs(600));
+        let label = format!("{handler}-retry");
+        let again = critest_focus(env, handler, &focus, &label, Duration::from_secs(600));
         if again.specs.get(name) == Some(&Outcome::Passed) {
-            eprintln!("FLAKY with moat (failed, then passed alone): {name}");
+            eprintln!("FLAKY with {handler} (failed, then passed alone): {name}");
         } else {
-            failing.push(name.clone());
+            failing.push(format!("[{handler}] {name}"));
         }
     }
-    assert!(
-        failing.is_empty(),
-        "specs passing with runc and not with moat, twice ({}; logs in {}/critest):\n{failing:#?}",
-        moat.summary(),
-        env!("CARGO_TARGET_TMPDIR")
-    );
-
-    let sock = env.cd.sock();
-    drop(env);
-    assert_left_nothing(&sock);
-    eprintln!("{test}: done in {:?}", t0.elapsed());
+    failing
 }
 
 #[path = "../../moat-runtime/tests/support/vm_agent.rs"]

@@ -283,7 +283,14 @@ fn qemu_memo(qemu: &Path, what: &str) -> Option<PathBuf> {
     let bin = resolve_binary(qemu);
     let m = std::fs::metadata(&bin).ok()?;
     let key = sha2::Sha256::digest(
-        format!("{} {} {} {}", bin.display(), m.len(), m.mtime(), m.mtime_nsec()).as_bytes(),
+        format!(
+            "{} {} {} {}",
+            bin.display(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec()
+        )
+        .as_bytes(),
     );
     let key: String = key.iter().take(12).map(|b| format!("{b:02x}")).collect();
     let dir = crate::assets::cache_dir().join("qemu");

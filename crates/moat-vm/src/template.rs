@@ -231,6 +231,8 @@ pub fn ensure(qemu: &Qemu, cfg: &VmConfig, dir: &Path) -> Result<()> {
         return Ok(());
     }
     let _ = std::fs::remove_dir_all(dir);
+    // What builders killed before us left (their QEMU, their directory).
+    collect_garbage(&store, dir);
     let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let started = Instant::now();
@@ -292,9 +294,33 @@ fn collect_garbage(store: &Path, keep: &Path) {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > GC_AFTER);
+        if dead_builder {
+            // A builder killed with -9 leaves its template QEMU running on the directory.
+            kill_users_of(&p);
+        }
         if dead_builder || (old && !name.contains(".tmp-")) {
             let _ = std::fs::remove_dir_all(&p);
             let _ = std::fs::remove_file(p.with_extension("lock"));
+        }
+    }
+}
+
+/// Kill every process whose command line names `dir` (a dead builder's template QEMU).
+fn kill_users_of(dir: &Path) {
+    let needle = dir.display().to_string();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }

@@ -313,6 +313,8 @@ pub struct Containerd {
     pub ns: String,
     /// Container ids the test created (killed and removed on drop if still there).
     pub ids: std::cell::RefCell<Vec<String>>,
+    /// containerd's PATH, when the test puts a shim directory first.
+    path: Option<String>,
 }
 
 impl Containerd {
@@ -367,11 +369,37 @@ state = "{state}"
                 .replace("{dir}", &d.display().to_string()),
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let mut cmd = Command::new("containerd");
-        if let Some(extra) = shim_dir {
+        let path = shim_dir.map(|extra| {
             let path = std::env::var("PATH").unwrap_or_default();
-            cmd.env("PATH", format!("{}:{path}", extra.display()));
+            format!("{}:{path}", extra.display())
+        });
+        let mut c = Containerd {
+            dir,
+            child: None,
+            ns: ns.to_owned(),
+            ids: Default::default(),
+            path,
+        };
+        c.spawn(cri.is_some());
+        c
+    }
+
+    /// Start containerd on the configuration in our directory, its log appended to, and wait
+    /// until it serves (and, with the CRI plugin, has booted).
+    fn spawn(&mut self, cri: bool) {
+        let d = self.dir.path();
+        let booted_before = std::fs::read_to_string(self.log_path())
+            .unwrap_or_default()
+            .matches("successfully booted")
+            .count();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("containerd.log"))
+            .unwrap();
+        let mut cmd = Command::new("containerd");
+        if let Some(path) = &self.path {
+            cmd.env("PATH", path);
         }
         let child = cmd
             .arg("--config")
@@ -382,12 +410,8 @@ state = "{state}"
             .process_group(0)
             .spawn()
             .expect("spawn containerd");
-        let mut c = Containerd {
-            dir,
-            child: Some(child),
-            ns: ns.to_owned(),
-            ids: Default::default(),
-        };
+        self.child = Some(child);
+        let c = self;
         let sock = c.sock();
         let start = Instant::now();
         while !sock.exists() {
@@ -403,10 +427,15 @@ state = "{state}"
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        if cri.is_some() {
+        if cri {
             // containerd serves even when a plugin fails to load: make a broken CRI
             // configuration fail here, with containerd's reason.
-            while !c.log().contains("successfully booted") {
+            while std::fs::read_to_string(c.log_path())
+                .unwrap_or_default()
+                .matches("successfully booted")
+                .count()
+                <= booted_before
+            {
                 assert!(
                     start.elapsed() < Duration::from_secs(30),
                     "containerd did not finish booting in 30 s:\n{}",
@@ -422,7 +451,21 @@ state = "{state}"
                 panic!("containerd's CRI plugin did not load: {l}");
             }
         }
-        c
+    }
+
+    /// Stop containerd (SIGTERM, as a service manager does) and start it again on the same
+    /// configuration, root and state: the shims live on and containerd reconnects to them.
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = child.wait();
+        }
+        let cri = !std::fs::read_to_string(self.dir.path().join("config.toml"))
+            .unwrap_or_default()
+            .contains("disabled_plugins");
+        let _ = std::fs::remove_file(self.sock());
+        self.spawn(cri);
     }
 
     /// containerd's temporary directory (root, state, sockets, log).

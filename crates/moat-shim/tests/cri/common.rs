@@ -161,12 +161,28 @@ impl Drop for CriContainerd {
     fn drop(&mut self) {
         // Whatever a failed test left: the shims and the pod's processes (containerd itself is
         // stopped and its mounts removed when `inner` drops, after this).
-        let shims: Vec<i32> = self.shim_processes().into_keys().collect();
-        for pid in shims.into_iter().chain(self.pod_cgroup_pids()) {
+        let shims = self.shim_processes();
+        for pid in shims.keys().copied().chain(self.pod_cgroup_pids()) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
+        }
+        // A shared shim killed here leaves its files (`<hash>.sock`, `.lock`, `.start`,
+        // `.pending` in /run/moat-shim/shared): ours to remove, no other containerd uses them.
+        for (_, cmdline) in shims.values() {
+            let sock = cmdline
+                .split_whitespace()
+                .skip_while(|a| *a != "-socket")
+                .nth(1)
+                .map(|a| PathBuf::from(a.trim_start_matches("unix://")));
+            if let Some(sock) = sock.filter(|s| s.starts_with("/run/moat-shim/shared")) {
+                for ext in ["sock", "lock", "start", "pending"] {
+                    let f = sock.with_extension(ext);
+                    let _ = std::fs::remove_file(&f);
+                    let _ = std::fs::remove_dir_all(&f);
+                }
+            }
         }
         // The pod's cgroup parent is ours (the kubelet's) to remove; the runtime removes the
         // containers' cgroups below it. Deepest first, a few tries while killed processes go.

@@ -2,7 +2,7 @@
 //! vendored sources (`.ci/cri-tools.sh`, cached), stand-ins for the images critest asks for built
 //! here (`images.rs`) and served by a `docker-registry` on 127.0.0.1 that containerd's CRI registry
 //! hosts (`config_path`, `hosts.toml`) for `registry.k8s.io` and `gcr.io` point at, and the shared harness's private
-//! containerd with the CRI plugin, the `runc`, `moat` and `moat-vm` handlers and a bridge +
+//! containerd with the CRI plugin, the `runc`, `moat`, `moat-vm` and `moat-shared` handlers and a bridge +
 //! portmap CNI network on a private subnet. Dropping it stops containerd and the registry and
 //! removes the bridge, the portmap rules and the System V segments critest made on the host.
 #![allow(dead_code)]
@@ -20,6 +20,8 @@ pub const SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.6";
 /// critest's default test image.
 pub const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 pub const VM_SHIM_NAME: &str = "containerd-shim-moat-vm-v2";
+/// The shared shim's name (`io.containerd.moat-shared.v2`, handler `moat-shared`).
+pub const SHARED_SHIM_NAME: &str = "containerd-shim-moat-shared-v2";
 
 /// Build (or reuse) critest and crictl; `None` (with the reason printed) when they cannot be had.
 pub fn cri_tools(test: &str) -> Option<PathBuf> {
@@ -220,7 +222,7 @@ impl CriEnv {
             .prefix("moat-critest-shims-")
             .tempdir()
             .unwrap();
-        for name in [SHIM_NAME, VM_SHIM_NAME] {
+        for name in [SHIM_NAME, VM_SHIM_NAME, SHARED_SHIM_NAME] {
             std::os::unix::fs::symlink(SHIM, shims.path().join(name)).unwrap();
         }
         // The registry hosts of critest's images resolve to the local registry only:
@@ -243,6 +245,8 @@ impl CriEnv {
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.moat-vm]
       runtime_type = "io.containerd.moat-vm.v2"
       pod_annotations = ["io.moat.*"]
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.moat-shared]
+      runtime_type = "io.containerd.moat-shared.v2"
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "{}""#,
             hosts.display()
