@@ -36,6 +36,23 @@ TARGET = os.environ.get("CARGO_TARGET_DIR", "/tmp/target-bench")
 SECTION = "## Templates, clones and density"
 
 
+def procs():
+    """(pid, command line) of every process."""
+    for e in os.listdir("/proc"):
+        if not e.isdigit():
+            continue
+        try:
+            with open(f"/proc/{e}/cmdline", "rb") as f:
+                yield int(e), f.read().decode(errors="replace")
+        except OSError:
+            continue
+
+
+def monitors(store):
+    """moat processes of this store (the monitors of detached containers)."""
+    return {pid for pid, cl in procs() if store in cl and "qemu" not in cl}
+
+
 def sandbox_pids(moat, store, cid, before):
     """QEMU (the state's pid), moat's monitor (a moat process of the store that was not there
     `before`) and virtiofsd (its socket is in QEMU's run dir) of container `cid`."""
@@ -45,34 +62,8 @@ def sandbox_pids(moat, store, cid, before):
     with open(f"/proc/{qemu}/cmdline", "rb") as f:
         qcl = f.read().decode(errors="replace").split("\0")
     run = next((a[len("file:"):].rsplit("/", 1)[0] for a in qcl if a.startswith("file:")), "")
-    pids = {qemu} | (monitors(store) - before)
-    for e in os.listdir("/proc"):
-        if not e.isdigit():
-            continue
-        try:
-            with open(f"/proc/{e}/cmdline", "rb") as f:
-                cl = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        if "virtiofsd" in cl and run and run in cl:
-            pids.add(int(e))
-    return pids
-
-
-def monitors(store):
-    """moat processes of this store (the monitors of detached containers)."""
-    out = set()
-    for e in os.listdir("/proc"):
-        if not e.isdigit():
-            continue
-        try:
-            with open(f"/proc/{e}/cmdline", "rb") as f:
-                cl = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        if store in cl and "qemu" not in cl:
-            out.add(int(e))
-    return out
+    vfs = {pid for pid, cl in procs() if "virtiofsd" in cl and run and run in cl}
+    return {qemu} | (monitors(store) - before) | vfs
 
 
 def pss_mib(pids):

@@ -248,6 +248,47 @@ fn vm_run_and_exec_with_a_terminal() {
     );
 }
 
+/// `moat run -d --isolation vm --network bridge -p 127.0.0.1:PORT:80 SOURCE...` running a busybox
+/// httpd that serves `body`, waited for until it answers; returns the id, the port and the first
+/// answer. `source`: `--rootfs DIR` or an image; `bb` the way to call busybox there.
+fn start_httpd(m: &Moat, source: &[&str], bb: &str, body: &str) -> (String, u16, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let publish = format!("127.0.0.1:{port}:80");
+    let script = format!(
+        "busybox mkdir -p /tmp/www && echo {body} > /tmp/www/index.html && \
+         exec {bb}httpd -f -p 80 -h /tmp/www"
+    );
+    let t = Instant::now();
+    let mut args = vec![
+        "run",
+        "-d",
+        "--isolation",
+        "vm",
+        "--network",
+        "bridge",
+        "-p",
+        &publish,
+    ];
+    args.extend_from_slice(source);
+    args.extend_from_slice(&["sh", "-c", &script]);
+    let id = m.vm_ok(&args).trim().to_owned();
+    eprintln!("run -d (VM with a network device): {:?}", t.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        match get(port) {
+            Ok(b) if b.contains(body) => break b,
+            r if Instant::now() > deadline => panic!("no answer on port {port}: {r:?}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    eprintln!("first answer: {:?} after run", t.elapsed());
+    (id, port, answer)
+}
+
 fn get(port: u16) -> std::io::Result<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -269,42 +310,8 @@ fn vm_container_answers_on_a_published_port() {
     std::fs::create_dir(&bin).unwrap();
     std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
     std::os::unix::fs::symlink("busybox", bin.join("sh")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let publish = format!("127.0.0.1:{port}:80");
-    let t = Instant::now();
-    let id = m
-        .vm_ok(&[
-            "run",
-            "-d",
-            "--isolation",
-            "vm",
-            "--network",
-            "bridge",
-            "-p",
-            &publish,
-            "--rootfs",
-            r.path().to_str().unwrap(),
-            "sh",
-            "-c",
-            "busybox mkdir -p /tmp/www && echo hello-from-a-vm > /tmp/www/index.html && \
-             exec busybox httpd -f -p 80 -h /tmp/www",
-        ])
-        .trim()
-        .to_owned();
-    eprintln!("run -d (VM with a network device): {:?}", t.elapsed());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let body = loop {
-        match get(port) {
-            Ok(b) if b.contains("hello-from-a-vm") => break b,
-            r if Instant::now() > deadline => panic!("no answer on port {port}: {r:?}"),
-            _ => std::thread::sleep(Duration::from_millis(100)),
-        }
-    };
-    eprintln!("first answer: {:?} after run", t.elapsed());
+    let rootfs = r.path().to_str().unwrap();
+    let (id, port, body) = start_httpd(&m, &["--rootfs", rootfs], "busybox ", "hello-from-a-vm");
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     let t = Instant::now();
     for _ in 0..20 {
@@ -421,30 +428,7 @@ fn vm_containers_of_an_image_are_clones_of_a_template() {
     assert_eq!(images, 1, "one disk image for the image");
 
     // A clone on the bridge network: its MAC and address are its own, the port answers.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let publish = format!("127.0.0.1:{port}:80");
-    let id = m
-        .vm_ok(&[
-            "run",
-            "-d",
-            "--isolation",
-            "vm",
-            "--network",
-            "bridge",
-            "-p",
-            &publish,
-            "bb:v1",
-            "sh",
-            "-c",
-            "busybox mkdir -p /tmp/www && echo hello-from-a-clone > /tmp/www/index.html && \
-             exec httpd -f -p 80 -h /tmp/www",
-        ])
-        .trim()
-        .to_owned();
+    let (id, _port, _) = start_httpd(&m, &["bb:v1"], "", "hello-from-a-clone");
     // The state's pid of a VM container is its QEMU's.
     let inspect: serde_json::Value = serde_json::from_str(&m.vm_ok(&["inspect", &id])).unwrap();
     let qemu = inspect["State"]["Pid"].as_i64().unwrap();
@@ -454,14 +438,6 @@ fn vm_containers_of_an_image_are_clones_of_a_template() {
         cmdline.contains("-incoming defer"),
         "not a clone: {cmdline}"
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match get(port) {
-            Ok(b) if b.contains("hello-from-a-clone") => break,
-            r if Instant::now() > deadline => panic!("no answer on port {port}: {r:?}"),
-            _ => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
     let ip = inspect["Network"]["IPAddress"].as_str().unwrap().to_owned();
     let seen = m.vm_ok(&["exec", &id, "busybox", "ip", "addr", "show", "eth0"]);
     assert!(seen.contains(&format!("inet {ip}/24")), "{seen}");
@@ -470,9 +446,13 @@ fn vm_containers_of_an_image_are_clones_of_a_template() {
         "the template's MAC: {seen}"
     );
     m.vm_ok(&["rm", "-f", &id]);
-    // Gone, or a zombie its new parent has yet to reap.
-    wait_for(&format!("QEMU {qemu} of {id} to end"), || {
-        std::fs::read_to_string(format!("/proc/{qemu}/stat")).map_or(true, |st| {
+    wait_ended(qemu as i32, &format!("QEMU of {id}"));
+}
+
+/// Wait until process `pid` is gone, or a zombie its new parent has yet to reap.
+fn wait_ended(pid: i32, what: &str) {
+    wait_for(&format!("{what} ({pid}) to end"), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| {
             st.rsplit_once(") ")
                 .is_some_and(|(_, r)| r.starts_with('Z'))
         })
@@ -553,12 +533,7 @@ fn a_template_build_killed_midway_is_cleaned_up_by_the_next() {
         tmp.display()
     );
     for pid in orphans {
-        wait_for(&format!("the orphaned template QEMU {pid} to end"), || {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| {
-                st.rsplit_once(") ")
-                    .is_some_and(|(_, r)| r.starts_with('Z'))
-            })
-        });
+        wait_ended(pid, "the orphaned template QEMU");
     }
     let left: Vec<_> = std::fs::read_dir(&templates)
         .unwrap()

@@ -64,16 +64,32 @@ pub struct ProcessOutput {
 }
 
 impl AgentClient {
-    /// Wait for the agent's `Ready` and check its protocol version.
-    pub fn handshake(stream: UnixStream, timeout: Duration) -> Result<AgentClient> {
-        let mut c = AgentClient {
+    fn over(stream: UnixStream) -> AgentClient {
+        AgentClient {
             stream,
             dec: Decoder::new(),
             next_id: 1,
             events: VecDeque::new(),
             kernel_release: String::new(),
             lock: None,
-        };
+        }
+    }
+
+    /// Take the agent's `Ready`: its protocol version must be ours.
+    fn ready(&mut self, version: u32, kernel_release: String) -> Result<()> {
+        if version != PROTOCOL_VERSION {
+            return Err(VmError::ProtocolVersion {
+                guest: version,
+                host: PROTOCOL_VERSION,
+            });
+        }
+        self.kernel_release = kernel_release;
+        Ok(())
+    }
+
+    /// Wait for the agent's `Ready` and check its protocol version.
+    pub fn handshake(stream: UnixStream, timeout: Duration) -> Result<AgentClient> {
+        let mut c = AgentClient::over(stream);
         let deadline = Instant::now() + timeout;
         loop {
             match c.read_message(deadline)? {
@@ -81,13 +97,7 @@ impl AgentClient {
                     version,
                     kernel_release,
                 } => {
-                    if version != PROTOCOL_VERSION {
-                        return Err(VmError::ProtocolVersion {
-                            guest: version,
-                            host: PROTOCOL_VERSION,
-                        });
-                    }
-                    c.kernel_release = kernel_release;
+                    c.ready(version, kernel_release)?;
                     return Ok(c);
                 }
                 other => c.events.push_back(other),
@@ -106,14 +116,7 @@ impl AgentClient {
         timeout: Duration,
         restore: moat_agent_proto::Restore,
     ) -> Result<AgentClient> {
-        let mut c = AgentClient {
-            stream,
-            dec: Decoder::new(),
-            next_id: 1,
-            events: VecDeque::new(),
-            kernel_release: String::new(),
-            lock: None,
-        };
+        let mut c = AgentClient::over(stream);
         let deadline = Instant::now() + timeout;
         let mut ids = vec![c.send(Request::Restored(restore.clone()))?];
         let mut retry = Instant::now() + PING_RETRY;
@@ -136,15 +139,7 @@ impl AgentClient {
                 GuestMessage::Ready {
                     version,
                     kernel_release,
-                } => {
-                    if version != PROTOCOL_VERSION {
-                        return Err(VmError::ProtocolVersion {
-                            guest: version,
-                            host: PROTOCOL_VERSION,
-                        });
-                    }
-                    c.kernel_release = kernel_release;
-                }
+                } => c.ready(version, kernel_release)?,
                 GuestMessage::Response { id, result } if ids.contains(&id) => {
                     // The first answer decides (a repeat's, if it comes later, is queued).
                     return match result {
@@ -170,14 +165,7 @@ impl AgentClient {
     pub fn reattach(sock: &std::path::Path, timeout: Duration) -> Result<AgentClient> {
         let stream =
             UnixStream::connect(sock).map_err(VmError::io("connect to agent socket", sock))?;
-        let mut c = AgentClient {
-            stream,
-            dec: Decoder::new(),
-            next_id: 1,
-            events: VecDeque::new(),
-            kernel_release: String::new(),
-            lock: None,
-        };
+        let mut c = AgentClient::over(stream);
         let deadline = Instant::now() + timeout;
         let mut pings = Vec::new();
         loop {
