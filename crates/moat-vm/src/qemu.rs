@@ -155,8 +155,8 @@ impl Qemu {
                 }]);
         }
         c.arg("-serial")
-        .arg(format!("file:{}", run.join("console.log").display()))
-        .args(["-device", "virtio-serial-device"]);
+            .arg(format!("file:{}", run.join("console.log").display()))
+            .args(["-device", "virtio-serial-device"]);
         for i in 0..cfg.agent_ports.max(1) {
             c.arg("-chardev").arg(format!(
                 "socket,id=agent{i},path={},server=on,wait=off",
