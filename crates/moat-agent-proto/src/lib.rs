@@ -49,3 +49,8 @@ pub const SINGLE_SANDBOX_FLAG: &str = "moat.sandbox=single";
 /// [`Request::PrepareTemplate`] before the host saves the VM, and each clone resumed from the
 /// saved state is made unique by [`Request::Restored`] before anything else runs in it.
 pub const TEMPLATE_FLAG: &str = "moat.template";
+
+/// In a container config sent to the agent: the path of the pid namespace that the containers of
+/// a pod share (CRI's `POD` pid mode; the guest has no pause process, so the agent keeps a
+/// process of its own as that namespace's init and binds its namespace here on first use).
+pub const POD_PID_NS: &str = "/run/moat-agent/pod-pid-ns";

@@ -228,6 +228,42 @@ fn cri_vm_pod_runs_two_containers_in_one_vm() {
             "{host_proc} visible in the pod: {ps}"
         );
     }
+    // Kubelet's default (a pid namespace per container): c1's `sleep` is its PID 1, alone.
+    assert!(
+        ps.lines().any(|l| l.split_whitespace().eq(["1", "sleep"])),
+        "{ps}"
+    );
+    // `shareProcessNamespace: true` (CRI's POD pid mode): the pod's containers share one pid
+    // namespace whose init is the agent's stand-in for the pause process, so each sees the
+    // other's process and neither is PID 1 (a PID 1 without a SIGTERM handler would ignore
+    // StopContainer's SIGTERM, where runc's container, not PID 1, ends).
+    let shared_pid = NamespaceOption {
+        pid: NamespaceMode::Pod as i32,
+        ..host_network()
+    };
+    let mut shared = Vec::new();
+    for name in ["p1", "p2"] {
+        let script = format!("echo started-{name}; exec sleep 1000");
+        shared.push(start_container_with(
+            &cri,
+            &pod,
+            &sandbox_config,
+            name,
+            &script,
+            shared_pid.clone(),
+        ));
+    }
+    let r = exec(&cri, &shared[0], &["ps", "-o", "pid,comm"]);
+    let ps = text(&r.stdout);
+    let sleeps = ps
+        .lines()
+        .filter(|l| l.trim_end().ends_with("sleep"))
+        .count();
+    assert_eq!(sleeps, 2, "p1 sees p2's process too: {ps}");
+    assert!(
+        !ps.lines().any(|l| l.split_whitespace().eq(["1", "sleep"])),
+        "a container's init is PID 1 of the pod's namespace: {ps}"
+    );
     assert!(ps.contains("sleep"), "{ps}");
     assert!(ps.lines().count() < 10, "{ps}");
 

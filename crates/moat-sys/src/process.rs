@@ -149,6 +149,19 @@ pub fn join_new_session_keyring(name: &str) -> Result<()> {
     }
 }
 
+/// Close every descriptor from `first` upwards (`close_range(2)`): for a forked child that never
+/// execs and must not keep its parent's pipes and ports open.
+pub fn close_from(first: i32) -> Result<()> {
+    // SAFETY: plain syscall with integer arguments; the caller owns every descriptor it closes
+    // (a freshly forked, single-threaded child).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, u32::MAX, 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(Errno::last())
+    }
+}
+
 /// Mark every descriptor from `first` upwards close-on-exec (`close_range(CLOSE_RANGE_CLOEXEC)`),
 /// falling back to walking `/proc/self/fd` on kernels without it.
 pub fn cloexec_from(first: i32) -> Result<()> {

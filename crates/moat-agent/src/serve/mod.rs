@@ -80,6 +80,9 @@ struct Agent {
     ttys: HashMap<Key, File>,
     /// The host's shared directory is mounted at [`crate::shared::SHARE_MOUNT`].
     share_mounted: bool,
+    /// The init of the pod's shared pid namespace, once a container asked for it
+    /// ([`moat_agent_proto::POD_PID_NS`]).
+    pod_pid_ns: Option<i32>,
     /// The started containers' OOM-kill counters.
     ooms: oom::OomWatch,
 }
@@ -125,6 +128,7 @@ pub fn serve(ports: &[PathBuf]) -> Result<()> {
         stdins: HashMap::new(),
         ttys: HashMap::new(),
         share_mounted: false,
+        pod_pid_ns: None,
         ooms: oom::OomWatch::default(),
     };
     agent.run();

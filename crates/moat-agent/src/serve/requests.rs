@@ -272,6 +272,13 @@ impl Agent {
         let bundle = Path::new(BUNDLES).join(id);
         let files_dir = bundle.join("files");
         shared::rewrite(&mut config, shared, &files_dir, files)?;
+        let pod_pid = config["linux"]["namespaces"].as_array().is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n["type"] == "pid" && n["path"] == moat_agent_proto::POD_PID_NS)
+        });
+        if pod_pid {
+            self.ensure_pod_pid_ns()?;
+        }
         let needs_share = !shared.is_empty() || matches!(source, Root::Shared(_));
         if needs_share && !self.share_mounted {
             shared::mount_share()?;
@@ -429,6 +436,47 @@ impl Agent {
                 status: None,
             },
         );
+    }
+
+    /// The pod's shared pid namespace: a child of the agent in a new pid namespace, doing
+    /// nothing (the pause process of a pod on a host), its namespace bound at
+    /// [`moat_agent_proto::POD_PID_NS`] for containers to join. Made on first use.
+    fn ensure_pod_pid_ns(&mut self) -> Result<()> {
+        if self.pod_pid_ns.is_some() {
+            return Ok(());
+        }
+        let sys = |what: &str| {
+            let what = what.to_string();
+            move |errno| AgentFailure::Sys { what, errno }
+        };
+        match moat_sys::process::clone3(nix::libc::CLONE_NEWPID as u64, false)
+            .map_err(sys("start the pod's pid namespace"))?
+        {
+            moat_sys::process::Forked::Child => {
+                // Nothing of the agent's: no port, no container pipe stays open here.
+                let _ = moat_sys::process::close_from(3);
+                loop {
+                    nix::unistd::pause();
+                }
+            }
+            moat_sys::process::Forked::Parent { pid, .. } => {
+                self.pod_pid_ns = Some(pid.as_raw());
+                let target = Path::new(moat_agent_proto::POD_PID_NS);
+                if let Some(d) = target.parent() {
+                    std::fs::create_dir_all(d).map_err(|e| AgentFailure::io("create", d, e))?;
+                }
+                std::fs::write(target, b"").map_err(|e| AgentFailure::io("create", target, e))?;
+                let ns = format!("/proc/{}/ns/pid", pid.as_raw());
+                mount(
+                    Some(ns.as_str()),
+                    target,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(sys(&format!("bind {ns} at {}", target.display())))
+            }
+        }
     }
 
     fn release_bundle(&mut self, id: &str) {

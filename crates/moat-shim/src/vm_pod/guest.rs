@@ -111,15 +111,23 @@ pub fn prepare(id: &str, bundle: &Path) -> Result<GuestContainer> {
             let joined = n.get("path").and_then(Value::as_str).is_some();
             let kind = n["type"].as_str().unwrap_or("?").to_string();
             // A namespace joined by host path (the sandbox's): the VM is the pod, so the
-            // container uses the VM's. A pid namespace stays a new one of its own.
-            if joined {
+            // container uses the VM's. The sandbox's pid namespace becomes the pod's one in the
+            // guest, which the agent keeps (CRI's `POD` pid mode: the pod's processes see each
+            // other and none of them is its namespace's init).
+            if joined && kind != "pid" {
                 dropped.push(kind.clone());
             }
             !joined || kind == "pid"
         });
         for n in ns.iter_mut() {
             if let Some(o) = n.as_object_mut() {
-                o.remove("path");
+                let pod_pid =
+                    o.get("type").and_then(Value::as_str) == Some("pid") && o.get("path").is_some();
+                if pod_pid {
+                    o.insert("path".into(), moat_agent_proto::POD_PID_NS.into());
+                } else {
+                    o.remove("path");
+                }
             }
         }
     }
@@ -221,9 +229,9 @@ mod tests {
         let out: Value = serde_json::from_str(&g.config_json).unwrap();
         assert_eq!(
             out["linux"]["namespaces"],
-            json!([{"type": "mount"}, {"type": "pid"}])
+            json!([{"type": "mount"}, {"type": "pid", "path": moat_agent_proto::POD_PID_NS}])
         );
-        assert_eq!(g.dropped_namespaces, ["network", "pid", "ipc"]);
+        assert_eq!(g.dropped_namespaces, ["network", "ipc"]);
         assert_eq!(g.rootfs.path, "c1/rootfs");
         assert!(g.rootfs.readonly);
         assert_eq!(g.binds.len(), 2);
