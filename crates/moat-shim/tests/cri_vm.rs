@@ -264,6 +264,19 @@ fn cri_vm_pod_runs_two_containers_in_one_vm() {
         !ps.lines().any(|l| l.split_whitespace().eq(["1", "sleep"])),
         "a container's init is PID 1 of the pod's namespace: {ps}"
     );
+    // An orphan of the pod ends as a child of that init, which lets the kernel reap it.
+    let r = exec(
+        &cri,
+        &shared[0],
+        &["sh", "-c", "(sleep 0.2 &); sleep 1; cat /proc/[0-9]*/stat"],
+    );
+    let stats = text(&r.stdout);
+    assert!(
+        !stats.lines().any(|l| l
+            .rsplit_once(") ")
+            .is_some_and(|(_, st)| st.starts_with('Z'))),
+        "a zombie in the pod: {stats}"
+    );
     assert!(ps.contains("sleep"), "{ps}");
     assert!(ps.lines().count() < 10, "{ps}");
 

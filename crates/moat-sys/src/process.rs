@@ -149,6 +149,18 @@ pub fn join_new_session_keyring(name: &str) -> Result<()> {
     }
 }
 
+/// Set SIGCHLD to SIG_IGN, so that the kernel reaps this process's children itself: for the init
+/// of a pid namespace that only holds it (orphans of the namespace become its children).
+pub fn reap_children_automatically() -> Result<()> {
+    // SAFETY: SIG_IGN is not a handler: no code of ours runs in signal context.
+    let r = unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    if r == libc::SIG_ERR {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
 /// Close every descriptor from `first` upwards (`close_range(2)`): for a forked child that never
 /// execs and must not keep its parent's pipes and ports open.
 pub fn close_from(first: i32) -> Result<()> {

@@ -453,8 +453,10 @@ impl Agent {
             .map_err(sys("start the pod's pid namespace"))?
         {
             moat_sys::process::Forked::Child => {
-                // Nothing of the agent's: no port, no container pipe stays open here.
+                // Nothing of the agent's: no port, no container pipe stays open here. Orphans
+                // of the pod's processes become this init's children: the kernel reaps them.
                 let _ = moat_sys::process::close_from(3);
+                let _ = moat_sys::process::reap_children_automatically();
                 loop {
                     nix::unistd::pause();
                 }
