@@ -226,17 +226,28 @@ impl Store {
         Ok(ids)
     }
 
-    /// Remove the container's directory.
+    /// Remove the container's directory. A process that is still writing into it (the monitor
+    /// of an exiting container saving its state while `rm -f` deletes it) can make one pass find
+    /// it not empty: a few more passes, then the error.
     pub fn remove(&self, id: &str) -> Result<()> {
         let dir = self.dir(id);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ContainerError::Io {
-                what: "remove state dir",
-                path: dir,
-                source: e,
-            }),
+        let mut tries = 0;
+        loop {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOTEMPTY) && tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => {
+                    return Err(ContainerError::Io {
+                        what: "remove state dir",
+                        path: dir,
+                        source: e,
+                    })
+                }
+            }
         }
     }
 
