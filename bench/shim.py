@@ -30,6 +30,7 @@ import concurrent.futures
 import datetime
 import hashlib
 import io
+import itertools
 import json
 import os
 import platform
@@ -251,7 +252,7 @@ class Pods:
         self.work = work
         self.base = [crictl, "--runtime-endpoint", f"unix://{cd.sock}",
                      "--image-endpoint", f"unix://{cd.sock}", "--timeout", "120s"]
-        self.n = 0
+        self.counter = itertools.count(1)
         self.ctr_json = os.path.join(work, "ctr.json")
         host = {"network": 2, "pid": 1, "ipc": 0}
         with open(self.ctr_json, "w") as f:
@@ -269,8 +270,8 @@ class Pods:
 
     def start(self, handler):
         """Start a pod with one container; returns the wall time of `crictl run` in ms."""
-        self.n += 1
-        name = f"bench-{self.n}"
+        # next() on an itertools.count is atomic under the GIL; `+= 1` is not (10 threads start).
+        name = f"bench-{next(self.counter)}"
         logs = os.path.join(self.work, "logs", name)
         os.makedirs(logs)
         pod = os.path.join(self.work, f"{name}.json")

@@ -300,7 +300,7 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
                      MOAT_ROOTFS_COPY=1): the image's layers were copied into the rootfs"
                 );
             }
-            if a.isolation == "vm" && crate::vmimage::templates_enabled() {
+            if a.isolation == "vm" && moat_vm::template::enabled() {
                 vm_image = crate::vmimage::rootfs_image(&ctx.store, img, &r.path);
             }
             let norm = moat_image::reference::normalize(&a.args[0]).unwrap_or(a.args[0].clone());

@@ -53,8 +53,3 @@ pub fn rootfs_image(
         }
     }
 }
-
-/// Templates (and so the images they need) are on unless `MOAT_VM_TEMPLATES=0`.
-pub fn templates_enabled() -> bool {
-    moat_vm::template::enabled()
-}

@@ -440,11 +440,7 @@ fn bridge_network_publishes_a_port() {
         return;
     }
     import(&m, "example.com/bb:v1");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let web = tempfile::tempdir().unwrap();
     std::fs::write(web.path().join("index.html"), "hello from moat\n").unwrap();
     let vol = format!("{}:/www:ro", web.path().display());
@@ -471,14 +467,7 @@ fn bridge_network_publishes_a_port() {
         .to_owned();
     let mut body = String::new();
     wait_for("the published port", || {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = write!(s, "GET /index.html HTTP/1.0\r\n\r\n");
-        body.clear();
-        let _ = s.read_to_string(&mut body);
+        body = http_get(port).unwrap_or_default();
         body.contains("hello from moat")
     });
     let inspect: serde_json::Value = serde_json::from_str(&m.ok(&["inspect", &id])).unwrap();

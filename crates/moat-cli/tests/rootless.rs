@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use common::{write_layout, Comp, Tar};
 use harness::rootless::*;
-use harness::wait_for;
+use harness::{free_port, http_get, wait_for};
 
 /// The test image: busybox and /etc/passwd, `home/u/f` owned by 1000:1000, and a second layer
 /// with a whiteout of `/gone` and an opaque `/opq` (so the overlay's view is checked).
@@ -268,11 +268,7 @@ fn published_port_answers_from_the_host() {
 /// `-p 127.0.0.1:PORT:80` on network `net` answers from the host; after `rm -f` nothing is
 /// left (the helper neither) and the port is closed.
 fn publish_through(s: &Session, net: &str) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let web = tempfile::tempdir_in(&s.user.home).unwrap();
     std::fs::write(web.path().join("index.html"), "hello from rootless moat\n").unwrap();
     sh(
@@ -304,14 +300,7 @@ fn publish_through(s: &Session, net: &str) {
         .to_owned();
     let mut body = String::new();
     wait_for("the published port", || {
-        use std::io::{Read, Write};
-        let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-            return false;
-        };
-        let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = write!(c, "GET /index.html HTTP/1.0\r\n\r\n");
-        body.clear();
-        let _ = c.read_to_string(&mut body);
+        body = http_get(port).unwrap_or_default();
         body.contains("hello from rootless moat")
     });
     let ps = s.ok(&["ps"]);

@@ -8,7 +8,6 @@
 //! template: exit code, output, the writable layer, /etc files and a published port through a
 //! clone.
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -252,11 +251,7 @@ fn vm_run_and_exec_with_a_terminal() {
 /// httpd that serves `body`, waited for until it answers; returns the id, the port and the first
 /// answer. `source`: `--rootfs DIR` or an image; `bb` the way to call busybox there.
 fn start_httpd(m: &Moat, source: &[&str], bb: &str, body: &str) -> (String, u16, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let publish = format!("127.0.0.1:{port}:80");
     let script = format!(
         "busybox mkdir -p /tmp/www && echo {body} > /tmp/www/index.html && \
@@ -279,7 +274,7 @@ fn start_httpd(m: &Moat, source: &[&str], bb: &str, body: &str) -> (String, u16,
     eprintln!("run -d (VM with a network device): {:?}", t.elapsed());
     let deadline = Instant::now() + Duration::from_secs(30);
     let answer = loop {
-        match get(port) {
+        match http_get(port) {
             Ok(b) if b.contains(body) => break b,
             r if Instant::now() > deadline => panic!("no answer on port {port}: {r:?}"),
             _ => std::thread::sleep(Duration::from_millis(100)),
@@ -287,15 +282,6 @@ fn start_httpd(m: &Moat, source: &[&str], bb: &str, body: &str) -> (String, u16,
     };
     eprintln!("first answer: {:?} after run", t.elapsed());
     (id, port, answer)
-}
-
-fn get(port: u16) -> std::io::Result<String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body)
 }
 
 #[test]
@@ -315,7 +301,7 @@ fn vm_container_answers_on_a_published_port() {
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     let t = Instant::now();
     for _ in 0..20 {
-        get(port).unwrap();
+        http_get(port).unwrap();
     }
     eprintln!("request latency through -p: {:?}", t.elapsed() / 20);
     let inspect: serde_json::Value = serde_json::from_str(&m.vm_ok(&["inspect", &id])).unwrap();
@@ -361,7 +347,7 @@ fn vm_container_answers_on_a_published_port() {
         }),
         "a process of the VM container is left"
     );
-    assert!(get(port).is_err(), "the port still answers");
+    assert!(http_get(port).is_err(), "the port still answers");
 }
 
 /// `moat run --isolation vm IMAGE`: the first run makes the image's disk and the template, the

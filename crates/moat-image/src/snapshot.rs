@@ -131,11 +131,6 @@ pub fn opaque_xattr(userns: bool) -> &'static str {
     }
 }
 
-/// Whether this process is root of a user namespace other than the initial one.
-fn userns_root() -> bool {
-    rustix::process::geteuid().is_root() && crate::unpack::in_user_namespace()
-}
-
 /// A mounted container root filesystem.
 #[derive(Debug)]
 pub struct Rootfs {
@@ -209,13 +204,14 @@ pub fn prepare_rootfs(store: &Store, name: &str, id: &str, opts: &UnpackOptions)
             fs::create_dir(&empty).map_err(ImageError::io("mkdir", &empty))?;
             lowers.push(empty);
         }
-        let forced =
-            userns_root() && std::env::var_os("MOAT_ROOTFS_COPY").is_some_and(|v| v == "1");
+        // `opts` says whether this is a user namespace's root: the same answer chose the
+        // opaque-directory xattr at unpack time, so the overlay's `userxattr` agrees with it.
+        let forced = opts.userns && std::env::var_os("MOAT_ROOTFS_COPY").is_some_and(|v| v == "1");
         if !forced {
-            match mount_overlay(&lowers, &upper, &work, &rootfs) {
+            match mount_overlay(&lowers, &upper, &work, &rootfs, opts.userns) {
                 Ok(()) => return Ok(false),
                 // An overlay in a user namespace needs Linux 5.11.
-                Err(e) if userns_root() && overlay_refused(&e) => {}
+                Err(e) if opts.userns && overlay_refused(&e) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -266,8 +262,14 @@ pub fn rootfs_of(store: &Store, id: &str) -> Result<Rootfs> {
 /// Mount an overlay with `lowers` (top first). Uses the new mount API with one `lowerdir+` per
 /// layer (no page-size limit on the option string, Linux 6.8+), and the classic `mount(2)` with a
 /// colon-separated `lowerdir=` on older kernels.
-pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
-    let userxattr = userns_root();
+/// `userxattr`: the overlay of a user namespace's root (its opaque markers are `user.` xattrs).
+pub fn mount_overlay(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    userxattr: bool,
+) -> Result<()> {
     let new_api = || -> rustix::io::Result<()> {
         let fs_fd = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
         for l in lowers {

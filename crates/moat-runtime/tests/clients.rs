@@ -67,24 +67,10 @@ impl Podman {
         c.args(["run", "--rm", "--name", name, "--network", "none"])
             .arg("--cidfile")
             .arg(&cidfile);
-        if !has_cap_sys_resource() {
-            // Podman asks for RLIMIT_NOFILE and RLIMIT_NPROC of 1048576 when run as root; raising
-            // a hard limit needs CAP_SYS_RESOURCE, which some sandboxes (and CI containers) drop —
-            // runc fails the same way there. Ask for limits below ours instead (lowering is always
-            // allowed; RLIMIT_NPROC does not apply to uid 0).
-            c.args([
-                "--ulimit",
-                "nofile=1024:1024",
-                "--ulimit",
-                "nproc=1024:1024",
-            ]);
-        }
+        lower_ulimits(&mut c);
         c.args([IMAGE, "sh", "-c", script]);
         let o = run_deadline(&mut c, Duration::from_secs(120), "podman run");
-        let cid = std::fs::read_to_string(&cidfile)
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
+        let cid = read_cid(&cidfile);
         (o, cid)
     }
 
@@ -246,14 +232,7 @@ fn podman_vm_container_answers_on_a_published_port() {
         .arg(format!("127.0.0.1:{port}:80"))
         .arg("--cidfile")
         .arg(&cidfile);
-    if !has_cap_sys_resource() {
-        c.args([
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-        ]);
-    }
+    lower_ulimits(&mut c);
     c.args([
         IMAGE,
         "sh",
@@ -262,10 +241,7 @@ fn podman_vm_container_answers_on_a_published_port() {
          exec httpd -f -p 80 -h /tmp/www",
     ]);
     let o = run_deadline(&mut c, Duration::from_secs(120), "podman run -d");
-    let cid = std::fs::read_to_string(&cidfile)
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
+    let cid = read_cid(&cidfile);
     assert!(
         o.status.success(),
         "podman run -d: {}\nstdout: {}\nstderr: {}",
@@ -352,14 +328,7 @@ fn podman_vm_container_with_a_terminal() {
         .args(["--annotation", "io.moat.isolation=vm"])
         .arg("--cidfile")
         .arg(&cidfile);
-    if !has_cap_sys_resource() {
-        c.args([
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-        ]);
-    }
+    lower_ulimits(&mut c);
     c.args([IMAGE, "sh"]);
     let line: Vec<String> = std::iter::once(c.get_program())
         .chain(c.get_args())
@@ -385,10 +354,7 @@ fn podman_vm_container_with_a_terminal() {
     );
     assert!(out.contains("/dev/pts/0\n"), "{out}");
     assert!(out.contains("33 77\n"), "{out}");
-    let cid = std::fs::read_to_string(&cidfile)
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
+    let cid = read_cid(&cidfile);
     p.assert_gone(&name, &cid);
 
     let name = id("moat-podman-vmexec");
@@ -400,14 +366,7 @@ fn podman_vm_container_with_a_terminal() {
         .args(["--annotation", "io.moat.isolation=vm"])
         .arg("--cidfile")
         .arg(&cidfile);
-    if !has_cap_sys_resource() {
-        c.args([
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-        ]);
-    }
+    lower_ulimits(&mut c);
     c.args([IMAGE, "sleep", "600"]);
     ok(&mut c, Duration::from_secs(120), "podman run -d (VM)");
     let mut c = p.cmd();
@@ -445,10 +404,7 @@ fn podman_vm_container_with_a_terminal() {
         Duration::from_secs(60),
         "podman rm -f",
     );
-    let cid = std::fs::read_to_string(&cidfile)
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
+    let cid = read_cid(&cidfile);
     p.assert_gone(&name, &cid);
 }
 
@@ -516,4 +472,27 @@ fn containerd_runc_shim_propagates_exit_code() {
         cd.log()
     );
     cd.assert_gone(&cid);
+}
+
+/// Podman asks for RLIMIT_NOFILE and RLIMIT_NPROC of 1048576 when run as root; raising a hard
+/// limit needs CAP_SYS_RESOURCE, which some sandboxes (and CI containers) drop — runc fails the
+/// same way there. Ask for limits below ours instead (lowering is always allowed; RLIMIT_NPROC
+/// does not apply to uid 0).
+fn lower_ulimits(c: &mut Command) {
+    if !has_cap_sys_resource() {
+        c.args([
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ]);
+    }
+}
+
+/// The container id podman wrote to `cidfile` (empty when it wrote none).
+fn read_cid(cidfile: &std::path::Path) -> String {
+    std::fs::read_to_string(cidfile)
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }

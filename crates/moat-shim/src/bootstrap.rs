@@ -16,19 +16,9 @@ use std::process::{Command, Stdio};
 /// and cleans the task up).
 pub fn start(args: &[String]) -> Result<String, String> {
     let address = serving_address(args)?;
-    write_address(&address)?;
+    containerd_shim::util::write_address(&address)
+        .map_err(|e| format!("write the shim address to the bundle's address file: {e}"))?;
     Ok(address)
-}
-
-/// Write `address` to `./address` atomically (a temporary file renamed over it).
-fn write_address(address: &str) -> Result<(), String> {
-    let tmp = format!(".address.{}", std::process::id());
-    std::fs::write(&tmp, address)
-        .and_then(|()| std::fs::rename(&tmp, "address"))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            format!("write the shim address to the bundle's address file: {e}")
-        })
 }
 
 /// The address of the shim that will serve this container, spawned if needed.
@@ -51,9 +41,11 @@ fn serving_address(args: &[String]) -> Result<String, String> {
     }
     // The shared shim, unless the pod runs in a VM (a VM pod keeps a shim of its own; its
     // containers found it above).
-    let wants_vm =
-        grouping == flags.id && crate::vm_pod::guest::wants_vm(std::path::Path::new("."));
-    if !vm_name && !wants_vm && crate::shared::wanted(arg0) {
+    // (The bundle is read for the VM annotation only when the shared shim is asked for.)
+    let shared = !vm_name
+        && crate::shared::wanted(arg0)
+        && !(grouping == flags.id && crate::vm_pod::guest::wants_vm(std::path::Path::new(".")));
+    if shared {
         let paths = crate::shared::Paths::new(&flags.address, &flags.namespace);
         return crate::shared::start(&paths, &flags.id, |address| {
             spawn(&flags, address, &[(crate::shared::SERVE_ENV, "1")])

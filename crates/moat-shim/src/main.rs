@@ -10,6 +10,7 @@
 //! a child subreaper, which reaps it and reports its exit.
 
 mod bootstrap;
+mod events;
 mod io;
 mod metrics;
 mod router;

@@ -49,11 +49,22 @@ impl Router {
         self.vm.get()
     }
 
-    /// The VM pod for a Create: the existing one, or a new one when the pod asks for a VM.
-    fn vm_for_create(&self, req: &api::CreateTaskRequest) -> Option<&Arc<VmPod>> {
+    /// The VM pod for a Create: the existing one, or a new one when the pod asks for a VM (the
+    /// bundle is read once for both the routing and the shared shim's refusal).
+    fn vm_for_create(
+        &self,
+        req: &api::CreateTaskRequest,
+    ) -> std::result::Result<Option<&Arc<VmPod>>, VmPodError> {
         if self.vm.get().is_none()
             && (vm_pod::forced() || vm_pod::guest::wants_vm(Path::new(&req.bundle)))
         {
+            // `start` gives a VM pod a shim of its own: the shared shim never holds a VM.
+            if crate::shared::serving() {
+                return Err(VmPodError::Unsupported(format!(
+                    "create {}: a VM pod is not served by the shared shim",
+                    req.id
+                )));
+            }
             let p = self
                 .publisher
                 .lock()
@@ -61,7 +72,7 @@ impl Router {
                 .take();
             let _ = self.vm.set(VmPod::new(p, &self.namespace));
         }
-        self.vm.get()
+        Ok(self.vm.get())
     }
 }
 
@@ -71,14 +82,7 @@ impl Task for Router {
         ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        // `start` gives a VM pod a shim of its own: the shared shim never holds a VM.
-        if crate::shared::serving() && vm_pod::guest::wants_vm(Path::new(&req.bundle)) {
-            return Err(status(VmPodError::Unsupported(format!(
-                "create {}: a VM pod is not served by the shared shim",
-                req.id
-            ))));
-        }
-        match self.vm_for_create(&req) {
+        match self.vm_for_create(&req).map_err(status)? {
             Some(vm) => Ok(api::CreateTaskResponse {
                 pid: vm.create(&req).map_err(status)?,
                 ..Default::default()

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex};
 
 use containerd_shim::api::{self, Status};
 use containerd_shim::monitor::{monitor_subscribe, Subject, Topic};
@@ -19,7 +19,7 @@ use containerd_shim::protos::topics;
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{
-    Config, Context, DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult,
+    Config, DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult,
 };
 use moat_container::Store;
 
@@ -83,9 +83,8 @@ pub struct Inner {
     state: Mutex<State>,
     cond: Condvar,
     store: Store,
-    namespace: String,
-    /// Reconnected when a publish fails (containerd restarted; the shim, shared or not, lives on).
-    publisher: RwLock<Option<RemotePublisher>>,
+    /// Reconnects when a publish fails (containerd restarted; the shim, shared or not, lives on).
+    events: crate::events::Events,
     exit: Arc<ExitSignal>,
 }
 
@@ -103,30 +102,7 @@ fn store_root(namespace: &str) -> PathBuf {
 
 impl Inner {
     fn publish(&self, topic: &str, ev: Box<dyn MessageDyn>) {
-        {
-            let publisher = self.publisher.read().unwrap_or_else(|e| e.into_inner());
-            let Some(p) = publisher.as_ref() else {
-                return;
-            };
-            let Err(e) = p.publish(Context::default(), topic, &self.namespace, ev.clone_box())
-            else {
-                return;
-            };
-            log::info!("publish {topic}: {e}; reconnecting to containerd");
-        }
-        // containerd restarted: its ttrpc socket is a new one at the same address.
-        let again = std::env::var("TTRPC_ADDRESS")
-            .map_err(|_| "TTRPC_ADDRESS is not set".to_string())
-            .and_then(|a| RemotePublisher::new(&a).map_err(|e| e.to_string()))
-            .and_then(|p| {
-                p.publish(Context::default(), topic, &self.namespace, ev)
-                    .map(|()| p)
-                    .map_err(|e| e.to_string())
-            });
-        match again {
-            Ok(p) => *self.publisher.write().unwrap_or_else(|e| e.into_inner()) = Some(p),
-            Err(e) => log::warn!("publish {topic} after reconnecting to containerd: {e}"),
-        }
+        self.events.publish(topic, ev);
     }
 
     fn on_exit(&self, pid: i32, code: i32) {
@@ -200,8 +176,7 @@ impl containerd_shim::Shim for Service {
                 state: Mutex::default(),
                 cond: Condvar::new(),
                 store: Store::new(store_root(&args.namespace)),
-                namespace: args.namespace.clone(),
-                publisher: RwLock::new(None),
+                events: crate::events::Events::new(None, &args.namespace),
                 exit: Arc::new(ExitSignal::default()),
             }),
         }
@@ -250,8 +225,7 @@ impl containerd_shim::Shim for Service {
             state: Mutex::default(),
             cond: Condvar::new(),
             store: self.inner.store.clone(),
-            namespace: self.inner.namespace.clone(),
-            publisher: RwLock::new(Some(publisher)),
+            events: crate::events::Events::new(Some(publisher), self.inner.events.namespace()),
             exit: self.inner.exit.clone(),
         });
         let sub = monitor_subscribe(Topic::All).expect("subscribe to the exit monitor");

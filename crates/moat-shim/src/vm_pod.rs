@@ -48,7 +48,6 @@ use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::topics;
 use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::Context;
 
 pub use error::{Result, VmPodError};
 use link::{Event, Link};
@@ -175,8 +174,8 @@ pub struct VmPod {
     booting: Mutex<()>,
     /// The VM's attachment to the pod's network namespace, removed at power-off.
     net: Mutex<Option<moat_vm::net::Attachment>>,
-    publisher: Option<RemotePublisher>,
-    namespace: String,
+    /// Reconnects after a containerd restart, as the namespaces service's do.
+    events: crate::events::Events,
 }
 
 fn now() -> Timestamp {
@@ -191,8 +190,7 @@ impl VmPod {
             link: OnceLock::new(),
             booting: Mutex::new(()),
             net: Mutex::new(None),
-            publisher,
-            namespace: namespace.to_string(),
+            events: crate::events::Events::new(publisher, namespace),
         })
     }
 
@@ -210,11 +208,7 @@ impl VmPod {
     }
 
     fn publish(&self, topic: &str, ev: Box<dyn MessageDyn>) {
-        if let Some(p) = &self.publisher {
-            if let Err(e) = p.publish(Context::default(), topic, &self.namespace, ev) {
-                log::warn!("publish {topic}: {e}");
-            }
-        }
+        self.events.publish(topic, ev);
     }
 
     fn link(&self) -> Result<&Arc<Link>> {

@@ -160,23 +160,6 @@ fn exec_echo(cri: &Cri, cid: &str) -> (String, i32) {
     (text(&r.stdout), r.exit_code)
 }
 
-fn remove_pod(cri: &Cri, pod: &str) {
-    cri_ok!(
-        cri,
-        stop_pod_sandbox,
-        StopPodSandboxRequest {
-            pod_sandbox_id: pod.into()
-        }
-    );
-    cri_ok!(
-        cri,
-        remove_pod_sandbox,
-        RemovePodSandboxRequest {
-            pod_sandbox_id: pod.into()
-        }
-    );
-}
-
 /// The shared shim's files for `socket` (`<hash>.sock`, `.lock`, `.start`, `.pending`).
 fn shared_files(socket: &Path) -> Vec<PathBuf> {
     let stem = socket.file_stem().unwrap().to_string_lossy().into_owned();
@@ -313,7 +296,7 @@ fn shared_shim_serves_pods_and_isolates_their_failures() {
     assert_eq!(the_shared_shim(&cd).0, shim, "the shared shim changed");
 
     // Removing pod 1 leaves the shim serving pods 2 and 3.
-    remove_pod(&cri, &pods[0].0);
+    stop_and_remove_pod(&cri, &pods[0].0);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(the_shared_shim(&cd).0, shim, "the shared shim changed");
     for (_, _, cid) in &pods[1..] {
@@ -332,7 +315,7 @@ fn shared_shim_serves_pods_and_isolates_their_failures() {
 
     // The last pod removed, the shim exits and nothing is left.
     for pod in [&pods[1].0, &pods[2].0, &pod4] {
-        remove_pod(&cri, pod);
+        stop_and_remove_pod(&cri, pod);
     }
     assert_nothing_left(&cri, &cd, &socket, &ids);
     eprintln!("{test}: done in {:?}", t0.elapsed());
@@ -403,10 +386,10 @@ fn shared_shim_killed_then_pods_removed_and_new_pods_served() {
 
     // The old pods can be stopped and removed; then the new one; nothing is left.
     for (pod, _) in &pods {
-        remove_pod(&cri, pod);
+        stop_and_remove_pod(&cri, pod);
     }
     assert_eq!(exec_echo(&cri, &cid3), ("alive\n".into(), 0));
-    remove_pod(&cri, &pod3);
+    stop_and_remove_pod(&cri, &pod3);
     assert_nothing_left(&cri, &cd, &socket, &ids);
     eprintln!("{test}: done in {:?}", t0.elapsed());
 }
@@ -517,7 +500,7 @@ fn pods_outlive_a_containerd_restart(test: &str, handler: &str) {
         PathBuf::from(SHARED_DIR).join("none.sock")
     };
     for pod in [&pod1, &pod2, &pod3] {
-        remove_pod(&cri, pod);
+        stop_and_remove_pod(&cri, pod);
     }
     assert_nothing_left(&cri, &cd, &socket, &ids);
     eprintln!("{test}: done in {:?}", t0.elapsed());

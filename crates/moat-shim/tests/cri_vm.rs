@@ -54,20 +54,7 @@ fn procs_with(needle: &str) -> Vec<(i32, String)> {
 /// command line has `vm_needle` is left.
 fn remove_pod(cri: &Cri, cd: &CriContainerd, pod: &str, vm_needle: &str) {
     let t = Instant::now();
-    cri_ok!(
-        cri,
-        stop_pod_sandbox,
-        StopPodSandboxRequest {
-            pod_sandbox_id: pod.into()
-        }
-    );
-    cri_ok!(
-        cri,
-        remove_pod_sandbox,
-        RemovePodSandboxRequest {
-            pod_sandbox_id: pod.into()
-        }
-    );
+    stop_and_remove_pod(cri, pod);
     eprintln!("pod stopped and removed in {:?}", t.elapsed());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

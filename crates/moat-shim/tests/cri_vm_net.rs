@@ -66,23 +66,6 @@ fn exec(cri: &Cri, cid: &str, cmd: &[&str]) -> String {
     text(&r.stdout)
 }
 
-fn remove_pod(cri: &Cri, pod: &str) {
-    cri_ok!(
-        cri,
-        stop_pod_sandbox,
-        StopPodSandboxRequest {
-            pod_sandbox_id: pod.into()
-        }
-    );
-    cri_ok!(
-        cri,
-        remove_pod_sandbox,
-        RemovePodSandboxRequest {
-            pod_sandbox_id: pod.into()
-        }
-    );
-}
-
 #[test]
 fn cri_vm_pod_gets_the_pod_ip_and_a_second_pod_reaches_it() {
     let test = "cri_vm_pod_gets_the_pod_ip_and_a_second_pod_reaches_it";
@@ -217,9 +200,9 @@ fn cri_vm_pod_gets_the_pod_ip_and_a_second_pod_reaches_it() {
         &["wget", "-q", "-O", "-", &format!("http://{ip}:8080/")],
     );
     assert_eq!(got, "hello-from-a-vm-pod\n");
-    remove_pod(&cri, &pod_b);
+    stop_and_remove_pod(&cri, &pod_b);
     let t = Instant::now();
-    remove_pod(&cri, &pod_a);
+    stop_and_remove_pod(&cri, &pod_a);
     eprintln!("VM pod stopped and removed in {:?}", t.elapsed());
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cd.shim_processes().is_empty() {
@@ -262,7 +245,7 @@ fn cri_vm_pod_gets_the_pod_ip_and_a_second_pod_reaches_it() {
         assert!(Instant::now() < deadline, "the VM outlived its shim");
         std::thread::sleep(Duration::from_millis(50));
     }
-    remove_pod(&cri, &pod_c);
+    stop_and_remove_pod(&cri, &pod_c);
     assert!(!taps_left(), "a tap is left after the shim was killed");
 }
 

@@ -260,30 +260,43 @@ pub fn ensure_initramfs(cache: &Path, kernel: &Kernel, agent: &Path) -> Result<P
     Ok(path)
 }
 
+/// A file's identity without reading it: path, inode, size and mtime (a replaced or rewritten
+/// file changes it). `None` when it cannot be stat'ed.
+pub(crate) fn file_identity(p: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    Some(format!(
+        "{} {} {} {} {}",
+        p.display(),
+        m.ino(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec()
+    ))
+}
+
+/// The first `bytes` bytes of the SHA-256 of `data`, in hex: the names of cached files.
+pub(crate) fn short_hash(data: &[u8], bytes: usize) -> String {
+    Sha256::digest(data)
+        .iter()
+        .take(bytes)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Where [`ensure_initramfs`] records which initramfs `agent` and `kernel` made.
 fn initramfs_index(cache: &Path, kernel: &Kernel, agent: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let a = std::fs::metadata(agent).ok()?;
-    let k = std::fs::metadata(&kernel.modules).ok()?;
-    let mut h = Sha256::new();
-    h.update(format!(
-        "initramfs-1\n{}\n{} {} {} {}\n{} {} {}\n{}\n",
-        agent.display(),
-        a.ino(),
-        a.len(),
-        a.mtime(),
-        a.mtime_nsec(),
-        kernel.release,
-        k.mtime(),
-        k.mtime_nsec(),
-        GUEST_MODULES.join(",")
-    ));
-    let key: String = h
-        .finalize()
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let key = short_hash(
+        format!(
+            "initramfs-1\n{}\n{} {}\n{}\n",
+            file_identity(agent)?,
+            kernel.release,
+            file_identity(&kernel.modules)?,
+            GUEST_MODULES.join(",")
+        )
+        .as_bytes(),
+        16,
+    );
     let dir = cache.join("initramfs").join("by-agent");
     std::fs::create_dir_all(&dir).ok()?;
     Some(dir.join(key))
@@ -350,8 +363,7 @@ fn build_initramfs(cache: &Path, kernel: &Kernel, agent: &Path) -> Result<PathBu
             .map_err(io)?;
     }
     let bytes = w.finish().map_err(io)?;
-    let hash = Sha256::digest(&bytes);
-    let hex: String = hash.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let hex = short_hash(&bytes, 16);
     let dir = cache.join("initramfs");
     std::fs::create_dir_all(&dir).map_err(VmError::io("create", &dir))?;
     let path = dir.join(format!("{hex}.cpio"));

@@ -282,21 +282,8 @@ pub(crate) fn resolve_binary(bin: &Path) -> PathBuf {
 /// Where a fact `what` about the QEMU binary `qemu` is remembered: a file of the cache named by
 /// the binary's identity (its path on PATH, size and mtime), so an upgrade asks again.
 fn qemu_memo(qemu: &Path, what: &str) -> Option<PathBuf> {
-    use sha2::Digest;
-    use std::os::unix::fs::MetadataExt;
-    let bin = resolve_binary(qemu);
-    let m = std::fs::metadata(&bin).ok()?;
-    let key = sha2::Sha256::digest(
-        format!(
-            "{} {} {} {}",
-            bin.display(),
-            m.len(),
-            m.mtime(),
-            m.mtime_nsec()
-        )
-        .as_bytes(),
-    );
-    let key: String = key.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    let id = crate::assets::file_identity(&resolve_binary(qemu))?;
+    let key = crate::assets::short_hash(id.as_bytes(), 12);
     let dir = crate::assets::cache_dir().join("qemu");
     std::fs::create_dir_all(&dir).ok()?;
     Some(dir.join(format!("{key}.{what}")))

@@ -38,7 +38,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use moat_agent_proto::{Reply, Request, Restore};
-use sha2::{Digest, Sha256};
 
 use crate::error::{Result, VmError};
 use crate::qemu::{new_run_dir, Launch, Qemu, QemuVm, INCOMING_SOCKET, JAIL_DIR, QMP_SOCKET};
@@ -94,17 +93,7 @@ pub fn unsupported(cfg: &VmConfig) -> Option<String> {
 }
 
 fn file_id(p: &Path) -> String {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata(p) {
-        Ok(m) => format!(
-            "{} {} {} {}",
-            p.display(),
-            m.len(),
-            m.mtime(),
-            m.mtime_nsec()
-        ),
-        Err(_) => format!("{} missing", p.display()),
-    }
+    crate::assets::file_identity(p).unwrap_or_else(|| format!("{} missing", p.display()))
 }
 
 /// The kernel command line of templates and clones of `cfg` (the sandbox mode travels in
@@ -121,8 +110,7 @@ fn template_cmdline(cfg: &VmConfig) -> String {
 pub fn key(qemu: &Qemu, cfg: &VmConfig) -> String {
     let mut t = cfg.clone();
     t.cmdline = template_cmdline(cfg);
-    let mut h = Sha256::new();
-    for line in [
+    let lines = [
         FORMAT.to_string(),
         file_id(&crate::qemu::resolve_binary(&qemu.binary)),
         qemu.accel.as_str().to_string(),
@@ -136,15 +124,8 @@ pub fn key(qemu: &Qemu, cfg: &VmConfig) -> String {
             .map(|d| if d.readonly { "ro" } else { "rw" })
             .collect::<Vec<_>>()
             .join(","),
-    ] {
-        h.update(line.as_bytes());
-        h.update(b"\n");
-    }
-    h.finalize()
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    ];
+    crate::assets::short_hash(lines.join("\n").as_bytes(), 16)
 }
 
 /// The configuration QEMU gets for a template (`tpl`: its directory) or a clone of `cfg`: the
@@ -231,7 +212,8 @@ pub fn ensure(qemu: &Qemu, cfg: &VmConfig, dir: &Path) -> Result<()> {
         return Ok(());
     }
     let _ = std::fs::remove_dir_all(dir);
-    // What builders killed before us left (their QEMU, their directory).
+    // What builders killed before us left (their QEMU, their directory), and templates unused
+    // for long.
     collect_garbage(&store, dir);
     let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -251,7 +233,6 @@ pub fn ensure(qemu: &Qemu, cfg: &VmConfig, dir: &Path) -> Result<()> {
         dir.display(),
         started.elapsed().as_secs_f64()
     );
-    collect_garbage(&store, dir);
     Ok(())
 }
 

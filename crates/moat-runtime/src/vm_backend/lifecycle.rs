@@ -227,7 +227,8 @@ fn boot_and_create(
         .get(super::ROOTFS_IMAGE_ANNOTATION)
         .map(PathBuf::from)
         .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == moat_vm::template::DISK_BYTES));
-    let inline = image.as_ref().and(share.inline_files());
+    // Read the bind files only when a clone can take them.
+    let inline = image.as_ref().and_then(|_| share.inline_files());
     let mut share = share;
     let rootfs_target = format!("{}/rootfs", st.id);
     let root = match (image, inline) {

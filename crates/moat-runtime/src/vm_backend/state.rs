@@ -223,14 +223,10 @@ impl VmState {
                 Err(e) => return Err(VmBackendError::io("remove", &self.run_dir)(e)),
             }
         }
-        // Two deletes may race (`moat rm -f` and the exiting container's monitor): what the other
-        // already removed is not an error.
-        let dir = store.dir(&self.id);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(VmBackendError::io("remove", &dir)(e)),
-        }
+        // Two deletes may race (`moat rm -f` and the exiting container's monitor): the store's
+        // removal takes what the other already removed, or is still writing, in its stride.
+        store.remove(&self.id)?;
+        Ok(())
     }
 }
 

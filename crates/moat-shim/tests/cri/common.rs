@@ -474,3 +474,21 @@ pub fn start_container_with(
     );
     cid
 }
+
+/// StopPodSandbox then RemovePodSandbox of `pod`, each required to succeed.
+pub fn stop_and_remove_pod(cri: &Cri, pod: &str) {
+    cri_ok!(
+        cri,
+        stop_pod_sandbox,
+        StopPodSandboxRequest {
+            pod_sandbox_id: pod.into()
+        }
+    );
+    cri_ok!(
+        cri,
+        remove_pod_sandbox,
+        RemovePodSandboxRequest {
+            pod_sandbox_id: pod.into()
+        }
+    );
+}
