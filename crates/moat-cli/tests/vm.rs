@@ -361,8 +361,10 @@ fn vm_containers_of_an_image_are_clones_of_a_template() {
     }
     let Some(m) = Moat::new() else { return };
     images::import(&m, "bb:v1");
+    // The loopback is up though the host sends no network request for `--network none`
+    // (the agent brings it up at boot, before the template is saved).
     let script = "echo out; echo err >&2; echo w > /x && cat /x; \
-                  cat /etc/hostname; exit 4";
+                  cat /etc/hostname; busybox ip -o link show lo | grep -o LOOPBACK,UP; exit 4";
     // Templates are per machine and kept: another test (or an earlier run) may have built this
     // one already, and then the first run only makes the image's disk.
     let templates = || -> Vec<std::path::PathBuf> {
@@ -398,7 +400,7 @@ fn vm_containers_of_an_image_are_clones_of_a_template() {
             String::from_utf8_lossy(&o.stderr),
         );
         assert_eq!(o.status.code(), Some(4), "stdout {out} stderr {err}");
-        assert_eq!(out, "out\nw\nclonehost\n", "stderr {err}");
+        assert_eq!(out, "out\nw\nclonehost\nLOOPBACK,UP\n", "stderr {err}");
         assert!(err.contains("err\n"), "{err}");
     }
     eprintln!(
@@ -408,6 +410,17 @@ fn vm_containers_of_an_image_are_clones_of_a_template() {
     if built_template {
         assert!(times[1] < times[0], "{times:?}");
     }
+    // `--rm` of a clone SIGKILLs its QEMU (nothing in it outlives it) and leaves nothing.
+    assert_eq!(m.ok(&["ps", "-a", "-q"]), "", "--rm left a container");
+    let root = m.root().to_string_lossy().into_owned();
+    let qemus: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.starts_with("qemu-system") && c.contains(&root))
+        .collect();
+    assert!(qemus.is_empty(), "QEMU left: {qemus:?}");
     let images = std::fs::read_dir(m.root().join("vm-images"))
         .unwrap()
         .count();
@@ -510,6 +523,23 @@ fn a_template_build_killed_midway_is_cleaned_up_by_the_next() {
     first.wait().unwrap();
     let orphans = users_of(&tmp);
     assert!(!orphans.is_empty(), "the template's QEMU went with moat");
+    // Its run dir (sockets, jail): named by its `-chroot`.
+    let jails: Vec<std::path::PathBuf> = orphans
+        .iter()
+        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .filter_map(|c| {
+            let args: Vec<String> = c
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let i = args.iter().position(|a| a == "-chroot")?;
+            args.get(i + 1).map(std::path::PathBuf::from)
+        })
+        .collect();
+    assert!(
+        !jails.is_empty(),
+        "no -chroot in the template QEMU's command line"
+    );
     // The next start of the shape cleans up, builds its template and runs.
     let o = run(&m).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -520,6 +550,14 @@ fn a_template_build_killed_midway_is_cleaned_up_by_the_next() {
     );
     for pid in orphans {
         wait_ended(pid, "the orphaned template QEMU");
+    }
+    for jail in &jails {
+        let run = jail.parent().unwrap();
+        assert!(
+            !run.exists(),
+            "the killed builder's run dir {} is left",
+            run.display()
+        );
     }
     let left: Vec<_> = std::fs::read_dir(&templates)
         .unwrap()

@@ -315,7 +315,14 @@ fn build(qemu: &Qemu, cfg: &VmConfig, tmp: &Path) -> Result<()> {
             .create(tmp)
             .map_err(VmError::io("create", tmp))?;
     }
-    let t = shaped(cfg, tmp, true);
+    let mut t = shaped(cfg, tmp, true);
+    // The builder's run dir (sockets, jail) inside the half-built template, so that whoever
+    // removes one after a builder was killed with -9 removes both; unless its sockets' paths
+    // would not fit a unix socket address (108 bytes): `/moat-vm-PID-N/agent-15.sock` is at
+    // most 34 more.
+    if tmp.as_os_str().len() + 34 < 108 {
+        t.run_parent = tmp.to_path_buf();
+    }
     for d in &t.disks {
         let f = std::fs::File::create(&d.path).map_err(VmError::io("create", &d.path))?;
         f.set_len(DISK_BYTES)
