@@ -58,6 +58,18 @@ pub fn boot() -> Result<Vec<PathBuf>> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         None,
     )?;
+    // Every sandbox wants its loopback: up before a template is saved, so that a clone with no
+    // interfaces to configure needs no network request at all.
+    crate::net::configure(&[], &[])?;
+    // Likewise the parent of the containers' cgroups (`/moat`, their default) with every
+    // controller enabled down to it: done once in the template instead of in each clone's first
+    // create (the kernel's controller set-up is a large share of a clone's create under TCG).
+    let warm = moat_cgroups::Cgroup::resolve(None, "boot", false)
+        .and_then(|cg| cg.create().map(|()| cg))
+        .and_then(|cg| cg.destroy());
+    if let Err(e) = warm {
+        log::error(&format!("prepare the cgroup parent /moat: {e}"));
+    }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let n = cmdline
         .split_whitespace()

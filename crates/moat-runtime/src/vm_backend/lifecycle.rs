@@ -155,6 +155,7 @@ fn create_inner(
             .and_then(|l| l.cgroups_path().as_ref())
             .map(|p| p.to_string_lossy().into_owned()),
         systemd_cgroup: opts.systemd_cgroup,
+        disposable: false,
         annotations: bundle
             .spec
             .annotations()
@@ -239,6 +240,9 @@ fn boot_and_create(
                 readonly: true,
             });
             cfg.template = true;
+            // Nothing in this VM can outlive it: its only disk is read-only, the container's
+            // writes are in guest memory and the small files were copies. `destroy` may SIGKILL.
+            st.disposable = true;
             GuestRoot::Image(files)
         }
         _ => {
@@ -304,12 +308,16 @@ fn boot_and_create(
     let (interfaces, routes) = attachment
         .map(|a| (a.interfaces, a.routes))
         .unwrap_or_default();
-    agent
-        .configure_network(interfaces, routes)
-        .map_err(VmBackendError::vm(format!(
-            "configure the network of container {} in the guest",
-            st.id
-        )))?;
+    // The agent brought `lo` up at boot: a VM of its own network namespace with no interface
+    // to configure (`--network none`) needs no request.
+    if !interfaces.is_empty() || !routes.is_empty() {
+        agent
+            .configure_network(interfaces, routes)
+            .map_err(VmBackendError::vm(format!(
+                "configure the network of container {} in the guest",
+                st.id
+            )))?;
+    }
     let guest_config = network::guest_config(config_json)?;
     match root {
         GuestRoot::Image(files) => agent.create_with(
@@ -504,8 +512,10 @@ pub fn run_attached(
         None => super::follow::follow(&mut agent, &opts.id, None, Local::Stdio { stdin }),
     };
     drop(agent);
-    // The guest powers off by itself once the init has exited.
+    // The guest powers off by itself once the init has exited; a disposable one is not waited
+    // for.
     if let Ok(st) = VmState::load(store, &opts.id) {
+        st.end_if_disposable();
         st.wait_gone(Duration::from_secs(3));
     }
     if !keep {

@@ -43,9 +43,29 @@ impl HostProc {
         }
     }
 
-    /// Wait until it is gone (or a zombie); false on timeout.
+    /// Wait until it is gone (or a zombie); false on timeout. Woken by its pidfd (readable once
+    /// it has exited), not by polling its /proc entry.
     pub fn wait_gone(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
+        if let Ok(fd) = moat_sys::process::pidfd_open(nix::unistd::Pid::from_raw(self.pid)) {
+            // The pidfd pins the pid: if the recorded process is alive now, it is this one.
+            if !self.alive() {
+                return true;
+            }
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+                let mut fds = [nix::poll::PollFd::new(
+                    std::os::fd::AsFd::as_fd(&fd),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+                    Ok(n) if n > 0 => return true,
+                    Err(nix::errno::Errno::EINTR) if !left.is_zero() => continue,
+                    _ => return !self.alive(),
+                }
+            }
+        }
         while self.alive() {
             if Instant::now() > deadline {
                 return false;
@@ -80,6 +100,10 @@ pub(super) struct VmState {
     pub image: PathBuf,
     pub cgroups_path: Option<String>,
     pub systemd_cgroup: bool,
+    /// Nothing written in the VM outlives it (a clone with its read-only image disk and no
+    /// shared directory): ending it needs no clean power-off, a SIGKILL will do.
+    #[serde(default)]
+    pub disposable: bool,
     pub annotations: std::collections::BTreeMap<String, String>,
 }
 
@@ -176,9 +200,25 @@ impl VmState {
         self.qemu().wait_gone(limit)
     }
 
+    /// SIGKILL a live disposable VM (no clean power-off to wait for: tens to hundreds of ms
+    /// under TCG); whether it did.
+    pub fn end_if_disposable(&self) -> bool {
+        let end = self.disposable && self.alive();
+        if end {
+            self.qemu().kill();
+        }
+        end
+    }
+
     /// End the VM (ask the agent, then SIGKILL) and its virtiofsd, and remove the network
     /// attachment, the cgroup, the run dir and the state dir.
     pub fn destroy(&self, store: &Store) -> Result<()> {
+        if self.end_if_disposable() && !self.wait_gone(Duration::from_secs(5)) {
+            return Err(VmBackendError::QemuStuck {
+                id: self.id.clone(),
+                pid: self.qemu_pid,
+            });
+        }
         if self.alive() {
             // Ask politely (the agent deletes its containers and powers off), briefly.
             if let Ok(mut a) = self.attach_within(Duration::from_millis(500)) {
