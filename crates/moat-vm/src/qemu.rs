@@ -482,6 +482,11 @@ impl QemuVm {
     /// of a guest booted with `moat.sandbox=single` keeps serving and accepts the next
     /// connection), and neither kill QEMU nor remove the run dir on drop. The caller owns both
     /// from now on; QEMU is reparented when this process exits.
+    /// Take the agent connection (for the caller to keep using after [`QemuVm::detach`]).
+    pub fn take_agent(&mut self) -> Option<AgentClient> {
+        self.agent.take()
+    }
+
     pub fn detach(mut self) -> DetachedVm {
         self.detached = true;
         self.agent = None;

@@ -66,7 +66,7 @@ enum GuestRoot {
 /// With `process.terminal`, the pty master goes to `--console-socket` and a detached relay
 /// carries the terminal (`terminal`).
 pub fn create(store: &Store, opts: &moat_container::CreateOptions) -> Result<i32> {
-    let (pid, process) = create_inner(store, opts, false, false)?;
+    let (pid, process, _) = create_inner(store, opts, false, false)?;
     if let Some(process) = process.filter(|p| p.terminal().unwrap_or(false)) {
         let relay = match &opts.console_socket {
             Some(sock) => terminal::spawn_relay(
@@ -101,7 +101,7 @@ fn create_inner(
     opts: &moat_container::CreateOptions,
     stdin: bool,
     foreground: bool,
-) -> Result<(i32, Option<oci_spec::runtime::Process>)> {
+) -> Result<(i32, Option<oci_spec::runtime::Process>, Option<AgentClient>)> {
     validate_id(&opts.id)?;
     let bundle = moat_container::spec::load_bundle(&opts.bundle)?;
     let terminal = bundle
@@ -168,14 +168,19 @@ fn create_inner(
     let r = st
         .save(store)
         .and_then(|()| boot_and_create(store, &bundle, &config_json, share, net, stdin, &mut st));
-    if let Err(e) = r {
-        let _ = st.destroy(store);
-        return Err(e);
-    }
+    let agent = match r {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = st.destroy(store);
+            return Err(e);
+        }
+    };
     if let Some(p) = &opts.pid_file {
         std::fs::write(p, st.qemu_pid.to_string()).map_err(VmBackendError::io("write", p))?;
     }
-    Ok((st.qemu_pid, bundle.spec.process().clone()))
+    // `run` goes on with the connection create used (no second attach and ping).
+    let agent = foreground.then_some(agent).flatten();
+    Ok((st.qemu_pid, bundle.spec.process().clone(), agent))
 }
 
 fn boot_and_create(
@@ -186,7 +191,7 @@ fn boot_and_create(
     net: NetPlan,
     stdin: bool,
     st: &mut VmState,
-) -> Result<()> {
+) -> Result<Option<AgentClient>> {
     let readonly = bundle
         .spec
         .root()
@@ -349,17 +354,26 @@ fn boot_and_create(
         st.id
     )))?;
     st.status = Status::Created;
+    let agent = vm.take_agent();
     let detached = vm.detach();
     st.virtiofsd = detached.virtiofsd_pid.and_then(|p| HostProc::of(p as i32));
     st.save(store)?;
-    Ok(())
+    Ok(agent)
 }
 
 /// `start`: reattach and start the container's process; returns the open connection.
 pub fn start(store: &Store, id: &str) -> Result<AgentClient> {
+    start_on(store, id, None)
+}
+
+/// `start` over `agent`, a connection already open (else a new one).
+fn start_on(store: &Store, id: &str, agent: Option<AgentClient>) -> Result<AgentClient> {
     let mut st = VmState::load(store, id)?;
     st.require("start", Status::Created)?;
-    let mut agent = st.attach()?;
+    let mut agent = match agent {
+        Some(a) => a,
+        None => st.attach()?,
+    };
     agent
         .start(id)
         .map_err(VmBackendError::vm(format!("start container {id}")))?;
@@ -491,8 +505,8 @@ pub fn run_attached(
     stdin: bool,
     started: impl FnOnce(),
 ) -> Result<i32> {
-    let (_, process) = create_inner(store, opts, stdin, true)?;
-    let mut agent = match start(store, &opts.id) {
+    let (_, process, agent) = create_inner(store, opts, stdin, true)?;
+    let mut agent = match start_on(store, &opts.id, agent) {
         Ok(a) => a,
         Err(e) => {
             let _ = delete(store, &opts.id, true);
