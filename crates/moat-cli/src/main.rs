@@ -198,7 +198,12 @@ fn main() -> ExitCode {
         ExitCode::from(125)
     };
     // CVE-2019-5736: run from a sealed copy of ourselves before touching a container's namespaces.
-    let needs_sealed = matches!(cli.cmd, Cmd::Run(_) | Cmd::Exec(_));
+    // A VM container's namespaces are in its guest: no host process of its run enters them.
+    let needs_sealed = match &cli.cmd {
+        Cmd::Run(r) => r.isolation != "vm",
+        Cmd::Exec(_) => true,
+        _ => false,
+    };
     let sealed = needs_sealed && moat_sys::fd::running_from_sealed_copy();
     // Rootless, the user namespace comes first: the re-execution keeps it, and `run`'s mount
     // namespace lets it make the read-only overlay view of the binary as root does, instead of
