@@ -51,7 +51,7 @@ pub const DISK_BYTES: u64 = 8 << 30;
 pub const GC_AFTER: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// Bumped when what a template holds changes meaning.
-const FORMAT: &str = "moat-vm-template-1";
+const FORMAT: &str = "moat-vm-template-2";
 const MEMORY: &str = "memory";
 const STATE: &str = "state";
 const META: &str = "meta";
@@ -382,8 +382,41 @@ fn build(qemu: &Qemu, cfg: &VmConfig, tmp: &Path) -> Result<()> {
     std::fs::File::open(&memory)
         .and_then(|f| f.sync_all())
         .map_err(VmError::io("sync", &memory))?;
-    std::fs::write(tmp.join(META), format!("{FORMAT}\n"))
+    std::fs::write(tmp.join(META), format!("{FORMAT}\n{}\n", stamp(tmp)?))
         .map_err(VmError::io("write", tmp.join(META)))?;
+    Ok(())
+}
+
+/// The change times of the template's memory and state files. Clones map the memory private
+/// (they never write it), but QEMU 7.2 opens it read-write (see docs/vm-templates.md): a QEMU
+/// taken over by its guest could write it. Userspace cannot set a ctime back, so a template
+/// whose files changed after the build is refused before anything resumes from it.
+fn stamp(dir: &Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for name in [MEMORY, STATE] {
+        let p = dir.join(name);
+        let m = std::fs::metadata(&p).map_err(VmError::io("stat", &p))?;
+        out.push(format!(
+            "{name} ctime {}.{:09} size {}",
+            m.ctime(),
+            m.ctime_nsec(),
+            m.size()
+        ));
+    }
+    Ok(out.join("\n"))
+}
+
+/// Refuse template `dir` if its files changed since it was built ([`stamp`]).
+fn check_unchanged(dir: &Path) -> Result<()> {
+    let meta =
+        std::fs::read_to_string(dir.join(META)).map_err(VmError::io("read", dir.join(META)))?;
+    let recorded = meta.split_once('\n').map_or("", |(_, r)| r.trim_end());
+    if recorded != stamp(dir)? {
+        return Err(VmError::Config(format!(
+            "its memory or state file changed after it was built (recorded {recorded:?})"
+        )));
+    }
     Ok(())
 }
 
@@ -398,6 +431,7 @@ fn host_random(n: usize) -> Result<Vec<u8>> {
 
 /// Resume a clone of the template in `dir` for `cfg`.
 fn clone(qemu: &Qemu, cfg: &VmConfig, dir: &Path) -> Result<QemuVm> {
+    check_unchanged(dir)?;
     let c = shaped(cfg, dir, false);
     let run = new_run_dir(&c)?;
     let memory = dir.join(MEMORY);
