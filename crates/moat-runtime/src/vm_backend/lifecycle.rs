@@ -277,10 +277,21 @@ fn boot_and_create(
             Some(a)
         }
     };
+    let cgroup_err = |what: String| move |source| VmBackendError::Cgroup { what, source };
+    let cg = st
+        .cgroup()
+        .ok_or_else(|| VmBackendError::Invalid(format!("cgroup of container {}", st.id)))?;
+    // The host cgroup is made while QEMU starts (a failure from here on removes it, as it
+    // removes QEMU: `destroy` works from the state file).
     let what = format!("boot the VM of container {}", st.id);
-    let mut vm = moat_vm::qemu::Qemu::new(accel)
-        .boot(&cfg)
-        .map_err(VmBackendError::vm(what))?;
+    let (booted, made) = std::thread::scope(|s| {
+        let made = s.spawn(|| cg.create());
+        let booted = moat_vm::qemu::Qemu::new(accel).boot(&cfg);
+        (booted, made.join())
+    });
+    let mut vm = booted.map_err(VmBackendError::vm(what))?;
+    made.unwrap_or_else(|p| std::panic::resume_unwind(p))
+        .map_err(cgroup_err(format!("create the cgroup of {}", st.id)))?;
     st.annotations.insert(
         super::START_ANNOTATION.into(),
         if vm.template().is_some() {
@@ -297,12 +308,6 @@ fn boot_and_create(
     st.run_dir = vm.run_dir().to_path_buf();
     st.agent_socket = moat_vm::qemu::agent_socket(&st.run_dir, 0);
     st.save(store)?;
-    let cgroup_err = |what: String| move |source| VmBackendError::Cgroup { what, source };
-    let cg = st
-        .cgroup()
-        .ok_or_else(|| VmBackendError::Invalid(format!("cgroup of container {}", st.id)))?;
-    cg.create()
-        .map_err(cgroup_err(format!("create the cgroup of {}", st.id)))?;
     cg.add_pid(st.qemu_pid).map_err(cgroup_err(format!(
         "move qemu into the cgroup of {}",
         st.id
