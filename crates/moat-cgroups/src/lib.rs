@@ -412,7 +412,11 @@ impl Cgroup {
             }
         }
         if froze || (was_frozen && signal == libc::SIGKILL) {
-            self.thaw()?;
+            match self.thaw() {
+                // Removed meanwhile (its last task died and another destroy took it): thawed.
+                Err(_) if self.dirs().iter().all(|d| !d.exists()) => {}
+                r => r?,
+            }
         }
         first_err.map_or(Ok(()), Err)
     }

@@ -299,6 +299,8 @@ fn undo(links: &[Link]) -> Vec<VmError> {
                 Ok(_) => {}
                 Err(VmError::Command { ref stderr, .. })
                     if stderr.contains("Cannot find device")
+                        // Deleted between the lookup and the delete (a concurrent teardown).
+                        || stderr.contains("No such device")
                         || stderr.contains("does not exist")
                         || stderr.contains("Invalid handle")
                         || stderr.contains("Cannot find specified qdisc")
