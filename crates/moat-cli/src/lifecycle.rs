@@ -163,7 +163,14 @@ pub fn rm(ctx: &Ctx, name: &str, force: bool) -> Result<()> {
         }
     }
     let dir = ctx.paths.container_dir(&id);
-    std::fs::remove_dir_all(&dir).map_err(CliError::io("remove", &dir))?;
+    match std::fs::remove_dir_all(&dir) {
+        // Gone already: a `moat run` killed midway leaves a monitor that removes it on its
+        // way out, possibly now.
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(CliError::io("remove", &dir)(e));
+        }
+        _ => {}
+    }
     ctx.paths.release_name(&m.name, &id);
     Ok(())
 }

@@ -274,6 +274,33 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
     };
     undo.name = Some(name.clone());
     let dir = ctx.paths.container_dir(&id);
+    // The record first, before anything of the container exists (its rootfs mount, bundle,
+    // network): a `moat run` killed from here on leaves a container that `ps -a` lists and
+    // `rm -f` removes, never an anonymous directory holding a mount.
+    std::fs::create_dir_all(&dir).map_err(CliError::io("mkdir", &dir))?;
+    ctx.paths.save(&Meta {
+        id: id.clone(),
+        name: name.clone(),
+        rootfs: match (&a.rootfs, &image) {
+            (Some(d), _) => RootfsSource::Dir { path: d.clone() },
+            (None, img) => RootfsSource::Image {
+                name: a.args[0].clone(),
+                digest: img
+                    .as_ref()
+                    .map(|i| i.manifest_digest.to_string())
+                    .unwrap_or_default(),
+            },
+        },
+        command: cmd.to_vec(),
+        created: moat_container::state::now_rfc3339(),
+        auto_remove: a.rm,
+        detached: a.detach,
+        network: network(a, ctx.rootless).to_owned(),
+        ports: ports.clone(),
+        ip: None,
+        exit_code: None,
+        finished: None,
+    })?;
     let mut vm_image = None;
     let (rootfs, source, config) = match (&a.rootfs, &image) {
         (Some(d), _) => {

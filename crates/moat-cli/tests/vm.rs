@@ -572,3 +572,145 @@ fn a_template_build_killed_midway_is_cleaned_up_by_the_next() {
     }
     assert_eq!(m.ok(&["ps", "-a", "-q"]), "", "a container is left");
 }
+
+/// `kill -9` of `moat run -d` at several points of its create, VM and namespaces: `rm -f` of
+/// what it left then succeeds and nothing is left (no QEMU, no mount, no runtime state, no
+/// container directory, no cgroup). A kill before the record existed used to leave an unlisted
+/// directory holding the rootfs mount.
+#[test]
+fn a_run_killed_midway_is_removed_by_rm_f() {
+    let Some(m) = Moat::new() else { return };
+    images::import(&m, "bb:v1");
+    killed_midway(&m, "vm");
+    killed_midway(&m, "namespaces");
+}
+
+fn killed_midway(m: &Moat, isolation: &str) {
+    // Template and disk image first, so that the kills land in a clone's create.
+    m.vm_ok(&[
+        "run",
+        "--rm",
+        "--isolation",
+        isolation,
+        "--network",
+        "none",
+        "bb:v1",
+        "echo",
+        "ok",
+    ]);
+    let root = m.root().to_string_lossy().into_owned();
+    let qemus = || -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+                let c = std::fs::read(e.path().join("cmdline")).ok()?;
+                let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                (c.starts_with("qemu-system") && c.contains(&root)).then_some(pid)
+            })
+            .collect()
+    };
+    for delay_ms in [20, 80, 200, 400] {
+        let mut c = m.command(&[
+            "run",
+            "-d",
+            "--isolation",
+            isolation,
+            "--network",
+            "none",
+            "bb:v1",
+            "sleep",
+            "60",
+        ]);
+        c.env("MOAT_AGENT_BIN", vm_agent::agent())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = c.spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // A monitor forked before the kill goes on (as a container's does when its client
+        // dies): let it finish creating the container, or fail, before removing.
+        wait_for(
+            &format!("the monitor to settle ({isolation}) after a kill at {delay_ms} ms"),
+            || {
+                let ids = m.ok(&["ps", "-a", "-q"]);
+                let running = !ids.trim().is_empty()
+                    && ids.split_whitespace().all(|id| {
+                        let v: serde_json::Value =
+                            serde_json::from_str(&m.ok(&["inspect", id])).unwrap_or_default();
+                        v["State"]["Status"] == "running"
+                    });
+                running || moat_procs(&root).is_empty()
+            },
+        );
+        let mut full_ids = vec![];
+        for id in m.ok(&["ps", "-a", "-q"]).split_whitespace() {
+            let inspect: serde_json::Value = serde_json::from_str(&m.ok(&["inspect", id])).unwrap();
+            full_ids.push(inspect["Id"].as_str().unwrap_or(id).to_owned());
+            let o = m.cmd(&["rm", "-f", id]);
+            assert!(
+                o.status.success(),
+                "rm -f {id} ({isolation}) after a kill at {delay_ms} ms: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        assert_eq!(m.ok(&["ps", "-a", "-q"]), "", "a container is left");
+        wait_for(
+            &format!("no QEMU or moat left ({isolation}) after a kill at {delay_ms} ms"),
+            || qemus().is_empty() && moat_procs(&root).is_empty(),
+        );
+        let runtime: Vec<_> = std::fs::read_dir(m.root().join("runtime"))
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(runtime.is_empty(), "runtime state left: {runtime:?}");
+        let containers: Vec<_> = std::fs::read_dir(m.root().join("containers"))
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        let contents: Vec<_> = containers
+            .iter()
+            .flat_map(|c| std::fs::read_dir(m.root().join("containers").join(c)).into_iter())
+            .flat_map(|rd| rd.flatten().map(|e| e.file_name()))
+            .collect();
+        assert!(
+            containers.is_empty(),
+            "container dirs left ({isolation}) after a kill at {delay_ms} ms: {containers:?} holding {contents:?}"
+        );
+        let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&root))
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            mounts.is_empty(),
+            "mounts left ({isolation}) after a kill at {delay_ms} ms: {mounts:?}"
+        );
+        for id in &full_ids {
+            for ctl in ["memory", "pids", "cpu", "unified", ""] {
+                let cg = Path::new("/sys/fs/cgroup").join(ctl).join("moat").join(id);
+                assert!(!cg.exists(), "cgroup {} left", cg.display());
+            }
+        }
+    }
+}
+
+/// Pids of `moat` processes (a run or its monitor) of the store at `root`.
+fn moat_procs(root: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let c = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            let is_moat = args.first()?.ends_with(b"/moat");
+            let ours = args
+                .windows(2)
+                .any(|w| w[0] == b"--root" && w[1] == root.as_bytes());
+            (pid != me && is_moat && ours).then_some(pid)
+        })
+        .collect()
+}

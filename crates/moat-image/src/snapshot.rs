@@ -179,7 +179,9 @@ fn check_id(id: &str) -> Result<()> {
 }
 
 /// Prepare the rootfs of container `id` from image `name`: unpack missing snapshots, create
-/// `containers/<id>/{upper,work,rootfs}`, and mount the overlay on `rootfs`. Must run as root.
+/// `containers/<id>/{upper,work,rootfs}` (the directory may exist already, holding the caller's
+/// record of the container; those three may not), and mount the overlay on `rootfs`. Must run
+/// as root.
 pub fn prepare_rootfs(store: &Store, name: &str, id: &str, opts: &UnpackOptions) -> Result<Rootfs> {
     check_id(id)?;
     let _lock = store.shared_lock()?;
@@ -187,7 +189,16 @@ pub fn prepare_rootfs(store: &Store, name: &str, id: &str, opts: &UnpackOptions)
     let chains = ensure_snapshots(store, &img, opts, &crate::progress::NoProgress)?;
     let dir = store.root().join("containers").join(id);
     let (upper, work, rootfs) = (dir.join("upper"), dir.join("work"), dir.join("rootfs"));
-    fs::create_dir(&dir).map_err(ImageError::io("create", &dir))?;
+    let made_dir = match fs::create_dir(&dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(ImageError::io("create", &dir)(e)),
+    };
+    if let Some(d) = [&upper, &work, &rootfs].into_iter().find(|d| d.exists()) {
+        return Err(ImageError::io("create", d)(
+            std::io::ErrorKind::AlreadyExists.into(),
+        ));
+    }
     let res = (|| {
         for d in [&upper, &work, &rootfs] {
             fs::create_dir(d).map_err(ImageError::io("mkdir", d))?;
@@ -227,7 +238,15 @@ pub fn prepare_rootfs(store: &Store, name: &str, id: &str, opts: &UnpackOptions)
             copied,
         }),
         Err(e) => {
-            let _ = fs::remove_dir_all(&dir);
+            if made_dir {
+                let _ = fs::remove_dir_all(&dir);
+            } else {
+                let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+                for d in [&upper, &work, &rootfs, &dir.join("empty")] {
+                    let _ = fs::remove_dir_all(d);
+                }
+                let _ = fs::remove_file(dir.join("chains"));
+            }
             Err(e)
         }
     }
