@@ -66,6 +66,24 @@ def sandbox_pids(moat, store, cid, before):
     return {qemu} | (monitors(store) - before) | vfs
 
 
+def qemu_breakdown(pid):
+    """PSS (MiB) of QEMU `pid` by kind of mapping: the template's memory file (the guest pages
+    it reads from the template and the ones it copied on write), anonymous memory (TCG's
+    translation buffer, QEMU's heap), and the other files (QEMU's binary and libraries)."""
+    kinds = {"template": 0, "anon": 0, "files": 0}
+    kind = "anon"
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                parts = line.split()
+                path = parts[5] if len(parts) > 5 else ""
+                kind = ("template" if "/templates/" in path
+                        else "files" if path.startswith("/") else "anon")
+            elif line.startswith("Pss:"):
+                kinds[kind] += int(line.split()[1])
+    return {k: v / 1024 for k, v in kinds.items()}
+
+
 def pss_mib(pids):
     total = 0
     for p in pids:
@@ -141,6 +159,8 @@ def main():
             pids = sandbox_pids(a.moat, store, cid, before)
             st = json.loads(moat("inspect", cid, capture_output=True).stdout)
             idle[name] = (pss_mib(pids), len(pids), pss_mib({st["State"]["Pid"]}))
+            if name == "clone":
+                breakdown = qemu_breakdown(st["State"]["Pid"])
             rm([cid])
         # many idle clones at once
         before = monitors(store)
@@ -195,6 +215,11 @@ def main():
         f"| one idle sandbox (`sleep`), every host process it has | {idle['clone'][0]:.1f} "
         f"({idle['clone'][1]} processes) | {idle['cold'][0]:.1f} ({idle['cold'][1]} processes) |",
         f"| of which QEMU | {idle['clone'][2]:.1f} | {idle['cold'][2]:.1f} |",
+        "",
+        f"The clone's QEMU alone: {breakdown['template']:.1f} MiB of the template's memory file "
+        f"(guest pages read from it and copied on write), {breakdown['anon']:.1f} MiB anonymous "
+        f"(TCG's translation buffer, at most `MOAT_VM_TB_MIB` = 32, and QEMU's heap), "
+        f"{breakdown['files']:.1f} MiB QEMU's binary and libraries (shared by every QEMU).",
         "",
         f"{a.many} idle clones at once: {many_pss:.0f} MiB PSS in total, "
         f"{many_pss / a.many:.1f} MiB per sandbox (QEMU and monitor; the template's pages are "
