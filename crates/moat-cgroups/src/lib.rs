@@ -413,8 +413,9 @@ impl Cgroup {
         }
         if froze || (was_frozen && signal == libc::SIGKILL) {
             match self.thaw() {
-                // Removed meanwhile (its last task died and another destroy took it): thawed.
-                Err(_) if self.dirs().iter().all(|d| !d.exists()) => {}
+                // Removed meanwhile (its last task died and another destroy is taking it).
+                Err(CgroupError::Write { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
                 r => r?,
             }
         }

@@ -147,7 +147,8 @@ impl Rootfs {
     /// Unmount the overlay (lazily, so a busy mount still goes away when released).
     pub fn unmount(&self) -> Result<()> {
         match rustix::mount::unmount(&self.path, UnmountFlags::DETACH) {
-            Ok(()) | Err(rustix::io::Errno::INVAL) => Ok(()), // INVAL: not mounted
+            // INVAL: not mounted; NOENT: never made (a `moat run` killed before it)
+            Ok(()) | Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => Ok(()),
             Err(e) => Err(ImageError::Io {
                 op: "unmount",
                 path: self.path.clone(),
