@@ -13,6 +13,7 @@ mod conn;
 mod error;
 mod log;
 mod net;
+mod pod;
 mod restore;
 mod serve;
 mod shared;

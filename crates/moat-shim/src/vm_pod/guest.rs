@@ -176,6 +176,23 @@ pub fn prepare(id: &str, bundle: &Path) -> Result<GuestContainer> {
     })
 }
 
+/// What the sandbox's spec asks of the pod's namespaces, which the guest's are: its `hostname`
+/// and its `linux.sysctl` (`None` when it asks for neither).
+pub fn pod_settings(spec: &Value) -> Option<moat_agent_proto::PodSettings> {
+    let hostname = spec["hostname"]
+        .as_str()
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned);
+    let sysctls: Vec<(String, String)> = spec["linux"]["sysctl"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+        .collect();
+    (hostname.is_some() || !sysctls.is_empty())
+        .then_some(moat_agent_proto::PodSettings { hostname, sysctls })
+}
+
 /// The network namespace of the pod (the sandbox spec's network entry), which the VM joins;
 /// `Ok(None)` for a pod without one of its own (loopback only); an error when the entry names a
 /// namespace that does not exist (the pod must not silently lose its network).
@@ -238,6 +255,15 @@ mod tests {
         assert_eq!(g.binds[1].target, Path::new("c1/1"));
         assert!(g.binds[1].readonly && g.binds[1].recursive);
         assert_eq!(g.mounts[0].index, 1);
+    }
+
+    #[test]
+    fn pod_settings_from_the_sandbox_spec() {
+        let s = json!({"hostname": "web-0", "linux": {"sysctl": {"kernel.shm_rmid_forced": "1"}}});
+        let p = pod_settings(&s).unwrap();
+        assert_eq!(p.hostname.as_deref(), Some("web-0"));
+        assert_eq!(p.sysctls, [("kernel.shm_rmid_forced".into(), "1".into())]);
+        assert!(pod_settings(&json!({"hostname": "", "linux": {}})).is_none());
     }
 
     #[test]
