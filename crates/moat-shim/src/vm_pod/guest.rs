@@ -131,12 +131,15 @@ pub fn prepare(id: &str, bundle: &Path) -> Result<GuestContainer> {
             }
         }
     }
-    let readonly = spec["root"]["readonly"].as_bool().unwrap_or(false);
+    // The rootfs is shared writable even when `root.readonly` asks for a read-only one: the
+    // container's init makes it read-only in the guest once its mount points are made (as runc
+    // does on a host: a bind such as /etc/hostname may need its target created first). It is
+    // the container's own snapshot, so nothing else is exposed by that.
     let rootfs_target = PathBuf::from(id).join("rootfs");
     let mut binds = vec![SharedBind {
         source: bundle.join("rootfs"),
         target: rootfs_target.clone(),
-        readonly,
+        readonly: false,
         recursive: false,
     }];
     let mut mounts = Vec::new();
@@ -168,7 +171,7 @@ pub fn prepare(id: &str, bundle: &Path) -> Result<GuestContainer> {
         config_json: spec.to_string(),
         rootfs: SharedRootfs {
             path: rootfs_target.to_string_lossy().into_owned(),
-            readonly,
+            readonly: false,
         },
         mounts,
         binds,
@@ -250,7 +253,9 @@ mod tests {
         );
         assert_eq!(g.dropped_namespaces, ["network", "ipc"]);
         assert_eq!(g.rootfs.path, "c1/rootfs");
-        assert!(g.rootfs.readonly);
+        // Made read-only in the guest by the container's init, after its mount points.
+        assert!(!g.rootfs.readonly && !g.binds[0].readonly);
+        assert_eq!(out["root"]["readonly"], true);
         assert_eq!(g.binds.len(), 2);
         assert_eq!(g.binds[1].target, Path::new("c1/1"));
         assert!(g.binds[1].readonly && g.binds[1].recursive);
