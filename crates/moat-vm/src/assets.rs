@@ -1,6 +1,7 @@
 //! Guest assets: the kernel (Debian's `linux-image-cloud-amd64`, fetched with `apt-get download`
 //! and unpacked with `dpkg-deb -x` into the cache), the kernel modules the agent needs (with their
-//! dependencies, read from each module's `.modinfo`), and the initramfs, written by moat itself
+//! dependencies, read from each module's `.modinfo`) and those containers may ask for
+//! ([`ON_DEMAND_MODULES`]), and the initramfs, written by moat itself
 //! and cached under the SHA-256 of what it holds.
 //!
 //! Cache layout under [`cache_dir`]: `kernel/<release>/{vmlinuz,modules/}` plus a `.complete`
@@ -335,7 +336,7 @@ fn build_initramfs(cache: &Path, kernel: &Kernel, agent: &Path) -> Result<PathBu
     }
     let libs = crate::agent::runtime_files(agent, &agent_bytes)?;
     let modules = resolve_modules(&kernel.modules, GUEST_MODULES)?;
-    let on_demand = on_demand_modules(&kernel.modules, &modules)?;
+    let on_demand = on_demand_modules(&kernel.modules, ON_DEMAND_MODULES, &modules)?;
     let mut w = CpioWriter::new(Vec::with_capacity(agent_bytes.len() + (1 << 20)));
     let io = |e| VmError::Io {
         what: "write initramfs entry",
@@ -408,12 +409,16 @@ fn build_initramfs(cache: &Path, kernel: &Kernel, agent: &Path) -> Result<PathBu
     Ok(path)
 }
 
-/// The files of [`ON_DEMAND_MODULES`] (those not loaded at boot: `boot`), relative to
-/// `lib/modules/<release>/`: each `.ko` at its path in the kernel package, `modules.dep` and
-/// `modules.alias`.
-fn on_demand_modules(modules: &Path, boot: &[(String, PathBuf)]) -> Result<Vec<(String, Vec<u8>)>> {
+/// The files of modules `names` and their dependencies (those not loaded at boot: `boot`),
+/// relative to `lib/modules/<release>/`: each `.ko` at its path in the kernel package,
+/// `modules.dep` and `modules.alias`.
+fn on_demand_modules(
+    modules: &Path,
+    names: &[&str],
+    boot: &[(String, PathBuf)],
+) -> Result<Vec<(String, Vec<u8>)>> {
     let at_boot: HashSet<&str> = boot.iter().map(|(n, _)| n.as_str()).collect();
-    let wanted = resolve_modules(modules, ON_DEMAND_MODULES)?;
+    let wanted = resolve_modules(modules, names)?;
     let wanted: Vec<_> = wanted
         .into_iter()
         .filter(|(n, _)| !at_boot.contains(n.as_str()))
@@ -503,5 +508,39 @@ mod tests {
             vec!["rtnl-link-bridge", "net-pf-7"]
         );
         assert_eq!(modinfo_depends(ko), vec!["stp", "llc"]);
+    }
+
+    #[test]
+    fn on_demand_modules_carry_their_dependencies_an_index_and_aliases() {
+        let dir = tempfile::tempdir().unwrap();
+        let ko = |rel: &str, info: &str| {
+            let p = dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, format!("\x7fELF\0{info}\0")).unwrap();
+        };
+        ko(
+            "kernel/net/bridge/bridge.ko",
+            "alias=rtnl-link-bridge\0depends=stp,llc",
+        );
+        ko("kernel/net/802/stp.ko", "depends=llc");
+        ko("kernel/net/llc/llc.ko", "depends=");
+        // Loaded at boot: neither carried again nor listed.
+        let boot = [("llc".to_owned(), dir.path().join("kernel/net/llc/llc.ko"))];
+        let files = on_demand_modules(dir.path(), &["bridge"], &boot).unwrap();
+        let get = |n: &str| {
+            let f = files.iter().find(|(r, _)| r == n);
+            f.map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        };
+        assert!(get("kernel/net/llc/llc.ko").is_none());
+        assert!(get("kernel/net/802/stp.ko").is_some());
+        assert_eq!(
+            get("modules.dep").unwrap(),
+            "kernel/net/802/stp.ko: \nkernel/net/bridge/bridge.ko: kernel/net/802/stp.ko\n"
+        );
+        assert_eq!(
+            get("modules.alias").unwrap(),
+            "alias rtnl-link-bridge bridge\n"
+        );
+        assert!(on_demand_modules(dir.path(), &["veth"], &[]).is_err());
     }
 }
