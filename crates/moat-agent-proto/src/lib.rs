@@ -11,7 +11,8 @@
 //! requests (`Pause`, `Resume`, `Stats`, `Processes`); later, additively, `CreateShared` (a
 //! container whose rootfs is in the shared directory: the containers of a pod VM), the
 //! unsolicited [`GuestMessage::Oom`] and `Network` (the guest's interfaces, addresses and routes,
-//! copied from the host network namespace the VM joined).
+//! copied from the host network namespace the VM joined) and `Pod` (the sandbox's hostname and
+//! sysctls, applied in the pod's namespaces in the guest).
 //!
 //! What it must never do: perform I/O, or panic, allocate without bound or loop on hostile bytes.
 //! Both sides treat the other as untrusted, so [`Decoder`] turns every malformed frame into a

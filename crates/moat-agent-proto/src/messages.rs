@@ -133,6 +133,20 @@ pub enum Request {
         container_id: String,
         exec_id: Option<String>,
     },
+    /// Give the pod's namespaces in the guest (those its containers share with the agent: UTS,
+    /// IPC, network) the sandbox's settings: the hostname, then the sysctls. A sysctl that no
+    /// namespace of the pod holds (one of the guest kernel's globals) is refused, as runc
+    /// refuses it on a host. (Added within version 2: an agent without it answers `Malformed`.)
+    Pod(PodSettings),
+}
+
+/// The settings of a pod sandbox that the guest applies ([`Request::Pod`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodSettings {
+    /// The sandbox spec's `hostname` (none: the guest keeps its own).
+    pub hostname: Option<String>,
+    /// The sandbox spec's `linux.sysctl`, e.g. `("net.ipv4.ip_forward", "1")`.
+    pub sysctls: Vec<(String, String)>,
 }
 
 /// What makes a clone of a template one guest of its own ([`Request::Restored`]).
@@ -362,6 +376,7 @@ impl Request {
                 Some(e) => format!("attach to exec {e} in {container_id}"),
                 None => format!("attach to {container_id}"),
             },
+            Request::Pod(_) => "apply the pod's hostname and sysctls".into(),
         }
     }
 }

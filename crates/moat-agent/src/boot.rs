@@ -138,6 +138,7 @@ fn switch_to_tmpfs() -> Result<()> {
     for d in ["run", "tmp"] {
         let _ = std::fs::create_dir_all(format!("{new}/{d}"));
     }
+    keep_initramfs_files(new)?;
     let sys = |what: &str| {
         let what = what.to_string();
         move |e| AgentFailure::Sys { what, errno: e }
@@ -148,6 +149,50 @@ fn switch_to_tmpfs() -> Result<()> {
     nix::unistd::chroot(".").map_err(sys("chroot /newroot"))?;
     nix::unistd::chdir("/").map_err(sys("chdir /"))?;
     Ok(())
+}
+
+/// What the new root keeps of the initramfs, read-only: its other top-level directories (the
+/// on-demand modules under /lib/modules, a dynamically linked agent's libraries) and the agent
+/// itself as /sbin/modprobe, which the kernel runs in this root to load a module a container
+/// asks for (`request_module`, [`crate::modprobe`]).
+fn keep_initramfs_files(new: &str) -> Result<()> {
+    let sys = |what: String| move |errno| AgentFailure::Sys { what, errno };
+    let bind_ro = |src: &Path, target: &Path| -> Result<()> {
+        let what = format!("bind {} at {} read-only", src.display(), target.display());
+        mount(
+            Some(src),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(sys(what.clone()))?;
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+            None::<&str>,
+        )
+        .map_err(sys(what))
+    };
+    let rd = std::fs::read_dir("/").map_err(|e| AgentFailure::io("read", "/", e))?;
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let skip = ["dev", "proc", "sys", "run", "tmp", "newroot"];
+        if !e.file_type().is_ok_and(|t| t.is_dir()) || skip.contains(&&*name.to_string_lossy()) {
+            continue;
+        }
+        let target = Path::new(new).join(&name);
+        std::fs::create_dir_all(&target).map_err(|e| AgentFailure::io("create", &target, e))?;
+        bind_ro(&e.path(), &target)?;
+    }
+    let modprobe = Path::new(new).join(crate::modprobe::PATH.trim_start_matches('/'));
+    if let Some(d) = modprobe.parent() {
+        std::fs::create_dir_all(d).map_err(|e| AgentFailure::io("create", d, e))?;
+    }
+    std::fs::write(&modprobe, b"").map_err(|e| AgentFailure::io("create", &modprobe, e))?;
+    bind_ro(Path::new("/init"), &modprobe)
 }
 
 /// The /dev node of the virtio-serial port named `name` (the `name=` of QEMU's virtserialport).

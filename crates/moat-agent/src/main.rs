@@ -2,7 +2,8 @@
 //! tmpfs root), finds the virtio-serial ports the host named (`io.moat.agent.0`, and the others
 //! announced by `moat.agent_ports=N`), and serves the host's requests by calling the namespaces
 //! backend (`moat-container`) inside the VM: the same container code as on the host, not a second
-//! copy. When the sandbox ends it powers the VM off.
+//! copy. When the sandbox ends it powers the VM off. Run by the kernel as `/sbin/modprobe`, it
+//! loads a module a container asked for instead ([`modprobe`]).
 //!
 //! What it must never do: crash on a request (a malformed one gets an error reply), write its log
 //! to the stdio it lends to containers, or keep running once the host asked it to stop.
@@ -12,7 +13,9 @@ mod boot;
 mod conn;
 mod error;
 mod log;
+mod modprobe;
 mod net;
+mod pod;
 mod restore;
 mod serve;
 mod shared;
@@ -21,6 +24,10 @@ mod stdio;
 mod tty;
 
 fn main() {
+    // The kernel runs the agent as /sbin/modprobe to load a module a container asks for.
+    if modprobe::called_as() {
+        std::process::exit(modprobe::main());
+    }
     if std::process::id() != 1 {
         eprintln!("moat-agent: runs only as PID 1 of a moat guest VM (the host boots it)");
         std::process::exit(2);

@@ -60,21 +60,16 @@ pub fn bind_rootfs(r: &SharedRootfs, rootfs: &Path) -> Result<()> {
         None::<&str>,
     )
     .map_err(|e| fail("bind", e))?;
+    // The share is nosuid (a bind mount source stays so), but a container's own root must honour
+    // its set-user-ID programs as on a host (CRI's `noNewPrivileges: false`); a container that
+    // asks for no_new_privs still gets it from `moat-container`. A bind remount sets exactly the
+    // flags it is given: nodev stays.
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV;
     if r.readonly {
-        mount(
-            None::<&str>,
-            rootfs,
-            None::<&str>,
-            // Keep the share's nosuid/nodev: a bind remount sets exactly the flags it is given.
-            MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV,
-            None::<&str>,
-        )
-        .map_err(|e| fail("remount read-only", e))?;
+        flags |= MsFlags::MS_RDONLY;
     }
+    mount(None::<&str>, rootfs, None::<&str>, flags, None::<&str>)
+        .map_err(|e| fail("remount (suid, nodev)", e))?;
     Ok(())
 }
 

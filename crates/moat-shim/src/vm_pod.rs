@@ -10,7 +10,8 @@
 //! until it is killed. What a pause process holds on the host (the pod's network, IPC and UTS
 //! namespaces) is the VM itself here, so the containers drop the namespace paths that point at
 //! it and share the guest's; running it in the guest would cost a container creation (~0.4 s
-//! under TCG) and its image's rootfs in the share for nothing.
+//! under TCG) and its image's rootfs in the share for nothing. The sandbox's `hostname` and
+//! `linux.sysctl` are set on those guest namespaces at its Create (the agent's `Pod` request).
 //!
 //! Each other container: containerd has mounted its rootfs at `<bundle>/rootfs`; the shim clones
 //! that mount and every bind-mount source into the running VM's share

@@ -1,6 +1,7 @@
 //! Guest assets: the kernel (Debian's `linux-image-cloud-amd64`, fetched with `apt-get download`
 //! and unpacked with `dpkg-deb -x` into the cache), the kernel modules the agent needs (with their
-//! dependencies, read from each module's `.modinfo`), and the initramfs, written by moat itself
+//! dependencies, read from each module's `.modinfo`) and those containers may ask for
+//! ([`ON_DEMAND_MODULES`]), and the initramfs, written by moat itself
 //! and cached under the SHA-256 of what it holds.
 //!
 //! Cache layout under [`cache_dir`]: `kernel/<release>/{vmlinuz,modules/}` plus a `.complete`
@@ -29,6 +30,15 @@ pub const GUEST_MODULES: &[&str] = &[
     "virtio_net",
     "overlay",
 ];
+
+/// Modules a container may need that the agent does not load at boot: the kernel asks for them
+/// (`request_module`) when a container makes such a device (`brctl addbr`, `ip link add type
+/// bridge|veth|dummy|macvlan|vlan`, opening /dev/net/tun), and the agent, run by the kernel as
+/// `/sbin/modprobe`, loads one with its dependencies. They sit in the initramfs under
+/// `lib/modules/<release>/` (paths as in the kernel package) with a `modules.dep` (each module's
+/// direct dependencies among them) and a `modules.alias` (from their `alias=` modinfo): about
+/// 1.1 MB for the bridge and the common virtual network devices.
+pub const ON_DEMAND_MODULES: &[&str] = &["bridge", "veth", "dummy", "macvlan", "8021q", "tun"];
 
 /// The cache directory: `$MOAT_VM_DIR`, or /var/lib/moat/vm.
 pub fn cache_dir() -> PathBuf {
@@ -167,17 +177,30 @@ fn fetch_into(cache: &Path, work: &Path) -> Result<()> {
 
 /// The `depends=` of a module's `.modinfo` section (NUL-separated `key=value` strings).
 pub fn modinfo_depends(ko: &[u8]) -> Vec<String> {
-    const KEY: &[u8] = b"\0depends=";
-    let Some(at) = ko.windows(KEY.len()).position(|w| w == KEY) else {
-        return vec![];
-    };
-    let rest = &ko[at + KEY.len()..];
-    let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
-    String::from_utf8_lossy(&rest[..end])
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.replace('-', "_"))
-        .collect()
+    modinfo_values(ko, "depends")
+        .first()
+        .map(|v| {
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| s.replace('-', "_"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every value of `key` in a module's `.modinfo` strings (`alias` has many).
+pub fn modinfo_values(ko: &[u8], key: &str) -> Vec<String> {
+    let pat = format!("\0{key}=");
+    let pat = pat.as_bytes();
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(at) = ko[from..].windows(pat.len()).position(|w| w == pat) {
+        let rest = &ko[from + at + pat.len()..];
+        let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+        out.push(String::from_utf8_lossy(&rest[..end]).into_owned());
+        from += at + pat.len() + end;
+    }
+    out
 }
 
 fn index_modules(dir: &Path, out: &mut HashMap<String, PathBuf>) -> Result<()> {
@@ -288,11 +311,12 @@ pub(crate) fn short_hash(data: &[u8], bytes: usize) -> String {
 fn initramfs_index(cache: &Path, kernel: &Kernel, agent: &Path) -> Option<PathBuf> {
     let key = short_hash(
         format!(
-            "initramfs-1\n{}\n{} {}\n{}\n",
+            "initramfs-2\n{}\n{} {}\n{}\n{}\n",
             file_identity(agent)?,
             kernel.release,
             file_identity(&kernel.modules)?,
-            GUEST_MODULES.join(",")
+            GUEST_MODULES.join(","),
+            ON_DEMAND_MODULES.join(",")
         )
         .as_bytes(),
         16,
@@ -312,6 +336,7 @@ fn build_initramfs(cache: &Path, kernel: &Kernel, agent: &Path) -> Result<PathBu
     }
     let libs = crate::agent::runtime_files(agent, &agent_bytes)?;
     let modules = resolve_modules(&kernel.modules, GUEST_MODULES)?;
+    let on_demand = on_demand_modules(&kernel.modules, ON_DEMAND_MODULES, &modules)?;
     let mut w = CpioWriter::new(Vec::with_capacity(agent_bytes.len() + (1 << 20)));
     let io = |e| VmError::Io {
         what: "write initramfs entry",
@@ -332,30 +357,39 @@ fn build_initramfs(cache: &Path, kernel: &Kernel, agent: &Path) -> Result<PathBu
     }
     w.char_device("dev/console", 0o600, 5, 1).map_err(io)?;
     w.file("init", 0o755, &agent_bytes).map_err(io)?;
-    // A dynamically linked agent: its interpreter and libraries at the paths it asks for.
-    let mut made = std::collections::BTreeSet::new();
-    for (guest, host) in &libs {
-        let rel = guest.trim_start_matches('/');
+    // The directories above `rel` not written yet.
+    let mut made: std::collections::BTreeSet<String> = ["lib".to_owned()].into();
+    let mut parents = |w: &mut CpioWriter<Vec<u8>>, rel: &str| -> std::io::Result<()> {
         let mut dir = String::new();
         for part in rel
             .split('/')
-            .rev()
-            .skip(1)
             .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
+            .split_last()
+            .map_or(&[][..], |x| x.1)
         {
             dir = if dir.is_empty() {
-                part.to_owned()
+                (*part).to_owned()
             } else {
                 format!("{dir}/{part}")
             };
-            if made.insert(dir.clone()) && !["lib"].contains(&dir.as_str()) {
-                w.dir(&dir, 0o755).map_err(io)?;
+            if made.insert(dir.clone()) {
+                w.dir(&dir, 0o755)?;
             }
         }
+        Ok(())
+    };
+    // A dynamically linked agent: its interpreter and libraries at the paths it asks for.
+    for (guest, host) in &libs {
+        let rel = guest.trim_start_matches('/');
+        parents(&mut w, rel).map_err(io)?;
         let bytes = std::fs::read(host).map_err(VmError::io("read agent library", host))?;
         w.file(rel, 0o755, &bytes).map_err(io)?;
+    }
+    let on_demand_dir = format!("lib/modules/{}", kernel.release);
+    for (rel, bytes) in &on_demand {
+        let rel = format!("{on_demand_dir}/{rel}");
+        parents(&mut w, &rel).map_err(io)?;
+        w.file(&rel, 0o644, bytes).map_err(io)?;
     }
     for (i, (name, path)) in modules.iter().enumerate() {
         let bytes = std::fs::read(path).map_err(VmError::io("read module", path))?;
@@ -373,6 +407,57 @@ fn build_initramfs(cache: &Path, kernel: &Kernel, agent: &Path) -> Result<PathBu
         std::fs::rename(&tmp, &path).map_err(VmError::io("rename", &path))?;
     }
     Ok(path)
+}
+
+/// The files of modules `names` and their dependencies (those not loaded at boot: `boot`),
+/// relative to `lib/modules/<release>/`: each `.ko` at its path in the kernel package,
+/// `modules.dep` and `modules.alias`.
+fn on_demand_modules(
+    modules: &Path,
+    names: &[&str],
+    boot: &[(String, PathBuf)],
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let at_boot: HashSet<&str> = boot.iter().map(|(n, _)| n.as_str()).collect();
+    let wanted = resolve_modules(modules, names)?;
+    let wanted: Vec<_> = wanted
+        .into_iter()
+        .filter(|(n, _)| !at_boot.contains(n.as_str()))
+        .collect();
+    let rel_of = |p: &Path| {
+        p.strip_prefix(modules)
+            .map(|r| r.to_string_lossy().into_owned())
+            .map_err(|_| {
+                VmError::Config(format!(
+                    "module {} outside {}",
+                    p.display(),
+                    modules.display()
+                ))
+            })
+    };
+    let rels: HashMap<&str, String> = wanted
+        .iter()
+        .map(|(n, p)| Ok((n.as_str(), rel_of(p)?)))
+        .collect::<Result<_>>()?;
+    let (mut dep, mut alias) = (String::new(), String::new());
+    let mut files = Vec::new();
+    for (name, path) in &wanted {
+        let bytes = std::fs::read(path).map_err(VmError::io("read module", path))?;
+        let rel = &rels[name.as_str()];
+        let deps: Vec<&str> = modinfo_depends(&bytes)
+            .iter()
+            .filter_map(|d| rels.get(d.as_str()).map(String::as_str))
+            .collect();
+        dep.push_str(&format!("{rel}: {}\n", deps.join(" ")));
+        for a in modinfo_values(&bytes, "alias") {
+            if !a.is_empty() && !a.contains(char::is_whitespace) {
+                alias.push_str(&format!("alias {a} {name}\n"));
+            }
+        }
+        files.push((rel.clone(), bytes));
+    }
+    files.push(("modules.dep".into(), dep.into_bytes()));
+    files.push(("modules.alias".into(), alias.into_bytes()));
+    Ok(files)
 }
 
 /// Build an ext4 image at `out` holding `dir` (e2fsprogs' `mkfs.ext4 -d`, no mount needed),
@@ -417,5 +502,45 @@ mod tests {
         assert_eq!(modinfo_depends(ko), vec!["virtio", "virtio_ring"]);
         assert!(modinfo_depends(b"\0depends=\0").is_empty());
         assert!(modinfo_depends(b"nothing").is_empty());
+        let ko = b"\0alias=rtnl-link-bridge\0depends=stp,llc\0alias=net-pf-7\0";
+        assert_eq!(
+            modinfo_values(ko, "alias"),
+            vec!["rtnl-link-bridge", "net-pf-7"]
+        );
+        assert_eq!(modinfo_depends(ko), vec!["stp", "llc"]);
+    }
+
+    #[test]
+    fn on_demand_modules_carry_their_dependencies_an_index_and_aliases() {
+        let dir = tempfile::tempdir().unwrap();
+        let ko = |rel: &str, info: &str| {
+            let p = dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, format!("\x7fELF\0{info}\0")).unwrap();
+        };
+        ko(
+            "kernel/net/bridge/bridge.ko",
+            "alias=rtnl-link-bridge\0depends=stp,llc",
+        );
+        ko("kernel/net/802/stp.ko", "depends=llc");
+        ko("kernel/net/llc/llc.ko", "depends=");
+        // Loaded at boot: neither carried again nor listed.
+        let boot = [("llc".to_owned(), dir.path().join("kernel/net/llc/llc.ko"))];
+        let files = on_demand_modules(dir.path(), &["bridge"], &boot).unwrap();
+        let get = |n: &str| {
+            let f = files.iter().find(|(r, _)| r == n);
+            f.map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        };
+        assert!(get("kernel/net/llc/llc.ko").is_none());
+        assert!(get("kernel/net/802/stp.ko").is_some());
+        assert_eq!(
+            get("modules.dep").unwrap(),
+            "kernel/net/802/stp.ko: \nkernel/net/bridge/bridge.ko: kernel/net/802/stp.ko\n"
+        );
+        assert_eq!(
+            get("modules.alias").unwrap(),
+            "alias rtnl-link-bridge bridge\n"
+        );
+        assert!(on_demand_modules(dir.path(), &["veth"], &[]).is_err());
     }
 }

@@ -106,6 +106,13 @@ fn sample_host() -> Vec<HostMessage> {
                 exec_id: None,
             },
         },
+        HostMessage {
+            id: 11,
+            request: Request::Pod(crate::PodSettings {
+                hostname: Some("web-0".into()),
+                sysctls: vec![("net.ipv4.ip_forward".into(), "1".into())],
+            }),
+        },
     ]
 }
 

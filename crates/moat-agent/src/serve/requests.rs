@@ -203,6 +203,10 @@ impl Agent {
                 crate::net::configure(&interfaces, &routes)?;
                 Ok(Reply::Done)
             }
+            Request::Pod(settings) => {
+                crate::pod::apply(&settings)?;
+                Ok(Reply::Done)
+            }
         }
     }
 

@@ -131,12 +131,15 @@ pub fn prepare(id: &str, bundle: &Path) -> Result<GuestContainer> {
             }
         }
     }
-    let readonly = spec["root"]["readonly"].as_bool().unwrap_or(false);
+    // The rootfs is shared writable even when `root.readonly` asks for a read-only one: the
+    // container's init makes it read-only in the guest once its mount points are made (as runc
+    // does on a host: a bind such as /etc/hostname may need its target created first). It is
+    // the container's own snapshot, so nothing else is exposed by that.
     let rootfs_target = PathBuf::from(id).join("rootfs");
     let mut binds = vec![SharedBind {
         source: bundle.join("rootfs"),
         target: rootfs_target.clone(),
-        readonly,
+        readonly: false,
         recursive: false,
     }];
     let mut mounts = Vec::new();
@@ -168,12 +171,29 @@ pub fn prepare(id: &str, bundle: &Path) -> Result<GuestContainer> {
         config_json: spec.to_string(),
         rootfs: SharedRootfs {
             path: rootfs_target.to_string_lossy().into_owned(),
-            readonly,
+            readonly: false,
         },
         mounts,
         binds,
         dropped_namespaces: dropped,
     })
+}
+
+/// What the sandbox's spec asks of the pod's namespaces, which the guest's are: its `hostname`
+/// and its `linux.sysctl` (`None` when it asks for neither).
+pub fn pod_settings(spec: &Value) -> Option<moat_agent_proto::PodSettings> {
+    let hostname = spec["hostname"]
+        .as_str()
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned);
+    let sysctls: Vec<(String, String)> = spec["linux"]["sysctl"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+        .collect();
+    (hostname.is_some() || !sysctls.is_empty())
+        .then_some(moat_agent_proto::PodSettings { hostname, sysctls })
 }
 
 /// The network namespace of the pod (the sandbox spec's network entry), which the VM joins;
@@ -233,11 +253,22 @@ mod tests {
         );
         assert_eq!(g.dropped_namespaces, ["network", "ipc"]);
         assert_eq!(g.rootfs.path, "c1/rootfs");
-        assert!(g.rootfs.readonly);
+        // Made read-only in the guest by the container's init, after its mount points.
+        assert!(!g.rootfs.readonly && !g.binds[0].readonly);
+        assert_eq!(out["root"]["readonly"], true);
         assert_eq!(g.binds.len(), 2);
         assert_eq!(g.binds[1].target, Path::new("c1/1"));
         assert!(g.binds[1].readonly && g.binds[1].recursive);
         assert_eq!(g.mounts[0].index, 1);
+    }
+
+    #[test]
+    fn pod_settings_from_the_sandbox_spec() {
+        let s = json!({"hostname": "web-0", "linux": {"sysctl": {"kernel.shm_rmid_forced": "1"}}});
+        let p = pod_settings(&s).unwrap();
+        assert_eq!(p.hostname.as_deref(), Some("web-0"));
+        assert_eq!(p.sysctls, [("kernel.shm_rmid_forced".into(), "1".into())]);
+        assert!(pod_settings(&json!({"hostname": "", "linux": {}})).is_none());
     }
 
     #[test]

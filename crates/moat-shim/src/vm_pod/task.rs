@@ -54,7 +54,12 @@ impl VmPod {
             shared: vec![],
             paused: false,
         };
-        if !sandbox {
+        if sandbox {
+            // The guest's UTS, IPC and network namespaces are the pod's.
+            if let Some(settings) = guest::pod_settings(&spec) {
+                link.done(Request::Pod(settings))?;
+            }
+        } else {
             c.rootfs_mounted =
                 crate::service::mount_rootfs(req).map_err(|reason| VmPodError::Spec {
                     id: req.id.clone(),
