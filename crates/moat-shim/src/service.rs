@@ -24,6 +24,7 @@ use containerd_shim::{
 use moat_container::Store;
 
 mod oom;
+mod record;
 mod spawn;
 
 use crate::io::Console;
@@ -122,6 +123,7 @@ impl Inner {
         }
         match found {
             Some((cid, id)) => {
+                record::save(&cid, st.ctrs.get(&cid));
                 drop(st);
                 self.cond.notify_all();
                 self.publish(
@@ -228,6 +230,18 @@ impl containerd_shim::Shim for Service {
             events: crate::events::Events::new(Some(publisher), self.inner.events.namespace()),
             exit: self.inner.exit.clone(),
         });
+        if let Some(dir) = crate::shared::tasks_dir() {
+            let adopted = record::load_all(&dir);
+            if !adopted.is_empty() {
+                log::info!(
+                    "re-adopted {} tasks: {:?}",
+                    adopted.len(),
+                    adopted.iter().map(|(id, _)| id).collect::<Vec<_>>()
+                );
+            }
+            let mut st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.ctrs.extend(adopted);
+        }
         let sub = monitor_subscribe(Topic::All).expect("subscribe to the exit monitor");
         let i = inner.clone();
         std::thread::spawn(move || {
@@ -327,6 +341,7 @@ impl containerd_shim::Task for Service {
                 ooms: 0,
             },
         );
+        record::save(&req.id, st.ctrs.get(&req.id));
         drop(st);
         self.inner.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
@@ -355,7 +370,9 @@ impl containerd_shim::Task for Service {
                 let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
                 let c = st.ctrs.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
                 c.init.started = true;
-                c.init.pid
+                let pid = c.init.pid;
+                record::save(&req.id, Some(c));
+                pid
             };
             self.inner.publish(
                 topics::TASK_START_EVENT_TOPIC,
@@ -409,6 +426,7 @@ impl containerd_shim::Task for Service {
                 e.exit = Some((code as u32, now()));
             }
         }
+        record::save(&req.id, st.ctrs.get(&req.id));
         drop(st);
         if early.is_some() {
             self.inner.cond.notify_all();
@@ -515,6 +533,7 @@ impl containerd_shim::Task for Service {
                 .execs
                 .remove(&req.exec_id)
                 .ok_or_else(|| not_found(&req.exec_id))?;
+            record::save(&req.id, Some(c));
             let (code, at) = p.exit.unwrap_or((0, now()));
             return Ok(api::DeleteResponse {
                 pid: p.pid.max(0) as u32,
@@ -524,6 +543,7 @@ impl containerd_shim::Task for Service {
             });
         }
         let c = st.ctrs.remove(&req.id).ok_or_else(|| not_found(&req.id))?;
+        record::save(&req.id, None);
         drop(st);
         moat_container::delete::delete(&self.inner.store, &req.id, true)
             .map_err(|e| err(format!("delete container {}: {e}", req.id)))?;
@@ -638,6 +658,7 @@ impl containerd_shim::Task for Service {
                 ..Default::default()
             },
         );
+        record::save(&req.id, Some(c));
         drop(st);
         self.inner.publish(
             topics::TASK_EXEC_ADDED_EVENT_TOPIC,
@@ -742,7 +763,10 @@ impl containerd_shim::Task for Service {
         let st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
         let pid = st.ctrs.get(&req.id).map(|c| c.init.pid).unwrap_or(0);
         Ok(api::ConnectResponse {
-            shim_pid: std::process::id(),
+            // The shared shim's keeper is the process containerd's connection ends in.
+            shim_pid: crate::keeper::keeper_pid()
+                .map(|p| p as u32)
+                .unwrap_or_else(std::process::id),
             task_pid: pid.max(0) as u32,
             version: env!("CARGO_PKG_VERSION").into(),
             ..Default::default()
