@@ -485,24 +485,43 @@ fn supervise(args: &[String], keeper: &Keeper, worker: &mut Worker) {
             log::info!("worker {pid} exited: the shared shim has no container left");
             return;
         }
+        if !restart(args, keeper, worker, &mut crashes, &mut held, pid, status) {
+            return;
+        }
+    }
+}
+
+/// Restart the worker that died (`pid`, `status`) after a backoff, until one starts; `false`
+/// when it crash-loops (the keeper gives up).
+fn restart(
+    args: &[String],
+    keeper: &Keeper,
+    worker: &mut Worker,
+    crashes: &mut Vec<Instant>,
+    held: &mut Vec<u8>,
+    pid: i32,
+    status: i32,
+) -> bool {
+    let mut why = format!("worker {pid} died (status {status})");
+    loop {
         let now = Instant::now();
         crashes.retain(|t| now.duration_since(*t) < CRASH_WINDOW);
         crashes.push(now);
         if crashes.len() >= GIVE_UP_AFTER {
             log::error!(
-                "worker {pid} died (status {status}), {} times in {CRASH_WINDOW:?}: giving up",
+                "{why}, {} times in {CRASH_WINDOW:?}: giving up",
                 crashes.len()
             );
-            return;
+            return false;
         }
         let backoff = Duration::from_millis(100 << (crashes.len() - 1).min(5));
-        log::warn!("worker {pid} died (status {status}); restarting it in {backoff:?}");
+        log::warn!("{why}; restarting it in {backoff:?}");
         std::thread::sleep(backoff);
         let t = Instant::now();
         match spawn_worker(args, &keeper.worker_sock) {
             Ok(mut w) => {
                 // The exits seen while no worker ran, first.
-                let _ = w.exits.write_all(&held);
+                let _ = w.exits.write_all(held);
                 held.clear();
                 log::info!(
                     "worker {} serves after a restart in {:?}",
@@ -514,15 +533,9 @@ fn supervise(args: &[String], keeper: &Keeper, worker: &mut Worker) {
                 st.generation += 1;
                 st.up = true;
                 keeper.changed.notify_all();
+                return true;
             }
-            Err(e) => {
-                log::error!("restart the worker: {e}");
-                // Counted as a crash: the next reaped status is not the worker's; try again.
-                crashes.push(Instant::now());
-                if crashes.len() >= GIVE_UP_AFTER {
-                    return;
-                }
-            }
+            Err(e) => why = format!("restart the worker: {e}"),
         }
     }
 }

@@ -240,7 +240,13 @@ impl containerd_shim::Shim for Service {
                 );
             }
             let mut st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            let adopted_any = !adopted.is_empty();
             st.ctrs.extend(adopted);
+            drop(st);
+            if adopted_any {
+                let i = inner.clone();
+                std::thread::spawn(move || record::settle_lost_exits(&i));
+            }
         }
         let sub = monitor_subscribe(Topic::All).expect("subscribe to the exit monitor");
         let i = inner.clone();

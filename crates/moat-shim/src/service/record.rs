@@ -104,6 +104,35 @@ pub(super) fn save(id: &str, c: Option<&Ctr>) {
     }
 }
 
+/// How long after re-adoption a recorded process that is gone (not even a zombie) may still have
+/// its exit handed over by the keeper.
+const LOST_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// After re-adoption: a recorded process that is gone and whose exit neither the keeper handed
+/// over (within [`LOST_AFTER`]) nor the dead worker recorded was reaped by the dead worker in its
+/// last instant: report it exited with 255, containerd's "unknown" exit status, rather than
+/// leave its `Wait` hanging.
+pub(super) fn settle_lost_exits(i: &super::Inner) {
+    std::thread::sleep(LOST_AFTER);
+    let lost: Vec<i32> = {
+        let st = i.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.ctrs
+            .values()
+            .flat_map(|c| std::iter::once(&c.init).chain(c.execs.values()))
+            .filter(|p| p.pid > 0 && p.exit.is_none())
+            .map(|p| p.pid)
+            .filter(|pid| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), None)
+                    == Err(nix::errno::Errno::ESRCH)
+            })
+            .collect()
+    };
+    for pid in lost {
+        log::warn!("re-adopted process {pid} is gone and its exit was lost: reported as 255");
+        i.on_exit(pid, 255);
+    }
+}
+
 /// The containers recorded in `dir` (a restarted worker's tasks).
 pub(super) fn load_all(dir: &Path) -> Vec<(String, Ctr)> {
     let Ok(rd) = std::fs::read_dir(dir) else {
