@@ -35,6 +35,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -299,7 +300,7 @@ class Pods:
         shims = self.cd.shims()
         # A shim's zygote and workers are forks carrying its command line: counted too.
         keeper = sum(pss_kib(p) for p, cmd in shims.items()
-                     if "-socket unix:///run/moat-shim/shared/" in cmd and ".sock" in cmd)
+                     if re.search(r"-socket unix:///run/moat-shim/shared/\S+\.sock( |$)", cmd))
         return sum(pss_kib(p) for p in shims), len(shims), keeper
 
 

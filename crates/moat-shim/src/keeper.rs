@@ -387,6 +387,11 @@ fn spawn_worker(args: &[String], sock: &Path) -> Result<Worker, KeeperError> {
         &format!("unix://{}", sock.display()),
     ])
     .env(WORKER_ENV, std::process::id().to_string());
+    // The worker runs from our sealed binary: told so, it shares our text pages instead of
+    // making a sealed copy of its own (the overlay's binary cannot be overlaid again).
+    if let Some((k, v)) = moat_sys::fd::sealed_exe_marker() {
+        cmd.env(k, v);
+    }
     if flags.debug {
         cmd.arg("-debug");
     }
