@@ -9,7 +9,8 @@
 //! - it owns the shared shim's well-known socket (`<hash>.sock`) and its lifetime lock, and relays
 //!   whole ttrpc frames (a 10-byte header, then the payload; never a partial frame) between each
 //!   containerd connection and a connection of its own to the worker's private socket
-//!   (`<hash>.worker`);
+//!   (`<hash>.worker`), all from one thread that polls every connection (a thread or two per
+//!   connection would cost the keeper about 16 KiB per task);
 //! - when the worker dies, every request it was sent and did not answer is answered here: `Wait`,
 //!   `State`, `Stats`, `Pids` and `Connect` (which change nothing) are sent again to the restarted
 //!   worker, under the same stream id; any other is answered with `UNAVAILABLE` naming the restart
@@ -34,11 +35,12 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use containerd_shim::protos::protobuf::Message;
@@ -58,7 +60,7 @@ pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
 const WAIT_FOR_WORKER: Duration = Duration::from_secs(20);
 /// Methods sent again to a restarted worker: they change nothing, and `Wait` must not fail.
 const REPLAYED: &[&str] = &["Wait", "State", "Stats", "Pids", "Connect"];
-/// Relay threads do little: small stacks keep the keeper small.
+/// The relay thread does little: a small stack keeps the keeper small.
 const RELAY_STACK: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -164,48 +166,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The worker as the relays see it: a generation number, bumped at each (re)start.
+/// The worker as the relay sees it: a generation number, bumped at each (re)start.
 #[derive(Default)]
 struct WorkerState {
     generation: u64,
     up: bool,
 }
 
+/// What the supervisor (the main thread) and the relay thread share.
 struct Keeper {
     worker_sock: PathBuf,
     state: Mutex<WorkerState>,
-    changed: Condvar,
+    /// Written to (a byte) when `state` changes: wakes the relay's `poll`.
+    wake: OwnedFd,
 }
 
 impl Keeper {
-    /// Wait for a worker newer than `seen` (or, after a while, the same one: it may have closed
-    /// one connection only) and connect to it. `None` once `closed` says the relay is over.
-    fn connect(&self, seen: u64, closed: &dyn Fn() -> bool) -> Option<(u64, UnixStream)> {
-        let since = Instant::now();
-        loop {
-            if closed() {
-                return None;
-            }
-            let generation = {
-                let st = lock(&self.state);
-                let st = if st.up && st.generation > seen {
-                    st
-                } else {
-                    self.changed
-                        .wait_timeout(st, Duration::from_millis(500))
-                        .map(|(g, _)| g)
-                        .unwrap_or_else(|e| e.into_inner().0)
-                };
-                (st.up && (st.generation > seen || since.elapsed() > Duration::from_secs(2)))
-                    .then_some(st.generation)
-            };
-            if let Some(g) = generation {
-                match UnixStream::connect(&self.worker_sock) {
-                    Ok(s) => return Some((g, s)),
-                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
-                }
-            }
-        }
+    fn changed(&self) {
+        let _ = nix::unistd::write(&self.wake, &[1]);
     }
 }
 
@@ -216,146 +194,272 @@ struct Pending {
     replay: Option<Frame>,
 }
 
-#[derive(Default)]
-struct ConnState {
+/// One containerd connection and its connection to the worker.
+struct Conn {
+    client: UnixStream,
+    /// Bytes of a frame from containerd not complete yet.
+    from_client: Vec<u8>,
     worker: Option<UnixStream>,
+    /// Bytes of a frame from the worker not complete yet.
+    from_worker: Vec<u8>,
+    /// The worker generation `worker` is (or was last) connected to, and when it was lost.
+    generation: u64,
+    lost_at: Option<Instant>,
     pending: HashMap<u32, Pending>,
+    /// Requests that arrived while no worker was connected, with their arrival.
+    queued: Vec<(Frame, Instant)>,
     closed: bool,
 }
 
-/// One containerd connection.
-struct Conn {
-    client: Mutex<UnixStream>,
-    state: Mutex<ConnState>,
-    changed: Condvar,
-}
-
 impl Conn {
-    fn answer(&self, frame: &Frame) {
-        let _ = frame.write(&mut *lock(&self.client));
-    }
-
-    fn closed(&self) -> bool {
-        lock(&self.state).closed
-    }
-}
-
-/// containerd's side: forward each whole frame to the worker, noting requests as pending.
-fn client_to_worker(keeper: &Keeper, conn: &Conn, mut client: UnixStream) {
-    while let Ok(Some(frame)) = Frame::read(&mut client) {
-        let request = frame.kind() == MESSAGE_TYPE_REQUEST;
-        let mut st = lock(&conn.state);
-        let deadline = Instant::now() + WAIT_FOR_WORKER;
-        while st.worker.is_none() && Instant::now() < deadline {
-            st = conn
-                .changed
-                .wait_timeout(st, Duration::from_millis(200))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
+    fn answer(&mut self, frame: &Frame) {
+        if frame.write(&mut self.client).is_err() {
+            self.closed = true;
         }
-        let Some(worker) = st.worker.as_mut() else {
-            drop(st);
-            if request {
-                let m = method(&frame);
-                log::warn!("{m}: no worker for {WAIT_FOR_WORKER:?}");
-                conn.answer(&Frame::error(
-                    frame.stream_id(),
-                    Code::UNAVAILABLE,
-                    format!("{m}: the shared shim's worker is restarting"),
-                ));
+    }
+
+    fn unavailable(&mut self, stream: u32, m: &str, why: &str) {
+        log::warn!("{m}: {why}; answered UNAVAILABLE");
+        self.answer(&Frame::error(
+            stream,
+            Code::UNAVAILABLE,
+            format!("{m}: the shared shim's worker {why}; retry"),
+        ));
+    }
+
+    /// Send a request (or another frame) to the worker, noting a request as pending.
+    fn forward(&mut self, frame: Frame) {
+        let Some(worker) = self.worker.as_mut() else {
+            if frame.kind() == MESSAGE_TYPE_REQUEST {
+                self.queued.push((frame, Instant::now()));
             }
-            continue;
-        };
-        // A failed write is the worker's death: the other relay answers what is pending.
-        let _ = frame.write(worker);
-        if request {
-            let (m, id) = (method(&frame), frame.stream_id());
-            let replay = REPLAYED.contains(&m.as_str()).then_some(frame);
-            st.pending.insert(id, Pending { method: m, replay });
-        }
-    }
-    let mut st = lock(&conn.state);
-    st.closed = true;
-    if let Some(w) = st.worker.take() {
-        let _ = w.shutdown(std::net::Shutdown::Both);
-    }
-    conn.changed.notify_all();
-    keeper.changed.notify_all();
-}
-
-/// The worker's side: connect (again after each restart), send again what is to be replayed,
-/// forward each whole frame to containerd; when the worker dies, answer what it left unanswered.
-fn worker_to_client(keeper: &Keeper, conn: &Conn) {
-    let mut seen = 0;
-    loop {
-        let Some((generation, worker)) = keeper.connect(seen, &|| conn.closed()) else {
             return;
         };
-        seen = generation;
-        let Ok(mut reader) = worker.try_clone() else {
-            continue;
-        };
-        {
-            let mut st = lock(&conn.state);
-            if st.closed {
-                return;
-            }
-            let mut w = worker;
-            for p in st.pending.values() {
-                if let Some(f) = &p.replay {
-                    let _ = f.write(&mut w);
-                }
-            }
-            st.worker = Some(w);
-            conn.changed.notify_all();
+        let ok = frame.write(worker).is_ok();
+        if frame.kind() == MESSAGE_TYPE_REQUEST {
+            let (m, id) = (method(&frame), frame.stream_id());
+            let replay = REPLAYED.contains(&m.as_str()).then_some(frame);
+            self.pending.insert(id, Pending { method: m, replay });
         }
-        while let Ok(Some(frame)) = Frame::read(&mut reader) {
-            if frame.kind() == MESSAGE_TYPE_RESPONSE {
-                lock(&conn.state).pending.remove(&frame.stream_id());
-            }
-            conn.answer(&frame);
+        if !ok {
+            self.worker_lost();
         }
-        let failed: Vec<(u32, String)> = {
-            let mut st = lock(&conn.state);
-            st.worker = None;
-            if st.closed {
-                return;
+    }
+
+    /// The worker's connection ended (it died): answer what it left unanswered, but for the
+    /// requests to be sent again to the next worker.
+    fn worker_lost(&mut self) {
+        if let Some(w) = self.worker.take() {
+            let _ = w.shutdown(std::net::Shutdown::Both);
+        }
+        self.from_worker.clear();
+        self.lost_at = Some(Instant::now());
+        let failed: Vec<u32> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.replay.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in failed {
+            if let Some(p) = self.pending.remove(&id) {
+                self.unavailable(id, &p.method, "died before answering");
             }
-            let ids: Vec<u32> = st
-                .pending
-                .iter()
-                .filter(|(_, p)| p.replay.is_none())
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| st.pending.remove(&id).map(|p| (id, p.method)))
-                .collect()
-        };
-        for (id, m) in failed {
-            log::warn!("{m}: the worker died before answering; answered UNAVAILABLE");
-            conn.answer(&Frame::error(
-                id,
-                Code::UNAVAILABLE,
-                format!("{m}: the shared shim's worker died and is being restarted; retry"),
-            ));
+        }
+    }
+
+    /// Connect to the worker of `generation`: send again what is to be replayed, then what
+    /// waited.
+    fn attach(&mut self, mut worker: UnixStream, generation: u64) {
+        let mut ok = true;
+        for p in self.pending.values() {
+            if let Some(f) = &p.replay {
+                ok &= f.write(&mut worker).is_ok();
+            }
+        }
+        self.worker = Some(worker);
+        self.generation = generation;
+        self.lost_at = None;
+        if !ok {
+            self.worker_lost();
+            return;
+        }
+        for (f, _) in std::mem::take(&mut self.queued) {
+            self.forward(f);
+        }
+    }
+
+    /// Requests that waited too long for a worker.
+    fn expire(&mut self) {
+        let (old, young): (Vec<_>, Vec<_>) = std::mem::take(&mut self.queued)
+            .into_iter()
+            .partition(|(_, at)| at.elapsed() >= WAIT_FOR_WORKER);
+        self.queued = young;
+        for (f, _) in old {
+            let m = method(&f);
+            self.unavailable(f.stream_id(), &m, "did not come back in time");
         }
     }
 }
 
-fn relay(keeper: Arc<Keeper>, client: UnixStream) -> std::io::Result<()> {
-    let conn = Arc::new(Conn {
-        client: Mutex::new(client.try_clone()?),
-        state: Mutex::default(),
-        changed: Condvar::new(),
-    });
-    let (k, c) = (keeper.clone(), conn.clone());
-    std::thread::Builder::new()
-        .stack_size(RELAY_STACK)
-        .spawn(move || worker_to_client(&k, &c))?;
-    std::thread::Builder::new()
-        .stack_size(RELAY_STACK)
-        .spawn(move || client_to_worker(&keeper, &conn, client))?;
-    Ok(())
+/// Move the whole frames at the start of `buf` out of it.
+fn frames(buf: &mut Vec<u8>) -> Result<Vec<Frame>, std::io::Error> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    loop {
+        let mut rest = &buf[at..];
+        if rest.len() < MESSAGE_HEADER_LENGTH {
+            break;
+        }
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if len > MESSAGE_LENGTH_MAX {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a ttrpc frame of {len} bytes"),
+            ));
+        }
+        if rest.len() < MESSAGE_HEADER_LENGTH + len {
+            break;
+        }
+        if let Ok(Some(f)) = Frame::read(&mut rest) {
+            out.push(f);
+        }
+        at += MESSAGE_HEADER_LENGTH + len;
+    }
+    buf.drain(..at);
+    Ok(out)
+}
+
+/// Read what `fd` has (it polled readable) onto `buf`; `false` at its end or on an error.
+fn fill(mut s: &UnixStream, buf: &mut Vec<u8>, chunk: &mut [u8]) -> bool {
+    match s.read(chunk) {
+        Ok(0) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+        Err(e) => e.kind() == std::io::ErrorKind::Interrupted,
+    }
+}
+
+/// The relay: one thread polling the listener, every containerd connection and its worker
+/// connection (one thread for all keeps the keeper small).
+fn relay(keeper: &Keeper, listener: UnixListener, woken: OwnedFd) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut conns: Vec<Conn> = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let (generation, up) = {
+            let st = lock(&keeper.state);
+            (st.generation, st.up)
+        };
+        // Connect whoever lacks a worker, to the new one (or, a while after losing its
+        // connection while the worker lives on, to the same one).
+        for c in conns.iter_mut().filter(|c| c.worker.is_none()) {
+            let again = c
+                .lost_at
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(2));
+            if up && (generation > c.generation || again) {
+                if let Ok(w) = UnixStream::connect(&keeper.worker_sock) {
+                    c.attach(w, generation);
+                }
+            }
+            c.expire();
+        }
+        conns.retain(|c| !c.closed);
+        let waiting = conns.iter().any(|c| c.worker.is_none());
+        let polled_workers: Vec<bool> = conns.iter().map(|c| c.worker.is_some()).collect();
+        let (ready, listener_ready, woke) = {
+            let mut fds = vec![
+                PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+                PollFd::new(woken.as_fd(), PollFlags::POLLIN),
+            ];
+            for c in &conns {
+                fds.push(PollFd::new(c.client.as_fd(), PollFlags::POLLIN));
+                if let Some(w) = &c.worker {
+                    fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
+                }
+            }
+            let timeout = if waiting {
+                PollTimeout::from(200u16)
+            } else {
+                PollTimeout::NONE
+            };
+            match poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    log::error!("poll: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            }
+            let any = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            let ready: Vec<bool> = fds.iter().skip(2).map(any).collect();
+            (ready, any(&fds[0]), any(&fds[1]))
+        };
+        if woke {
+            let _ = nix::unistd::read(woken.as_raw_fd(), &mut chunk);
+        }
+        let mut ready = ready.into_iter();
+        for (c, had_worker) in conns.iter_mut().zip(polled_workers) {
+            let client_ready = ready.next() == Some(true);
+            let worker_ready = had_worker && ready.next() == Some(true);
+            if client_ready {
+                if !fill(&c.client, &mut c.from_client, &mut chunk) {
+                    c.closed = true;
+                }
+                match frames(&mut c.from_client) {
+                    Ok(fs) => fs.into_iter().for_each(|f| c.forward(f)),
+                    Err(e) => {
+                        log::warn!("from containerd: {e}");
+                        c.closed = true;
+                    }
+                }
+            }
+            if !worker_ready {
+                continue;
+            }
+            let alive = match c.worker.as_ref() {
+                Some(w) => fill(w, &mut c.from_worker, &mut chunk),
+                None => continue,
+            };
+            match frames(&mut c.from_worker) {
+                Ok(fs) => {
+                    for f in fs {
+                        if f.kind() == MESSAGE_TYPE_RESPONSE {
+                            c.pending.remove(&f.stream_id());
+                        }
+                        c.answer(&f);
+                    }
+                }
+                Err(_) => c.worker_lost(),
+            }
+            if !alive {
+                c.worker_lost();
+            }
+        }
+        for c in conns.iter_mut().filter(|c| c.closed) {
+            if let Some(w) = c.worker.take() {
+                let _ = w.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        if listener_ready {
+            if let Ok((client, _)) = listener.accept() {
+                conns.push(Conn {
+                    client,
+                    from_client: Vec::new(),
+                    worker: None,
+                    from_worker: Vec::new(),
+                    generation: 0,
+                    lost_at: None,
+                    pending: HashMap::new(),
+                    queued: Vec::new(),
+                    closed: false,
+                });
+            }
+        }
+    }
 }
 
 /// A running worker: the process, and its stdin (where exits are written).
@@ -421,10 +525,12 @@ pub fn run(args: &[String]) -> Result<(), KeeperError> {
     let _ = std::fs::remove_file(&paths.sock);
     let listener = UnixListener::bind(&paths.sock).map_err(io("listen on", &paths.sock))?;
     let _ = std::fs::remove_file(paths.worker_sock());
+    let (woken, wake) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| io("make the wake-up pipe", Path::new("pipe"))(e.into()))?;
     let keeper = Arc::new(Keeper {
         worker_sock: paths.worker_sock(),
         state: Mutex::default(),
-        changed: Condvar::new(),
+        wake,
     });
     let mut worker = spawn_worker(args, &keeper.worker_sock)?;
     log::info!(
@@ -441,14 +547,8 @@ pub fn run(args: &[String]) -> Result<(), KeeperError> {
     let k = keeper.clone();
     std::thread::Builder::new()
         .stack_size(RELAY_STACK)
-        .spawn(move || {
-            for client in listener.incoming().flatten() {
-                if let Err(e) = relay(k.clone(), client) {
-                    log::warn!("relay a connection: {e}");
-                }
-            }
-        })
-        .map_err(io("spawn the accept thread", &paths.sock))?;
+        .spawn(move || relay(&k, listener, woken))
+        .map_err(io("spawn the relay thread", &paths.sock))?;
     // Tell `start` (which reads our stdout until EOF) that the socket listens.
     let _ = nix::unistd::dup2(2, 1);
     supervise(args, &keeper, &mut worker);
@@ -482,10 +582,8 @@ fn supervise(args: &[String], keeper: &Keeper, worker: &mut Worker) {
             }
             continue;
         }
-        {
-            let mut st = lock(&keeper.state);
-            st.up = false;
-        }
+        lock(&keeper.state).up = false;
+        keeper.changed();
         if status == 0 {
             log::info!("worker {pid} exited: the shared shim has no container left");
             return;
@@ -537,7 +635,7 @@ fn restart(
                 let mut st = lock(&keeper.state);
                 st.generation += 1;
                 st.up = true;
-                keeper.changed.notify_all();
+                keeper.changed();
                 return true;
             }
             Err(e) => why = format!("restart the worker: {e}"),
@@ -565,6 +663,27 @@ mod tests {
         // A partial frame is an error, never a frame.
         let mut short = &buf[..buf.len() - 1];
         assert!(Frame::read(&mut short).is_err());
+    }
+
+    #[test]
+    fn only_whole_frames_leave_the_buffer() {
+        let mut one = Vec::new();
+        Frame::error(1, Code::UNAVAILABLE, "a".into())
+            .write(&mut one)
+            .unwrap();
+        let mut buf = one.clone();
+        buf.extend_from_slice(&one[..one.len() - 3]);
+        let got = frames(&mut buf).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].stream_id(), 1);
+        // The partial second frame stays, and is complete once the rest arrives.
+        assert_eq!(buf.len(), one.len() - 3);
+        buf.extend_from_slice(&one[one.len() - 3..]);
+        assert_eq!(frames(&mut buf).unwrap().len(), 1);
+        assert!(buf.is_empty());
+        // A header announcing more than ttrpc allows is an error, not a wait.
+        let mut huge = vec![0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 1, 0];
+        assert!(frames(&mut huge).is_err());
     }
 
     #[test]

@@ -393,8 +393,15 @@ fn shared_shim_worker_killed_then_pods_readopted() {
     ];
     let (keeper, socket) = the_shared_shim(&cd);
     let worker = the_worker(&cd, keeper).expect("the keeper's worker");
-    let downer_pid = pids_with_cmdline(&marker);
-    assert_eq!(downer_pid.len(), 1, "the downer: {downer_pid:?}");
+    // The downer's shell (not a child it forked for `sleep`, which carries its command line
+    // until it executes).
+    let found = pids_with_cmdline(&marker);
+    let downer_pid: Vec<i32> = found
+        .iter()
+        .copied()
+        .filter(|p| ppid(*p).is_some_and(|pp| !found.contains(&pp)))
+        .collect();
+    assert_eq!(downer_pid.len(), 1, "the downer: {found:?}");
     let downer_pid = downer_pid[0];
 
     // Hold the keeper (it would restart the worker at once), kill the worker, and make the
