@@ -9,8 +9,9 @@
 //! - it owns the shared shim's well-known socket (`<hash>.sock`) and its lifetime lock, and relays
 //!   whole ttrpc frames (a 10-byte header, then the payload; never a partial frame) between each
 //!   containerd connection and a connection of its own to the worker's private socket
-//!   (`<hash>.worker`), all from one thread that polls every connection (a thread or two per
-//!   connection would cost the keeper about 16 KiB per task);
+//!   (`<hash>.worker`), all from one thread that polls every connection (two threads per
+//!   connection cost the keeper about 20 KiB per connection, measured: 3.0 instead of 1.9 MiB
+//!   PSS at 30 pods);
 //! - when the worker dies, every request it was sent and did not answer is answered here: `Wait`,
 //!   `State`, `Stats`, `Pids` and `Connect` (which change nothing) are sent again to the restarted
 //!   worker, under the same stream id; any other is answered with `UNAVAILABLE` naming the restart
@@ -684,6 +685,66 @@ mod tests {
         // A header announcing more than ttrpc allows is an error, not a wait.
         let mut huge = vec![0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 1, 0];
         assert!(frames(&mut huge).is_err());
+    }
+
+    fn request(stream: u32, m: &str) -> Frame {
+        let payload = Request {
+            service: "containerd.task.v2.Task".into(),
+            method: m.into(),
+            ..Default::default()
+        }
+        .write_to_bytes()
+        .unwrap();
+        let mut header = [0u8; MESSAGE_HEADER_LENGTH];
+        header[..4].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+        header[4..8].copy_from_slice(&stream.to_be_bytes());
+        header[8] = MESSAGE_TYPE_REQUEST;
+        Frame { header, payload }
+    }
+
+    #[test]
+    fn a_dead_workers_requests_are_answered_or_replayed() {
+        let (client, mut containerd) = UnixStream::pair().unwrap();
+        let (worker, mut old) = UnixStream::pair().unwrap();
+        let mut c = Conn {
+            client,
+            from_client: Vec::new(),
+            worker: Some(worker),
+            from_worker: Vec::new(),
+            generation: 1,
+            lost_at: None,
+            pending: HashMap::new(),
+            queued: Vec::new(),
+            closed: false,
+        };
+        c.forward(request(1, "Kill"));
+        c.forward(request(3, "Wait"));
+        // The old worker got both, whole.
+        assert_eq!(method(&Frame::read(&mut old).unwrap().unwrap()), "Kill");
+        assert_eq!(method(&Frame::read(&mut old).unwrap().unwrap()), "Wait");
+        drop(old);
+        c.worker_lost();
+        // Kill is answered UNAVAILABLE; Wait is kept.
+        let f = Frame::read(&mut containerd).unwrap().unwrap();
+        assert_eq!((f.stream_id(), f.kind()), (1, MESSAGE_TYPE_RESPONSE));
+        let res = Response::parse_from_bytes(&f.payload).unwrap();
+        assert_eq!(res.status.code(), Code::UNAVAILABLE);
+        assert!(
+            res.status.message.starts_with("Kill: "),
+            "{}",
+            res.status.message
+        );
+        assert_eq!(c.pending.keys().copied().collect::<Vec<_>>(), vec![3]);
+        // A request while no worker is connected waits; the new worker gets the Wait again
+        // (same stream id), then it.
+        c.forward(request(5, "State"));
+        let (worker, mut new) = UnixStream::pair().unwrap();
+        c.attach(worker, 2);
+        let again = Frame::read(&mut new).unwrap().unwrap();
+        assert_eq!((again.stream_id(), method(&again).as_str()), (3, "Wait"));
+        let queued = Frame::read(&mut new).unwrap().unwrap();
+        assert_eq!((queued.stream_id(), method(&queued).as_str()), (5, "State"));
+        assert!(c.queued.is_empty());
     }
 
     #[test]

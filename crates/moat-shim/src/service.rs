@@ -3,6 +3,10 @@
 //!
 //! Exits: the shim is a child subreaper, containerd-shim's reaper thread waits for every child and
 //! notifies the exit monitor; a thread of ours turns those into `TaskExit` events and wakes `Wait`.
+//!
+//! In the shared shim's worker (see `keeper`) each container is also recorded on disk (`record`),
+//! and a restarted worker starts with the recorded containers (re-adoption); the exits of their
+//! processes, now the keeper's children, come from the keeper (`serve`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
