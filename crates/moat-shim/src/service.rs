@@ -98,6 +98,9 @@ pub struct Service {
     inner: Arc<Inner>,
 }
 
+/// How long a container whose Create a dead worker was running is waited for (`delete`).
+const HALF_CREATED_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How long the exit of a pid not known yet is kept for the Create or Start that returns it.
 const EARLY_EXIT_KEPT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -293,6 +296,37 @@ pub(crate) fn mount_rootfs(req: &api::CreateTaskRequest) -> Result<bool, String>
 }
 
 impl Service {
+    /// The shared shim's worker died during the Create of `id` (answered `UNAVAILABLE` by the
+    /// keeper; containerd then deletes the task, which the new worker does not know): the
+    /// zygote's fork may be creating the container all the same. In the background, wait for
+    /// that create to finish (or fail, or never show) and remove what it made, as the Create's
+    /// failure would have; the task stays pending meanwhile (the shim does not exit).
+    fn remove_half_created(&self, id: &str) {
+        if !crate::shared::left_pending_by_a_dead_worker(id) {
+            return;
+        }
+        let (store, id) = (self.inner.store.clone(), id.to_owned());
+        std::thread::spawn(move || {
+            let _pending = crate::shared::Pending(&id);
+            let deadline = std::time::Instant::now() + HALF_CREATED_WAIT;
+            let mut seen = false;
+            loop {
+                match store.load(&id) {
+                    Ok(sf) if sf.create_done || std::time::Instant::now() > deadline => break,
+                    Ok(_) => seen = true,
+                    // Undone by the create's failure, or never started.
+                    Err(_) if seen || std::time::Instant::now() > deadline => return,
+                    Err(_) => {}
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            log::warn!("delete {id}: created by a worker that died during its Create; removed");
+            if let Err(e) = moat_container::delete::delete(&store, &id, true) {
+                log::error!("delete the half-created container {id}: {e}");
+            }
+        });
+    }
+
     /// Signalled when the shim should exit (Shutdown with no container left).
     pub fn exit_signal(&self) -> Arc<ExitSignal> {
         self.inner.exit.clone()
@@ -552,7 +586,11 @@ impl containerd_shim::Task for Service {
                 ..Default::default()
             });
         }
-        let c = st.ctrs.remove(&req.id).ok_or_else(|| not_found(&req.id))?;
+        let Some(c) = st.ctrs.remove(&req.id) else {
+            drop(st);
+            self.remove_half_created(&req.id);
+            return Err(not_found(&req.id));
+        };
         record::save(&req.id, None);
         drop(st);
         moat_container::delete::delete(&self.inner.store, &req.id, true)

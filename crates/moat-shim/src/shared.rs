@@ -338,6 +338,15 @@ impl Drop for Pending<'_> {
     }
 }
 
+/// Whether task `id` was promised to this shared shim's worker by `start` and its Create never
+/// returned: the Create that a dead worker was running (see `keeper`).
+pub fn left_pending_by_a_dead_worker(id: &str) -> bool {
+    SERVING
+        .get()
+        .filter(|s| s.lock.is_none())
+        .is_some_and(|s| s.paths.pending.join(id).exists())
+}
+
 /// Shutdown with no container left: may the shim exit? Always for a per-pod shim. The shared
 /// shim exits only when no `start` is under way and no task promised to it is pending; it then
 /// keeps the start lock until it has exited, so that no `start` hands out its address meanwhile.

@@ -10,6 +10,9 @@
 //!   the keeper restarts it, the new worker re-adopts the pods (they stay ready, their containers
 //!   running and reachable), exits during and after the restart are reported with their codes,
 //!   a new pod starts, and removal leaves nothing.
+//! - The worker is SIGKILLed while the zygote's fork creates a container (its Create): the call
+//!   fails (`UNAVAILABLE`), the container created all the same is removed when containerd
+//!   deletes the task, the pod lives on, and nothing is left.
 //! - The keeper itself is SIGKILLed: containerd cleans up every task it served (see
 //!   docs/kubernetes.md, "The shared shim"), the pods can still be stopped and removed, a new pod
 //!   gets a new shared shim, and nothing is left afterwards.
@@ -716,4 +719,97 @@ fn shared_shim_outlives_a_containerd_restart() {
 #[test]
 fn per_pod_shims_outlive_a_containerd_restart() {
     pods_outlive_a_containerd_restart("per_pod_shims_outlive_a_containerd_restart", "moat");
+}
+
+#[test]
+fn shared_shim_worker_killed_during_a_create_leaves_nothing() {
+    let test = "shared_shim_worker_killed_during_a_create_leaves_nothing";
+    if !have_all(test, &["containerd", "ctr"]) {
+        return;
+    }
+    let t0 = Instant::now();
+    let (cd, _shims, cri, logs) = setup("shared-midcreate");
+    let (pod, config) = run_pod(&cri, &cd, &logs, "midcreate");
+    let steady = create_and_start(&cri, &pod, &config, "steady");
+    let mut ids = vec![pod.clone(), steady.clone()];
+    let (keeper, socket) = the_shared_shim(&cd);
+    let worker = the_worker(&cd, keeper).expect("the keeper's worker");
+    let zygote = cd
+        .shim_processes()
+        .into_iter()
+        .find(|(_, (ppid, _))| *ppid == worker)
+        .map(|(pid, _)| pid)
+        .expect("the worker's zygote");
+
+    // The task's Create (in StartContainer) reaches the zygote, which forks a process to create
+    // the container: the worker is killed while that process works.
+    let victim = cri_ok!(
+        cri,
+        create_container,
+        CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: "victim".into(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image: IMAGE.into(),
+                    ..Default::default()
+                }),
+                command: vec!["sleep".into(), "1000".into()],
+                log_path: "victim.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(config.clone()),
+        }
+    )
+    .container_id;
+    ids.push(victim.clone());
+    let watcher = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            for e in std::fs::read_dir("/proc").unwrap().flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                if ppid(pid) == Some(zygote) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(worker),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    return true;
+                }
+            }
+        }
+        false
+    });
+    let started = cri!(
+        cri,
+        start_container,
+        StartContainerRequest {
+            container_id: victim.clone()
+        }
+    );
+    let killed = watcher.join().unwrap();
+    assert!(killed, "no create process seen");
+    eprintln!("{test}: StartContainer with the worker killed during its Create: {started:?}");
+    wait_for("a new worker", &cd, Duration::from_secs(20), || {
+        the_worker(&cd, keeper).is_some_and(|w| w != worker)
+    });
+    // The pod lives on: its other container answers, a new container starts.
+    assert_eq!(exec_echo(&cri, &steady), ("alive\n".into(), 0));
+    let after = create_and_start(&cri, &pod, &config, "after");
+    ids.push(after.clone());
+    assert_eq!(exec_echo(&cri, &after), ("alive\n".into(), 0));
+    let log = shared_files(&socket)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    eprintln!("{test}: the shared shim's log:\n{log}");
+    // Nothing of the half-created container is left once the pod is removed.
+    stop_and_remove_pod(&cri, &pod);
+    assert_nothing_left(&cri, &cd, &socket, &ids);
+    eprintln!("{test}: done in {:?}", t0.elapsed());
 }
