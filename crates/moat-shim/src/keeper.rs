@@ -22,9 +22,9 @@
 //!   that were the worker's children become its children when the worker dies; it reaps them and
 //!   hands their exit statuses to the worker (a line `<pid> <status>` on the worker's stdin, kept
 //!   while no worker runs), so exits while the worker was down are reported by the next one;
-//! - it restarts a worker that died (after 0.1 s, doubling to 3.2 s); a worker that dies
-//!   [`GIVE_UP_AFTER`] times within [`CRASH_WINDOW`] makes it give up: it exits, containerd sees
-//!   the connections close and cleans up, as it did before there was a keeper. A worker that exits
+//! - it restarts a worker that died (after 0.1 s, doubling with each crash of the last minute); a
+//!   worker that dies [`GIVE_UP_AFTER`] times within [`CRASH_WINDOW`] makes it give up: it exits,
+//!   containerd sees the connections close and cleans up, as it did before there was a keeper. A worker that exits
 //!   with status 0 (it served no container any more) ends the keeper too.
 //!
 //! The worker re-adopts the pods from its per-task records (`service::record`). The keeper never
