@@ -9,8 +9,9 @@ handlers in the same private containerd and the same run:
 Measured, per handler:
 
 1. Shim memory: the PSS (/proc/PID/smaps_rollup) summed over every shim process of the
-   containerd (servers, moat's zygotes; not `start`/`delete` invocations) with 1, 10 and 30 pods
-   running, each pod a sandbox and one busybox `sleep` container, host network.
+   containerd (servers, the shared shim's keeper and worker, moat's zygotes; not `start`/`delete`
+   invocations) with 1, 10 and 30 pods running, each pod a sandbox and one busybox `sleep`
+   container, host network; and the shared shim's keeper alone.
 2. Pod start time: `crictl run` (RunPodSandbox, CreateContainer, StartContainer: from nothing to
    a running container), serial (each of the 30 starts of (1)), and 10 pods started at once
    (the wall time of each and of the whole batch).
@@ -34,6 +35,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -293,9 +295,13 @@ class Pods:
             time.sleep(0.05)
 
     def memory(self):
+        """PSS summed over the shim processes, their number, and the PSS of the shared shim's
+        keeper (the process on the well-known socket, see crates/moat-shim/src/keeper.rs)."""
         shims = self.cd.shims()
         # A shim's zygote and workers are forks carrying its command line: counted too.
-        return sum(pss_kib(p) for p in shims), len(shims)
+        keeper = sum(pss_kib(p) for p, cmd in shims.items()
+                     if re.search(r"-socket unix:///run/moat-shim/shared/\S+\.sock( |$)", cmd))
+        return sum(pss_kib(p) for p in shims), len(shims), keeper
 
 
 def remove_cgroups():
@@ -327,7 +333,8 @@ def run(args):
             die(f"{b} is missing")
     work = tempfile.mkdtemp(prefix="moat-bench-shim-")
     cd = Containerd(work, shim)
-    results = {h: {"pss": {1: [], 10: [], 30: []}, "procs": {}, "serial": [],
+    results = {h: {"pss": {1: [], 10: [], 30: []}, "keeper": {1: [], 10: [], 30: []},
+                   "procs": {}, "serial": [],
                    "parallel_each": [], "parallel_batch": []} for h in HANDLERS}
     t_all = time.time()
     try:
@@ -353,8 +360,9 @@ def run(args):
                     res["serial"].append(pods.start(h))
                     if i in (1, 10, 30):
                         time.sleep(args.settle)
-                        pss, n = pods.memory()
+                        pss, n, keeper = pods.memory()
                         res["pss"][i].append(pss)
+                        res["keeper"][i].append(keeper)
                         res["procs"][i] = n
                 pods.remove_all()
                 t = time.perf_counter()
@@ -404,6 +412,9 @@ def report(shim, crictl, results, wall, args):
                    f"{ratio(med(s['pss'][n]), med(m['pss'][n]))}, shared/runc "
                    f"{ratio(med(s['pss'][n]), med(rc['pss'][n]))}, per-pod moat/runc "
                    f"{ratio(med(m['pss'][n]), med(rc['pss'][n]))}")
+    k = {n: med(v) / 1024 for n, v in s["keeper"].items()}
+    out.append(f"- the shared shim's keeper alone (included above): {k[1]:.1f} / {k[10]:.1f} / "
+               f"{k[30]:.1f} MiB PSS at 1 / 10 / 30 pods")
     out.append(f"- serial start: shared/per-pod moat {ratio(med(s['serial']), med(m['serial']))}"
                f", shared/runc {ratio(med(s['serial']), med(rc['serial']))}, per-pod moat/runc "
                f"{ratio(med(m['serial']), med(rc['serial']))}")
@@ -440,8 +451,8 @@ Method: one private containerd (CRI plugin, cgroupfs, overlayfs) with the handle
 `sleep`) and one busybox `sleep` container, host network, started with `crictl run --no-pull`
 (RunPodSandbox, CreateContainer, StartContainer: the wall time of the command, crictl's own start
 included alike for all). Per round and handler: 30 pods started one after the other (the serial
-times), the PSS (`/proc/PID/smaps_rollup`) summed over every shim process (servers and moat's
-zygotes; `start`/`delete` invocations excluded) {args.settle} s after the 1st, 10th and 30th pod;
+times), the PSS (`/proc/PID/smaps_rollup`) summed over every shim process (servers, the shared
+shim's keeper and worker, moat's zygotes; `start`/`delete` invocations excluded) {args.settle} s after the 1st, 10th and 30th pod;
 `crictl rmp -fa`; then 10 pods started at once by 10 threads (the time of each and of the whole
 batch); `crictl rmp -fa`. {args.rounds} rounds, handler order rotated each round, one warm-up pod
 per handler discarded. Medians over the rounds (memory) and over every start (times).

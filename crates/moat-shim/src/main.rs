@@ -8,10 +8,14 @@
 //! *zygote* (see `zygote`), which forks a short-lived worker per create/exec that calls the core
 //! exactly as `moat-runtime create` does. The container's init is then reparented to the shim,
 //! a child subreaper, which reaps it and reports its exit.
+//!
+//! The shared shim is two processes: a keeper, which holds the connections containerd makes and
+//! survives the crash of the worker behind it, which serves them (see `keeper`).
 
 mod bootstrap;
 mod events;
 mod io;
+mod keeper;
 mod metrics;
 mod router;
 mod serve;
@@ -45,6 +49,15 @@ fn main() {
             let e = moat_sys::fd::reexec_from_sealed_copy();
             eprintln!("error: containerd-shim-moat-v2: re-execute from a sealed copy: {e}");
             std::process::exit(1);
+        }
+        // The shared shim: `start` spawned its keeper, which spawns the worker (`keeper`).
+        if shared::asked_to_serve() && keeper::keeper_pid().is_none() {
+            if let Err(e) = keeper::run(&args) {
+                log::error!("keeper: {e}");
+                eprintln!("error: containerd-shim-moat-v2: keeper: {e}");
+                std::process::exit(1);
+            }
+            return;
         }
         if let Err(e) = zygote::start_global() {
             eprintln!("error: containerd-shim-moat-v2: start the zygote: {e}");

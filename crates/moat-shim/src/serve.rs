@@ -135,12 +135,37 @@ fn reaper() {
     }
 }
 
+/// A keeper's worker: read the exits the keeper reaped (`<pid> <status>` lines on stdin) and
+/// report them as the reaper does.
+fn exits_from_keeper() {
+    use std::io::BufRead;
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let mut it = line.split_whitespace().map(str::parse::<i32>);
+        if let (Some(Ok(pid)), Some(Ok(status))) = (it.next(), it.next()) {
+            log::info!("the keeper reaped {pid}: status {status}");
+            let _ = monitor_notify_by_pid(pid, status);
+        }
+    }
+}
+
 pub fn serve(args: &[String]) -> Result<(), String> {
     let flags = containerd_shim::parse(&args[1..]).map_err(|e| format!("parse flags: {e}"))?;
     if flags.socket.is_empty() || flags.namespace.is_empty() {
         return Err("-socket and -namespace are required".into());
     }
-    if crate::shared::asked_to_serve() {
+    let keeper = crate::keeper::keeper_pid();
+    if let Some(keeper) = keeper {
+        // The worker of the shared shim's keeper: dies with it (containerd then cleans up).
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+            .map_err(|e| format!("set the parent-death signal: {e}"))?;
+        if nix::unistd::getppid().as_raw() != keeper {
+            return Err(format!("the keeper {keeper} is gone"));
+        }
+        let paths = crate::shared::Paths::new(&flags.address, &flags.namespace);
+        crate::shared::log_to_file(&paths);
+        crate::shared::become_worker(paths);
+    } else if crate::shared::asked_to_serve() {
         crate::shared::become_server(crate::shared::Paths::new(&flags.address, &flags.namespace))
             .map_err(|e| e.to_string())?;
     }
@@ -171,6 +196,11 @@ pub fn serve(args: &[String]) -> Result<(), String> {
     let _ = std::fs::remove_file(&path);
     let listener = std::os::unix::net::UnixListener::bind(&path)
         .map_err(|e| format!("listen on {path}: {e}"))?;
+    if keeper.is_some() {
+        // Exits of the processes the keeper reaped (ours before a restart), after the tasks
+        // were re-adopted (in `create_task_service`).
+        std::thread::spawn(exits_from_keeper);
+    }
     let mut server = Server::new()
         .add_listener(listener.into_raw_fd())
         .map_err(|e| format!("ttrpc listener: {e}"))?

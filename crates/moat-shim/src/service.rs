@@ -3,6 +3,10 @@
 //!
 //! Exits: the shim is a child subreaper, containerd-shim's reaper thread waits for every child and
 //! notifies the exit monitor; a thread of ours turns those into `TaskExit` events and wakes `Wait`.
+//!
+//! In the shared shim's worker (see `keeper`) each container is also recorded on disk (`record`),
+//! and a restarted worker starts with the recorded containers (re-adoption); the exits of their
+//! processes, now the keeper's children, come from the keeper (`serve`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +28,7 @@ use containerd_shim::{
 use moat_container::Store;
 
 mod oom;
+mod record;
 mod spawn;
 
 use crate::io::Console;
@@ -93,6 +98,9 @@ pub struct Service {
     inner: Arc<Inner>,
 }
 
+/// How long a container whose Create a dead worker was running is waited for (`delete`).
+const HALF_CREATED_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How long the exit of a pid not known yet is kept for the Create or Start that returns it.
 const EARLY_EXIT_KEPT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -122,6 +130,7 @@ impl Inner {
         }
         match found {
             Some((cid, id)) => {
+                record::save(&cid, st.ctrs.get(&cid));
                 drop(st);
                 self.cond.notify_all();
                 self.publish(
@@ -228,6 +237,24 @@ impl containerd_shim::Shim for Service {
             events: crate::events::Events::new(Some(publisher), self.inner.events.namespace()),
             exit: self.inner.exit.clone(),
         });
+        if let Some(dir) = crate::shared::tasks_dir() {
+            let adopted = record::load_all(&dir);
+            if !adopted.is_empty() {
+                log::info!(
+                    "re-adopted {} tasks: {:?}",
+                    adopted.len(),
+                    adopted.iter().map(|(id, _)| id).collect::<Vec<_>>()
+                );
+            }
+            let mut st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            let adopted_any = !adopted.is_empty();
+            st.ctrs.extend(adopted);
+            drop(st);
+            if adopted_any {
+                let i = inner.clone();
+                std::thread::spawn(move || record::settle_lost_exits(&i));
+            }
+        }
         let sub = monitor_subscribe(Topic::All).expect("subscribe to the exit monitor");
         let i = inner.clone();
         std::thread::spawn(move || {
@@ -269,6 +296,37 @@ pub(crate) fn mount_rootfs(req: &api::CreateTaskRequest) -> Result<bool, String>
 }
 
 impl Service {
+    /// The shared shim's worker died during the Create of `id` (answered `UNAVAILABLE` by the
+    /// keeper; containerd then deletes the task, which the new worker does not know): the
+    /// zygote's fork may be creating the container all the same. In the background, wait for
+    /// that create to finish (or fail, or never show) and remove what it made, as the Create's
+    /// failure would have; the task stays pending meanwhile (the shim does not exit).
+    fn remove_half_created(&self, id: &str) {
+        if !crate::shared::left_pending_by_a_dead_worker(id) {
+            return;
+        }
+        let (store, id) = (self.inner.store.clone(), id.to_owned());
+        std::thread::spawn(move || {
+            let _pending = crate::shared::Pending(&id);
+            let deadline = std::time::Instant::now() + HALF_CREATED_WAIT;
+            let mut seen = false;
+            loop {
+                match store.load(&id) {
+                    Ok(sf) if sf.create_done || std::time::Instant::now() > deadline => break,
+                    Ok(_) => seen = true,
+                    // Undone by the create's failure, or never started.
+                    Err(_) if seen || std::time::Instant::now() > deadline => return,
+                    Err(_) => {}
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            log::warn!("delete {id}: created by a worker that died during its Create; removed");
+            if let Err(e) = moat_container::delete::delete(&store, &id, true) {
+                log::error!("delete the half-created container {id}: {e}");
+            }
+        });
+    }
+
     /// Signalled when the shim should exit (Shutdown with no container left).
     pub fn exit_signal(&self) -> Arc<ExitSignal> {
         self.inner.exit.clone()
@@ -327,6 +385,7 @@ impl containerd_shim::Task for Service {
                 ooms: 0,
             },
         );
+        record::save(&req.id, st.ctrs.get(&req.id));
         drop(st);
         self.inner.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
@@ -355,7 +414,9 @@ impl containerd_shim::Task for Service {
                 let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
                 let c = st.ctrs.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
                 c.init.started = true;
-                c.init.pid
+                let pid = c.init.pid;
+                record::save(&req.id, Some(c));
+                pid
             };
             self.inner.publish(
                 topics::TASK_START_EVENT_TOPIC,
@@ -409,6 +470,7 @@ impl containerd_shim::Task for Service {
                 e.exit = Some((code as u32, now()));
             }
         }
+        record::save(&req.id, st.ctrs.get(&req.id));
         drop(st);
         if early.is_some() {
             self.inner.cond.notify_all();
@@ -515,6 +577,7 @@ impl containerd_shim::Task for Service {
                 .execs
                 .remove(&req.exec_id)
                 .ok_or_else(|| not_found(&req.exec_id))?;
+            record::save(&req.id, Some(c));
             let (code, at) = p.exit.unwrap_or((0, now()));
             return Ok(api::DeleteResponse {
                 pid: p.pid.max(0) as u32,
@@ -523,7 +586,12 @@ impl containerd_shim::Task for Service {
                 ..Default::default()
             });
         }
-        let c = st.ctrs.remove(&req.id).ok_or_else(|| not_found(&req.id))?;
+        let Some(c) = st.ctrs.remove(&req.id) else {
+            drop(st);
+            self.remove_half_created(&req.id);
+            return Err(not_found(&req.id));
+        };
+        record::save(&req.id, None);
         drop(st);
         moat_container::delete::delete(&self.inner.store, &req.id, true)
             .map_err(|e| err(format!("delete container {}: {e}", req.id)))?;
@@ -638,6 +706,7 @@ impl containerd_shim::Task for Service {
                 ..Default::default()
             },
         );
+        record::save(&req.id, Some(c));
         drop(st);
         self.inner.publish(
             topics::TASK_EXEC_ADDED_EVENT_TOPIC,
@@ -742,7 +811,10 @@ impl containerd_shim::Task for Service {
         let st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
         let pid = st.ctrs.get(&req.id).map(|c| c.init.pid).unwrap_or(0);
         Ok(api::ConnectResponse {
-            shim_pid: std::process::id(),
+            // The shared shim's keeper is the process containerd's connection ends in.
+            shim_pid: crate::keeper::keeper_pid()
+                .map(|p| p as u32)
+                .unwrap_or_else(std::process::id),
             task_pid: pid.max(0) as u32,
             version: env!("CARGO_PKG_VERSION").into(),
             ..Default::default()

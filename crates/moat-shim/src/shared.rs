@@ -16,7 +16,12 @@
 //! - `<hash>.start`: serialises `start` invocations and the shim's decision to exit, so that a
 //!   `start` never hands out the address of a shim that is exiting;
 //! - `<hash>.pending/<task id>`: a task `start` promised to the shim and whose Create has not
-//!   arrived yet: the shim does not exit while one is recent.
+//!   arrived yet: the shim does not exit while one is recent;
+//! - `<hash>.worker`: the private socket of the worker, the process that serves the Task API
+//!   behind the keeper (see `keeper`: the keeper owns `<hash>.sock` and `<hash>.lock`);
+//! - `<hash>.tasks/<task id>`: the worker's record of each task, from which a restarted worker
+//!   re-adopts the pods (`service::record`);
+//! - `<hash>.log`: the keeper's and the worker's log.
 //!
 //! The shim removes them all when it exits; after a crash, containerd's `delete` of its tasks does
 //! ([`remove_stale_files`]). Lock files are unlinked while held; every taker checks that the file
@@ -76,6 +81,9 @@ pub struct Paths {
     lock: PathBuf,
     start: PathBuf,
     pending: PathBuf,
+    worker: PathBuf,
+    tasks: PathBuf,
+    log: PathBuf,
 }
 
 impl Paths {
@@ -94,7 +102,15 @@ impl Paths {
             lock: f("lock"),
             start: f("start"),
             pending: f("pending"),
+            worker: f("worker"),
+            tasks: f("tasks"),
+            log: f("log"),
         }
+    }
+
+    /// The worker's private socket.
+    pub fn worker_sock(&self) -> PathBuf {
+        self.worker.clone()
     }
 
     /// The address containerd is given (`unix://...`).
@@ -214,7 +230,8 @@ pub fn start(
 /// decided to exit.
 struct Serving {
     paths: Paths,
-    lock: Lock,
+    /// `None` in a keeper's worker: the keeper holds it.
+    lock: Option<Lock>,
     exiting: Mutex<Option<Lock>>,
 }
 
@@ -240,10 +257,68 @@ pub fn become_server(paths: Paths) -> Result<(), SharedError> {
         .map_err(io("write", &paths.lock))?;
     let _ = SERVING.set(Serving {
         paths,
-        lock,
+        lock: Some(lock),
         exiting: Mutex::new(None),
     });
     Ok(())
+}
+
+/// Serve as the worker of the keeper that holds the lifetime lock of `paths`.
+pub fn become_worker(paths: Paths) {
+    let _ = SERVING.set(Serving {
+        paths,
+        lock: None,
+        exiting: Mutex::new(None),
+    });
+}
+
+/// The directory of the serving worker's task records (`None` unless this is a keeper's worker).
+pub fn tasks_dir() -> Option<PathBuf> {
+    SERVING
+        .get()
+        .filter(|s| s.lock.is_none())
+        .map(|s| s.paths.tasks.clone())
+}
+
+/// Send this process's log (the `log` crate's records) and its stderr, which its children
+/// inherit, to `<hash>.log` (appended).
+pub fn log_to_file(paths: &Paths) {
+    use std::os::fd::AsRawFd;
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&paths.log)
+    {
+        let _ = nix::unistd::dup2(f.as_raw_fd(), 2);
+    }
+    let _ = log::set_logger(&StderrLog);
+    log::set_max_level(log::LevelFilter::Info);
+}
+
+/// Log records as lines on stderr, with the time and the pid.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Info
+    }
+
+    fn log(&self, r: &log::Record) {
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        eprintln!(
+            "{}.{:03} {} [{}] {}",
+            t.as_secs(),
+            t.subsec_millis(),
+            r.level(),
+            std::process::id(),
+            r.args()
+        );
+    }
+
+    fn flush(&self) {}
 }
 
 /// Whether this process serves as the shared shim.
@@ -261,6 +336,15 @@ impl Drop for Pending<'_> {
             let _ = std::fs::remove_file(s.paths.pending.join(self.0));
         }
     }
+}
+
+/// Whether task `id` was promised to this shared shim's worker by `start` and its Create never
+/// returned: the Create that a dead worker was running (see `keeper`).
+pub fn left_pending_by_a_dead_worker(id: &str) -> bool {
+    SERVING
+        .get()
+        .filter(|s| s.lock.is_none())
+        .is_some_and(|s| s.paths.pending.join(id).exists())
 }
 
 /// Shutdown with no container left: may the shim exit? Always for a per-pod shim. The shared
@@ -323,7 +407,10 @@ pub fn remove_stale_files(containerd_address: &str, namespace: &str) {
         paths.sock.display()
     );
     let _ = std::fs::remove_file(&paths.sock);
+    let _ = std::fs::remove_file(&paths.worker);
+    let _ = std::fs::remove_file(&paths.log);
     let _ = std::fs::remove_dir_all(&paths.pending);
+    let _ = std::fs::remove_dir_all(&paths.tasks);
     lock.remove();
     start.remove();
 }
@@ -358,7 +445,16 @@ pub fn remove_files() {
     };
     let _ = std::fs::remove_file(&s.paths.sock);
     let _ = std::fs::remove_dir_all(&s.paths.pending);
-    s.lock.remove();
+    let _ = std::fs::remove_file(&s.paths.worker);
+    let _ = std::fs::remove_dir_all(&s.paths.tasks);
+    let _ = std::fs::remove_file(&s.paths.log);
+    match &s.lock {
+        Some(lock) => lock.remove(),
+        // The keeper holds it: unlinked here, released when the keeper exits.
+        None => {
+            let _ = std::fs::remove_file(&s.paths.lock);
+        }
+    }
     if let Some(start) = s.exiting.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
         start.remove();
     }

@@ -6,7 +6,14 @@
 //!   whose start fails, in one pod, leave the other pods' containers running and reachable;
 //!   removing one pod leaves the shim serving the others; removing the last makes it exit, and
 //!   nothing is left (shim, socket, lock files, mounts, cgroups, moat state).
-//! - The shared shim is SIGKILLed: containerd cleans up every task it served (see
+//! - The shared shim's worker (the process behind the keeper containerd talks to) is SIGKILLed:
+//!   the keeper restarts it, the new worker re-adopts the pods (they stay ready, their containers
+//!   running and reachable), exits during and after the restart are reported with their codes,
+//!   a new pod starts, and removal leaves nothing.
+//! - The worker is SIGKILLed while the zygote's fork creates a container (its Create): the call
+//!   fails (`UNAVAILABLE`), the container created all the same is removed when containerd
+//!   deletes the task, the pod lives on, and nothing is left.
+//! - The keeper itself is SIGKILLed: containerd cleans up every task it served (see
 //!   docs/kubernetes.md, "The shared shim"), the pods can still be stopped and removed, a new pod
 //!   gets a new shared shim, and nothing is left afterwards.
 //! - containerd restarts: it reconnects to the shim of every task (the shared one, and per-pod
@@ -321,9 +328,202 @@ fn shared_shim_serves_pods_and_isolates_their_failures() {
     eprintln!("{test}: done in {:?}", t0.elapsed());
 }
 
+/// The CRI's exit code of container `cid` (`ContainerStatus`).
+fn exit_code(cri: &Cri, cid: &str) -> i32 {
+    cri_ok!(
+        cri,
+        container_status,
+        ContainerStatusRequest {
+            container_id: cid.into(),
+            verbose: false,
+        }
+    )
+    .status
+    .map(|s| s.exit_code)
+    .unwrap_or(-1)
+}
+
+/// The shared shim's worker: the child of the keeper serving the private `.worker` socket.
+fn the_worker(cd: &CriContainerd, keeper: i32) -> Option<i32> {
+    cd.shim_processes()
+        .into_iter()
+        .find(|(_, (ppid, cmd))| *ppid == keeper && cmd.contains(".worker"))
+        .map(|(pid, _)| pid)
+}
+
+/// The state letter of `pid` (`R`, `S`, `Z`, ...), `None` once it is gone.
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim().chars().next()
+}
+
 #[test]
-fn shared_shim_killed_then_pods_removed_and_new_pods_served() {
-    let test = "shared_shim_killed_then_pods_removed_and_new_pods_served";
+fn shared_shim_worker_killed_then_pods_readopted() {
+    let test = "shared_shim_worker_killed_then_pods_readopted";
+    if !have_all(test, &["containerd", "ctr"]) {
+        return;
+    }
+    let t0 = Instant::now();
+    let (cd, _shims, cri, logs) = setup("shared-readopt");
+    let (pod1, config1) = run_pod(&cri, &cd, &logs, "steady");
+    let steady = create_and_start(&cri, &pod1, &config1, "steady");
+    let (pod2, config2) = run_pod(&cri, &cd, &logs, "waiter");
+    // Exits with 7 once told to, after the restart.
+    let waiter = start_container_with(
+        &cri,
+        &pod2,
+        &config2,
+        "waiter",
+        "while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 7",
+        host_network(),
+    );
+    // Exits with 9 on SIGTERM: sent while no worker runs.
+    let marker = format!("downer-{}", std::process::id());
+    let downer = start_container_with(
+        &cri,
+        &pod2,
+        &config2,
+        "downer",
+        &format!("trap 'exit 9' TERM; while true; do sleep 0.1; done # {marker}"),
+        host_network(),
+    );
+    let mut ids = vec![
+        pod1.clone(),
+        steady.clone(),
+        pod2.clone(),
+        waiter.clone(),
+        downer.clone(),
+    ];
+    let (keeper, socket) = the_shared_shim(&cd);
+    let worker = the_worker(&cd, keeper).expect("the keeper's worker");
+    // The downer's shell (not a child it forked for `sleep`, which carries its command line
+    // until it executes).
+    let found = pids_with_cmdline(&marker);
+    let downer_pid: Vec<i32> = found
+        .iter()
+        .copied()
+        .filter(|p| ppid(*p).is_some_and(|pp| !found.contains(&pp)))
+        .collect();
+    assert_eq!(downer_pid.len(), 1, "the downer: {found:?}");
+    let downer_pid = downer_pid[0];
+
+    // Hold the keeper (it would restart the worker at once), kill the worker, and make the
+    // downer exit while no worker runs: both are then the stopped keeper's zombies.
+    let signal = |pid: i32, sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    signal(keeper, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    signal(worker, nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_for("the worker dies", &cd, Duration::from_secs(10), || {
+        proc_state(worker) == Some('Z')
+    });
+    signal(downer_pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_for("the downer exits", &cd, Duration::from_secs(10), || {
+        proc_state(downer_pid) == Some('Z')
+    });
+    assert_eq!(
+        ppid(downer_pid),
+        Some(keeper),
+        "the downer was reparented to the keeper"
+    );
+    let killed = Instant::now();
+    signal(keeper, nix::sys::signal::Signal::SIGCONT).unwrap();
+    eprintln!("{test}: killed the worker {worker} of keeper {keeper}");
+    wait_for("a new worker", &cd, Duration::from_secs(20), || {
+        the_worker(&cd, keeper).is_some_and(|w| w != worker)
+    });
+    // The first request served by the new worker.
+    let (out, code) = exec_echo(&cri, &steady);
+    eprintln!(
+        "{test}: the new worker {:?} answered an ExecSync {:?} after the keeper resumed",
+        the_worker(&cd, keeper),
+        killed.elapsed()
+    );
+    assert_eq!(
+        (out.as_str(), code),
+        (
+            "alive
+", 0
+        )
+    );
+
+    // The pods are ready, their containers running (but the downer, exited with 9).
+    for pod in [&pod1, &pod2] {
+        let st = cri_ok!(
+            cri,
+            pod_sandbox_status,
+            PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: false,
+            }
+        );
+        assert_eq!(
+            st.status.map(|s| s.state),
+            Some(PodSandboxState::SandboxReady as i32),
+            "{pod}\n{}",
+            cd.log()
+        );
+    }
+    wait_for(
+        "the downer's exit is reported",
+        &cd,
+        Duration::from_secs(20),
+        || container_state(&cri, &downer) == ContainerState::ContainerExited as i32,
+    );
+    assert_eq!(exit_code(&cri, &downer), 9, "the downer's exit code");
+    for cid in [&steady, &waiter] {
+        assert_eq!(
+            container_state(&cri, cid),
+            ContainerState::ContainerRunning as i32,
+            "{cid}"
+        );
+        assert_eq!(exec_echo(&cri, cid), ("alive\n".into(), 0));
+    }
+    assert_eq!(the_shared_shim(&cd).0, keeper, "the keeper changed");
+
+    // An exit after the restart is reported with its code.
+    let r = cri_ok!(
+        cri,
+        exec_sync,
+        ExecSyncRequest {
+            container_id: waiter.clone(),
+            cmd: vec!["touch".into(), "/tmp/go".into()],
+            timeout: 30,
+        }
+    );
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    wait_for(
+        "the waiter's exit is reported",
+        &cd,
+        Duration::from_secs(20),
+        || container_state(&cri, &waiter) == ContainerState::ContainerExited as i32,
+    );
+    assert_eq!(exit_code(&cri, &waiter), 7, "the waiter's exit code");
+    assert_eq!(
+        container_state(&cri, &steady),
+        ContainerState::ContainerRunning as i32
+    );
+
+    // A new pod joins the same keeper; then every pod is removed and nothing is left.
+    let (pod3, config3) = run_pod(&cri, &cd, &logs, "newcomer");
+    let cid3 = create_and_start(&cri, &pod3, &config3, "newcomer");
+    ids.extend([pod3.clone(), cid3.clone()]);
+    assert_eq!(exec_echo(&cri, &cid3), ("alive\n".into(), 0));
+    assert_eq!(the_shared_shim(&cd).0, keeper, "the keeper changed");
+    let log = shared_files(&socket)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    eprintln!("{test}: the shared shim's log:\n{log}");
+    for pod in [&pod1, &pod2, &pod3] {
+        stop_and_remove_pod(&cri, pod);
+    }
+    assert_nothing_left(&cri, &cd, &socket, &ids);
+    eprintln!("{test}: done in {:?}", t0.elapsed());
+}
+
+#[test]
+fn shared_shim_keeper_killed_then_pods_removed_and_new_pods_served() {
+    let test = "shared_shim_keeper_killed_then_pods_removed_and_new_pods_served";
     if !have_all(test, &["containerd", "ctr"]) {
         return;
     }
@@ -338,12 +538,17 @@ fn shared_shim_killed_then_pods_removed_and_new_pods_served() {
         pods.push((pod, cid));
     }
     let (shim, socket) = the_shared_shim(&cd);
+    let worker = the_worker(&cd, shim).expect("the keeper's worker");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shim),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    eprintln!("{test}: killed the shared shim {shim}");
+    eprintln!("{test}: killed the shared shim's keeper {shim}");
+    // The worker dies with it (its parent-death signal).
+    wait_for("the worker dies", &cd, Duration::from_secs(10), || {
+        proc_state(worker).is_none()
+    });
     // containerd sees every task's connection close and cleans up after the shim.
     for (_, cid) in &pods {
         wait_for(
@@ -514,4 +719,97 @@ fn shared_shim_outlives_a_containerd_restart() {
 #[test]
 fn per_pod_shims_outlive_a_containerd_restart() {
     pods_outlive_a_containerd_restart("per_pod_shims_outlive_a_containerd_restart", "moat");
+}
+
+#[test]
+fn shared_shim_worker_killed_during_a_create_leaves_nothing() {
+    let test = "shared_shim_worker_killed_during_a_create_leaves_nothing";
+    if !have_all(test, &["containerd", "ctr"]) {
+        return;
+    }
+    let t0 = Instant::now();
+    let (cd, _shims, cri, logs) = setup("shared-midcreate");
+    let (pod, config) = run_pod(&cri, &cd, &logs, "midcreate");
+    let steady = create_and_start(&cri, &pod, &config, "steady");
+    let mut ids = vec![pod.clone(), steady.clone()];
+    let (keeper, socket) = the_shared_shim(&cd);
+    let worker = the_worker(&cd, keeper).expect("the keeper's worker");
+    let zygote = cd
+        .shim_processes()
+        .into_iter()
+        .find(|(_, (ppid, _))| *ppid == worker)
+        .map(|(pid, _)| pid)
+        .expect("the worker's zygote");
+
+    // The task's Create (in StartContainer) reaches the zygote, which forks a process to create
+    // the container: the worker is killed while that process works.
+    let victim = cri_ok!(
+        cri,
+        create_container,
+        CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: "victim".into(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image: IMAGE.into(),
+                    ..Default::default()
+                }),
+                command: vec!["sleep".into(), "1000".into()],
+                log_path: "victim.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(config.clone()),
+        }
+    )
+    .container_id;
+    ids.push(victim.clone());
+    let watcher = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            for e in std::fs::read_dir("/proc").unwrap().flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                if ppid(pid) == Some(zygote) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(worker),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    return true;
+                }
+            }
+        }
+        false
+    });
+    let started = cri!(
+        cri,
+        start_container,
+        StartContainerRequest {
+            container_id: victim.clone()
+        }
+    );
+    let killed = watcher.join().unwrap();
+    assert!(killed, "no create process seen");
+    eprintln!("{test}: StartContainer with the worker killed during its Create: {started:?}");
+    wait_for("a new worker", &cd, Duration::from_secs(20), || {
+        the_worker(&cd, keeper).is_some_and(|w| w != worker)
+    });
+    // The pod lives on: its other container answers, a new container starts.
+    assert_eq!(exec_echo(&cri, &steady), ("alive\n".into(), 0));
+    let after = create_and_start(&cri, &pod, &config, "after");
+    ids.push(after.clone());
+    assert_eq!(exec_echo(&cri, &after), ("alive\n".into(), 0));
+    let log = shared_files(&socket)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    eprintln!("{test}: the shared shim's log:\n{log}");
+    // Nothing of the half-created container is left once the pod is removed.
+    stop_and_remove_pod(&cri, &pod);
+    assert_nothing_left(&cri, &cd, &socket, &ids);
+    eprintln!("{test}: done in {:?}", t0.elapsed());
 }

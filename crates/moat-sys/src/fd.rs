@@ -90,6 +90,22 @@ pub fn running_from_sealed_copy() -> bool {
     }
 }
 
+/// The environment variable to give a child that executes `/proc/self/exe` so that it knows it
+/// runs from the same sealed binary (and does not re-execute itself from a copy), when this
+/// process runs from a read-only overlay set up by [`reexec_from_sealed_copy`]: `None` otherwise
+/// (a sealed memfd is recognised without it). The child checks the overlay, as ever.
+pub fn sealed_exe_marker() -> Option<(&'static str, &'static str)> {
+    let fd = nix::fcntl::open(
+        "/proc/self/exe",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    // SAFETY: `open` returned a new descriptor that nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    on_lower_only_overlay(fd.as_fd()).then_some((SEALED_ENV, "1"))
+}
+
 /// The file is on a read-only overlayfs: one set up by [`sealed_overlay_of_self`] has no upper
 /// layer, so its superblock can never become writable.
 fn on_lower_only_overlay(fd: BorrowedFd<'_>) -> bool {

@@ -169,7 +169,8 @@ impl Drop for CriContainerd {
             );
         }
         // A shared shim killed here leaves its files (`<hash>.sock`, `.lock`, `.start`,
-        // `.pending` in /run/moat-shim/shared): ours to remove, no other containerd uses them.
+        // `.pending`, and its worker's `.worker`, `.tasks`, `.log` in /run/moat-shim/shared):
+        // ours to remove, no other containerd uses them.
         for (_, cmdline) in shims.values() {
             let sock = cmdline
                 .split_whitespace()
@@ -177,7 +178,7 @@ impl Drop for CriContainerd {
                 .nth(1)
                 .map(|a| PathBuf::from(a.trim_start_matches("unix://")));
             if let Some(sock) = sock.filter(|s| s.starts_with("/run/moat-shim/shared")) {
-                for ext in ["sock", "lock", "start", "pending"] {
+                for ext in ["sock", "lock", "start", "pending", "worker", "tasks", "log"] {
                     let f = sock.with_extension(ext);
                     let _ = std::fs::remove_file(&f);
                     let _ = std::fs::remove_dir_all(&f);

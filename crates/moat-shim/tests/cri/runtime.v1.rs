@@ -1207,6 +1207,27 @@ pub struct ListContainersResponse {
     #[prost(message, repeated, tag = "1")]
     pub containers: ::prost::alloc::vec::Vec<Container>,
 }
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ContainerStatusRequest {
+    /// ID of the container for which to retrieve status.
+    #[prost(string, tag = "1")]
+    pub container_id: ::prost::alloc::string::String,
+    /// Verbose indicates whether to return extra information about the container.
+    #[prost(bool, tag = "2")]
+    pub verbose: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ContainerStatusResponse {
+    /// Status of the container.
+    #[prost(message, optional, tag = "1")]
+    pub status: ::core::option::Option<ContainerStatus>,
+    /// Info is extra information of the Container.
+    #[prost(map = "string, string", tag = "2")]
+    pub info:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
+}
 /// ContainerStatus represents the status of a container.
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1882,6 +1903,26 @@ pub mod runtime_service_client {
             req.extensions_mut().insert(GrpcMethod::new(
                 "runtime.v1.RuntimeService",
                 "PodSandboxStatus",
+            ));
+            self.inner.unary(req, path, codec).await
+        }
+        /// ContainerStatus returns status of the container. If the container is not
+        /// present, returns an error.
+        pub async fn container_status(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ContainerStatusRequest>,
+        ) -> std::result::Result<tonic::Response<super::ContainerStatusResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path =
+                http::uri::PathAndQuery::from_static("/runtime.v1.RuntimeService/ContainerStatus");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new(
+                "runtime.v1.RuntimeService",
+                "ContainerStatus",
             ));
             self.inner.unary(req, path, codec).await
         }
