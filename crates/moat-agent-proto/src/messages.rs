@@ -138,7 +138,17 @@ pub enum Request {
     /// namespace of the pod holds (one of the guest kernel's globals) is refused, as runc
     /// refuses it on a host. (Added within version 2: an agent without it answers `Malformed`.)
     Pod(PodSettings),
+    /// Open a TCP connection to `127.0.0.1:port` in the guest's network namespace (the pod's)
+    /// and carry it as a process of key ([`FORWARD_ID`], `stream`): what it receives comes as
+    /// `Output` (stdout), `Stdin` writes to it, `CloseStdin` shuts its sending side, and
+    /// `Exited` (code 0) follows its end of stream. Port forwarding of a pod VM (`kubectl
+    /// port-forward`). (Added within version 2: an agent without it answers `Malformed`.)
+    Dial { stream: String, port: u16 },
 }
+
+/// The container id of the connections [`Request::Dial`] opens (no container can have it: a
+/// container id has no `/`).
+pub const FORWARD_ID: &str = "/forward";
 
 /// The settings of a pod sandbox that the guest applies ([`Request::Pod`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -377,6 +387,7 @@ impl Request {
                 None => format!("attach to {container_id}"),
             },
             Request::Pod(_) => "apply the pod's hostname and sysctls".into(),
+            Request::Dial { port, .. } => format!("connect to port {port} in the guest"),
         }
     }
 }

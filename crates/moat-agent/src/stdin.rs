@@ -23,6 +23,16 @@ pub enum Pumped {
     Drained(Option<(usize, u64)>),
 }
 
+impl Drop for StdinPipe {
+    /// A socket's sending side is shut down (its receiving side may live on, a forwarded
+    /// connection's); a pipe or a terminal is just closed (ENOTSOCK here).
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        let _ =
+            nix::sys::socket::shutdown(self.file.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+    }
+}
+
 impl StdinPipe {
     pub fn new(file: File) -> StdinPipe {
         StdinPipe {

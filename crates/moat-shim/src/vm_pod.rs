@@ -34,6 +34,7 @@
 //! sandbox is deleted or the shim shuts down, or touch the namespaces backend's containers.
 
 mod error;
+mod forward;
 pub mod guest;
 mod link;
 mod stdio;
@@ -177,6 +178,8 @@ pub struct VmPod {
     net: Mutex<Option<moat_vm::net::Attachment>>,
     /// Reconnects after a containerd restart, as the namespaces service's do.
     events: crate::events::Events,
+    /// Port forwarding into the VM, for a pod with a network namespace of its own.
+    forward: Mutex<Option<Arc<forward::Forwarder>>>,
 }
 
 fn now() -> Timestamp {
@@ -192,6 +195,7 @@ impl VmPod {
             booting: Mutex::new(()),
             net: Mutex::new(None),
             events: crate::events::Events::new(publisher, namespace),
+            forward: Mutex::new(None),
         })
     }
 
@@ -303,13 +307,46 @@ impl VmPod {
             cfg.vcpus,
             link.kernel_release()
         );
+        if let Some(ns) = &netns {
+            match forward::Forwarder::start(ns, link.clone()) {
+                Ok(f) => *self.forward.lock().unwrap_or_else(|e| e.into_inner()) = Some(f),
+                // The pod works without it; a port-forward to it fails.
+                Err(e) => log::warn!("pod {id}: no port forwarding: {e}"),
+            }
+        }
         let _ = self.link.set(link);
         self.link()
+    }
+
+    fn forwarder(&self) -> Option<Arc<forward::Forwarder>> {
+        self.forward
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn on_event(&self, ev: Event) {
         use std::io::Write;
         match ev {
+            Event::Output {
+                container_id,
+                exec_id: Some(stream),
+                data,
+                ..
+            } if container_id == moat_agent_proto::FORWARD_ID => {
+                if let Some(f) = self.forwarder() {
+                    f.output(&stream, &data);
+                }
+            }
+            Event::Exited {
+                container_id,
+                exec_id: Some(stream),
+                ..
+            } if container_id == moat_agent_proto::FORWARD_ID => {
+                if let Some(f) = self.forwarder() {
+                    f.closed(&stream);
+                }
+            }
             Event::Output {
                 container_id,
                 exec_id,
@@ -413,6 +450,14 @@ impl VmPod {
 
     /// Power the VM off and free everything (Shutdown, or the sandbox's Delete).
     pub fn power_off(&self) {
+        if let Some(f) = self
+            .forward
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            f.stop();
+        }
         if let Some(l) = self.link.get() {
             l.power_off(std::time::Duration::from_secs(5));
         }

@@ -90,6 +90,8 @@ struct Agent {
 const BUNDLES: &str = "/run/moat-agent/bundles";
 /// How long an exit waits for the process's pipes to close (a daemon may hold them open).
 const EOF_GRACE: Duration = Duration::from_millis(500);
+/// The pid recorded for a connection of [`Request::Dial`] (no process has it).
+const FORWARD_PID: i32 = -1;
 /// Poll timeout: the latency of noticing an exit (and, while no host is connected, a new one).
 const TICK_MS: u16 = 20;
 /// Above this many unsent bytes the output pipes are not read (back-pressure on containers).
@@ -244,6 +246,13 @@ impl Agent {
             .collect();
         for key in gone {
             self.owners.remove(&key);
+            if key.0 == moat_agent_proto::FORWARD_ID {
+                // A forwarded connection nobody relays any more: closed.
+                self.pipes.retain(|p| p.key != key);
+                self.stdins.remove(&key);
+                self.procs.remove(&key);
+                continue;
+            }
             if let Some(s) = self.stdins.get_mut(&key) {
                 let _ = s.take_waiting();
                 s.close_when_drained();
@@ -321,6 +330,10 @@ impl Agent {
             let p = self.pipes.swap_remove(i);
             if let Some(proc_) = self.procs.get_mut(&p.key) {
                 proc_.open_pipes = proc_.open_pipes.saturating_sub(1);
+                // A forwarded connection ends with its stream.
+                if proc_.pid == FORWARD_PID && proc_.open_pipes == 0 {
+                    proc_.status = Some((ExitStatus::Code(0), Instant::now()));
+                }
             }
             return;
         }

@@ -207,7 +207,39 @@ impl Agent {
                 crate::pod::apply(&settings)?;
                 Ok(Reply::Done)
             }
+            Request::Dial { stream, port } => self.dial(conn, stream, port),
         }
+    }
+
+    /// [`Request::Dial`]: connect to `127.0.0.1:port` here and carry the connection as a
+    /// process of key ([`moat_agent_proto::FORWARD_ID`], `stream`) owned by `conn`; it "exits"
+    /// when the guest side closes (see `drain_pipe`).
+    fn dial(&mut self, conn: usize, stream: String, port: u16) -> Result<Reply> {
+        let key = (moat_agent_proto::FORWARD_ID.to_string(), Some(stream));
+        if self.procs.contains_key(&key) {
+            return Err(AgentFailure::Exists(format!("forward {key:?}")));
+        }
+        let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+        let what = format!("127.0.0.1:{port}");
+        let sock = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| AgentFailure::io("connect to", &what, e))?;
+        // Both ends below share the socket's file status: non-blocking for the poll loop.
+        sock.set_nonblocking(true)
+            .map_err(|e| AgentFailure::io("set non-blocking", &what, e))?;
+        let fd = std::os::fd::OwnedFd::from(sock);
+        let reader = fd
+            .try_clone()
+            .map_err(|e| AgentFailure::io("duplicate", &what, e))?;
+        self.pipes.push(Pipe {
+            file: std::fs::File::from(reader),
+            key: key.clone(),
+            stream: Stream::Stdout,
+        });
+        self.stdins
+            .insert(key.clone(), StdinPipe::new(std::fs::File::from(fd)));
+        self.register(key.clone(), super::FORWARD_PID, 1);
+        self.owners.insert(key, conn);
+        Ok(Reply::Done)
     }
 
     fn cgroup(&self, id: &str) -> Result<moat_cgroups::Cgroup> {

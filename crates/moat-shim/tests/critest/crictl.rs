@@ -78,7 +78,10 @@ pub fn drive_pod(env: &CriEnv, handler: &str) {
         serde_json::json!({
             "metadata": {"name": "c1"},
             "image": {"image": BUSYBOX},
-            "command": ["sh", "-c", "echo hello-from-crictl; exec sleep 1000"],
+            // An httpd on the pod's loopback only, for `crictl port-forward`.
+            "command": ["sh", "-c", "echo hello-from-crictl; mkdir -p /tmp/www; \
+                         echo port-forward-ok > /tmp/www/index.html; \
+                         busybox httpd -p 127.0.0.1:8080 -h /tmp/www; exec sleep 1000"],
             "log_path": "c1.log",
         })
         .to_string(),
@@ -174,6 +177,9 @@ pub fn drive_pod(env: &CriEnv, handler: &str) {
         "exit code through exec -it: {out:?}"
     );
 
+    // port-forward: to a port of the pod's loopback (for a VM pod, the guest's).
+    port_forward(env, &pod, 8080, "port-forward-ok");
+
     // stats
     let stats: serde_json::Value =
         serde_json::from_str(&crictl_ok(env, &["stats", "-o", "json", "--id", &cid])).unwrap();
@@ -213,4 +219,49 @@ fn shell_quote_cmd(c: Command) -> String {
         .map(|a| format!("'{}'", a.to_string_lossy().replace('\'', r"'\''")))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// `crictl port-forward POD LOCAL:port` and an HTTP GET through it answers `body`.
+fn port_forward(env: &CriEnv, pod: &str, port: u16, body: &str) {
+    use std::io::Read;
+    let local = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let mut child = env
+        .crictl()
+        .args(["port-forward", pod, &format!("{local}:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let mut last;
+    let got = loop {
+        let r = std::net::TcpStream::connect(("127.0.0.1", local)).and_then(|mut c| {
+            c.set_read_timeout(Some(Duration::from_secs(20)))?;
+            c.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut s = String::new();
+            c.read_to_string(&mut s)?;
+            Ok(s)
+        });
+        match r {
+            Ok(s) if s.contains(body) => break s,
+            Ok(s) => last = s,
+            Err(e) => last = e.to_string(),
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("crictl port-forward {pod} {local}:{port}: no {body:?} in 30 s, last: {last:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    eprintln!(
+        "crictl port-forward to port {port}: answered in {:?} ({} bytes)",
+        t.elapsed(),
+        got.len()
+    );
 }
