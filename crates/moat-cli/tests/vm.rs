@@ -413,13 +413,7 @@ fn vm_containers_of_an_image_are_clones_of_a_template() {
     // `--rm` of a clone SIGKILLs its QEMU (nothing in it outlives it) and leaves nothing.
     assert_eq!(m.ok(&["ps", "-a", "-q"]), "", "--rm left a container");
     let root = m.root().to_string_lossy().into_owned();
-    let qemus: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.starts_with("qemu-system") && c.contains(&root))
-        .collect();
+    let qemus = qemus_of(&root);
     assert!(qemus.is_empty(), "QEMU left: {qemus:?}");
     let images = std::fs::read_dir(m.root().join("vm-images"))
         .unwrap()
@@ -492,18 +486,7 @@ fn a_template_build_killed_midway_is_cleaned_up_by_the_next() {
             .stderr(std::process::Stdio::piped());
         c
     };
-    let users_of = |dir: &Path| -> Vec<i32> {
-        let needle = dir.display().to_string();
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| {
-                let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
-                let c = std::fs::read(e.path().join("cmdline")).ok()?;
-                String::from_utf8_lossy(&c).contains(&needle).then_some(pid)
-            })
-            .collect()
-    };
+    let users_of = |dir: &Path| pids_where(|args| has(args, &dir.display().to_string()));
     let mut first = run(&m).spawn().unwrap();
     // Wait for the template's QEMU, then kill moat in the middle of the build.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -599,18 +582,6 @@ fn killed_midway(m: &Moat, isolation: &str) {
         "ok",
     ]);
     let root = m.root().to_string_lossy().into_owned();
-    let qemus = || -> Vec<i32> {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| {
-                let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
-                let c = std::fs::read(e.path().join("cmdline")).ok()?;
-                let c = String::from_utf8_lossy(&c).replace('\0', " ");
-                (c.starts_with("qemu-system") && c.contains(&root)).then_some(pid)
-            })
-            .collect()
-    };
     for delay_ms in [20, 80, 200, 400] {
         let mut c = m.command(&[
             "run",
@@ -659,7 +630,7 @@ fn killed_midway(m: &Moat, isolation: &str) {
         assert_eq!(m.ok(&["ps", "-a", "-q"]), "", "a container is left");
         wait_for(
             &format!("no QEMU or moat left ({isolation}) after a kill at {delay_ms} ms"),
-            || qemus().is_empty() && moat_procs(&root).is_empty(),
+            || qemus_of(&root).is_empty() && moat_procs(&root).is_empty(),
         );
         let runtime: Vec<_> = std::fs::read_dir(m.root().join("runtime"))
             .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
@@ -696,8 +667,8 @@ fn killed_midway(m: &Moat, isolation: &str) {
     }
 }
 
-/// Pids of `moat` processes (a run or its monitor) of the store at `root`.
-fn moat_procs(root: &str) -> Vec<i32> {
+/// Pids of the processes whose command line (its arguments) `f` accepts, but ours.
+fn pids_where(f: impl Fn(&[&[u8]]) -> bool) -> Vec<i32> {
     let me = std::process::id() as i32;
     std::fs::read_dir("/proc")
         .unwrap()
@@ -706,11 +677,29 @@ fn moat_procs(root: &str) -> Vec<i32> {
             let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
             let c = std::fs::read(e.path().join("cmdline")).ok()?;
             let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
-            let is_moat = args.first()?.ends_with(b"/moat");
-            let ours = args
-                .windows(2)
-                .any(|w| w[0] == b"--root" && w[1] == root.as_bytes());
-            (pid != me && is_moat && ours).then_some(pid)
+            (pid != me && f(&args)).then_some(pid)
         })
         .collect()
+}
+
+fn has(args: &[&[u8]], needle: &str) -> bool {
+    args.iter()
+        .any(|a| a.windows(needle.len()).any(|w| w == needle.as_bytes()))
+}
+
+/// Pids of `moat` processes (a run or its monitor) of the store at `root`.
+fn moat_procs(root: &str) -> Vec<i32> {
+    pids_where(|args| {
+        args.first().is_some_and(|a| a.ends_with(b"/moat"))
+            && args
+                .windows(2)
+                .any(|w| w[0] == b"--root" && w[1] == root.as_bytes())
+    })
+}
+
+/// Pids of QEMUs with `needle` in an argument (a store's path: its disk images are there).
+fn qemus_of(needle: &str) -> Vec<i32> {
+    pids_where(|args| {
+        args.first().is_some_and(|a| a.starts_with(b"qemu-system")) && has(args, needle)
+    })
 }

@@ -214,6 +214,84 @@ fn assert_nothing_left(cri: &Cri, cd: &CriContainerd, socket: &Path, ids: &[Stri
     );
 }
 
+/// Two pods of `handler`: one with a container that keeps running ("steady"), one with a
+/// container that exits with 7 once `/tmp/go` exists ("waiter", see [`release_waiter`]):
+/// (pod 1, steady, pod 2, its config, waiter).
+fn steady_and_waiter(
+    cri: &Cri,
+    cd: &CriContainerd,
+    logs: &Path,
+    handler: &str,
+) -> (String, String, String, PodSandboxConfig, String) {
+    let (pod1, config1) = run_pod_with(cri, cd, logs, "steady", handler);
+    let steady = create_and_start(cri, &pod1, &config1, "steady");
+    let (pod2, config2) = run_pod_with(cri, cd, logs, "waiter", handler);
+    let waiter = start_container_with(
+        cri,
+        &pod2,
+        &config2,
+        "waiter",
+        "while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 7",
+        host_network(),
+    );
+    (pod1, steady, pod2, config2, waiter)
+}
+
+/// Tell the waiter of [`steady_and_waiter`] to exit, and wait until the CRI reports it exited.
+fn release_waiter(cri: &Cri, cd: &CriContainerd, waiter: &str) {
+    let r = cri_ok!(
+        cri,
+        exec_sync,
+        ExecSyncRequest {
+            container_id: waiter.to_owned(),
+            cmd: vec!["touch".into(), "/tmp/go".into()],
+            timeout: 30,
+        }
+    );
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    wait_for(
+        "the waiter's exit is reported",
+        cd,
+        Duration::from_secs(20),
+        || container_state(cri, waiter) == ContainerState::ContainerExited as i32,
+    );
+}
+
+/// Every pod of `pods` is ready.
+fn assert_ready(cri: &Cri, cd: &CriContainerd, pods: &[&String]) {
+    for pod in pods {
+        let st = cri_ok!(
+            cri,
+            pod_sandbox_status,
+            PodSandboxStatusRequest {
+                pod_sandbox_id: (*pod).clone(),
+                verbose: false,
+            }
+        );
+        assert_eq!(
+            st.status.map(|s| s.state),
+            Some(PodSandboxState::SandboxReady as i32),
+            "{pod}\n{}",
+            cd.log()
+        );
+    }
+}
+
+/// A new pod of `handler` with a running container that answers an exec; its ids go to `ids`.
+fn newcomer(
+    cri: &Cri,
+    cd: &CriContainerd,
+    logs: &Path,
+    handler: &str,
+    ids: &mut Vec<String>,
+) -> String {
+    let (pod, config) = run_pod_with(cri, cd, logs, "newcomer", handler);
+    let cid = create_and_start(cri, &pod, &config, "newcomer");
+    ids.extend([pod.clone(), cid.clone()]);
+    assert_eq!(exec_echo(cri, &cid), ("alive\n".into(), 0));
+    pod
+}
+
 #[test]
 fn shared_shim_serves_pods_and_isolates_their_failures() {
     let test = "shared_shim_serves_pods_and_isolates_their_failures";
@@ -365,18 +443,7 @@ fn shared_shim_worker_killed_then_pods_readopted() {
     }
     let t0 = Instant::now();
     let (cd, _shims, cri, logs) = setup("shared-readopt");
-    let (pod1, config1) = run_pod(&cri, &cd, &logs, "steady");
-    let steady = create_and_start(&cri, &pod1, &config1, "steady");
-    let (pod2, config2) = run_pod(&cri, &cd, &logs, "waiter");
-    // Exits with 7 once told to, after the restart.
-    let waiter = start_container_with(
-        &cri,
-        &pod2,
-        &config2,
-        "waiter",
-        "while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 7",
-        host_network(),
-    );
+    let (pod1, steady, pod2, config2, waiter) = steady_and_waiter(&cri, &cd, &logs, "moat-shared");
     // Exits with 9 on SIGTERM: sent while no worker runs.
     let marker = format!("downer-{}", std::process::id());
     let downer = start_container_with(
@@ -446,22 +513,7 @@ fn shared_shim_worker_killed_then_pods_readopted() {
     );
 
     // The pods are ready, their containers running (but the downer, exited with 9).
-    for pod in [&pod1, &pod2] {
-        let st = cri_ok!(
-            cri,
-            pod_sandbox_status,
-            PodSandboxStatusRequest {
-                pod_sandbox_id: pod.clone(),
-                verbose: false,
-            }
-        );
-        assert_eq!(
-            st.status.map(|s| s.state),
-            Some(PodSandboxState::SandboxReady as i32),
-            "{pod}\n{}",
-            cd.log()
-        );
-    }
+    assert_ready(&cri, &cd, &[&pod1, &pod2]);
     wait_for(
         "the downer's exit is reported",
         &cd,
@@ -480,22 +532,7 @@ fn shared_shim_worker_killed_then_pods_readopted() {
     assert_eq!(the_shared_shim(&cd).0, keeper, "the keeper changed");
 
     // An exit after the restart is reported with its code.
-    let r = cri_ok!(
-        cri,
-        exec_sync,
-        ExecSyncRequest {
-            container_id: waiter.clone(),
-            cmd: vec!["touch".into(), "/tmp/go".into()],
-            timeout: 30,
-        }
-    );
-    assert_eq!(r.exit_code, 0, "{r:?}");
-    wait_for(
-        "the waiter's exit is reported",
-        &cd,
-        Duration::from_secs(20),
-        || container_state(&cri, &waiter) == ContainerState::ContainerExited as i32,
-    );
+    release_waiter(&cri, &cd, &waiter);
     assert_eq!(exit_code(&cri, &waiter), 7, "the waiter's exit code");
     assert_eq!(
         container_state(&cri, &steady),
@@ -503,10 +540,7 @@ fn shared_shim_worker_killed_then_pods_readopted() {
     );
 
     // A new pod joins the same keeper; then every pod is removed and nothing is left.
-    let (pod3, config3) = run_pod(&cri, &cd, &logs, "newcomer");
-    let cid3 = create_and_start(&cri, &pod3, &config3, "newcomer");
-    ids.extend([pod3.clone(), cid3.clone()]);
-    assert_eq!(exec_echo(&cri, &cid3), ("alive\n".into(), 0));
+    let pod3 = newcomer(&cri, &cd, &logs, "moat-shared", &mut ids);
     assert_eq!(the_shared_shim(&cd).0, keeper, "the keeper changed");
     let log = shared_files(&socket)
         .into_iter()
@@ -608,18 +642,7 @@ fn pods_outlive_a_containerd_restart(test: &str, handler: &str) {
     let t0 = Instant::now();
     let (mut cd, _shims, cri, logs) = setup(&format!("{handler}-restart"));
     let mut ids = Vec::new();
-    let (pod1, config1) = run_pod_with(&cri, &cd, &logs, "steady", handler);
-    let steady = create_and_start(&cri, &pod1, &config1, "steady");
-    let (pod2, config2) = run_pod_with(&cri, &cd, &logs, "waiter", handler);
-    // Exits with 7 once told to, after the restart.
-    let waiter = start_container_with(
-        &cri,
-        &pod2,
-        &config2,
-        "waiter",
-        "while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 7",
-        host_network(),
-    );
+    let (pod1, steady, pod2, _, waiter) = steady_and_waiter(&cri, &cd, &logs, handler);
     ids.extend([pod1.clone(), steady.clone(), pod2.clone(), waiter.clone()]);
     let shims = serving_shims(&cd);
     drop(cri);
@@ -643,22 +666,7 @@ fn pods_outlive_a_containerd_restart(test: &str, handler: &str) {
     eprintln!("{test}: containerd restarted after {:?}", t0.elapsed());
     // containerd reconnected to the shims of every task: the pods are ready, their containers
     // running, served by the same shim processes.
-    for pod in [&pod1, &pod2] {
-        let st = cri_ok!(
-            cri,
-            pod_sandbox_status,
-            PodSandboxStatusRequest {
-                pod_sandbox_id: pod.clone(),
-                verbose: false,
-            }
-        );
-        assert_eq!(
-            st.status.map(|s| s.state),
-            Some(PodSandboxState::SandboxReady as i32),
-            "{pod}\n{}",
-            cd.log()
-        );
-    }
+    assert_ready(&cri, &cd, &[&pod1, &pod2]);
     for cid in [&steady, &waiter] {
         assert_eq!(
             container_state(&cri, cid),
@@ -670,22 +678,7 @@ fn pods_outlive_a_containerd_restart(test: &str, handler: &str) {
     assert_eq!(exec_echo(&cri, &steady), ("alive\n".into(), 0));
 
     // An exit after the restart is still reported.
-    let r = cri_ok!(
-        cri,
-        exec_sync,
-        ExecSyncRequest {
-            container_id: waiter.clone(),
-            cmd: vec!["touch".into(), "/tmp/go".into()],
-            timeout: 30,
-        }
-    );
-    assert_eq!(r.exit_code, 0, "{r:?}");
-    wait_for(
-        "the waiter's exit is reported",
-        &cd,
-        Duration::from_secs(20),
-        || container_state(&cri, &waiter) == ContainerState::ContainerExited as i32,
-    );
+    release_waiter(&cri, &cd, &waiter);
     assert_eq!(
         container_state(&cri, &steady),
         ContainerState::ContainerRunning as i32
@@ -693,10 +686,7 @@ fn pods_outlive_a_containerd_restart(test: &str, handler: &str) {
 
     // A new pod (for the shared shim: in the same shim); then every pod is removed and nothing
     // is left.
-    let (pod3, config3) = run_pod_with(&cri, &cd, &logs, "newcomer", handler);
-    let cid3 = create_and_start(&cri, &pod3, &config3, "newcomer");
-    ids.extend([pod3.clone(), cid3.clone()]);
-    assert_eq!(exec_echo(&cri, &cid3), ("alive\n".into(), 0));
+    let pod3 = newcomer(&cri, &cd, &logs, handler, &mut ids);
     let socket = if handler == "moat-shared" {
         let (shim, socket) = the_shared_shim(&cd);
         assert_eq!(vec![shim], shims.iter().map(|s| s.0).collect::<Vec<_>>());

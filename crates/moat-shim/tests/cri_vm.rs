@@ -26,8 +26,6 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const VM_SHIM_NAME: &str = "containerd-shim-moat-vm-v2";
-
 /// Appended to the `moat` handler (`pod_annotations`: `io.moat.isolation=vm` reaches the
 /// sandbox, the other way to ask for a VM), and the `moat-vm` handler.
 const VM_RUNTIME: &str = r#"      pod_annotations = ["io.moat.*"]
@@ -84,38 +82,16 @@ fn serving_shim(cd: &CriContainerd) -> i32 {
     serving[0]
 }
 
-fn exec(cri: &Cri, cid: &str, cmd: &[&str]) -> ExecSyncResponse {
-    cri_ok!(
-        cri,
-        exec_sync,
-        ExecSyncRequest {
-            container_id: cid.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 60,
-        }
-    )
-}
-
 #[test]
 fn cri_vm_pod_runs_two_containers_in_one_vm() {
     let test = "cri_vm_pod_runs_two_containers_in_one_vm";
     if !have_all(test, &["containerd", "ctr", "qemu-system-x86_64"]) {
         return;
     }
-    if let Err(e) = moat_vm::assets::ensure_kernel(&moat_vm::assets::cache_dir()) {
-        eprintln!("{test}: skipped: no guest kernel: {e}");
-        return;
-    }
     let t0 = Instant::now();
-    // The static agent, for the shims containerd starts (they inherit its environment).
-    std::env::set_var("MOAT_AGENT_BIN", vm_agent::agent());
-    let shims = tempfile::Builder::new()
-        .prefix("moat-cri-vm-shims-")
-        .tempdir()
-        .unwrap();
-    for name in [SHIM_NAME, VM_SHIM_NAME] {
-        std::os::unix::fs::symlink(SHIM, shims.path().join(name)).unwrap();
-    }
+    let Some(shims) = vm_shims(test, vm_agent::agent(), "moat-cri-vm-shims-") else {
+        return;
+    };
     let cd = CriContainerd::start_with(shims.path(), VM_RUNTIME);
     let work = tempfile::Builder::new()
         .prefix("moat-cri-vm-images-")
@@ -560,18 +536,9 @@ fn ctr_vm_terminal_exec_and_resize() {
     if !have_all(test, &["containerd", "ctr", "qemu-system-x86_64", "script"]) {
         return;
     }
-    if let Err(e) = moat_vm::assets::ensure_kernel(&moat_vm::assets::cache_dir()) {
-        eprintln!("{test}: skipped: no guest kernel: {e}");
+    let Some(shims) = vm_shims(test, vm_agent::agent(), "moat-cri-vm-shims-") else {
         return;
-    }
-    std::env::set_var("MOAT_AGENT_BIN", vm_agent::agent());
-    let shims = tempfile::Builder::new()
-        .prefix("moat-cri-vm-shims-")
-        .tempdir()
-        .unwrap();
-    for name in [SHIM_NAME, VM_SHIM_NAME] {
-        std::os::unix::fs::symlink(SHIM, shims.path().join(name)).unwrap();
-    }
+    };
     let cd = CriContainerd::start_with(shims.path(), VM_RUNTIME);
     let work = tempfile::Builder::new()
         .prefix("moat-cri-vm-images-")

@@ -19,7 +19,6 @@ use common::*;
 
 use std::time::{Duration, Instant};
 
-const VM_SHIM_NAME: &str = "containerd-shim-moat-vm-v2";
 const VM_RUNTIME: &str = r#"    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.moat-vm]
       runtime_type = "io.containerd.moat-vm.v2""#;
 
@@ -74,19 +73,9 @@ fn cri_vm_pod_gets_the_pod_ip_and_a_second_pod_reaches_it() {
     {
         return;
     }
-    if let Err(e) = moat_vm::assets::ensure_kernel(&moat_vm::assets::cache_dir()) {
-        eprintln!("{test}: skipped: no guest kernel: {e}");
+    let Some(shims) = vm_shims(test, vm_agent::agent(), "moat-cri-vmnet-shims-") else {
         return;
-    }
-    // The static agent, for the shims containerd starts (they inherit its environment).
-    std::env::set_var("MOAT_AGENT_BIN", vm_agent::agent());
-    let shims = tempfile::Builder::new()
-        .prefix("moat-cri-vmnet-shims-")
-        .tempdir()
-        .unwrap();
-    for name in [SHIM_NAME, VM_SHIM_NAME] {
-        std::os::unix::fs::symlink(SHIM, shims.path().join(name)).unwrap();
-    }
+    };
     let bridge = Bridge(format!("mvmcri{}", std::process::id() % 100_000));
     let cd = CriContainerd::start_with(shims.path(), VM_RUNTIME);
     let conf = serde_json::json!({

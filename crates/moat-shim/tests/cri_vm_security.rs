@@ -30,7 +30,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const VM_SHIM_NAME: &str = "containerd-shim-moat-vm-v2";
 const VM_RUNTIME: &str = r#"    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.moat-vm]
       runtime_type = "io.containerd.moat-vm.v2""#;
 const HOSTNAME: &str = "moat-vm-host-7";
@@ -93,18 +92,6 @@ fn images_with_nnp(dir: &Path) -> Option<(PathBuf, PathBuf)> {
         &pause_tar,
     );
     Some((busybox, pause_tar))
-}
-
-fn exec(cri: &Cri, cid: &str, cmd: &[&str]) -> ExecSyncResponse {
-    cri_ok!(
-        cri,
-        exec_sync,
-        ExecSyncRequest {
-            container_id: cid.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 60,
-        }
-    )
 }
 
 /// Create and start a container of `pod` that sleeps, with security context `sc`.
@@ -170,19 +157,10 @@ fn cri_vm_pod_honours_hostname_sysctls_privileges_and_readonly_rootfs() {
     if !have_all(test, &["containerd", "ctr", "qemu-system-x86_64", "cc"]) {
         return;
     }
-    if let Err(e) = moat_vm::assets::ensure_kernel(&moat_vm::assets::cache_dir()) {
-        eprintln!("{test}: skipped: no guest kernel: {e}");
-        return;
-    }
     let t0 = Instant::now();
-    std::env::set_var("MOAT_AGENT_BIN", vm_agent::agent());
-    let shims = tempfile::Builder::new()
-        .prefix("moat-cri-vm-sec-shims-")
-        .tempdir()
-        .unwrap();
-    for name in [SHIM_NAME, VM_SHIM_NAME] {
-        std::os::unix::fs::symlink(SHIM, shims.path().join(name)).unwrap();
-    }
+    let Some(shims) = vm_shims(test, vm_agent::agent(), "moat-cri-vm-sec-shims-") else {
+        return;
+    };
     let work = tempfile::Builder::new()
         .prefix("moat-cri-vm-sec-images-")
         .tempdir()

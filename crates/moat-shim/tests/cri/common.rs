@@ -21,6 +21,8 @@ use tonic::transport::Channel;
 
 pub const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-moat-v2");
 pub const SHIM_NAME: &str = "containerd-shim-moat-v2";
+/// The shim's name for VM pods (runtime type `io.containerd.moat-vm.v2`).
+pub const VM_SHIM_NAME: &str = "containerd-shim-moat-vm-v2";
 pub const PAUSE_IMAGE: &str = "localhost/moat-pause:test";
 /// The CRI plugin keeps its containers and images in this containerd namespace.
 pub const K8S_NS: &str = "k8s.io";
@@ -492,4 +494,33 @@ pub fn stop_and_remove_pod(cri: &Cri, pod: &str) {
             pod_sandbox_id: pod.into()
         }
     );
+}
+
+/// Set up a test of VM pods: `None` (the reason printed) without a guest kernel; else
+/// `MOAT_AGENT_BIN` set to `agent` (the shims containerd starts inherit its environment) and a
+/// directory holding the shim under its plain and VM names, for [`CriContainerd::start_with`].
+pub fn vm_shims(test: &str, agent: &Path, prefix: &str) -> Option<tempfile::TempDir> {
+    if let Err(e) = moat_vm::assets::ensure_kernel(&moat_vm::assets::cache_dir()) {
+        eprintln!("{test}: skipped: no guest kernel: {e}");
+        return None;
+    }
+    std::env::set_var("MOAT_AGENT_BIN", agent);
+    let shims = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    for name in [SHIM_NAME, VM_SHIM_NAME] {
+        std::os::unix::fs::symlink(SHIM, shims.path().join(name)).unwrap();
+    }
+    Some(shims)
+}
+
+/// ExecSync of `cmd` in container `cid` (60 s at most).
+pub fn exec(cri: &Cri, cid: &str, cmd: &[&str]) -> ExecSyncResponse {
+    cri_ok!(
+        cri,
+        exec_sync,
+        ExecSyncRequest {
+            container_id: cid.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 60,
+        }
+    )
 }
