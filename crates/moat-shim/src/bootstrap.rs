@@ -61,6 +61,27 @@ fn serving_address(args: &[String]) -> Result<String, String> {
     Ok(address)
 }
 
+/// The arguments that make a shim serve containerd's task API (of `flags`) on `socket`.
+pub(crate) fn serve_args(flags: &containerd_shim::Flags, socket: &str) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-namespace",
+        &flags.namespace,
+        "-id",
+        &flags.id,
+        "-address",
+        &flags.address,
+        "-socket",
+        socket,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    if flags.debug {
+        args.push("-debug".into());
+    }
+    args
+}
+
 /// Spawn the serving shim on `address` with `env` (the mode variables not in it are removed);
 /// return once it listens.
 fn spawn(
@@ -73,19 +94,7 @@ fn spawn(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .args([
-            "-namespace",
-            &flags.namespace,
-            "-id",
-            &flags.id,
-            "-address",
-            &flags.address,
-            "-socket",
-            address,
-        ]);
-    if flags.debug {
-        cmd.arg("-debug");
-    }
+        .args(serve_args(flags, address));
     cmd.env_remove(crate::vm_pod::VM_MODE_ENV)
         .env_remove(crate::shared::SERVE_ENV);
     for (k, v) in env {

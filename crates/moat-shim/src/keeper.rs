@@ -481,24 +481,15 @@ fn spawn_worker(args: &[String], sock: &Path) -> Result<Worker, KeeperError> {
     )
     .stdin(Stdio::piped())
     .stdout(Stdio::piped())
-    .args([
-        "-namespace",
-        &flags.namespace,
-        "-id",
-        &flags.id,
-        "-address",
-        &flags.address,
-        "-socket",
+    .args(crate::bootstrap::serve_args(
+        &flags,
         &format!("unix://{}", sock.display()),
-    ])
+    ))
     .env(WORKER_ENV, std::process::id().to_string());
     // The worker runs from our sealed binary: told so, it shares our text pages instead of
     // making a sealed copy of its own (the overlay's binary cannot be overlaid again).
     if let Some((k, v)) = moat_sys::fd::sealed_exe_marker() {
         cmd.env(k, v);
-    }
-    if flags.debug {
-        cmd.arg("-debug");
     }
     let mut child = cmd
         .spawn()

@@ -51,20 +51,6 @@ fn run_pod(cri: &Cri, cfg: &PodSandboxConfig, handler: &str) -> String {
     .pod_sandbox_id
 }
 
-fn exec(cri: &Cri, cid: &str, cmd: &[&str]) -> String {
-    let r = cri_ok!(
-        cri,
-        exec_sync,
-        ExecSyncRequest {
-            container_id: cid.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 60,
-        }
-    );
-    assert_eq!(r.exit_code, 0, "{cmd:?}: {}", text(&r.stderr));
-    text(&r.stdout)
-}
-
 #[test]
 fn cri_vm_pod_gets_the_pod_ip_and_a_second_pod_reaches_it() {
     let test = "cri_vm_pod_gets_the_pod_ip_and_a_second_pod_reaches_it";
@@ -149,7 +135,7 @@ fn cri_vm_pod_gets_the_pod_ip_and_a_second_pod_reaches_it() {
     assert!(ip.starts_with("10.231.78."), "pod IP {ip:?}");
     // Both containers of the pod have the pod IP (they share the guest's network).
     for cid in [&web, &other] {
-        let seen = exec(&cri, cid, &["ip", "-4", "addr", "show", "eth0"]);
+        let seen = exec_out(&cri, cid, &["ip", "-4", "addr", "show", "eth0"]);
         assert!(seen.contains(&format!("inet {ip}/24")), "{seen}");
     }
     // The host (the bridge's gateway address) reaches the pod.
@@ -183,7 +169,7 @@ fn cri_vm_pod_gets_the_pod_ip_and_a_second_pod_reaches_it() {
         "exec sleep 1000",
         pod_network(),
     );
-    let got = exec(
+    let got = exec_out(
         &cri,
         &client,
         &["wget", "-q", "-O", "-", &format!("http://{ip}:8080/")],

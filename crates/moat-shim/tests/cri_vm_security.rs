@@ -28,7 +28,7 @@ use common::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const VM_RUNTIME: &str = r#"    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.moat-vm]
       runtime_type = "io.containerd.moat-vm.v2""#;
@@ -36,10 +36,9 @@ const HOSTNAME: &str = "moat-vm-host-7";
 /// In the test image: prints its effective uid, set-user-ID root.
 const NNP: &str = "/usr/local/bin/nnp";
 
-/// The busybox image with [`NNP`] added, and the pause image of the CRI tests.
+/// The busybox image with [`NNP`] added, and the pause image of the CRI tests; `None` without
+/// a C compiler that links statically.
 fn images_with_nnp(dir: &Path) -> Option<(PathBuf, PathBuf)> {
-    let rootfs = dir.join("rootfs");
-    busybox_rootfs(&rootfs);
     let src = dir.join("nnp.c");
     std::fs::write(
         &src,
@@ -47,54 +46,27 @@ fn images_with_nnp(dir: &Path) -> Option<(PathBuf, PathBuf)> {
          int main(void) { printf(\"euid %d\\n\", (int)geteuid()); return 0; }\n",
     )
     .unwrap();
-    let bin = rootfs.join(NNP.trim_start_matches('/'));
-    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
-    let built = Command::new("cc")
+    let built = dir.join("nnp");
+    let ok = Command::new("cc")
         .arg("-static")
         .arg("-o")
-        .arg(&bin)
+        .arg(&built)
         .arg(&src)
         .status()
         .is_ok_and(|s| s.success());
-    if !built {
+    if !ok {
         return None;
     }
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o4755)).unwrap();
-    let img = dir.join("image");
-    std::fs::create_dir_all(&img).unwrap();
-    ok(
-        Command::new("tar")
-            .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(img.join("layer.tar"))
-            .arg("."),
-        Duration::from_secs(60),
-        "tar the layer",
-    );
-    let pause = dir.join("pause");
-    std::fs::create_dir_all(&pause).unwrap();
-    std::fs::copy(img.join("layer.tar"), pause.join("layer.tar")).unwrap();
-    let env =
-        serde_json::json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]);
-    let busybox = dir.join("busybox-image.tar");
-    docker_archive(
-        &img,
-        IMAGE,
-        serde_json::json!({"Env": env, "Cmd": ["sh"]}),
-        &busybox,
-    );
-    let pause_tar = dir.join("pause-image.tar");
-    docker_archive(
-        &pause,
-        PAUSE_IMAGE,
-        serde_json::json!({"Env": env, "Entrypoint": ["/bin/sleep", "100000"]}),
-        &pause_tar,
-    );
-    Some((busybox, pause_tar))
+    Some(images_with(dir, |rootfs| {
+        let bin = rootfs.join(NNP.trim_start_matches('/'));
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        std::fs::copy(&built, &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    }))
 }
 
-/// Create and start a container of `pod` that sleeps, with security context `sc`.
+/// Create and start a container of `pod` that sleeps, with security context `sc` (host
+/// network: the pod's).
 fn start(
     cri: &Cri,
     pod: &str,
@@ -102,53 +74,19 @@ fn start(
     name: &str,
     sc: LinuxContainerSecurityContext,
 ) -> String {
-    let config = ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: IMAGE.into(),
-            ..Default::default()
-        }),
-        command: vec!["sleep".into(), "1000".into()],
-        log_path: format!("{name}.log"),
-        linux: Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(host_network()),
-                ..sc
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
     let t = Instant::now();
-    let cid = cri_ok!(
-        cri,
-        create_container,
-        CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(sandbox.clone()),
-        }
-    )
-    .container_id;
-    cri_ok!(
-        cri,
-        start_container,
-        StartContainerRequest {
-            container_id: cid.clone()
-        }
-    );
+    let sc = LinuxContainerSecurityContext {
+        namespace_options: Some(host_network()),
+        ..sc
+    };
+    let cid = start_container_sc(cri, pod, sandbox, name, &["sleep", "1000"], sc);
     eprintln!("container {name}: created and started in {:?}", t.elapsed());
     cid
 }
 
-/// `cmd`'s stdout in `cid`, which must exit 0.
+/// `cmd`'s stdout in `cid`, trimmed; it must exit 0.
 fn out(cri: &Cri, cid: &str, cmd: &[&str]) -> String {
-    let r = exec(cri, cid, cmd);
-    assert_eq!(r.exit_code, 0, "{cmd:?}: {r:?}");
-    text(&r.stdout).trim().to_owned()
+    exec_out(cri, cid, cmd).trim().to_owned()
 }
 
 #[test]

@@ -226,8 +226,14 @@ pub fn busybox_rootfs(rootfs: &Path) {
 /// Build a docker-archive tarball (`docker save` format, which both `podman load` and
 /// `ctr image import` accept) of a one-layer busybox image named [`IMAGE`]; returns its path.
 pub fn busybox_image(dir: &Path) -> PathBuf {
+    busybox_image_with(dir, |_| {})
+}
+
+/// [`busybox_image`] with `add` run on its rootfs before it is packed.
+pub fn busybox_image_with(dir: &Path, add: impl FnOnce(&Path)) -> PathBuf {
     let rootfs = dir.join("rootfs");
     busybox_rootfs(&rootfs);
+    add(&rootfs);
 
     let img = dir.join("image");
     std::fs::create_dir_all(&img).unwrap();

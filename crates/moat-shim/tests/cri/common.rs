@@ -267,7 +267,12 @@ pub fn mounts_below(dir: &Path) -> Vec<String> {
 /// The busybox image of the shared harness, and a pause image made of the same layer whose
 /// entrypoint sleeps, reaps its children, and exits on SIGTERM.
 pub fn images(dir: &Path) -> (PathBuf, PathBuf) {
-    let busybox = busybox_image(dir);
+    images_with(dir, |_| {})
+}
+
+/// [`images`] with `add` run on the busybox image's rootfs before it is packed.
+pub fn images_with(dir: &Path, add: impl FnOnce(&Path)) -> (PathBuf, PathBuf) {
+    let busybox = busybox_image_with(dir, add);
     let pause = dir.join("pause");
     std::fs::create_dir_all(&pause).unwrap();
     std::fs::copy(dir.join("image/layer.tar"), pause.join("layer.tar")).unwrap();
@@ -438,6 +443,24 @@ pub fn start_container_with(
     script: &str,
     ns: NamespaceOption,
 ) -> String {
+    let sc = LinuxContainerSecurityContext {
+        namespace_options: Some(ns),
+        ..Default::default()
+    };
+    let cmd = ["sh", "-c", script];
+    start_container_sc(cri, pod, sandbox_config, name, &cmd, sc)
+}
+
+/// Create and start a busybox container of `pod` running `command` with security context
+/// `sc`; returns its id.
+pub fn start_container_sc(
+    cri: &Cri,
+    pod: &str,
+    sandbox_config: &PodSandboxConfig,
+    name: &str,
+    command: &[&str],
+    sc: LinuxContainerSecurityContext,
+) -> String {
     let config = ContainerConfig {
         metadata: Some(ContainerMetadata {
             name: name.into(),
@@ -447,13 +470,10 @@ pub fn start_container_with(
             image: IMAGE.into(),
             ..Default::default()
         }),
-        command: vec!["sh".into(), "-c".into(), script.into()],
+        command: command.iter().map(|c| c.to_string()).collect(),
         log_path: format!("{name}.log"),
         linux: Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(ns),
-                ..Default::default()
-            }),
+            security_context: Some(sc),
             ..Default::default()
         }),
         ..Default::default()
@@ -523,4 +543,11 @@ pub fn exec(cri: &Cri, cid: &str, cmd: &[&str]) -> ExecSyncResponse {
             timeout: 60,
         }
     )
+}
+
+/// The stdout of `cmd` in container `cid`, which must exit 0.
+pub fn exec_out(cri: &Cri, cid: &str, cmd: &[&str]) -> String {
+    let r = exec(cri, cid, cmd);
+    assert_eq!(r.exit_code, 0, "{cmd:?}: {}", text(&r.stderr));
+    text(&r.stdout)
 }
