@@ -40,6 +40,12 @@ pub fn agent_port_name(i: u32) -> String {
     format!("io.moat.agent.{i}")
 }
 
+/// The `name=` of the virtio-serial port that carries the shared directory of a VM resumed from
+/// a template: raw FUSE messages, relayed by the agent between `/dev/fuse` and the port, served by
+/// the host's `moat-vmfs` (a clone cannot have virtiofs: see docs/vm-templates.md). A VM booted
+/// cold shares its directory over virtiofs instead and has no such port.
+pub const FS_PORT_NAME: &str = "io.moat.fs";
+
 /// On the guest kernel command line: a one-container sandbox. The host may disconnect from the
 /// agent port and come back (each runtime command is one connection; the agent sends `Ready` on
 /// every new one), and the VM powers off once the container's init has exited. Without it, the

@@ -196,7 +196,7 @@ fn keep_initramfs_files(new: &str) -> Result<()> {
 }
 
 /// The /dev node of the virtio-serial port named `name` (the `name=` of QEMU's virtserialport).
-fn find_port(name: &str, timeout: Duration) -> Result<PathBuf> {
+pub fn find_port(name: &str, timeout: Duration) -> Result<PathBuf> {
     let start = Instant::now();
     let class = Path::new("/sys/class/virtio-ports");
     loop {

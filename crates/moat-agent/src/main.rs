@@ -12,6 +12,7 @@
 mod boot;
 mod conn;
 mod error;
+mod fuse_relay;
 mod log;
 mod modprobe;
 mod net;

@@ -1,5 +1,5 @@
 //! Bind mounts served from the host: the host shares one directory per VM over virtiofs (tag
-//! [`SHARE_TAG`]), holding the source of every bind mount of its containers. The agent mounts it
+//! [`SHARE_TAG`]; FUSE over a serial port in a VM resumed from a template), holding the source of every bind mount of its containers. The agent mounts it
 //! once and points each listed bind mount of a container's config at its place in the share.
 //!
 //! What it must never do: let a config bind-mount a guest path the host did not share (a bind
@@ -17,8 +17,13 @@ use crate::error::{AgentFailure, Result};
 pub const SHARE_MOUNT: &str = "/run/moat-agent/shared";
 
 /// Mount the host's shared directory at [`SHARE_MOUNT`].
+/// A VM resumed from a template has no virtiofs device: its share is FUSE over a serial port
+/// ([`crate::fuse_relay`]).
 pub fn mount_share() -> Result<()> {
     std::fs::create_dir_all(SHARE_MOUNT).map_err(|e| AgentFailure::io("create", SHARE_MOUNT, e))?;
+    if let Some(port) = crate::fuse_relay::port() {
+        return crate::fuse_relay::mount_share(&port, SHARE_MOUNT);
+    }
     mount(
         Some(SHARE_TAG),
         SHARE_MOUNT,

@@ -7,7 +7,8 @@
 //!   controllers that only cgroup2 owns, such as hugetlb on some hosts),
 //! - [`v2`]: one directory in the unified hierarchy,
 //! - [`devices`]: the device rules (v1 `devices.allow`/`devices.deny` lines, v2 eBPF program),
-//! - [`stats`]: the `events --stats` data, shaped like runc's.
+//! - [`stats`]: the `events --stats` data, shaped like runc's,
+//! - [`oom`]: waiting for OOM kills without polling (the guest agent's and the shim's).
 //!
 //! What it must never do: silently ignore a resource it was asked to enforce. Every field of
 //! `linux.resources` is either written or refused with [`CgroupError::Unsupported`] naming the
@@ -18,6 +19,7 @@ mod common;
 pub mod devices;
 mod fsio;
 mod mounts;
+pub mod oom;
 pub mod rootless;
 pub mod stats;
 pub mod unset;

@@ -11,7 +11,7 @@
 //! tokio runtime is gone (and its threads joined) before the core forks.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -278,7 +278,7 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
     // network): a `moat run` killed from here on leaves a container that `ps -a` lists and
     // `rm -f` removes, never an anonymous directory holding a mount.
     std::fs::create_dir_all(&dir).map_err(CliError::io("mkdir", &dir))?;
-    ctx.paths.save(&Meta {
+    let mut m = Meta {
         id: id.clone(),
         name: name.clone(),
         rootfs: match (&a.rootfs, &image) {
@@ -296,16 +296,16 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
         auto_remove: a.rm,
         detached: a.detach,
         network: network(a, ctx.rootless).to_owned(),
-        ports: ports.clone(),
+        ports,
         ip: None,
         exit_code: None,
         finished: None,
-    })?;
+    };
+    ctx.paths.save(&m)?;
     let mut vm_image = None;
     let (rootfs, source, config) = match (&a.rootfs, &image) {
         (Some(d), _) => {
             let path = std::fs::canonicalize(d).map_err(CliError::io("open rootfs", d))?;
-            std::fs::create_dir_all(&dir).map_err(CliError::io("mkdir", &dir))?;
             (
                 path.clone(),
                 RootfsSource::Dir { path },
@@ -391,24 +391,13 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
     let cfg = bundle.join("config.json");
     let body = serde_json::to_vec_pretty(&spec).unwrap_or_default();
     std::fs::write(&cfg, body).map_err(CliError::io("write", &cfg))?;
-    let mut m = Meta {
-        id: id.clone(),
-        name: name.clone(),
-        rootfs: source,
-        command: spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.args().clone())
-            .unwrap_or_default(),
-        created: moat_container::state::now_rfc3339(),
-        auto_remove: a.rm,
-        detached: a.detach,
-        network: network(a, ctx.rootless).to_owned(),
-        ports,
-        ip: None,
-        exit_code: None,
-        finished: None,
-    };
+    // The early record, completed: the resolved source and the command the spec runs.
+    m.rootfs = source;
+    m.command = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.args().clone())
+        .unwrap_or_default();
     ctx.paths.save(&m)?;
     if let Some(pin) = &vm_netns {
         crate::cni::setup_vm(&mut m, pin)?;
@@ -603,7 +592,13 @@ fn vm_monitor(
     log: &std::fs::File,
     null: &std::fs::File,
 ) -> ! {
+    // Until the container runs, what the set-up says (a template built, a cold-boot notice)
+    // goes to the caller's stderr, not into the container's log.
+    let caller_stderr = std::io::stderr().as_fd().try_clone_to_owned().ok();
     detach_stdio(log, null);
+    if let Some(e) = &caller_stderr {
+        let _ = nix::unistd::dup2(e.as_raw_fd(), 2);
+    }
     let id = m.id.clone();
     let opts = moat_container::CreateOptions {
         id: id.clone(),
@@ -611,8 +606,11 @@ fn vm_monitor(
         ..Default::default()
     };
     let mut wr = Some(std::fs::File::from(wr));
+    let mut caller_stderr = caller_stderr;
     let r =
         moat_runtime::vm_backend::run_attached(&ctx.paths.runtime(), &opts, true, false, || {
+            let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
+            caller_stderr = None;
             if let Some(mut w) = wr.take() {
                 let _ = w.write_all(b"ok");
             }

@@ -145,6 +145,10 @@ enum Cmd {
         #[arg(long)]
         process: Option<PathBuf>,
     },
+    /// Internal: gives an idle VM container's cold pages back while nothing else of moat
+    /// follows it (started by start; see `moat_runtime::vm_backend::reclaimer`).
+    #[command(name = "vm-reclaim", hide = true)]
+    VmReclaim { id: String },
     /// Not implemented: checkpoint, restore.
     #[command(external_subcommand)]
     Other(Vec<String>),
@@ -338,6 +342,7 @@ fn dispatch(cli: &Cli, log: &mut Logger) -> Result<ExitCode> {
             let exec = exec_id.as_deref().zip(process.as_deref());
             return Ok(vm_backend::terminal::relay_main(&store, id, exec));
         }
+        Cmd::VmReclaim { id } => return Ok(vm_backend::reclaimer::reclaim_main(&store, id)),
         Cmd::Create(a) => {
             if a.console_socket.is_none() {
                 run::check_detached_terminal(run::bundle_terminal(&a.bundle)?, false)?;
@@ -461,7 +466,8 @@ fn dispatch_vm(cli: &Cli, store: &Store) -> Result<Option<ExitCode>> {
         | Cmd::Spec { .. }
         | Cmd::Features
         | Cmd::Other(_)
-        | Cmd::VmConsoleRelay { .. } => Backend::Namespaces,
+        | Cmd::VmConsoleRelay { .. }
+        | Cmd::VmReclaim { .. } => Backend::Namespaces,
     };
     if backend == Backend::Namespaces {
         return Ok(None);
@@ -540,7 +546,8 @@ fn dispatch_vm(cli: &Cli, store: &Store) -> Result<Option<ExitCode>> {
         | Cmd::Spec { .. }
         | Cmd::Features
         | Cmd::Other(_)
-        | Cmd::VmConsoleRelay { .. } => {
+        | Cmd::VmConsoleRelay { .. }
+        | Cmd::VmReclaim { .. } => {
             unreachable!("commands without a container id use the namespaces path")
         }
     }

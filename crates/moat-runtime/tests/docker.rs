@@ -481,12 +481,45 @@ fn oom(dk: &Dockerd) {
 /// A plain HTTP/1.0 GET of / on `addr`: the whole response.
 fn http_get(addr: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out)
+}
+
+/// What a failed `publish` needs to be understood: the container's view of its network and
+/// server, a direct connection to it past docker-proxy, and the host's side of the bridge.
+fn publish_diagnostics(dk: &Dockerd, id: &str, bridge: &str) -> String {
+    let run = |c: &mut Command| {
+        let o = run_deadline(c, Duration::from_secs(20), "diagnostics");
+        format!("{}{}", text(&o.stdout), text(&o.stderr))
+    };
+    let ip = inspect(
+        dk,
+        id,
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+    );
+    let direct = http_get(&format!("{ip}:8080")).unwrap_or_else(|e| format!("error: {e}"));
+    let inside = run(dk.cmd().args([
+        "exec",
+        id,
+        "sh",
+        "-c",
+        "ip addr; ip route; netstat -ltn; ps; ls -l /tmp/r",
+    ]));
+    let logs = run(dk.cmd().args(["logs", id]));
+    let host = run(Command::new("sh").arg("-c").arg(format!(
+        "ip addr show {bridge}; ip route; ss -ltnp; iptables-save 2>&1 | head -60; \
+         cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>&1; bridge link"
+    )));
+    format!(
+        "container ip {ip}, direct answer {direct:?}\ninside:\n{inside}\nlogs:\n{logs}\nhost:\n{host}"
+    )
 }
 
 fn publish(dk: &Dockerd) {
@@ -499,8 +532,20 @@ fn publish(dk: &Dockerd) {
     dk.networks.borrow_mut().push((net.clone(), bridge.clone()));
     // A subnet of 10.213.0.0/16 that no route of the host (another test's bridge) uses.
     let bridge_opt = format!("com.docker.network.bridge.name={bridge}");
-    let created = (0..8).any(|i| {
-        let subnet = format!("10.213.{}.0/24", (pid + i) % 250 + 1);
+    // Docker refuses only subnets of its own networks: skip the ones the host already routes
+    // (moat's own bridge moat0 is 10.213.87.0/24; a second route to it sends the proxy's
+    // connections nowhere).
+    let routes = run_deadline(
+        Command::new("ip").args(["-4", "-o", "route", "show"]),
+        Duration::from_secs(10),
+        "ip route",
+    );
+    let routes = text(&routes.stdout);
+    let free = (0..250)
+        .map(|i| (pid + i) % 250 + 1)
+        .filter(|n| !routes.contains(&format!("10.213.{n}.")));
+    let created = free.take(8).any(|n| {
+        let subnet = format!("10.213.{n}.0/24");
         let o = dk.out(&[
             "network",
             "create",
@@ -545,10 +590,17 @@ fn publish(dk: &Dockerd) {
             .unwrap_or_default();
         let addr = format!("127.0.0.1:{port}");
         let mut body = String::new();
-        wait_for(&format!("{rt}: {addr} answers"), || {
-            body = http_get(&addr).unwrap_or_default();
-            body.contains("hello")
-        });
+        let start = Instant::now();
+        while !body.contains("hello") {
+            if start.elapsed() > Duration::from_secs(10) {
+                panic!(
+                    "timed out: {rt}: {addr} answers; last answer {body:?}\n{}",
+                    publish_diagnostics(dk, &id, &bridge)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            body = http_get(&addr).unwrap_or_else(|e| format!("error: {e}"));
+        }
         let body = body.split("\r\n\r\n").nth(1).unwrap_or_default();
         assert_eq!(body, format!("hello from {rt}\n"));
         dk.ok(&["rm", "-f", &id]);

@@ -197,30 +197,153 @@ fn vm_run_forwards_signals_through_the_agent() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(out.path())
-        .unwrap()
-        .contains("ready")
-    {
-        assert!(Instant::now() < deadline, "the container never started");
-        assert!(child.try_wait().unwrap().is_none(), "run ended early");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_ready(&mut child, out.path());
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
+    run_ends(&rt, &id, &b, child, out.path(), 42, "got-term");
+}
+
+/// `create` and `start` container `id` of bundle `b`; its QEMU's pid.
+fn create_and_start(rt: &Rt, b: &Bundle, id: &str) -> i64 {
+    vm_ok(rt, &["create", "--bundle", b.path().to_str().unwrap(), id]);
+    vm_ok(rt, &["start", id]);
+    rt.state(id)["pid"].as_i64().unwrap()
+}
+
+/// A foreground `run` (`child`, its output in `out`) ends with `code` having printed `want`, and
+/// leaves nothing of container `id` behind.
+fn run_ends(
+    rt: &Rt,
+    id: &str,
+    b: &Bundle,
+    mut child: std::process::Child,
+    out: &std::path::Path,
+    code: i32,
+    want: &str,
+) {
     let st = child.wait().unwrap();
-    assert_eq!(st.code(), Some(42));
-    assert!(std::fs::read_to_string(out.path())
+    assert_eq!(st.code(), Some(code));
+    let printed = std::fs::read_to_string(out).unwrap();
+    assert!(printed.contains(want), "{printed}");
+    assert_clean(rt, id, Some(b.path()));
+    assert_no_qemu(rt, id);
+}
+
+/// Wait (up to 60 s) until the output of `run` (`child`), written to `out`, says `ready`.
+fn wait_ready(child: &mut std::process::Child, out: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(out).unwrap().contains("ready") {
+        assert!(Instant::now() < deadline, "the container never started");
+        assert!(child.try_wait().unwrap().is_none(), "run ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// QEMU `qemu`'s `Pss_File` falls 8 MiB below `before` within 20 s. Not checked on a host with
+/// swap: there the reclaim leaves the guest's RAM mapping alone (it holds guest-written pages
+/// that would go to swap), and what remains is QEMU's binary, shared with other tests' QEMUs.
+fn assert_reclaimed(qemu: i64, before: u64) {
+    let swap = std::fs::read_to_string("/proc/meminfo")
         .unwrap()
-        .contains("got-term"));
+        .lines()
+        .find_map(|l| l.strip_prefix("SwapTotal:"))
+        .is_some_and(|v| v.trim() != "0 kB");
+    if swap {
+        eprintln!("the host has swap: the guest RAM is not reclaimed, PSS not checked");
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let now = pss_file_kib(qemu);
+        if now + 8 * 1024 < before || Instant::now() > deadline {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!("QEMU's file pages: {before} KiB at the start, {after} KiB once idle");
+    assert!(
+        after + 8 * 1024 < before,
+        "QEMU's file-backed PSS went from {before} to {after} KiB only"
+    );
+}
+
+/// `Pss_File` of process `pid` (KiB): the file pages it maps (a clone's guest RAM from its
+/// template, QEMU's binary and libraries).
+fn pss_file_kib(pid: i64) -> u64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss_File:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("Pss_File in smaps_rollup")
+}
+
+/// Give the bundle's VM a size (a container memory limit of `mib`) no other test uses: its
+/// template is then its own, so no other test's clone maps its pages (the kernel reclaims only
+/// pages one process maps).
+fn alone_in_its_template(b: &mut Bundle, mib: u64) {
+    b.spec["linux"]["resources"]["memory"]["limit"] = serde_json::json!(mib << 20);
+    b.save();
+}
+
+/// A sandbox that idles gives its cold pages back: the process following it (here a foreground
+/// `run`) has the kernel reclaim QEMU's file-backed pages once QEMU idles (moat_vm::reclaim),
+/// and the container goes on unharmed.
+#[test]
+fn vm_idle_sandbox_gives_its_cold_pages_back() {
+    let rt = Rt::new();
+    let mut b = vm_bundle(&["sh", "-c", "echo ready; read line; echo \"got:$line\""]);
+    alone_in_its_template(&mut b, 40);
+    let id = id("vmreclaim");
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut child = vm_cmd(&rt, &["run", "--bundle", b.path().to_str().unwrap(), &id])
+        .stdin(Stdio::piped())
+        .stdout(out.reopen().unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    wait_ready(&mut child, out.path());
+    let qemu = rt.state(&id)["pid"].as_i64().unwrap();
+    let before = pss_file_kib(qemu);
+    assert_reclaimed(qemu, before);
+    // The guest still works: its input reaches it and its output comes back.
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"after\n").unwrap();
+    run_ends(&rt, &id, &b, child, out.path(), 0, "got:after");
+}
+
+/// The same for a container that `create` and `start` leave alone (podman, Docker): a
+/// `vm-reclaim` helper does it, and `delete` leaves no helper behind.
+#[test]
+fn vm_started_container_has_a_reclaim_helper() {
+    let rt = Rt::new();
+    let mut b = vm_bundle(&["sleep", "600"]);
+    alone_in_its_template(&mut b, 44);
+    let id = id("vmreclaimd");
+    let qemu = create_and_start(&rt, &b, &id);
+    let before = pss_file_kib(qemu);
+    let helpers = || {
+        pids_with_cmdline("vm-reclaim")
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| c.split('\0').any(|a| a == id))
+            })
+            .count()
+    };
+    assert_eq!(helpers(), 1, "one vm-reclaim helper for {id}");
+    assert_reclaimed(qemu, before);
+    vm_ok(&rt, &["delete", "-f", &id]);
+    assert_eq!(helpers(), 0, "the helper outlived delete");
     assert_clean(&rt, &id, Some(b.path()));
     assert_no_qemu(&rt, &id);
 }
 
-/// No mount of the host mentions `needle` (the VM's binds live in virtiofsd's namespaces only).
+/// No mount of the host mentions `needle` (the VM's binds live in the share server's namespaces
+/// only).
 fn assert_no_host_mount(needle: &str) {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
@@ -254,6 +377,53 @@ fn add_bind(b: &mut Bundle, dest: &str, source: &std::path::Path, opts: &[&str])
 /// remounts it rw, and that a host file outside the binds is nowhere in the container.
 #[test]
 fn vm_run_forwards_stdin_and_shares_bind_mounts() {
+    stdin_and_binds(true);
+}
+
+/// The same for a bundle that asks for a cold boot (`io.moat.vm.template: "false"`): the share
+/// over virtiofs.
+#[test]
+fn vm_run_cold_shares_bind_mounts_over_virtiofs() {
+    stdin_and_binds(false);
+}
+
+/// Without moat-vmfs a VM that shares a directory boots cold (virtiofs) after a one-line
+/// notice, and the template is left alone.
+#[test]
+fn vm_without_the_share_server_boots_cold_with_a_notice() {
+    let rt = Rt::new();
+    let h = bind_sources();
+    let mut b = vm_bundle(&["sh", "-c", "cat /rw/in.txt; grep ' /rw ' /proc/self/mounts"]);
+    add_bind(&mut b, "/rw", &h.path().join("rw"), &["rbind", "rw"]);
+    b.save();
+    let id = id("vmnovmfs");
+    let o = vm_cmd(&rt, &["run", "--bundle", b.path().to_str().unwrap(), &id])
+        .env("MOAT_VMFS_BIN", "/nonexistent/moat-vmfs")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (out, err) = (text(&o), String::from_utf8_lossy(&o.stderr).into_owned());
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("host-data") && out.contains(" virtiofs "),
+        "{out}"
+    );
+    let notices: Vec<&str> = err.lines().filter(|l| l.contains("notice")).collect();
+    assert_eq!(notices.len(), 1, "{err}");
+    assert!(notices[0].contains("/nonexistent/moat-vmfs"), "{err}");
+    // Said before any clone was tried (a failed clone would also remove the template).
+    assert!(
+        notices[0].contains("a clone cannot share its directory"),
+        "{err}"
+    );
+    assert_clean(&rt, &id, Some(b.path()));
+    assert_no_qemu(&rt, &id);
+}
+
+/// A clone (`templates`: the share is FUSE over a serial port, served by moat-vmfs) or a cold
+/// boot (virtiofs) runs a container with stdin, a rw and a ro bind, a file bind, and nothing
+/// of the host beyond them.
+fn stdin_and_binds(templates: bool) {
     let rt = Rt::new();
     let h = bind_sources();
     let marker = format!("moat-marker-{}", std::process::id());
@@ -265,10 +435,13 @@ fn vm_run_forwards_stdin_and_shares_bind_mounts() {
          if echo x > /ro/f; then echo ro-write-ok; fi; \
          mount -o remount,bind,rw /ro && echo remounted; \
          if echo y > /ro/f; then echo ro-write-after-remount-ok; fi; \
-         cat /ro/f; cat /etc/host-file; \
+         cat /ro/f; cat /etc/host-file; grep ' /rw ' /proc/self/mounts; \
          find / -path /proc -prune -o -path /sys -prune -o -name {marker} -print; echo end"
     );
     let mut b = vm_bundle(&["sh", "-c", &script]);
+    if !templates {
+        b.spec["annotations"]["io.moat.vm.template"] = "false".into();
+    }
     add_bind(&mut b, "/rw", &h.path().join("rw"), &["rbind", "rw"]);
     add_bind(&mut b, "/ro", &h.path().join("ro"), &["bind", "ro"]);
     std::fs::write(h.path().join("single"), "a-single-file\n").unwrap();
@@ -317,6 +490,12 @@ fn vm_run_forwards_stdin_and_shares_bind_mounts() {
         Some(0),
         "stdout: {stdout}\nstderr: {stderr}"
     );
+    let fs = if templates {
+        " fuse.moatfs "
+    } else {
+        " virtiofs "
+    };
+    assert!(stdout.contains(&format!(" /rw{fs}")), "{stdout}");
     assert!(stdout.contains("first:hello"), "{stdout}");
     assert!(stdout.contains(&format!("rest:{}", 100 * 1024)), "{stdout}");
     assert!(stdout.contains("host-data"), "{stdout}");
@@ -399,23 +578,60 @@ fn vm_exec_ps_events_pause_and_list() {
     b.spec["linux"]["resources"]["memory"]["limit"] = serde_json::json!(32u64 << 20);
     add_bind(&mut b, "/data", &h.path().join("rw"), &["rbind", "rw"]);
     let id = id("vmexec");
-    vm_ok(
-        &rt,
-        &["create", "--bundle", b.path().to_str().unwrap(), &id],
-    );
-    vm_ok(&rt, &["start", &id]);
-    let qemu = rt.state(&id)["pid"].as_i64().unwrap();
+    let qemu = create_and_start(&rt, &b, &id);
     assert_no_host_mount(&h.path().to_string_lossy());
     assert_no_host_mount(&rt.root.path().join(&id).to_string_lossy());
     let dir = rt.root.path().join(&id);
-    let virtiofsd = pids_with_cmdline(&dir.to_string_lossy())
+    // A clone of a template: its share is served by moat-vmfs (FUSE over a serial port).
+    assert_eq!(
+        rt.state(&id)["annotations"]["io.moat.vm.start"],
+        "clone",
+        "a bundle with a directory rootfs and a bind is a clone"
+    );
+    let servers = pids_with_cmdline(&dir.to_string_lossy())
         .into_iter()
         .filter(|p| {
             std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                .is_ok_and(|c| c.contains("virtiofsd"))
+                .is_ok_and(|c| c.contains("moat-vmfs"))
         })
         .count();
-    assert!(virtiofsd >= 1, "no virtiofsd while the VM runs");
+    assert!(servers >= 1, "no moat-vmfs while the VM runs");
+    // Its serving process (the one in a new pid namespace) is confined like virtiofsd: its root
+    // is the share (one directory per container), file capabilities only, no_new_privs.
+    let serving: Vec<i32> = pids_with_cmdline(&dir.to_string_lossy())
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains("moat-vmfs"))
+                && std::fs::read_link(format!("/proc/{p}/ns/pid")).ok()
+                    != std::fs::read_link("/proc/self/ns/pid").ok()
+        })
+        .collect();
+    assert_eq!(serving.len(), 1, "one serving moat-vmfs: {serving:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", serving[0])).unwrap();
+    assert!(status.contains("CapEff:\t00000000800000db"), "{status}");
+    assert!(status.contains("CapBnd:\t00000000800000db"), "{status}");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    // ... and a seccomp allow-list (fuse_share::SYSCALLS) is in force.
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    let root: Vec<String> = std::fs::read_dir(format!("/proc/{}/root", serving[0]))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(root, vec![id.clone()], "the server's root is the share");
+    // Every mount it serves is nodev, nosuid and noexec: a device node the guest makes in a
+    // share could not open a host device even through a server bug.
+    let info = std::fs::read_to_string(format!("/proc/{}/mountinfo", serving[0])).unwrap();
+    let mut binds = 0;
+    for l in info.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        let opts: Vec<&str> = f[5].split(',').collect();
+        for o in ["nodev", "nosuid", "noexec"] {
+            assert!(opts.contains(&o), "{o} missing on {}: {info}", f[4]);
+        }
+        binds += usize::from(f[4] != "/");
+    }
+    assert!(binds >= 1, "no bind in the server's mounts: {info}");
 
     let list: serde_json::Value =
         serde_json::from_str(&text(&vm_ok(&rt, &["list", "--format", "json"]))).unwrap();
@@ -465,6 +681,25 @@ fn vm_exec_ps_events_pause_and_list() {
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success());
     assert_eq!(text(&o), "piped\n");
+
+    // An idle guest sleeps: its timer interrupts over 3 s of nothing (the guest ticked at 250 Hz
+    // without ARAT, and the agent woke every 20 ms).
+    let o = vm_cmd(
+        &rt,
+        &[
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            "a=$(grep '^intr' /proc/stat | cut -d' ' -f2); sleep 3; \
+             b=$(grep '^intr' /proc/stat | cut -d' ' -f2); echo $((b - a))",
+        ],
+    )
+    .output()
+    .unwrap();
+    let per_s = text(&o).trim().parse::<u64>().unwrap_or(u64::MAX) / 3;
+    eprintln!("guest interrupts per second while idle: {per_s}");
+    assert!(per_s < 100, "the idle guest is busy: {per_s}/s {o:?}");
 
     // A foreground exec holds one agent port while it waits for its stdin; ps and another exec
     // meanwhile use other ports, and each process's output reaches only its own command.
@@ -593,6 +828,30 @@ fn vm_exec_ps_events_pause_and_list() {
     let line = lines.recv_timeout(Duration::from_secs(30)).unwrap();
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v, serde_json::json!({"type": "oom", "id": id}), "{line}");
+    // A process the agent does not reap (a subshell of an exec that lives on) killed by the
+    // OOM killer: reported while the exec still runs (cgroup v2 inotify on memory.events in the
+    // guest; no periodic read any more).
+    let t = Instant::now();
+    let mut bg = vm_cmd(
+        &rt,
+        &[
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            "(x=0123456789; while :; do x=$x$x; done) & sleep 8",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let line = lines.recv_timeout(Duration::from_secs(7)).unwrap();
+    eprintln!("OOM of a subshell reported after {:?}", t.elapsed());
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v, serde_json::json!({"type": "oom", "id": id}), "{line}");
+    assert!(bg.try_wait().unwrap().is_none(), "the exec ended first");
+    let _ = bg.wait();
     let _ = ev.kill();
     let _ = ev.wait();
     assert_eq!(rt.status(&id), "running");
@@ -619,6 +878,26 @@ fn vm_exec_ps_events_pause_and_list() {
         );
         assert!(err.contains("not supported"), "{err}");
     }
+
+    // The share's server killed: the guest's relay aborts the FUSE connection, so the share
+    // fails loudly (ENOTCONN) instead of hanging; the VM is still removed completely.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serving[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let t = Instant::now();
+    let o = vm_cmd(&rt, &["exec", &id, "cat", "/data/in.txt"])
+        .output()
+        .unwrap();
+    let said = format!("{}{}", text(&o), String::from_utf8_lossy(&o.stderr));
+    eprintln!(
+        "exec with the share's server gone: {:?}: {said}",
+        t.elapsed()
+    );
+    assert!(!o.status.success(), "{said}");
+    assert!(said.contains("not connected"), "{said}");
+    assert!(t.elapsed() < Duration::from_secs(20));
 
     vm_ok(&rt, &["kill", &id, "KILL"]);
     rt.wait_status(&id, "stopped");
@@ -655,8 +934,18 @@ fn vm_bundle_with_a_rootfs_image_runs_in_a_clone() {
         serde_json::from_slice(&vm_ok(&rt, &["state", &id]).stdout).unwrap();
     assert_eq!(state["annotations"]["io.moat.vm.start"], "clone", "{state}");
     vm_ok(&rt, &["start", &id]);
-    let o = vm_ok(&rt, &["exec", &id, "cat", "/tmp/x"]);
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "w\n");
+    // The init writes the file as it starts: an exec may come first (or see it empty).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let o = loop {
+        let o = vm_cmd(&rt, &["exec", &id, "cat", "/tmp/x"])
+            .output()
+            .unwrap();
+        if o.stdout == b"w\n" || Instant::now() > deadline {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "w\n", "{o:?}");
     assert!(
         !b.rootfs().join("tmp/x").exists(),
         "the guest's write reached the bundle"

@@ -290,6 +290,49 @@ fn vm_console_socket_gets_a_host_master() {
         assert!(Instant::now() < deadline, "no resize seen: {seen:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The relay sleeps while the shell prints nothing: its only timer is the idle reclaim's
+    // look at QEMU every 2 s, then 10 s (it used to look at the terminal every 10-50 ms), and
+    // the host pty is its controlling terminal (the resize came as SIGWINCH).
+    let relays: Vec<i32> = std::fs::read_dir(rt.root.path().join(&id).join("relays"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    assert_eq!(relays.len(), 1, "{relays:?}");
+    let switches = || -> u64 {
+        std::fs::read_dir(format!("/proc/{}/task", relays[0]))
+            .unwrap()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+            .flat_map(|st| {
+                st.lines()
+                    .filter(|l| l.contains("ctxt_switches"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    };
+    let before = switches();
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = switches() - before;
+    eprintln!("relay context switches in 2 s idle: {idle}");
+    assert!(idle < 10, "the idle relay woke {idle} times in 2 s");
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", relays[0])).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // Fields after the name: state ppid pgrp session tty_nr ...
+    assert_eq!(
+        fields[3],
+        relays[0].to_string(),
+        "the relay leads its session: {stat}"
+    );
+    assert_ne!(
+        fields[4], "0",
+        "the relay has a controlling terminal: {stat}"
+    );
     // `exec -t` with a console socket, detached: another master, its own relay.
     let sock2 = sockdir.path().join("exec.sock");
     let listener = std::os::unix::net::UnixListener::bind(&sock2).unwrap();

@@ -25,7 +25,7 @@ pub use bpf::{
     SockFilter, MAX_INSNS,
 };
 pub use compile::{compile, filter_flags, Compiled, BAD_ARCH_ACTION};
-pub use profile::{default_profile, DEFAULT_PROFILE_JSON};
+pub use profile::{allow_only, default_profile, DEFAULT_PROFILE_JSON};
 
 /// Why a `linux.seccomp` could not be compiled. Each variant names the offending field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,3 +14,15 @@ pub fn default_profile() -> LinuxSeccomp {
     // The file is part of the crate and checked by the tests; a parse failure is a build defect.
     serde_json::from_str(DEFAULT_PROFILE_JSON).expect("data/default.json is valid linux.seccomp")
 }
+
+/// A profile allowing exactly the system calls `names` (without argument conditions), every
+/// other one failing with `errno`: the filter a helper process of moat's own puts on itself.
+pub fn allow_only(names: &[&str], errno: u32) -> LinuxSeccomp {
+    let json = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": errno,
+        "syscalls": [{ "names": names, "action": "SCMP_ACT_ALLOW" }],
+    });
+    // Built from a fixed shape; a parse failure is a build defect.
+    serde_json::from_value(json).expect("an allow-list is valid linux.seccomp")
+}

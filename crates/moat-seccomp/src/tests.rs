@@ -400,3 +400,20 @@ fn default_profile_policy() {
     assert_eq!(call(&arm, AUDIT_ARCH_AARCH64, 63, [0; 6]), ret::ALLOW); // read
     assert_eq!(call(&arm, AUDIT_ARCH_AARCH64, 97, [0; 6]), EPERM); // unshare
 }
+
+#[test]
+fn allow_only_admits_the_names_and_fails_the_rest() {
+    let c = compile(
+        &allow_only(&["read", "write", "no_such_call"], 38),
+        Arch::X86_64,
+    )
+    .unwrap();
+    validate(&c.program).unwrap();
+    assert_eq!(x64(&c, "read", 0), ret::ALLOW);
+    assert_eq!(x64(&c, "write", 7), ret::ALLOW);
+    assert_eq!(x64(&c, "execve", 0), ret::ERRNO | 38);
+    assert_eq!(x64(&c, "socket", 0), ret::ERRNO | 38);
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    // Another architecture's calls are not admitted.
+    assert_ne!(call(&c, AUDIT_ARCH_I386, 3, [0; 6]), ret::ALLOW);
+}

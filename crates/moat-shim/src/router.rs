@@ -8,7 +8,6 @@ use std::sync::{Arc, OnceLock};
 
 use containerd_shim::api;
 use containerd_shim::protos::ttrpc::{get_status, Code, Error};
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 
 use crate::service::Service;
@@ -17,8 +16,8 @@ use crate::vm_pod::{self, VmPod, VmPodError};
 pub struct Router {
     ns: Service,
     vm: OnceLock<Arc<VmPod>>,
-    /// For the VM pod's events (the namespaces service owns the first publisher).
-    publisher: std::sync::Mutex<Option<RemotePublisher>>,
+    /// containerd's ttrpc address, for the VM pod's events.
+    events_address: String,
     namespace: String,
     exit: Arc<ExitSignal>,
 }
@@ -33,12 +32,12 @@ fn status(e: VmPodError) -> Error {
 }
 
 impl Router {
-    pub fn new(ns: Service, publisher: RemotePublisher, namespace: &str) -> Router {
+    pub fn new(ns: Service, events_address: String, namespace: &str) -> Router {
         let exit = ns.exit_signal();
         Router {
             ns,
             vm: OnceLock::new(),
-            publisher: std::sync::Mutex::new(Some(publisher)),
+            events_address,
             namespace: namespace.to_string(),
             exit,
         }
@@ -65,12 +64,10 @@ impl Router {
                     req.id
                 )));
             }
-            let p = self
-                .publisher
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            let _ = self.vm.set(VmPod::new(p, &self.namespace));
+            let _ = self.vm.set(VmPod::new(
+                Some(self.events_address.clone()),
+                &self.namespace,
+            ));
         }
         Ok(self.vm.get())
     }

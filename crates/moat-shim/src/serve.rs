@@ -11,7 +11,6 @@ use containerd_shim::monitor::monitor_notify_by_pid;
 use containerd_shim::protos::ttrpc::{
     get_status, send_response, Code, Error, MethodHandler, Server, TtrpcContext,
 };
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config, Shim};
 use nix::sys::wait::{waitpid, WaitStatus};
 
@@ -174,14 +173,10 @@ pub fn serve(args: &[String]) -> Result<(), String> {
     std::thread::spawn(reaper);
     let ttrpc_address =
         std::env::var("TTRPC_ADDRESS").map_err(|_| "TTRPC_ADDRESS is not set".to_string())?;
-    let publisher = RemotePublisher::new(&ttrpc_address)
-        .map_err(|e| format!("connect to containerd {ttrpc_address}: {e}"))?;
     let mut shim = Service::new("io.containerd.moat.v2", &flags, &mut Config::default());
-    let vm_publisher = RemotePublisher::new(&ttrpc_address)
-        .map_err(|e| format!("connect to containerd {ttrpc_address}: {e}"))?;
     let task = Arc::new(Router::new(
-        shim.create_task_service(publisher),
-        vm_publisher,
+        shim.task_service(ttrpc_address.clone()),
+        ttrpc_address,
         &flags.namespace,
     ));
 

@@ -73,6 +73,8 @@ struct Ctr {
     execs: HashMap<String, Proc>,
     rootfs_mounted: bool,
     ooms: u64,
+    /// Its cgroup, read from its state file once (`Inner::cgroup_of`); not recorded.
+    cgroup: Option<moat_cgroups::Cgroup>,
 }
 
 #[derive(Default)]
@@ -91,6 +93,10 @@ pub struct Inner {
     /// Reconnects when a publish fails (containerd restarted; the shim, shared or not, lives on).
     events: crate::events::Events,
     exit: Arc<ExitSignal>,
+    /// Wakes the OOM watcher ([`oom::watch`]) when containers start or exit.
+    oom_wake: oom::OomWake,
+    /// Held while an OOM kill is counted and published ([`Inner::report_oom`]).
+    oom_report: Mutex<()>,
 }
 
 #[derive(Clone)]
@@ -109,6 +115,18 @@ fn store_root(namespace: &str) -> PathBuf {
 }
 
 impl Inner {
+    fn new(store: Store, events: crate::events::Events, exit: Arc<ExitSignal>) -> Inner {
+        Inner {
+            state: Mutex::default(),
+            cond: Condvar::new(),
+            store,
+            events,
+            exit,
+            oom_wake: oom::OomWake::new().expect("a pipe for the OOM watcher"),
+            oom_report: Mutex::new(()),
+        }
+    }
+
     fn publish(&self, topic: &str, ev: Box<dyn MessageDyn>) {
         self.events.publish(topic, ev);
     }
@@ -132,6 +150,7 @@ impl Inner {
             Some((cid, id)) => {
                 record::save(&cid, st.ctrs.get(&cid));
                 drop(st);
+                self.oom_before_exit(&cid);
                 self.cond.notify_all();
                 self.publish(
                     topics::TASK_EXIT_EVENT_TOPIC,
@@ -181,13 +200,11 @@ impl containerd_shim::Shim for Service {
 
     fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         Service {
-            inner: Arc::new(Inner {
-                state: Mutex::default(),
-                cond: Condvar::new(),
-                store: Store::new(store_root(&args.namespace)),
-                events: crate::events::Events::new(None, &args.namespace),
-                exit: Arc::new(ExitSignal::default()),
-            }),
+            inner: Arc::new(Inner::new(
+                Store::new(store_root(&args.namespace)),
+                crate::events::Events::new(None, &args.namespace),
+                Arc::new(ExitSignal::default()),
+            )),
         }
     }
 
@@ -230,13 +247,20 @@ impl containerd_shim::Shim for Service {
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        let inner = Arc::new(Inner {
-            state: Mutex::default(),
-            cond: Condvar::new(),
-            store: self.inner.store.clone(),
-            events: crate::events::Events::new(Some(publisher), self.inner.events.namespace()),
-            exit: self.inner.exit.clone(),
-        });
+        // A kept publisher would poll every 10 ms (crate::events): connect per event instead.
+        drop(publisher);
+        self.task_service(std::env::var("TTRPC_ADDRESS").unwrap_or_default())
+    }
+}
+
+impl Service {
+    /// The task service, publishing its events to containerd at `events_address`.
+    pub fn task_service(&self, events_address: String) -> Service {
+        let inner = Arc::new(Inner::new(
+            self.inner.store.clone(),
+            crate::events::Events::new(Some(events_address), self.inner.events.namespace()),
+            self.inner.exit.clone(),
+        ));
         if let Some(dir) = crate::shared::tasks_dir() {
             let adopted = record::load_all(&dir);
             if !adopted.is_empty() {
@@ -383,6 +407,7 @@ impl containerd_shim::Task for Service {
                 execs: HashMap::new(),
                 rootfs_mounted: mounted,
                 ooms: 0,
+                cgroup: None,
             },
         );
         record::save(&req.id, st.ctrs.get(&req.id));
@@ -418,6 +443,7 @@ impl containerd_shim::Task for Service {
                 record::save(&req.id, Some(c));
                 pid
             };
+            self.inner.oom_wake.wake();
             self.inner.publish(
                 topics::TASK_START_EVENT_TOPIC,
                 Box::new(TaskStart {

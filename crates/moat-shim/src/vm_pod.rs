@@ -49,7 +49,6 @@ use containerd_shim::protos::events::task::{TaskExit, TaskOOM};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::topics;
-use containerd_shim::publisher::RemotePublisher;
 
 pub use error::{Result, VmPodError};
 use link::{Event, Link};
@@ -187,14 +186,15 @@ fn now() -> Timestamp {
 }
 
 impl VmPod {
-    pub fn new(publisher: Option<RemotePublisher>, namespace: &str) -> Arc<VmPod> {
+    /// `address`: containerd's ttrpc address, for the pod's events.
+    pub fn new(address: Option<String>, namespace: &str) -> Arc<VmPod> {
         Arc::new(VmPod {
             table: Mutex::default(),
             cond: Condvar::new(),
             link: OnceLock::new(),
             booting: Mutex::new(()),
             net: Mutex::new(None),
-            events: crate::events::Events::new(publisher, namespace),
+            events: crate::events::Events::new(address, namespace),
             forward: Mutex::new(None),
         })
     }
@@ -241,6 +241,13 @@ impl VmPod {
         (cfg.memory_mib, cfg.vcpus) = guest::vm_size(spec);
         cfg.agent_ports = 1;
         cfg.shared = Some(moat_vm::SharedDir::default());
+        // A clone of a template where one can be made (its share is then FUSE over a port),
+        // unless the pod asks for a cold boot with virtiofs (`io.moat.vm.template: "false"`).
+        cfg.template = moat_vm::template::wanted(
+            spec.get("annotations")
+                .and_then(|a| a.get(moat_vm::template::ANNOTATION))
+                .and_then(|v| v.as_str()),
+        );
         collect_stale_run_dirs();
         cfg.run_parent = PathBuf::from(RUN_PARENT);
         std::fs::create_dir_all(&cfg.run_parent)
@@ -294,11 +301,15 @@ impl VmPod {
             own_pid(p);
         }
         let me = Arc::downgrade(self);
+        // On failure the VM is dropped, which kills QEMU and its share server.
         let link = Link::start(vm, move |ev| {
             if let Some(pod) = me.upgrade() {
                 pod.on_event(ev);
             }
-        });
+        })
+        .map_err(VmPodError::vm(format!(
+            "take the agent connection of pod {id}"
+        )))?;
         log::info!(
             "pod {id}: VM booted in {:?} (qemu {}, {} MiB, {} vCPU, guest kernel {})",
             started.elapsed(),
@@ -307,6 +318,8 @@ impl VmPod {
             cfg.vcpus,
             link.kernel_release()
         );
+        // The pod's cold pages go back to the host while it idles (moat_vm::reclaim).
+        moat_vm::reclaim::spawn(link.pid());
         if let Some(ns) = &netns {
             match forward::Forwarder::start(ns, link.clone()) {
                 Ok(f) => *self.forward.lock().unwrap_or_else(|e| e.into_inner()) = Some(f),

@@ -6,6 +6,7 @@ mod support;
 use support::*;
 
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-moat-v2");
@@ -191,4 +192,127 @@ fn exec_pause_metrics_kill_through_the_moat_shim() {
         "ctr container rm",
     );
     assert_shim_clean(&cd, &cid);
+}
+
+/// A process of a container killed by the OOM killer is published as `/tasks/oom`, before its
+/// exit: from the exit's own check of the cgroup's counter (an exec, an init) or from the shim's
+/// watcher (an eventfd on v1, inotify on v2) while the container runs (a child of an exec).
+#[test]
+fn an_oom_kill_is_published_as_a_task_oom_event() {
+    let Some((cd, _w)) = containerd("an_oom_kill_is_published_as_a_task_oom_event") else {
+        return;
+    };
+    let cid = id("shimoom");
+    cd.ids.borrow_mut().push(cid.clone());
+    let mut events = cd
+        .ctr()
+        .arg("events")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let out = events.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    ok(
+        cd.ctr()
+            .args(["run", "-d", "--memory-limit", "33554432"])
+            .args(RUNTIME)
+            .args([IMAGE, &cid, "sleep", "1000"]),
+        Duration::from_secs(60),
+        "ctr run -d --memory-limit",
+    );
+    // The topics of the next `n` events of container `cid` among `want` (within 10 s), and the
+    // other events seen meanwhile.
+    let topics = |cid: &str, want: &[&'static str], n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let (mut got, mut other) = (vec![], vec![]);
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(l) = lines.recv_timeout(left) else {
+                break;
+            };
+            match want.iter().find(|t| l.contains(cid) && l.contains(*t)) {
+                Some(t) => got.push(*t),
+                None => other.push(l),
+            }
+        }
+        (got, other)
+    };
+    let hog = ["sh", "-c", "x=0123456789; while :; do x=$x$x; done"];
+    let killed = |cmd: &mut Command, what: &str| {
+        let o = run_deadline(cmd.args(hog), Duration::from_secs(60), what);
+        assert_eq!(
+            o.status.code(),
+            Some(137),
+            "{}\n{}",
+            text(&o.stderr),
+            cd.log()
+        );
+    };
+    killed(
+        cd.ctr().args(["task", "exec", "--exec-id", "hog", &cid]),
+        "ctr task exec (a memory hog)",
+    );
+    let (got, seen) = topics(&cid, &["/tasks/oom", "/tasks/exit"], 2);
+    assert_eq!(
+        got,
+        ["/tasks/oom", "/tasks/exit"],
+        "{seen:#?}\n{}",
+        cd.log()
+    );
+    // A process that is neither an init nor an exec (a child the OOM killer ends while its
+    // parent lives on): the watcher publishes it while the exec still runs.
+    let mut parent = cd
+        .ctr()
+        .args(["task", "exec", "--exec-id", "parent", &cid, "sh", "-c"])
+        .arg("sh -c 'x=0123456789; while :; do x=$x$x; done'; sleep 5")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (got, seen) = topics(&cid, &["/tasks/oom"], 1);
+    let running = parent.try_wait().unwrap().is_none();
+    let st = parent.wait().unwrap();
+    assert_eq!(got, ["/tasks/oom"], "{seen:#?}\n{}", cd.log());
+    assert!(
+        running,
+        "the OOM kill was published only when its parent exited"
+    );
+    assert_eq!(st.code(), Some(0));
+    let (got, seen) = topics(&cid, &["/tasks/exit"], 1);
+    assert_eq!(got, ["/tasks/exit"], "{seen:#?}\n{}", cd.log());
+    ok(
+        cd.ctr().args(["task", "kill", "-s", "KILL", &cid]),
+        Duration::from_secs(30),
+        "ctr task kill",
+    );
+
+    // A container whose init is the hog: its OOM kill is published, and before its exit (what
+    // Kubernetes' OOMKilled reason rests on).
+    let cid2 = id("shimoominit");
+    cd.ids.borrow_mut().push(cid2.clone());
+    killed(
+        cd.ctr()
+            .args(["run", "--rm", "--memory-limit", "33554432"])
+            .args(RUNTIME)
+            .args([IMAGE, &cid2]),
+        "ctr run (an init that is a memory hog)",
+    );
+    let (got, seen) = topics(&cid2, &["/tasks/oom", "/tasks/exit"], 2);
+    let _ = events.kill();
+    let _ = events.wait();
+    assert_eq!(
+        got,
+        ["/tasks/oom", "/tasks/exit"],
+        "{seen:#?}\n{}",
+        cd.log()
+    );
 }

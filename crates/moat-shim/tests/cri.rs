@@ -55,15 +55,7 @@ fn cri_pod_with_three_containers_in_one_moat_shim() {
     let uid = format!("moat-cri-{}", std::process::id());
     let sandbox_config = pod_config("moat-pod", &uid, &logs, &cd.cgroup_parent, host_network());
     let started = Instant::now();
-    let pod = cri_ok!(
-        cri,
-        run_pod_sandbox,
-        RunPodSandboxRequest {
-            config: Some(sandbox_config.clone()),
-            runtime_handler: "moat".into(),
-        }
-    )
-    .pod_sandbox_id;
+    let pod = start_pod(&cri, &sandbox_config, "moat");
     eprintln!("RunPodSandbox: {pod} in {:?}", started.elapsed());
     let status = cri_ok!(
         cri,
@@ -263,6 +255,50 @@ fn cri_pod_with_three_containers_in_one_moat_shim() {
         sandbox_only_mem.1,
         shims.len(),
         exe.display(),
+    );
+
+    // A container whose init outgrows its memory limit reads OOMKilled, as `kubectl describe`
+    // shows it: containerd sets that reason from the shim's TaskOOM, which must come before the
+    // exit.
+    let hog = start_container_linux(
+        &cri,
+        &pod,
+        &sandbox_config,
+        "hog",
+        &["sh", "-c", "x=0123456789; while :; do x=$x$x; done"],
+        LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 32 << 20,
+                ..Default::default()
+            }),
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(host_network()),
+                ..Default::default()
+            }),
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let hog_status = loop {
+        let s = cri_ok!(
+            cri,
+            container_status,
+            ContainerStatusRequest {
+                container_id: hog.clone(),
+                verbose: false,
+            }
+        )
+        .status
+        .expect("container status");
+        if s.state == ContainerState::ContainerExited as i32 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the hog still runs: {s:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        (hog_status.exit_code, hog_status.reason.as_str()),
+        (137, "OOMKilled"),
+        "{hog_status:?}"
     );
 
     // Stop and remove the pod, containers still in it, as the kubelet may.

@@ -113,15 +113,7 @@ fn run_pod_with(
         &cd.cgroup_parent,
         host_network(),
     );
-    let pod = cri_ok!(
-        cri,
-        run_pod_sandbox,
-        RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: handler.into(),
-        }
-    )
-    .pod_sandbox_id;
+    let pod = start_pod(cri, &config, handler);
     (pod, config)
 }
 

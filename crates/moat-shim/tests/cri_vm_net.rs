@@ -39,18 +39,6 @@ fn sandbox_config(cd: &CriContainerd, name: &str, logs: &std::path::Path) -> Pod
     pod_config(name, &uid, logs, &cd.cgroup_parent, pod_network())
 }
 
-fn run_pod(cri: &Cri, cfg: &PodSandboxConfig, handler: &str) -> String {
-    cri_ok!(
-        cri,
-        run_pod_sandbox,
-        RunPodSandboxRequest {
-            config: Some(cfg.clone()),
-            runtime_handler: handler.into(),
-        }
-    )
-    .pod_sandbox_id
-}
-
 #[test]
 fn cri_vm_pod_gets_the_pod_ip_and_a_second_pod_reaches_it() {
     let test = "cri_vm_pod_gets_the_pod_ip_and_a_second_pod_reaches_it";
@@ -100,7 +88,7 @@ fn cri_vm_pod_gets_the_pod_ip_and_a_second_pod_reaches_it() {
 
     let cfg_a = sandbox_config(&cd, "moat-vm-net-a", &logs);
     let t = Instant::now();
-    let pod_a = run_pod(&cri, &cfg_a, "moat-vm");
+    let pod_a = start_pod(&cri, &cfg_a, "moat-vm");
     eprintln!("VM pod with a network device started in {:?}", t.elapsed());
     let web = start_container_with(
         &cri,
@@ -160,7 +148,7 @@ fn cri_vm_pod_gets_the_pod_ip_and_a_second_pod_reaches_it() {
     assert!(body.contains(" 200 "), "{body}");
     // A second pod (namespaces backend) reaches it over the bridge.
     let cfg_b = sandbox_config(&cd, "moat-net-b", &logs);
-    let pod_b = run_pod(&cri, &cfg_b, "moat");
+    let pod_b = start_pod(&cri, &cfg_b, "moat");
     let client = start_container_with(
         &cri,
         &pod_b,
@@ -197,7 +185,7 @@ fn cri_vm_pod_gets_the_pod_ip_and_a_second_pod_reaches_it() {
     // A VM pod whose shim is killed: the agent powers the VM off when the connection closes;
     // the taps go with the pod's namespace, which containerd removes with the pod.
     let cfg_c = sandbox_config(&cd, "moat-vm-net-crash", &logs);
-    let pod_c = run_pod(&cri, &cfg_c, "moat-vm");
+    let pod_c = start_pod(&cri, &cfg_c, "moat-vm");
     start_container_with(&cri, &pod_c, &cfg_c, "c", "exec sleep 1000", pod_network());
     assert!(taps_left(), "the VM pod has no tap");
     let shims: Vec<i32> = cd.shim_processes().into_keys().collect();

@@ -137,15 +137,7 @@ fn cri_vm_pod_honours_hostname_sysctls_privileges_and_readonly_rootfs() {
         }
     }
     let t = Instant::now();
-    let pod = cri_ok!(
-        cri,
-        run_pod_sandbox,
-        RunPodSandboxRequest {
-            config: Some(sandbox.clone()),
-            runtime_handler: "moat-vm".into(),
-        }
-    )
-    .pod_sandbox_id;
+    let pod = start_pod(&cri, &sandbox, "moat-vm");
     eprintln!("pod started (VM boot included) in {:?}", t.elapsed());
 
     // The pod's hostname and sysctls, in a default container.

@@ -122,8 +122,21 @@ pub fn mount_setattr(tree: BorrowedFd<'_>, recursive: bool, attr: &MountAttr) ->
 /// [`mount_setattr`] with `MOUNT_ATTR_RDONLY` on the detached or attached tree `tree` (every
 /// mount below it too when `recursive`).
 pub fn set_tree_readonly(tree: BorrowedFd<'_>, recursive: bool) -> Result<()> {
+    set_tree_attrs(tree, recursive, MOUNT_ATTR_RDONLY, 0)
+}
+
+/// [`mount_setattr`] setting the `MOUNT_ATTR_*` bits `attrs` on the detached or attached tree
+/// `tree` (every mount below it too when `recursive`), other attributes kept, and its
+/// propagation to `propagation` (`MS_PRIVATE`, `MS_SLAVE`, ...; 0 keeps it).
+pub fn set_tree_attrs(
+    tree: BorrowedFd<'_>,
+    recursive: bool,
+    attrs: u64,
+    propagation: u64,
+) -> Result<()> {
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
+        attr_set: attrs,
+        propagation,
         ..MountAttr::default()
     };
     mount_setattr(tree, recursive, &attr)

@@ -2,7 +2,7 @@
 //! `CLONE_PIDFD`, `CLONE_PARENT` and namespace flags), `pidfd_open`, `pidfd_send_signal`, the session
 //! keyring, `close_range` and the start time of a pid (to tell a live process from a reused pid).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -105,6 +105,22 @@ pub fn clone3(flags: u64, want_pidfd: bool) -> Result<Forked> {
     }
 }
 
+/// Make the child `cmd` spawns the leader of a new session (`setsid(2)` between fork and exec),
+/// so that no signal of the caller's terminal reaches it, even before its own code runs.
+pub fn new_session_on_spawn(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2), which
+    // is async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// `pidfd_open(2)`.
 pub fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
     // SAFETY: plain syscall with integer arguments.
@@ -114,6 +130,42 @@ pub fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
     }
     // SAFETY: the kernel returned a new descriptor that nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `process_madvise(2)` with `MADV_PAGEOUT`: ask the kernel to reclaim the pages of `ranges`
+/// (start address and length, in the address space of the process `pidfd` refers to). Only
+/// pages that process alone maps are reclaimed; clean file pages are dropped (they come back
+/// from the file when touched), anonymous ones only go to swap. Returns the bytes advised.
+/// Needs `PTRACE_MODE_READ` on the process and CAP_SYS_NICE (Linux 5.10).
+pub fn process_madvise_pageout(pidfd: BorrowedFd<'_>, ranges: &[(usize, usize)]) -> Result<usize> {
+    let mut advised = 0;
+    // At most IOV_MAX (1024) ranges per call.
+    for chunk in ranges.chunks(1024) {
+        let iov: Vec<libc::iovec> = chunk
+            .iter()
+            .map(|&(start, len)| libc::iovec {
+                iov_base: start as *mut libc::c_void,
+                iov_len: len,
+            })
+            .collect();
+        // SAFETY: `iov` is a live array of `iov.len()` iovecs for the call; the kernel reads it
+        // and treats the addresses in it as the *target's*, never touching ours through them.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_process_madvise,
+                pidfd.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len(),
+                libc::MADV_PAGEOUT,
+                0u32,
+            )
+        };
+        if r < 0 {
+            return Err(Errno::last());
+        }
+        advised += r as usize;
+    }
+    Ok(advised)
 }
 
 /// `pidfd_send_signal(2)`: signal the exact process the pidfd refers to (no pid-reuse race).
@@ -205,18 +257,28 @@ pub fn cloexec_from(first: i32) -> Result<()> {
     Ok(())
 }
 
+/// The fields of /proc/PID/stat from field 3 (state) on: what follows the command name.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    Some(after.split_whitespace().map(String::from).collect())
+}
+
 /// Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat), or None when the
 /// process does not exist or is a zombie.
 pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let mut fields = after.split_whitespace();
-    let state = fields.next()?;
-    if state == "Z" || state == "X" {
+    let f = stat_fields(pid)?;
+    if matches!(f.first()?.as_str(), "Z" | "X") {
         return None;
     }
-    // state is field 3; starttime is field 22 -> 19 more.
-    fields.nth(18)?.parse().ok()
+    f.get(22 - 3)?.parse().ok()
+}
+
+/// User and system CPU time of process `pid`, all its threads, in clock ticks (fields 14 and 15
+/// of /proc/PID/stat).
+pub fn cpu_time(pid: i32) -> Option<u64> {
+    let f = stat_fields(pid)?;
+    Some(f.get(14 - 3)?.parse::<u64>().ok()? + f.get(15 - 3)?.parse::<u64>().ok()?)
 }
 
 /// Convert an `std::io::Error` into an errno, EIO when it carries none.

@@ -20,21 +20,38 @@ const INSTALLED: &[&str] = &["/usr/local/lib/moat/moat-agent", "/usr/lib/moat/mo
 /// The guest agent: `$MOAT_AGENT_BIN`, else `moat-agent` next to the running program (a cargo
 /// build puts every binary of the workspace in one directory), else an installed one.
 pub fn find_agent() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("MOAT_AGENT_BIN") {
-        return Ok(p.into());
+    find_program("moat-agent", "MOAT_AGENT_BIN", INSTALLED)
+}
+
+/// moat's program `name`: `$env`, else beside the running program (or, for a test binary in
+/// cargo's `deps`, in the directory above), else at one of `installed`.
+pub(crate) fn find_program(name: &str, env: &str, installed: &[&str]) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env).map(PathBuf::from) {
+        if p.is_file() {
+            return Ok(p);
+        }
+        return Err(VmError::AgentBinary {
+            reason: format!("${env} names {}, which is not a file", p.display()),
+            path: p,
+        });
     }
-    invoked_dirs()
-        .into_iter()
-        .map(|d| d.join("moat-agent"))
-        .chain(INSTALLED.iter().map(PathBuf::from))
+    let mut dirs = invoked_dirs();
+    let above_deps: Vec<PathBuf> = dirs
+        .iter()
+        .filter(|d| d.file_name().is_some_and(|n| n == "deps"))
+        .filter_map(|d| d.parent().map(Path::to_path_buf))
+        .collect();
+    dirs.extend(above_deps);
+    dirs.iter()
+        .map(|d| d.join(name))
+        .chain(installed.iter().map(PathBuf::from))
         .find(|p| p.is_file())
         .ok_or_else(|| VmError::AgentBinary {
-            path: PathBuf::from("moat-agent"),
+            path: PathBuf::from(name),
             reason: format!(
-                "not found in {:?} nor at {}: build the workspace (`cargo build --release` \
-                 puts it beside moat), install it there, or set MOAT_AGENT_BIN",
-                invoked_dirs(),
-                INSTALLED.join(" or ")
+                "not found in {dirs:?} nor at {}: build the workspace (`cargo build --release` \
+                 puts it beside moat), install it there, or set {env}",
+                installed.join(" or ")
             ),
         })
 }

@@ -272,6 +272,14 @@ pub fn ensure_initramfs(cache: &Path, kernel: &Kernel, agent: &Path) -> Result<P
         .map(|name| cache.join("initramfs").join(name.trim()))
         .filter(|p| p.is_file())
     {
+        // Used now: its index entry's mtime keeps it from the garbage collection (the file's
+        // own is part of its identity, which templates record).
+        if let Some(i) = &index {
+            let _ = std::fs::File::options()
+                .append(true)
+                .open(i)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        }
         return Ok(found);
     }
     let path = build_initramfs(cache, kernel, agent)?;
@@ -280,7 +288,64 @@ pub fn ensure_initramfs(cache: &Path, kernel: &Kernel, agent: &Path) -> Result<P
         let _ = std::fs::write(&tmp, name.to_string_lossy().as_bytes())
             .and_then(|()| std::fs::rename(&tmp, &i));
     }
+    collect_initramfs_garbage(
+        &cache.join("initramfs"),
+        &path,
+        &crate::template::inputs_in_use(&crate::template::store_dir()),
+    );
     Ok(path)
+}
+
+/// An initramfs no template was made from is removed this long after it was built.
+const INITRAMFS_KEPT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// When a new initramfs is built (a new agent or kernel): remove the ones no template was made
+/// from, neither built nor looked up (their index entry is touched on use) within
+/// [`INITRAMFS_KEPT`], and the index entries that name a removed one. Every upgrade of moat would
+/// otherwise leave 7-20 MB behind for good.
+fn collect_initramfs_garbage(dir: &Path, keep: &Path, used: &std::collections::HashSet<PathBuf>) {
+    let old = |m| modified_before(m, INITRAMFS_KEPT);
+    let looked_up: std::collections::HashSet<PathBuf> = std::fs::read_dir(dir.join("by-agent"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| !old(e.metadata()))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .map(|name| dir.join(name.trim()))
+        .collect();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p != keep
+            && old(e.metadata())
+            && p.extension().is_some_and(|x| x == "cpio")
+            && !used.contains(&p)
+            && !looked_up.contains(&p)
+        {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+    for e in std::fs::read_dir(dir.join("by-agent"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let named = std::fs::read_to_string(e.path()).unwrap_or_default();
+        if !dir.join(named.trim()).is_file() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Whether the file of `m` was last modified more than `age` ago (`false` when unknown): the
+/// age rule of the cache's garbage collections.
+pub(crate) fn modified_before(
+    m: std::io::Result<std::fs::Metadata>,
+    age: std::time::Duration,
+) -> bool {
+    m.and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|a| a > age)
 }
 
 /// A file's identity without reading it: path, inode, size and mtime (a replaced or rewritten
@@ -495,6 +560,50 @@ pub fn build_ext4_image(dir: &Path, out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn old_initramfs_files_nothing_uses_are_removed_with_their_index() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        std::fs::create_dir(dir.join("by-agent")).unwrap();
+        let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86400);
+        for name in [
+            "old.cpio",
+            "used.cpio",
+            "new.cpio",
+            "young.cpio",
+            "looked-up.cpio",
+        ] {
+            let f = std::fs::File::create(dir.join(name)).unwrap();
+            if name != "young.cpio" {
+                f.set_modified(day_ago).unwrap();
+            }
+            std::fs::write(dir.join("by-agent").join(name), name).unwrap();
+            if name != "looked-up.cpio" {
+                std::fs::File::options()
+                    .append(true)
+                    .open(dir.join("by-agent").join(name))
+                    .unwrap()
+                    .set_modified(day_ago)
+                    .unwrap();
+            }
+        }
+        let used = [dir.join("used.cpio")].into_iter().collect();
+        collect_initramfs_garbage(dir, &dir.join("new.cpio"), &used);
+        let left = |sub: &str| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(dir.join(sub))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.path().is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let kept = ["looked-up.cpio", "new.cpio", "used.cpio", "young.cpio"];
+        assert_eq!(left(""), kept);
+        assert_eq!(left("by-agent"), kept);
+    }
 
     #[test]
     fn modinfo_depends_reads_the_list() {

@@ -55,6 +55,64 @@ pub fn try_lock_port(sock: &Path) -> Result<Option<nix::fcntl::Flock<File>>> {
     }
 }
 
+/// The connection's socket, to poll (read it with [`AgentClient::try_next_event`]).
+impl std::os::fd::AsFd for AgentClient {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
+/// The reading half of a split connection ([`AgentClient::split_reader`]).
+pub struct AgentReader {
+    stream: UnixStream,
+    dec: Decoder<GuestMessage>,
+    events: VecDeque<GuestMessage>,
+}
+
+impl AgentReader {
+    /// The next message from the agent, waiting for it as long as it takes; an error once the
+    /// connection is closed.
+    pub fn next_message(&mut self) -> Result<GuestMessage> {
+        if let Some(m) = self.events.pop_front() {
+            return Ok(m);
+        }
+        read_message(&mut self.stream, &mut self.dec, None)
+    }
+}
+
+/// Read one message from `stream` through `dec`, until `deadline` (`None`: no deadline).
+fn read_message(
+    stream: &mut UnixStream,
+    dec: &mut Decoder<GuestMessage>,
+    deadline: Option<Instant>,
+) -> Result<GuestMessage> {
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        if let Some(m) = dec.next_message() {
+            return Ok(m?);
+        }
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return Err(VmError::AgentTimeout { secs: 0 });
+        }
+        let _ = stream.set_read_timeout(left);
+        match stream.read(&mut buf) {
+            Ok(0) => return Err(VmError::Disconnected),
+            Ok(n) => dec.push(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(VmError::AgentTimeout { secs: 0 })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(VmError::Disconnected),
+        }
+    }
+}
+
 /// What a process wrote and how it ended.
 #[derive(Debug, Clone)]
 pub struct ProcessOutput {
@@ -230,39 +288,52 @@ impl AgentClient {
         }
     }
 
+    /// A message received already, or one the socket has ready, without waiting (`None`: nothing
+    /// yet). With [`AsFd`], for a caller that polls the connection with other descriptors.
+    pub fn try_next_event(&mut self) -> Result<Option<GuestMessage>> {
+        use std::os::fd::AsRawFd;
+        if let Some(m) = self.events.pop_front() {
+            return Ok(Some(m));
+        }
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            if let Some(m) = self.dec.next_message() {
+                return Ok(Some(m?));
+            }
+            match nix::sys::socket::recv(
+                self.stream.as_raw_fd(),
+                &mut buf,
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(0) => return Err(VmError::Disconnected),
+                Ok(n) => self.dec.push(&buf[..n]),
+                Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return Err(VmError::Disconnected),
+            }
+        }
+    }
+
     /// The guest kernel's release, as the agent reported it.
     pub fn kernel_release(&self) -> &str {
         &self.kernel_release
     }
 
     fn read_message(&mut self, deadline: Instant) -> Result<GuestMessage> {
-        let mut buf = [0u8; 64 * 1024];
-        loop {
-            if let Some(m) = self.dec.next_message() {
-                return Ok(m?);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(VmError::AgentTimeout {
-                    secs: left.as_secs(),
-                });
-            }
-            let _ = self.stream.set_read_timeout(Some(left));
-            match self.stream.read(&mut buf) {
-                Ok(0) => return Err(VmError::Disconnected),
-                Ok(n) => self.dec.push(&buf[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(VmError::AgentTimeout { secs: 0 })
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return Err(VmError::Disconnected),
-            }
-        }
+        read_message(&mut self.stream, &mut self.dec, Some(deadline))
+    }
+
+    /// Split the connection: the returned reader gets everything the agent sends from now on
+    /// (with what was received and not consumed yet), this client only sends ([`Self::send`];
+    /// its request-and-wait methods must not be used any more). For a caller with one reading
+    /// thread that blocks on the socket, instead of waking up to let senders in.
+    pub fn split_reader(&mut self) -> Result<AgentReader> {
+        let stream = self.stream.try_clone().map_err(|_| VmError::Disconnected)?;
+        Ok(AgentReader {
+            stream,
+            dec: std::mem::take(&mut self.dec),
+            events: std::mem::take(&mut self.events),
+        })
     }
 
     /// Write raw bytes to the agent (a frame built by the caller, e.g. to check that the agent

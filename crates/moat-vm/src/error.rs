@@ -31,7 +31,7 @@ pub enum VmError {
     ModuleMissing { name: String, dir: PathBuf },
     #[error("kernel module {} is compressed; only uncompressed .ko files are supported", path.display())]
     ModuleCompressed { path: PathBuf },
-    #[error("agent binary {}: {reason}", path.display())]
+    #[error("moat's program {}: {reason}", path.display())]
     AgentBinary { path: PathBuf, reason: String },
     #[error("invalid VM config: {0}")]
     Config(String),
@@ -66,7 +66,7 @@ pub enum VmError {
         what: String,
         errno: nix::errno::Errno,
     },
-    #[error("virtiofsd for the shared directory failed ({reason}): {stderr}")]
+    #[error("the server of the shared directory failed ({reason}): {stderr}")]
     Virtiofsd { reason: String, stderr: String },
     /// The VM's network attachment (taps, tc redirects, the namespace QEMU runs in).
     #[error("{what}: {reason}")]

@@ -2,7 +2,8 @@
 //! kernel; inside, `moat-agent` (PID 1) runs it with the namespaces backend. This crate owns the
 //! host side: the [`Hypervisor`] interface and its QEMU `microvm` backend ([`qemu`]), the
 //! accelerator choice ([`accel`]), the guest assets (kernel, initramfs, root filesystem disk:
-//! [`assets`]), the directory shared with the guest for bind mounts ([`virtiofs`]), the network
+//! [`assets`]), the directory shared with the guest for bind mounts ([`virtiofs`]; FUSE over a
+//! serial port for a VM resumed from a template: [`fuse_share`]), the network
 //! attachment (taps joined by tc redirects to the interfaces of a network namespace: [`net`]) and
 //! the client of the agent protocol ([`client`]).
 //!
@@ -17,9 +18,11 @@ pub mod assets;
 pub mod client;
 pub mod cpio;
 pub mod error;
+pub mod fuse_share;
 pub mod net;
 pub mod qemu;
 pub mod qmp;
+pub mod reclaim;
 pub mod template;
 pub mod virtiofs;
 
@@ -52,8 +55,9 @@ pub struct VmConfig {
     /// can be attached at once (e.g. a foreground `exec` and a `ps`).
     pub agent_ports: u32,
     pub disks: Vec<Disk>,
-    /// A directory shared with the guest over virtiofs (tag [`moat_agent_proto::SHARE_TAG`]),
-    /// served by one virtiofsd; guest RAM is then a shared memfd.
+    /// A directory shared with the guest: over virtiofs (tag [`moat_agent_proto::SHARE_TAG`]),
+    /// served by one virtiofsd, guest RAM then a shared memfd, when the VM boots cold; over FUSE
+    /// on a serial port, served by `moat-vmfs` ([`fuse_share`]), when it is a clone.
     pub shared: Option<SharedDir>,
     /// The network namespace QEMU runs in (the one [`net::attach`] joined the `nics` to);
     /// `None`: a new, empty one (the guest reaches no network).
@@ -65,8 +69,7 @@ pub struct VmConfig {
     /// How long to wait for the agent's `Ready` after QEMU started.
     pub agent_timeout: Duration,
     /// Resume a clone of a template of this VM's shape instead of booting the kernel (building
-    /// the template on first use), where the shape allows it (no shared directory: see
-    /// [`template`]); a cold boot otherwise, and after a one-line notice when the template
+    /// the template on first use), where the shape allows it (see [`template`]); a cold boot otherwise, and after a one-line notice when the template
     /// cannot be used. `MOAT_VM_TEMPLATES=0` turns templates off.
     pub template: bool,
 }

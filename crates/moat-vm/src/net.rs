@@ -110,8 +110,9 @@ pub fn in_netns<T: Send>(netns: Option<&Path>, f: impl FnOnce() -> Result<T> + S
     })
 }
 
-/// Run `prog args` (in the calling thread's namespace) and return its stdout.
-fn run(prog: &str, args: &[&str]) -> Result<String> {
+/// Run `prog args` (in the calling thread's namespace) and return its stdout; a failure names
+/// the command, its status and its stderr.
+pub fn run(prog: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(prog)
         .args(args)
         .stdin(Stdio::null())

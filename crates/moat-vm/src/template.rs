@@ -23,9 +23,11 @@
 //!   `<cache>/templates/<key>/` (mode 0700, built in a temporary directory and renamed, one
 //!   builder at a time per key under a lock), used templates are touched and others older than
 //!   [`GC_AFTER`] removed when a new one is built.
-//! - **Not templatable** (a cold boot, silently): a VM with a shared directory. QEMU 7.2's
-//!   vhost-user-fs device cannot be migrated, and vhost-user needs guest RAM that its backend
-//!   maps shared, which a copy-on-write clone's is not (docs/vm-templates.md).
+//! - **A shared directory** cannot be virtiofs in a clone (QEMU 7.2's vhost-user-fs device cannot
+//!   be migrated, and vhost-user needs guest RAM that its backend maps shared, which a
+//!   copy-on-write clone's is not): every template has one more serial port, and a clone that
+//!   shares a directory gets it as FUSE over that port, served by `moat-vmfs`
+//!   ([`crate::fuse_share`], started while the state streams in). docs/vm-templates.md.
 //! - **Failures**: a template that cannot be built or resumed is removed and the VM boots cold;
 //!   the caller prints a one-line notice ([`crate::qemu`]).
 //!
@@ -51,10 +53,22 @@ pub const DISK_BYTES: u64 = 8 << 30;
 pub const GC_AFTER: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// Bumped when what a template holds changes meaning.
-const FORMAT: &str = "moat-vm-template-2";
+const FORMAT: &str = "moat-vm-template-5";
 const MEMORY: &str = "memory";
 const STATE: &str = "state";
 const META: &str = "meta";
+/// The files a template was made from (QEMU, kernel, initramfs): `path\tidentity` per line.
+const INPUTS: &str = "inputs";
+
+/// On a container's (or a pod's) spec, `"false"`: a VM that shares directories boots cold and
+/// shares them over virtiofs instead of being a clone with its share as FUSE over a serial port:
+/// 4-5 s more to start under TCG, several times the write throughput (docs/vm-templates.md).
+pub const ANNOTATION: &str = "io.moat.vm.template";
+
+/// Whether the [`ANNOTATION`] value `v` lets a VM be a clone.
+pub fn wanted(v: Option<&str>) -> bool {
+    v != Some("false")
+}
 
 /// Templates are on unless `MOAT_VM_TEMPLATES=0`.
 pub fn enabled() -> bool {
@@ -73,9 +87,6 @@ pub fn template_mac(i: usize) -> String {
 
 /// Why `cfg` cannot be cloned from a template, if it cannot.
 pub fn unsupported(cfg: &VmConfig) -> Option<String> {
-    if cfg.shared.is_some() {
-        return Some("a shared directory (virtiofs) cannot be part of a template".into());
-    }
     for d in &cfg.disks {
         match std::fs::metadata(&d.path) {
             Ok(m) if m.len() == DISK_BYTES => {}
@@ -166,6 +177,12 @@ pub fn boot_clone(qemu: &Qemu, cfg: &VmConfig) -> Result<Option<QemuVm>> {
 pub fn boot_clone_in(qemu: &Qemu, cfg: &VmConfig, store: &Path) -> Result<Option<QemuVm>> {
     if unsupported(cfg).is_some() {
         return Ok(None);
+    }
+    if cfg.shared.is_some() {
+        // Without its server a clone cannot share the directory: a cold boot (virtiofs) after
+        // the caller's notice, the template left alone.
+        crate::fuse_share::find_server()
+            .map_err(|e| VmError::Config(format!("a clone cannot share its directory: {e}")))?;
     }
     let key = key(qemu, cfg);
     let dir = store.join(&key);
@@ -269,21 +286,52 @@ fn collect_garbage(store: &Path, keep: &Path) {
             .is_some_and(|pid| {
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
             });
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > GC_AFTER);
+        let old = crate::assets::modified_before(e.metadata(), GC_AFTER);
         if dead_builder {
             // A builder killed with -9 leaves its template QEMU running on the directory.
             kill_users_of(&p);
         }
-        if dead_builder || (old && !name.contains(".tmp-")) {
+        if dead_builder || (!name.contains(".tmp-") && (old || unreachable(&p))) {
             let _ = std::fs::remove_dir_all(&p);
             let _ = std::fs::remove_file(p.with_extension("lock"));
         }
     }
+}
+
+/// A complete template no VM can be a clone of any more: made by another format of moat, or
+/// from a QEMU, kernel or initramfs that changed since (its key named them; a new agent makes a
+/// new initramfs). Without this, every upgrade would leave one template behind for weeks.
+fn unreachable(dir: &Path) -> bool {
+    let Ok(meta) = std::fs::read_to_string(dir.join(META)) else {
+        // Not complete: a builder's (it holds the lock) or a broken one (the age rule).
+        return false;
+    };
+    if meta.lines().next() != Some(FORMAT) {
+        return true;
+    }
+    let Ok(inputs) = std::fs::read_to_string(dir.join(INPUTS)) else {
+        return true;
+    };
+    inputs.lines().any(|l| {
+        let (path, id) = l.split_once('\t').unwrap_or((l, ""));
+        crate::assets::file_identity(Path::new(path)).as_deref() != Some(id)
+    })
+}
+
+/// The files templates in `store` were made from (see [`INPUTS`]): what the initramfs cache
+/// must keep.
+pub(crate) fn inputs_in_use(store: &Path) -> std::collections::HashSet<PathBuf> {
+    let mut out = std::collections::HashSet::new();
+    for e in std::fs::read_dir(store).into_iter().flatten().flatten() {
+        if let Ok(text) = std::fs::read_to_string(e.path().join(INPUTS)) {
+            out.extend(
+                text.lines()
+                    .filter_map(|l| l.split_once('\t'))
+                    .map(|(p, _)| PathBuf::from(p)),
+            );
+        }
+    }
+    out
 }
 
 /// Kill every process whose command line names `dir` (a dead builder's template QEMU).
@@ -382,6 +430,15 @@ fn build(qemu: &Qemu, cfg: &VmConfig, tmp: &Path) -> Result<()> {
     std::fs::File::open(&memory)
         .and_then(|f| f.sync_all())
         .map_err(VmError::io("sync", &memory))?;
+    let inputs: String = [
+        crate::qemu::resolve_binary(&qemu.binary),
+        cfg.kernel.clone(),
+        cfg.initramfs.clone(),
+    ]
+    .iter()
+    .map(|p| format!("{}\t{}\n", p.display(), file_id(p)))
+    .collect();
+    std::fs::write(tmp.join(INPUTS), inputs).map_err(VmError::io("write", tmp.join(INPUTS)))?;
     std::fs::write(tmp.join(META), format!("{FORMAT}\n{}\n", stamp(tmp)?))
         .map_err(VmError::io("write", tmp.join(META)))?;
     Ok(())
@@ -451,8 +508,16 @@ fn clone(qemu: &Qemu, cfg: &VmConfig, dir: &Path) -> Result<QemuVm> {
     // QEMU listens on a socket of its jail and runs the guest once the state is in (no `cont`:
     // the template was saved running); if it refuses the state, the agent connection below
     // notices.
-    let resumed = (|| -> Result<()> {
+    let mut server = None;
+    let mut resumed = (|| -> Result<()> {
         let mut qmp = crate::qmp::Qmp::connect(&run.join(QMP_SOCKET), Duration::from_secs(10))?;
+        // QEMU listens on every socket of its devices once QMP answers: the share's server
+        // connects while the state streams in (the guest mounts the share only when asked).
+        server = cfg.shared.as_ref().map(|dir| {
+            let run = run.clone();
+            let dir = dir.clone();
+            std::thread::spawn(move || crate::fuse_share::spawn(&run, &dir))
+        });
         qmp.ignore_shared_ram()?;
         // QEMU has chrooted into the jail by now: the path is the jail's.
         qmp.execute(
@@ -481,6 +546,17 @@ fn clone(qemu: &Qemu, cfg: &VmConfig, dir: &Path) -> Result<QemuVm> {
         let _ = s.flush();
         Ok(())
     })();
+    // Whatever happened above: the VM owns the server from here (dropping it on an error kills
+    // both).
+    if let Some(t) = server {
+        match t
+            .join()
+            .unwrap_or_else(|_| Err(VmError::Config("the share server thread panicked".into())))
+        {
+            Ok(child) => vm.set_share_server(child),
+            Err(e) => resumed = resumed.and(Err(e)),
+        }
+    }
     if let Err(e) = resumed {
         let stderr = vm.tail("qemu.stderr");
         return Err(VmError::Qmp {

@@ -44,6 +44,11 @@ pub struct SharedBind {
     pub readonly: bool,
     /// `rbind`: the mounts below `source` come along.
     pub recursive: bool,
+    /// The mount asked for `rslave` or `rshared` propagation: mounts the host makes below
+    /// `source` later reach the share (as a slave: nothing goes back). Otherwise the bind is
+    /// private, so nothing the host mounts later (with flags of its own, writable under a
+    /// read-only bind) reaches the share.
+    pub propagate: bool,
 }
 
 /// What a VM shares with its guest.
@@ -96,9 +101,6 @@ impl SharedDir {
 /// Start virtiofsd serving `<run>/shared` filled with `dir`'s binds, and wait for its socket
 /// (`<run>/fs.sock`). Its stderr goes to `<run>/virtiofsd.stderr`.
 pub fn spawn(run: &Path, dir: &SharedDir) -> Result<Child> {
-    dir.validate()?;
-    let shared = run.join(SHARED_DIR);
-    std::fs::create_dir_all(&shared).map_err(VmError::io("create", &shared))?;
     let socket = run.join(SOCKET);
     let stderr_path = run.join("virtiofsd.stderr");
     let stderr =
@@ -107,7 +109,7 @@ pub fn spawn(run: &Path, dir: &SharedDir) -> Result<Child> {
     let mut cmd = Command::new(&bin);
     cmd.arg(format!("--socket-path={}", socket.display()))
         .arg("-o")
-        .arg(format!("source={}", shared.display()))
+        .arg(format!("source={}", run.join(SHARED_DIR).display()))
         .args([
             "-o",
             "sandbox=namespace",
@@ -127,17 +129,7 @@ pub fn spawn(run: &Path, dir: &SharedDir) -> Result<Child> {
         // Its own process group, like QEMU: it outlives a detaching `create`.
         cmd.process_group(0);
     }
-    let mut child = std::thread::scope(|s| {
-        s.spawn(|| -> Result<Child> {
-            prepare_namespace(&shared, &dir.binds)?;
-            cmd.spawn().map_err(|source| VmError::Spawn {
-                program: bin.display().to_string(),
-                source,
-            })
-        })
-        .join()
-        .unwrap_or_else(|_| Err(VmError::Config("the namespace thread panicked".into())))
-    })?;
+    let mut child = spawn_in_share(run, dir, &mut cmd, &bin)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !socket.exists() {
         let failed = match child.try_wait() {
@@ -151,13 +143,37 @@ pub fn spawn(run: &Path, dir: &SharedDir) -> Result<Child> {
             let _ = child.wait();
             let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
             return Err(VmError::Virtiofsd {
-                reason,
+                reason: format!("{}: {reason}", bin.display()),
                 stderr: log.trim().to_string(),
             });
         }
         std::thread::sleep(Duration::from_millis(5));
     }
     Ok(child)
+}
+
+/// Make `<run>/shared` hold `dir`'s binds in a private mount namespace and spawn `cmd` (the
+/// share's server, `bin`) there; the namespace lives as long as the server's processes.
+pub(crate) fn spawn_in_share(
+    run: &Path,
+    dir: &SharedDir,
+    cmd: &mut Command,
+    bin: &Path,
+) -> Result<Child> {
+    dir.validate()?;
+    let shared = run.join(SHARED_DIR);
+    std::fs::create_dir_all(&shared).map_err(VmError::io("create", &shared))?;
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<Child> {
+            prepare_namespace(&shared, &dir.binds)?;
+            cmd.spawn().map_err(|source| VmError::Spawn {
+                program: bin.display().to_string(),
+                source,
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err(VmError::Config("the namespace thread panicked".into())))
+    })
 }
 
 /// The process of virtiofsd (started as `pid`) that serves the share: with
@@ -231,13 +247,21 @@ pub fn add_binds(virtiofsd_pid: u32, binds: &[SharedBind]) -> Result<()> {
         let tree = moat_sys::mount::open_tree_clone(&b.source, b.recursive).map_err(sys(
             format!("clone the mount tree of {}", b.source.display()),
         ))?;
+        use moat_sys::mount::{
+            MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
+        };
+        let mut attrs = MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC;
         if b.readonly {
-            use std::os::fd::AsFd;
-            moat_sys::mount::set_tree_readonly(tree.as_fd(), b.recursive).map_err(sys(format!(
-                "make the clone of {} read-only",
-                b.source.display()
-            )))?;
+            attrs |= MOUNT_ATTR_RDONLY;
         }
+        use std::os::fd::AsFd;
+        let propagation = if b.propagate {
+            MsFlags::MS_SLAVE
+        } else {
+            MsFlags::MS_PRIVATE
+        };
+        moat_sys::mount::set_tree_attrs(tree.as_fd(), b.recursive, attrs, propagation.bits())
+            .map_err(sys(format!("restrict the clone of {}", b.source.display())))?;
         trees.push((tree, b.source.is_dir(), Path::new("/").join(&b.target)));
     }
     in_share_namespace(virtiofsd_pid, move || {
@@ -295,14 +319,7 @@ fn sys(what: String) -> impl FnOnce(nix::errno::Errno) -> VmError {
 fn prepare_namespace(shared: &Path, binds: &[SharedBind]) -> Result<()> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(sys("unshare the mount namespace".into()))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    )
-    .map_err(sys("make / a slave mount".into()))?;
+    slave_root().map_err(sys("make / a slave mount".into()))?;
     let fixed = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount(
         Some("tmpfs"),
@@ -329,23 +346,62 @@ fn prepare_namespace(shared: &Path, binds: &[SharedBind]) -> Result<()> {
         mount(Some(&b.source), &target, None::<&str>, flags, None::<&str>).map_err(sys(
             format!("bind {} at {}", b.source.display(), target.display()),
         ))?;
-        if b.readonly {
-            for m in mounts_under(&target)? {
-                remount_readonly(&m)?;
-            }
+        for m in mounts_under(&target)? {
+            restrict(&m, b.readonly)?;
+        }
+        if !b.propagate {
+            mount(
+                None::<&str>,
+                &target,
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(sys(format!("make {} private", target.display())))?;
         }
     }
     remount_readonly(shared)
 }
 
+/// Make every mount of this (new) mount namespace a slave of the one it was copied from: mounts
+/// made here never propagate back.
+pub(crate) fn slave_root() -> nix::Result<()> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+}
+
 /// `MS_RDONLY` on the mount at `path`, keeping its other per-mount flags.
 fn remount_readonly(path: &Path) -> Result<()> {
+    remount_adding(path, MsFlags::MS_RDONLY, "read-only")
+}
+
+/// A bind of the share as its server sees it: no device node, set-id bit or executable of it acts
+/// for the server (the server never opens a device node the guest made, and with this it could
+/// not either), and `readonly` ones read-only. What the guest writes into a writable bind is
+/// still seen by the host through its own mounts of the directory, as a container's writes to
+/// a bind are.
+fn restrict(path: &Path, readonly: bool) -> Result<()> {
+    let mut add = MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    if readonly {
+        add |= MsFlags::MS_RDONLY;
+    }
+    remount_adding(path, add, "nodev,nosuid,noexec")
+}
+
+/// Remount the mount at `path` with `add` on top of its per-mount flags.
+fn remount_adding(path: &Path, add: MsFlags, what: &str) -> Result<()> {
     let st =
         nix::sys::statvfs::statvfs(path).map_err(sys(format!("statvfs {}", path.display())))?;
     let f = st.flags();
     use nix::sys::statvfs::FsFlags;
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | add;
     for (have, want) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
         (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
         (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
         (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
@@ -358,7 +414,7 @@ fn remount_readonly(path: &Path) -> Result<()> {
         }
     }
     mount(None::<&str>, path, None::<&str>, flags, None::<&str>)
-        .map_err(sys(format!("remount {} read-only", path.display())))
+        .map_err(sys(format!("remount {} {what}", path.display())))
 }
 
 /// The mount points at or below `top` in this thread's mount namespace, `top` first.
@@ -416,6 +472,7 @@ mod tests {
                 target: t.into(),
                 readonly: false,
                 recursive: false,
+                propagate: false,
             }],
         };
         assert!(b("c/0", "/").validate().is_ok());

@@ -43,13 +43,21 @@ fn child_of(pid: u32) -> u32 {
     }
 }
 
-#[test]
-fn binds_added_to_a_running_share_keep_read_only_on_the_host() {
-    if !nix::unistd::geteuid().is_root() || !virtiofs::virtiofsd_binary().exists() {
+/// Root and virtiofsd are there (else the test is skipped, saying why).
+fn can_run() -> bool {
+    let ok = nix::unistd::geteuid().is_root() && virtiofs::virtiofsd_binary().exists();
+    if !ok {
         eprintln!(
             "skipped: needs root and {}",
             virtiofs::virtiofsd_binary().display()
         );
+    }
+    ok
+}
+
+#[test]
+fn binds_added_to_a_running_share_keep_read_only_on_the_host() {
+    if !can_run() {
         return;
     }
     let run = tempfile::tempdir().unwrap();
@@ -67,12 +75,14 @@ fn binds_added_to_a_running_share_keep_read_only_on_the_host() {
             target: PathBuf::from("c1/rootfs"),
             readonly: true,
             recursive: false,
+            propagate: false,
         },
         SharedBind {
             source: rw_file.clone(),
             target: PathBuf::from("c1/1"),
             readonly: false,
             recursive: false,
+            propagate: false,
         },
     ];
     virtiofs::add_binds(child.id(), &binds).unwrap();
@@ -127,4 +137,78 @@ fn binds_added_to_a_running_share_keep_read_only_on_the_host() {
 
 fn libc_erofs() -> i32 {
     nix::errno::Errno::EROFS as i32
+}
+
+/// A mount the host makes under a bind's source after the bind was added reaches the share only
+/// when the bind asked for propagation (`rslave`/`rshared`: `propagate`); otherwise the bind is
+/// private, and what the host mounts later (with flags of its own) stays out of the share.
+#[test]
+fn later_host_mounts_reach_only_propagating_binds() {
+    if !can_run() {
+        return;
+    }
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    let run = tempfile::tempdir().unwrap();
+    let srcs = tempfile::tempdir().unwrap();
+    // Two sources, each a shared mount point of the host (so mounts under them propagate).
+    let (private, propagating) = (srcs.path().join("p"), srcs.path().join("s"));
+    for d in [&private, &propagating] {
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        mount(Some(d), d, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+        mount(
+            None::<&str>,
+            d,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .unwrap();
+    }
+    let mut child = virtiofs::spawn(run.path(), &SharedDir::default()).unwrap();
+    let _client = UnixStream::connect(run.path().join(virtiofs::SOCKET)).unwrap();
+    let server = child_of(child.id());
+    let bind = |source: &Path, target: &str, propagate: bool| SharedBind {
+        source: source.to_owned(),
+        target: PathBuf::from(target),
+        readonly: false,
+        recursive: true,
+        propagate,
+    };
+    virtiofs::add_binds(
+        child.id(),
+        &[
+            bind(&private, "c/p", false),
+            bind(&propagating, "c/s", true),
+        ],
+    )
+    .unwrap();
+    for d in [&private, &propagating] {
+        let sub = d.join("sub");
+        mount(
+            Some("tmpfs"),
+            &sub,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        std::fs::write(sub.join("later"), "host").unwrap();
+    }
+    let seen = in_ns(server, || {
+        (
+            Path::new("/c/p/sub/later").exists(),
+            Path::new("/c/s/sub/later").exists(),
+        )
+    });
+    for d in [&private, &propagating] {
+        let _ = umount2(&d.join("sub"), MntFlags::MNT_DETACH);
+        let _ = umount2(d.as_path(), MntFlags::MNT_DETACH);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        seen,
+        (false, true),
+        "(private bind, propagating bind) saw the later host mount"
+    );
 }

@@ -1,7 +1,7 @@
 //! VM templates end to end (root only; TCG here): the first VM of a shape builds a template,
 //! later ones are clones resumed from it; a clone runs a container (exit code, output, its
 //! disk), clones are unique (boot id, random numbers, machine id) with the right clock, a stale
-//! template (a changed initramfs) is rebuilt, and a broken one (written after its build) is
+//! template (a changed initramfs) is rebuilt and removed, and a broken one (written after its build) is
 //! refused, removed and leaves the way to a cold boot open.
 
 use std::path::{Path, PathBuf};
@@ -140,7 +140,10 @@ fn clones_run_containers_are_unique_and_stale_or_broken_templates_are_handled() 
         vm.stop(Duration::from_secs(10)).unwrap();
     }
 
-    // A changed initramfs (a new agent) makes a new template.
+    // A changed initramfs (a new agent) makes a new template, and the old one, which no VM can
+    // be a clone of any more, is removed while the new one is built.
+    let old = templates(&store);
+    assert_eq!(old.len(), 1);
     let f = std::fs::OpenOptions::new()
         .append(true)
         .open(&initramfs)
@@ -149,11 +152,9 @@ fn clones_run_containers_are_unique_and_stale_or_broken_templates_are_handled() 
         .unwrap();
     drop(f);
     let (mut c, _) = clone_in(&cfg, &store);
-    assert_eq!(
-        templates(&store).len(),
-        2,
-        "a new template for the new initramfs"
-    );
+    let now = templates(&store);
+    assert_eq!(now.len(), 1, "only the new template is left: {now:?}");
+    assert_ne!(now, old, "a new template for the new initramfs");
     assert_eq!(probe(&mut c, "cc").len(), 3);
     c.stop(Duration::from_secs(10)).unwrap();
 

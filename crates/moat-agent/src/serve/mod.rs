@@ -1,5 +1,12 @@
-//! The request loop: one thread, one `poll(2)` over the agent's ports and the containers'
-//! pipes, and a non-blocking reap of exited children on every turn. Single-threaded on purpose:
+//! The request loop: one thread, one `poll(2)` over the agent's ports, the containers' pipes and
+//! their processes (pidfds), and a non-blocking reap of exited children on every turn. It sleeps
+//! until something happens: a port whose host is not connected reports a hangup at once to
+//! `poll`, so the ports are also in an edge-triggered epoll that wakes the loop when a host
+//! connects (virtio-console wakes the port's waiters on `PORT_OPEN`); the only timers are an
+//! exit's [`EOF_GRACE`] and, for a container whose cgroup cannot be watched, the OOM counters'
+//! [`moat_cgroups::oom::OOM_POLL`]. An idle
+//! guest used to wake every 20 ms for all of this, which kept its kernel's tick and QEMU busy
+//! (6.5% of a host core per idle sandbox under TCG). Single-threaded on purpose:
 //! `moat-container` forks with clone3 and refuses (EBUSY) to do so from a multi-threaded process,
 //! since the child runs Rust code that could meet a lock held by another thread.
 //!
@@ -48,6 +55,8 @@ pub type Key = (String, Option<String>);
 
 struct Proc {
     pid: i32,
+    /// Readable once the process has exited (`None`: pidfd_open failed; the next turn reaps).
+    pidfd: Option<std::os::fd::OwnedFd>,
     open_pipes: u8,
     status: Option<(ExitStatus, Instant)>,
 }
@@ -84,7 +93,9 @@ struct Agent {
     /// ([`moat_agent_proto::POD_PID_NS`]).
     pod_pid_ns: Option<i32>,
     /// The started containers' OOM-kill counters.
-    ooms: oom::OomWatch,
+    ooms: moat_cgroups::oom::OomWatch,
+    /// Every port, edge-triggered: readable when a port's state changes (a host connects).
+    port_events: nix::sys::epoll::Epoll,
 }
 
 const BUNDLES: &str = "/run/moat-agent/bundles";
@@ -92,8 +103,10 @@ const BUNDLES: &str = "/run/moat-agent/bundles";
 const EOF_GRACE: Duration = Duration::from_millis(500);
 /// The pid recorded for a connection of [`Request::Dial`] (no process has it).
 const FORWARD_PID: i32 = -1;
-/// Poll timeout: the latency of noticing an exit (and, while no host is connected, a new one).
+/// How long `flush_all` waits for a port at a time.
 const TICK_MS: u16 = 20;
+/// The longest the loop sleeps: a safety net, should an event ever be missed.
+const SLEEP_MAX: Duration = Duration::from_secs(5);
 /// Above this many unsent bytes the output pipes are not read (back-pressure on containers).
 const OUT_LIMIT: usize = 4 << 20;
 
@@ -103,6 +116,8 @@ struct Ready {
     conns: Vec<PollFlags>,
     /// Indexes into `pipes`.
     pipes: Vec<usize>,
+    /// A watched `memory.events` changed (read the OOM counters now).
+    oom: bool,
 }
 
 pub fn serve(ports: &[PathBuf]) -> Result<()> {
@@ -110,6 +125,21 @@ pub fn serve(ports: &[PathBuf]) -> Result<()> {
         .iter()
         .map(|p| Conn::open(p))
         .collect::<Result<Vec<_>>>()?;
+    use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+    let port_events =
+        Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|errno| AgentFailure::Sys {
+            what: "epoll_create".into(),
+            errno,
+        })?;
+    for (i, c) in conns.iter().enumerate() {
+        let ev = EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | EpollFlags::EPOLLET;
+        port_events
+            .add(&c.port, EpollEvent::new(ev, i as u64))
+            .map_err(|errno| AgentFailure::Sys {
+                what: format!("watch port {i}"),
+                errno,
+            })?;
+    }
     let single = std::fs::read_to_string("/proc/cmdline")
         .unwrap_or_default()
         .split_whitespace()
@@ -131,7 +161,8 @@ pub fn serve(ports: &[PathBuf]) -> Result<()> {
         ttys: HashMap::new(),
         share_mounted: false,
         pod_pid_ns: None,
-        ooms: oom::OomWatch::default(),
+        ooms: moat_cgroups::oom::OomWatch::new(),
+        port_events,
     };
     agent.run();
     Ok(())
@@ -186,11 +217,12 @@ impl Agent {
                     return;
                 }
             };
+            let oom = ready.oom;
             for i in ready.pipes.into_iter().rev() {
                 self.drain_pipe(i, &mut buf);
             }
             for (i, events) in ready.conns.into_iter().enumerate() {
-                // While disconnected, probe the port every tick (poll reports HUP at once).
+                // While disconnected, probe the port every turn (poll reports HUP at once).
                 if self.conns[i].connected() && events.is_empty() {
                     continue;
                 }
@@ -223,7 +255,7 @@ impl Agent {
             }
             self.pump_stdins();
             let reaped = self.reap();
-            self.check_ooms(reaped);
+            self.check_ooms(reaped || oom);
             self.report_exits();
             if self.single && self.init_exited {
                 log::info("the container exited; shutting down");
@@ -265,7 +297,7 @@ impl Agent {
 
     /// Wait for a port or a pipe to be ready (or one tick). Ports are polled only while a host
     /// is connected.
-    fn wait_ready(&self) -> nix::Result<Ready> {
+    fn wait_ready(&mut self) -> nix::Result<Ready> {
         let mut fds = Vec::new();
         let mut conn_fd = Vec::new();
         for c in &self.conns {
@@ -293,7 +325,22 @@ impl Agent {
         for s in self.stdins.values().filter(|s| s.has_pending()) {
             fds.push(PollFd::new(s.file.as_fd(), PollFlags::POLLOUT));
         }
-        let interrupted = match poll(&mut fds, PollTimeout::from(TICK_MS)) {
+        // A process's exit, a host connecting to a port.
+        for p in self.procs.values().filter(|p| p.status.is_none()) {
+            if let Some(fd) = &p.pidfd {
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            }
+        }
+        fds.push(PollFd::new(self.port_events.0.as_fd(), PollFlags::POLLIN));
+        let oom_at = fds.len();
+        if let Some(fd) = self.ooms.events_fd() {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        let timeout = self.sleep_for();
+        let interrupted = match poll(
+            &mut fds,
+            PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX),
+        ) {
             Ok(_) => false,
             Err(nix::errno::Errno::EINTR) => true,
             Err(e) => return Err(e),
@@ -313,7 +360,30 @@ impl Agent {
                 .filter(|i| !events(first_pipe + i).is_empty())
                 .collect()
         };
-        Ok(Ready { conns, pipes })
+        let oom = !interrupted && fds.len() > oom_at && !events(oom_at).is_empty();
+        drop(fds);
+        if oom {
+            self.ooms.drain_events();
+        }
+        // Drain the edge-triggered port events (the disconnected ports are probed every turn).
+        let mut evs = [nix::sys::epoll::EpollEvent::empty(); 8];
+        while matches!(self.port_events.wait(&mut evs, 0u8), Ok(n) if n == evs.len()) {}
+        Ok(Ready { conns, pipes, oom })
+    }
+
+    /// How long the loop may sleep: until the earliest exit's [`EOF_GRACE`] ends, the next OOM
+    /// check while containers run, or [`SLEEP_MAX`].
+    fn sleep_for(&self) -> Duration {
+        let grace = self
+            .procs
+            .values()
+            .filter_map(|p| p.status.map(|(_, t)| EOF_GRACE.saturating_sub(t.elapsed())))
+            .min();
+        [grace, self.ooms.next_check(), Some(SLEEP_MAX)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(SLEEP_MAX)
     }
 
     fn drain_pipe(&mut self, i: usize, buf: &mut [u8]) {

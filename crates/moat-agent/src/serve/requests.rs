@@ -86,7 +86,7 @@ impl Agent {
             Request::Start { container_id } => {
                 moat_container::start::start(&self.store, &container_id)?;
                 if let Ok(cg) = self.cgroup(&container_id) {
-                    self.ooms.add(&container_id, cg);
+                    self.ooms.add(&container_id, cg, None);
                 }
                 // A host relay that attached before (a terminal's) keeps the init's events.
                 self.owners.entry((container_id, None)).or_insert(conn);
@@ -464,10 +464,12 @@ impl Agent {
 
     /// Track process `key` and its `pipes` output streams (2, or 1 for a terminal).
     fn register(&mut self, key: Key, pid: i32, pipes: u8) {
+        let pidfd = moat_sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid)).ok();
         self.procs.insert(
             key,
             Proc {
                 pid,
+                pidfd,
                 open_pipes: pipes,
                 status: None,
             },

@@ -330,3 +330,49 @@ fn host_v2_device_program() {
         "write stays denied: {out:?}"
     );
 }
+
+/// An OOM kill in a watched cgroup makes [`crate::oom::OomWatch`]'s descriptor readable (an
+/// eventfd on v1, inotify on v2) and is counted once; nothing is read while nothing happens.
+#[test]
+fn host_oom_watch_wakes_on_an_oom_kill() {
+    use crate::oom::OomWatch;
+    use moat_sys::nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    if !can_run() {
+        return;
+    }
+    let cg = Cgroup::resolve(Some(&format!("/{}", unique("oom"))), "x", false).unwrap();
+    let _g = Guard {
+        cg: cg.clone(),
+        children: Vec::new(),
+    };
+    cg.create().unwrap();
+    let limit = 16i64 << 20;
+    let mut r = json!({"memory": {"limit": limit}});
+    if let Cgroup::V1 { dirs } = &cg {
+        let v1 = V1Dirs::from_dirs(dirs);
+        if v1
+            .get("memory")
+            .is_some_and(|m| m.join("memory.memsw.limit_in_bytes").exists())
+        {
+            r["memory"]["swap"] = limit.into();
+        }
+    }
+    cg.apply(&res(r)).unwrap();
+    let mut w = OomWatch::new();
+    w.add("c", cg.clone(), None);
+    assert!(w.events_fd().is_some(), "the cgroup is polled, not watched");
+    let ready = |w: &OomWatch, ms: u16| {
+        let fd = w.events_fd().expect("a descriptor to poll");
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::from(ms)).unwrap() == 1
+    };
+    assert!(!ready(&w, 200), "readable before any OOM kill");
+    let (_, err) = run_inside(&cg, "x=0123456789; while :; do x=$x$x; done");
+    eprintln!("hog: {err}");
+    assert!(ready(&w, 5000), "no wake-up after an OOM kill");
+    w.drain_events();
+    assert_eq!(w.grown(true), vec![("c".to_string(), 1)]);
+    assert_eq!(w.grown(true), vec![]);
+    w.remove("c");
+    assert!(w.events_fd().is_none());
+}

@@ -8,18 +8,23 @@
 //! terminal on our stdio (raw while it lasts, its size sent as `Resize` at start and on
 //! SIGWINCH, a piped stdin's end sent as the pty's EOF character, as `moat_runtime::tty` does for
 //! the namespaces backend), or the slave of a host pty whose master went to a console socket
-//! (its size is watched and sent as `Resize` when it changes). Input is read by a helper thread
-//! (a blocking read works for every kind of input); the signals are blocked before it starts, so
-//! it never takes one.
+//! (its size is sent as `Resize` when it changes: a detached relay has the slave as its
+//! controlling terminal and gets SIGWINCH; a foreground command looks at it every 250 ms). Input
+//! is read by a helper thread (a blocking read works for every kind of input) that wakes the loop
+//! through a pipe; the signals are blocked before it starts, so it never takes one.
+//!
+//! The loop sleeps in `poll` on the agent connection, the signalfd and the input pipe: a process
+//! that prints nothing costs no wakeups (it used to look every 10-50 ms).
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
 use std::time::Duration;
 
 use moat_agent_proto::{ExitStatus, GuestMessage, Request, Stream};
 use moat_vm::AgentClient;
+use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 
 use super::error::{Result, VmBackendError};
@@ -36,7 +41,13 @@ pub(super) enum Local {
     /// The process has a terminal, relayed to the slave of a host pty whose master the caller
     /// got over its console socket. `foreground`: we are the command the caller waits for (we
     /// forward its signals); else a detached relay (the caller's signals are not ours).
-    HostPty { slave: File, foreground: bool },
+    /// `controlling`: the slave is our controlling terminal, so a resize comes as SIGWINCH and
+    /// the master's close as SIGHUP.
+    HostPty {
+        slave: File,
+        foreground: bool,
+        controlling: bool,
+    },
 }
 
 /// Follow process `exec_id` (`None`: the init) of container `id` until it exits.
@@ -62,11 +73,23 @@ pub(super) fn follow(
             ..
         }
     );
+    let controlling = matches!(
+        local,
+        Local::HostPty {
+            controlling: true,
+            ..
+        }
+    );
     let mut set = SigSet::empty();
     if forward_signals {
         for s in crate::FORWARDED {
             set.add(*s);
         }
+    }
+    if controlling {
+        // Our terminal's: a resize, and the hangup when its master closes (input ends then).
+        set.add(Signal::SIGWINCH);
+        set.add(Signal::SIGHUP);
     }
     set.thread_block().map_err(sys("block signals"))?;
     let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
@@ -83,6 +106,10 @@ pub(super) fn follow(
         }
         _ => None,
     };
+    let (wake_r, wake_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+        .map_err(sys("make the input pipe"))?;
+    let wake_w = std::sync::Arc::new(wake_w);
+    let read_input = |src: Box<dyn Read + Send>| read_input(src, wake_w.clone());
     let (mut input, mut out, size_of): (Option<Receiver<Input>>, Box<dyn Write>, Option<File>) =
         match local {
             Local::Stdio { stdin } => (
@@ -135,6 +162,9 @@ pub(super) fn follow(
             .map_err(vm("resize the terminal"))
     };
     resize(agent, &mut last_size)?;
+    // A host pty that is not our terminal sends no SIGWINCH: its size is looked at this often.
+    let size_every = (pty_input && !controlling).then_some(Duration::from_millis(250));
+    let mut sized_at = std::time::Instant::now();
     loop {
         while let Ok(Some(si)) = sfd.read_signal() {
             let sig = si.ssi_signo as i32;
@@ -142,12 +172,16 @@ pub(super) fn follow(
                 resize(agent, &mut last_size)?;
                 continue;
             }
+            if controlling && sig == Signal::SIGHUP as i32 {
+                // Our terminal's master closed: the input thread sees the end too.
+                continue;
+            }
             // The process may be exiting: a refused kill is not an error.
             let _ = agent.kill(id, exec_id, sig, false);
         }
-        if pty_input {
-            // A host pty's size changes with no signal to us: look at it every turn.
+        if size_every.is_some_and(|every| sized_at.elapsed() >= every) {
             resize(agent, &mut last_size)?;
+            sized_at = std::time::Instant::now();
         }
         if pending.is_none() {
             if let Some(rx) = &input {
@@ -198,12 +232,28 @@ pub(super) fn follow(
                 }
             }
         }
-        let wait = if input.is_some() && pending.is_none() {
-            Duration::from_millis(10)
-        } else {
-            Duration::from_millis(50)
-        };
-        let Some(m) = agent.next_event(wait).map_err(vm("follow"))? else {
+        let Some(m) = agent.try_next_event().map_err(vm("follow"))? else {
+            // Nothing received: sleep until the agent, a signal or (when it may be sent now)
+            // input wakes us.
+            use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+            let want_input = input.is_some() && pending.is_none();
+            let mut fds = vec![
+                PollFd::new(agent.as_fd(), PollFlags::POLLIN),
+                PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+            ];
+            if want_input {
+                fds.push(PollFd::new(wake_r.as_fd(), PollFlags::POLLIN));
+            }
+            let timeout = size_every.map_or(PollTimeout::NONE, |d| {
+                PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX)
+            });
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(sys("poll")(e)),
+            }
+            if want_input {
+                let _ = nix::unistd::read(wake_r.as_raw_fd(), &mut [0u8; 64]);
+            }
             continue;
         };
         match m {
@@ -254,16 +304,25 @@ fn dup_stdin() -> Option<File> {
         .map(File::from)
 }
 
-/// `src` in chunks from a helper thread, then [`Input::End`].
-fn read_input(mut src: Box<dyn Read + Send>) -> Receiver<Input> {
+/// `src` in chunks from a helper thread, then [`Input::End`]; a byte on `wake` after each.
+fn read_input(
+    mut src: Box<dyn Read + Send>,
+    wake: std::sync::Arc<std::os::fd::OwnedFd>,
+) -> Receiver<Input> {
     let (tx, rx) = sync_channel::<Input>(1);
     std::thread::spawn(move || {
         let mut buf = vec![0u8; STDIN_CHUNK];
+        let send = |i: Input| {
+            let sent = tx.send(i).is_ok();
+            // Full (EAGAIN): a wakeup is pending already.
+            let _ = nix::unistd::write(&*wake, &[1]);
+            sent
+        };
         loop {
             match src.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
-                    if tx.send(Input::Data(buf[..n].to_vec())).is_err() {
+                    if !send(Input::Data(buf[..n].to_vec())) {
                         return;
                     }
                 }
@@ -271,7 +330,7 @@ fn read_input(mut src: Box<dyn Read + Send>) -> Receiver<Input> {
                 Err(_) => break,
             }
         }
-        let _ = tx.send(Input::End);
+        send(Input::End);
     });
     rx
 }

@@ -256,8 +256,17 @@ fn boot_and_create(
                 target: rootfs_target.clone().into(),
                 readonly,
                 recursive: true,
+                propagate: false,
             });
             cfg.shared = Some(std::mem::take(&mut share.dir));
+            // A clone too (its share is FUSE over a serial port, served by moat-vmfs), but its
+            // writes reach the host: not disposable. `io.moat.vm.template: "false"` asks for a
+            // cold boot and virtiofs (faster I/O, slower start).
+            cfg.template = moat_vm::template::wanted(
+                st.annotations
+                    .get(moat_vm::template::ANNOTATION)
+                    .map(String::as_str),
+            );
             GuestRoot::Shared
         }
     };
@@ -368,7 +377,11 @@ fn boot_and_create(
 
 /// `start`: reattach and start the container's process; returns the open connection.
 pub fn start(store: &Store, id: &str) -> Result<AgentClient> {
-    start_on(store, id, None)
+    let agent = start_on(store, id, None)?;
+    // Nothing of moat follows this container unless it has a terminal relay: a helper gives
+    // the sandbox's cold pages back while it idles.
+    super::reclaimer::spawn_unless_followed(store, id);
+    Ok(agent)
 }
 
 /// `start` over `agent`, a connection already open (else a new one).
@@ -510,7 +523,7 @@ pub fn run_attached(
     stdin: bool,
     started: impl FnOnce(),
 ) -> Result<i32> {
-    let (_, process, agent) = create_inner(store, opts, stdin, true)?;
+    let (qemu_pid, process, agent) = create_inner(store, opts, stdin, true)?;
     let mut agent = match start_on(store, &opts.id, agent) {
         Ok(a) => a,
         Err(e) => {
@@ -519,6 +532,9 @@ pub fn run_attached(
         }
     };
     started();
+    // This process follows the sandbox until it ends: it gives the sandbox's cold pages back
+    // while it idles.
+    moat_vm::reclaim::spawn(qemu_pid as u32);
     let status = match process.filter(|p| p.terminal().unwrap_or(false)) {
         Some(p) => terminal::follow_terminal(
             &mut agent,

@@ -26,6 +26,7 @@ mod follow;
 mod lifecycle;
 mod mounts;
 mod network;
+pub mod reclaimer;
 mod state;
 pub mod terminal;
 

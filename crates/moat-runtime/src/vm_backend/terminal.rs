@@ -130,6 +130,7 @@ pub(super) fn follow_terminal(
         Some(sock) => Local::HostPty {
             slave: send_master(sock, open_pty(size)?)?,
             foreground: true,
+            controlling: false,
         },
         None => Local::Terminal { stdin },
     };
@@ -159,15 +160,7 @@ pub(super) fn spawn_relay(
     let pty = open_pty(size)?;
     let dir = store.dir(id).join("relays");
     std::fs::create_dir_all(&dir).map_err(VmBackendError::io("create", &dir))?;
-    let mut cmd = Command::new("/proc/self/exe");
-    if let Some(arg0) = std::env::args_os().next() {
-        use std::os::unix::process::CommandExt;
-        cmd.arg0(arg0);
-    }
-    cmd.arg("--root")
-        .arg(&store.root)
-        .arg(RELAY_COMMAND)
-        .arg(id);
+    let mut cmd = helper_command(store, RELAY_COMMAND, id);
     let mut process_file = None;
     if let RelayJob::Exec {
         exec_id,
@@ -186,11 +179,9 @@ pub(super) fn spawn_relay(
     cmd.stdin(Stdio::from(slave))
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    {
-        use std::os::unix::process::CommandExt;
-        // The caller's terminal signals are not the relay's.
-        cmd.process_group(0);
-    }
+    // A session of its own from the start: the caller's terminal signals are never the relay's,
+    // and the host pty becomes its terminal (`relay_main`).
+    moat_sys::process::new_session_on_spawn(&mut cmd);
     let mut child = cmd.spawn().map_err(|source| VmBackendError::Io {
         what: "start the terminal relay of",
         path: id.into(),
@@ -240,6 +231,18 @@ pub(super) fn spawn_relay(
     Ok((pid, guest_pid))
 }
 
+/// `moat-runtime --root ROOT COMMAND ID` of this very binary: a helper process of container
+/// `id` (its terminal relay, its reclaim helper).
+pub(super) fn helper_command(store: &Store, command: &str, id: &str) -> Command {
+    let mut cmd = Command::new("/proc/self/exe");
+    if let Some(arg0) = std::env::args_os().next() {
+        use std::os::unix::process::CommandExt;
+        cmd.arg0(arg0);
+    }
+    cmd.arg("--root").arg(&store.root).arg(command).arg(id);
+    cmd
+}
+
 /// Kill the relays of container `id` still alive (its VM is gone or going).
 pub(super) fn kill_relays(store: &Store, id: &str) {
     let Ok(rd) = std::fs::read_dir(store.dir(id).join("relays")) else {
@@ -269,6 +272,16 @@ pub fn relay_main(store: &Store, id: &str, exec: Option<(&str, &Path)>) -> ExitC
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
     };
+    // A session of its own, the host pty's slave (stdin) its controlling terminal: a resize of
+    // the caller's master comes as SIGWINCH (no polling), the master's close as SIGHUP.
+    // Its hangup and resizes are blocked first (`follow` reads them from a signalfd): a master
+    // closed before that must not kill the relay.
+    let mut terminal_signals = nix::sys::signal::SigSet::empty();
+    terminal_signals.add(nix::sys::signal::Signal::SIGHUP);
+    terminal_signals.add(nix::sys::signal::Signal::SIGWINCH);
+    // (It leads its session already: `spawn_relay` made it so before exec.)
+    let controlling = terminal_signals.thread_block().is_ok()
+        && moat_sys::fd::set_controlling_tty(std::io::stdin().as_fd()).is_ok();
     let started = (|| -> Result<(moat_vm::AgentClient, i32, File)> {
         let slave = std::io::stdin()
             .as_fd()
@@ -285,6 +298,9 @@ pub fn relay_main(store: &Store, id: &str, exec: Option<(&str, &Path)>) -> ExitC
                         exec_id: None,
                     })
                     .map_err(VmBackendError::vm(format!("attach to container {id}")))?;
+                // The init's relay lives as long as the sandbox: it gives the sandbox's cold
+                // pages back while it idles.
+                moat_vm::reclaim::spawn(st.qemu_pid as u32);
                 0
             }
             Some((exec_id, file)) => {
@@ -318,6 +334,7 @@ pub fn relay_main(store: &Store, id: &str, exec: Option<(&str, &Path)>) -> ExitC
     let local = Local::HostPty {
         slave,
         foreground: false,
+        controlling,
     };
     match follow(&mut agent, id, exec.map(|(e, _)| e), local) {
         Ok(status) => ExitCode::from(status.as_shell_code().clamp(0, 255) as u8),

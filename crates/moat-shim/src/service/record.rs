@@ -163,6 +163,7 @@ pub(super) fn load_all(dir: &Path) -> Vec<(String, Ctr)> {
                 execs: rec.execs.into_iter().map(|(k, p)| (k, p.into())).collect(),
                 rootfs_mounted: rec.rootfs_mounted,
                 ooms: 0,
+                cgroup: None,
             },
         ));
     }
@@ -187,6 +188,7 @@ mod tests {
             execs: HashMap::new(),
             rootfs_mounted: true,
             ooms: 3,
+            cgroup: None,
         };
         c.execs.insert(
             "e1".into(),

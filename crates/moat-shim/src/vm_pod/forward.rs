@@ -16,7 +16,6 @@ use std::io::Write;
 use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -77,21 +76,7 @@ impl Forwarder {
                     "--to-ports",
                     &port,
                 ];
-                let out = Command::new("iptables")
-                    .args(args)
-                    .stdin(Stdio::null())
-                    .output()
-                    .map_err(|source| VmError::Spawn {
-                        program: "iptables".into(),
-                        source,
-                    })?;
-                if !out.status.success() {
-                    return Err(VmError::Command {
-                        command: format!("iptables {}", args.join(" ")),
-                        status: out.status.to_string(),
-                        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                    });
-                }
+                moat_vm::net::run("iptables", &args)?;
                 Ok(l)
             })
         })

@@ -141,6 +141,7 @@ pub fn prepare(id: &str, bundle: &Path) -> Result<GuestContainer> {
         target: rootfs_target.clone(),
         readonly: false,
         recursive: false,
+        propagate: false,
     }];
     let mut mounts = Vec::new();
     if let Some(ms) = spec["mounts"].as_array() {
@@ -159,6 +160,9 @@ pub fn prepare(id: &str, bundle: &Path) -> Result<GuestContainer> {
                 target: target.clone(),
                 readonly: ro,
                 recursive: has_opt(m, "rbind"),
+                propagate: ["rslave", "slave", "rshared", "shared"]
+                    .iter()
+                    .any(|o| has_opt(m, o)),
             });
             mounts.push(SharedMount {
                 index: i as u32,

@@ -1,12 +1,13 @@
-//! The shim's one connection to the agent of a pod VM (agent port 0, taken at boot). Every
-//! request is sent under the VM's lock and answered through a channel registered under its id;
-//! one reader thread reads everything the agent sends and dispatches it: responses by id, and a
-//! process's output and exit (which the agent sends to the connection that started it) and OOM
-//! kills to the pod's handler. When the connection closes (the VM powered off or died), every pending request
-//! fails and the handler is told once.
+//! The shim's one connection to the agent of a pod VM (agent port 0, taken at boot), split in
+//! two halves. Every request is sent under the sending half's lock and answered through a channel
+//! registered under its id; one reader thread owns the reading half, blocks on the socket (no
+//! timer: an idle pod VM costs the shim no wakeups) and dispatches what the agent sends:
+//! responses by id, and a process's output and exit (which the agent sends to the connection that
+//! started it) and OOM kills to the pod's handler. When the connection closes (the VM powered off
+//! or died), every pending request fails and the handler is told once.
 //!
-//! What it must never do: hold the VM's lock while waiting for an answer, or panic on what the
-//! guest sends (the client decodes every frame as hostile).
+//! What it must never do: hold a lock while waiting for an answer, or panic on what the guest
+//! sends (the client decodes every frame as hostile).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,15 +15,14 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use moat_agent_proto::{AgentError, ExitStatus, GuestMessage, Reply, Request, Stream};
+use moat_vm::client::AgentReader;
 use moat_vm::qemu::QemuVm;
-use moat_vm::VmInstance;
+use moat_vm::{AgentClient, VmInstance};
 
 use super::error::{Result, VmPodError};
 
 /// How long one request may take in the guest (a create under TCG takes a fraction of it).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the reader waits for a message before letting a sender take the VM's lock.
-const READ_SLICE: Duration = Duration::from_millis(20);
 
 type Answer = std::result::Result<Reply, AgentError>;
 
@@ -47,6 +47,8 @@ pub enum Event {
 
 pub struct Link {
     vm: Mutex<QemuVm>,
+    /// The sending half of the agent connection.
+    sender: Mutex<AgentClient>,
     pending: Mutex<HashMap<u64, mpsc::Sender<Answer>>>,
     closed: AtomicBool,
     pid: u32,
@@ -59,23 +61,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Link {
-    /// Take over a booted VM and start the reader thread, which calls `on_event`.
-    pub fn start(mut vm: QemuVm, on_event: impl Fn(Event) + Send + 'static) -> Arc<Link> {
-        let kernel_release = vm
-            .agent()
-            .map(|a| a.kernel_release().to_string())
-            .unwrap_or_default();
+    /// Take over a booted VM and its agent connection and start the reader thread, which calls
+    /// `on_event`.
+    pub fn start(
+        mut vm: QemuVm,
+        on_event: impl Fn(Event) + Send + 'static,
+    ) -> moat_vm::Result<Arc<Link>> {
+        let mut sender = vm.take_agent().ok_or(moat_vm::VmError::Disconnected)?;
+        let reader = sender.split_reader()?;
+        let kernel_release = sender.kernel_release().to_string();
         let link = Arc::new(Link {
             pid: vm.pid(),
             virtiofsd_pid: vm.virtiofsd_pid(),
             vm: Mutex::new(vm),
+            sender: Mutex::new(sender),
             pending: Mutex::default(),
             closed: AtomicBool::new(false),
             kernel_release,
         });
         let l = link.clone();
-        std::thread::spawn(move || l.read_loop(on_event));
-        link
+        std::thread::spawn(move || l.read_loop(reader, on_event));
+        Ok(link)
     }
 
     /// Host pid of QEMU.
@@ -92,54 +98,43 @@ impl Link {
         &self.kernel_release
     }
 
-    fn read_loop(&self, on_event: impl Fn(Event)) {
+    fn read_loop(&self, mut reader: AgentReader, on_event: impl Fn(Event)) {
         loop {
-            if self.closed.load(Ordering::SeqCst) {
-                break;
-            }
-            let got = {
-                let mut vm = lock(&self.vm);
-                match vm.agent() {
-                    Ok(a) => a.next_event(READ_SLICE),
-                    Err(e) => Err(e),
-                }
-            };
-            match got {
-                Ok(Some(GuestMessage::Response { id, result })) => {
+            match reader.next_message() {
+                Ok(GuestMessage::Response { id, result }) => {
                     if let Some(tx) = lock(&self.pending).remove(&id) {
                         let _ = tx.send(result);
                     }
                 }
-                Ok(Some(GuestMessage::Output {
+                Ok(GuestMessage::Output {
                     container_id,
                     exec_id,
                     stream,
                     data,
-                })) => on_event(Event::Output {
+                }) => on_event(Event::Output {
                     container_id,
                     exec_id,
                     stream,
                     data,
                 }),
-                Ok(Some(GuestMessage::Exited {
+                Ok(GuestMessage::Exited {
                     container_id,
                     exec_id,
                     status,
-                })) => on_event(Event::Exited {
+                }) => on_event(Event::Exited {
                     container_id,
                     exec_id,
                     status,
                 }),
-                Ok(Some(GuestMessage::Oom { container_id })) => {
-                    on_event(Event::Oom { container_id })
-                }
-                Ok(Some(GuestMessage::Ready { .. })) => {}
-                // Let a sender take the lock between two read slices.
-                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+                Ok(GuestMessage::Oom { container_id }) => on_event(Event::Oom { container_id }),
+                Ok(GuestMessage::Ready { .. }) => {}
                 Err(e) => {
+                    // Under the pending lock: a request registered after this sees `closed`.
+                    let mut pending = lock(&self.pending);
                     if !self.closed.swap(true, Ordering::SeqCst) {
                         log::warn!("pod VM (qemu {}): agent connection lost: {e}", self.pid);
                     }
+                    pending.clear();
                     break;
                 }
             }
@@ -154,17 +149,17 @@ impl Link {
         let what = request.describe();
         let (tx, rx) = mpsc::channel();
         let id = {
-            let mut vm = lock(&self.vm);
+            // The answer can come before this thread runs again: the id is registered under
+            // the lock the reader takes to dispatch it, and `closed` is read under it too.
+            let mut a = lock(&self.sender);
+            let mut pending = lock(&self.pending);
             if self.closed.load(Ordering::SeqCst) {
                 return Err(VmPodError::Disconnected { request: what });
             }
-            let a = vm.agent().map_err(|_| VmPodError::Disconnected {
-                request: what.clone(),
-            })?;
             let id = a.send(request).map_err(|_| VmPodError::Disconnected {
                 request: what.clone(),
             })?;
-            lock(&self.pending).insert(id, tx);
+            pending.insert(id, tx);
             id
         };
         match rx.recv_timeout(REQUEST_TIMEOUT) {
@@ -214,7 +209,14 @@ impl Link {
     /// and virtiofsd are reaped and the run directory removed.
     pub fn power_off(&self, grace: Duration) {
         let mut vm = lock(&self.vm);
-        self.closed.store(true, Ordering::SeqCst);
+        {
+            let mut a = lock(&self.sender);
+            if !self.closed.swap(true, Ordering::SeqCst) {
+                // Its answer (or the end of the connection) goes to the reader; the VM powers
+                // off by itself, or is killed after `grace`.
+                let _ = a.send(Request::Shutdown);
+            }
+        }
         if let Err(e) = vm.stop(grace) {
             log::warn!("power off the pod VM (qemu {}): {e}", self.pid);
         }

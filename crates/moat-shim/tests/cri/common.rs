@@ -423,6 +423,19 @@ pub fn pod_network() -> NamespaceOption {
 }
 
 /// A busybox container that prints `started-NAME` and sleeps, host network.
+/// RunPodSandbox with `cfg` on `handler`: the pod's id.
+pub fn start_pod(cri: &Cri, cfg: &PodSandboxConfig, handler: &str) -> String {
+    cri_ok!(
+        cri,
+        run_pod_sandbox,
+        RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: handler.into(),
+        }
+    )
+    .pod_sandbox_id
+}
+
 pub fn create_and_start(
     cri: &Cri,
     pod: &str,
@@ -461,6 +474,23 @@ pub fn start_container_sc(
     command: &[&str],
     sc: LinuxContainerSecurityContext,
 ) -> String {
+    let linux = LinuxContainerConfig {
+        security_context: Some(sc),
+        ..Default::default()
+    };
+    start_container_linux(cri, pod, sandbox_config, name, command, linux)
+}
+
+/// Create and start a busybox container of `pod` running `command` with the Linux settings
+/// `linux` (resources, security context); returns its id.
+pub fn start_container_linux(
+    cri: &Cri,
+    pod: &str,
+    sandbox_config: &PodSandboxConfig,
+    name: &str,
+    command: &[&str],
+    linux: LinuxContainerConfig,
+) -> String {
     let config = ContainerConfig {
         metadata: Some(ContainerMetadata {
             name: name.into(),
@@ -472,10 +502,7 @@ pub fn start_container_sc(
         }),
         command: command.iter().map(|c| c.to_string()).collect(),
         log_path: format!("{name}.log"),
-        linux: Some(LinuxContainerConfig {
-            security_context: Some(sc),
-            ..Default::default()
-        }),
+        linux: Some(linux),
         ..Default::default()
     };
     let cid = cri_ok!(
