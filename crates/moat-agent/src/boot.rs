@@ -195,6 +195,15 @@ fn keep_initramfs_files(new: &str) -> Result<()> {
     bind_ro(Path::new("/init"), &modprobe)
 }
 
+/// In a child the agent forks for itself (the share's relay, the pod's pid namespace): never
+/// the guest OOM killer's pick. PID 1 is exempt, its children are not, and a guest out of
+/// memory must kill a container's process, not the relay every container's files go through.
+pub fn never_oom_killed() {
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+        log::error(&format!("set oom_score_adj -1000: {e}"));
+    }
+}
+
 /// The /dev node of the virtio-serial port named `name` (the `name=` of QEMU's virtserialport).
 pub fn find_port(name: &str, timeout: Duration) -> Result<PathBuf> {
     let start = Instant::now();

@@ -80,6 +80,7 @@ pub fn mount_share(dev: &Path, target: &str) -> Result<()> {
         errno,
     })? {
         moat_sys::process::Forked::Child => {
+            crate::boot::never_oom_killed();
             // Only the two descriptors it relays: a copy of the agent's others (containers'
             // stdin pipes, forwarded sockets, pty masters) would keep them open for good.
             // (Copies above 10 first, so that moving them to 3 and 4 cannot clobber either.)

@@ -573,12 +573,27 @@ fn vm_exec_ps_events_pause_and_list() {
     let rt = Rt::new();
     let h = bind_sources();
     let mut b = vm_bundle(&["sleep", "600"]);
-    // 32 MiB for the container (the guest gets 32 + 96 MiB): room for what follows, and an
-    // exec that grows past it is OOM-killed.
+    // 32 MiB for the container (the guest gets 32 + moat_vm::MEMORY_OVERHEAD_MIB): room for
+    // what follows, and an exec that grows past it is OOM-killed by the container's memory
+    // cgroup, not by the guest running out first.
     b.spec["linux"]["resources"]["memory"]["limit"] = serde_json::json!(32u64 << 20);
     add_bind(&mut b, "/data", &h.path().join("rw"), &["rbind", "rw"]);
     let id = id("vmexec");
     let qemu = create_and_start(&rt, &b, &id);
+    // The guest has the limit free and more (page cache): with less, the guest's OOM killer
+    // would act before the container's cgroup (a limit silently lower than asked). Failed with
+    // 96 MiB of overhead: 25 MiB available.
+    let meminfo = text(&vm_ok(&rt, &["exec", &id, "cat", "/proc/meminfo"]));
+    let available = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("MemAvailable in /proc/meminfo");
+    eprintln!(
+        "guest memory available beside a 32 MiB limit: {} MiB",
+        available >> 10
+    );
+    assert!(available >> 10 >= 32 + 8, "{meminfo}");
     assert_no_host_mount(&h.path().to_string_lossy());
     assert_no_host_mount(&rt.root.path().join(&id).to_string_lossy());
     let dir = rt.root.path().join(&id);
@@ -839,18 +854,22 @@ fn vm_exec_ps_events_pause_and_list() {
             &id,
             "sh",
             "-c",
-            "(x=0123456789; while :; do x=$x$x; done) & sleep 8",
+            "(x=0123456789; while :; do x=$x$x; done) & sleep 20",
         ],
     )
     .stdout(Stdio::null())
     .stderr(Stdio::null())
     .spawn()
     .unwrap();
-    let line = lines.recv_timeout(Duration::from_secs(7)).unwrap();
+    let line = lines
+        .recv_timeout(Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("no OOM event after {:?}: {e}", t.elapsed()));
     eprintln!("OOM of a subshell reported after {:?}", t.elapsed());
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v, serde_json::json!({"type": "oom", "id": id}), "{line}");
     assert!(bg.try_wait().unwrap().is_none(), "the exec ended first");
+    // Its `sleep` lives on in the guest until the container is deleted.
+    let _ = bg.kill();
     let _ = bg.wait();
     let _ = ev.kill();
     let _ = ev.wait();

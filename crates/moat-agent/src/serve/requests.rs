@@ -494,6 +494,7 @@ impl Agent {
                 // Nothing of the agent's: no port, no container pipe stays open here. Orphans
                 // of the pod's processes become this init's children: the kernel reaps them.
                 let _ = moat_sys::process::close_from(3);
+                crate::boot::never_oom_killed();
                 let _ = moat_sys::process::reap_children_automatically();
                 loop {
                     nix::unistd::pause();

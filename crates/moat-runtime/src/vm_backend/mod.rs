@@ -51,10 +51,9 @@ pub const ACCEL_ANNOTATION: &str = "io.moat.vm.accelerator";
 pub const ROOTFS_IMAGE_ANNOTATION: &str = "io.moat.vm.rootfs-image";
 /// Set by moat in the state: `clone` (resumed from a template) or `cold` (booted).
 pub const START_ANNOTATION: &str = "io.moat.vm.start";
-/// Guest RAM on top of the container's memory limit: kernel, agent, page cache of the rootfs.
-pub const MEMORY_OVERHEAD_MIB: u64 = 96;
-/// Container memory when the spec sets no limit.
-pub const DEFAULT_MEMORY_MIB: u64 = 160;
+/// Guest RAM on top of the container's memory limit, and the container's memory when the spec
+/// sets no limit (shared with the shim's VM pods).
+pub use moat_vm::{DEFAULT_MEMORY_MIB, MEMORY_OVERHEAD_MIB};
 
 /// Which backend runs a container (a closed set).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

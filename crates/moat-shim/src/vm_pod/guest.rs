@@ -19,10 +19,9 @@ pub const ISOLATION_ANNOTATION: &str = "io.moat.isolation";
 /// Optional pod annotations sizing the VM (else the sandbox's limits, else the defaults).
 pub const MEMORY_ANNOTATION: &str = "io.moat.vm.memory-mib";
 pub const VCPUS_ANNOTATION: &str = "io.moat.vm.vcpus";
-/// Guest RAM on top of the pod's memory: kernel, agent, page cache (as `moat-runtime`'s VMs).
-pub const MEMORY_OVERHEAD_MIB: u64 = 96;
-/// Pod memory when nothing sets it.
-pub const DEFAULT_MEMORY_MIB: u64 = 160;
+/// Guest RAM on top of the pod's memory, and the pod's memory when nothing sets it (as
+/// `moat-runtime`'s VMs).
+pub use moat_vm::{DEFAULT_MEMORY_MIB, MEMORY_OVERHEAD_MIB};
 
 /// A container prepared for the guest.
 pub struct GuestContainer {
