@@ -18,6 +18,11 @@ fn vm_cmd(rt: &Rt, args: &[&str]) -> Command {
     c
 }
 
+/// `moat-runtime exec ID sh -c SCRIPT` in a VM container.
+fn vm_sh(rt: &Rt, id: &str, script: &str) -> Command {
+    vm_cmd(rt, &["exec", id, "sh", "-c", script])
+}
+
 fn vm_ok(rt: &Rt, args: &[&str]) -> Output {
     // stdout/stderr on files: a detached QEMU would otherwise hold our pipes open.
     let out = tempfile::NamedTempFile::new().unwrap();
@@ -699,16 +704,11 @@ fn vm_exec_ps_events_pause_and_list() {
 
     // An idle guest sleeps: its timer interrupts over 3 s of nothing (the guest ticked at 250 Hz
     // without ARAT, and the agent woke every 20 ms).
-    let o = vm_cmd(
+    let o = vm_sh(
         &rt,
-        &[
-            "exec",
-            &id,
-            "sh",
-            "-c",
-            "a=$(grep '^intr' /proc/stat | cut -d' ' -f2); sleep 3; \
+        &id,
+        "a=$(grep '^intr' /proc/stat | cut -d' ' -f2); sleep 3; \
              b=$(grep '^intr' /proc/stat | cut -d' ' -f2); echo $((b - a))",
-        ],
     )
     .output()
     .unwrap();
@@ -821,18 +821,9 @@ fn vm_exec_ps_events_pause_and_list() {
     let first = lines.recv_timeout(Duration::from_secs(30)).unwrap();
     assert!(first.contains(r#""type":"stats""#), "{first}");
     let t = Instant::now();
-    let o = vm_cmd(
-        &rt,
-        &[
-            "exec",
-            &id,
-            "sh",
-            "-c",
-            "x=0123456789; while :; do x=$x$x; done",
-        ],
-    )
-    .output()
-    .unwrap();
+    let o = vm_sh(&rt, &id, "x=0123456789; while :; do x=$x$x; done")
+        .output()
+        .unwrap();
     eprintln!("exec OOM-killed: {:?}", t.elapsed());
     assert_eq!(
         o.status.code(),
@@ -847,15 +838,10 @@ fn vm_exec_ps_events_pause_and_list() {
     // OOM killer: reported while the exec still runs (cgroup v2 inotify on memory.events in the
     // guest; no periodic read any more).
     let t = Instant::now();
-    let mut bg = vm_cmd(
+    let mut bg = vm_sh(
         &rt,
-        &[
-            "exec",
-            &id,
-            "sh",
-            "-c",
-            "(x=0123456789; while :; do x=$x$x; done) & sleep 20",
-        ],
+        &id,
+        "(x=0123456789; while :; do x=$x$x; done) & sleep 20",
     )
     .stdout(Stdio::null())
     .stderr(Stdio::null())
