@@ -423,6 +423,50 @@ fn vm_without_the_share_server_boots_cold_with_a_notice() {
     );
     assert_clean(&rt, &id, Some(b.path()));
     assert_no_qemu(&rt, &id);
+
+    // A server that is there but fails (exits before it serves): the clone is given up with
+    // one notice naming the share, the VM boots cold, and the template, which resumed fine,
+    // stays (it was removed as if broken before).
+    let run = |id: &str, vmfs: Option<&str>| {
+        let mut c = vm_cmd(&rt, &["run", "--bundle", b.path().to_str().unwrap(), id]);
+        if let Some(v) = vmfs {
+            c.env("MOAT_VMFS_BIN", v);
+        }
+        let o = c.stdin(Stdio::null()).output().unwrap();
+        let (out, err) = (text(&o), String::from_utf8_lossy(&o.stderr).into_owned());
+        assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+        assert!(out.contains("host-data"), "{out}");
+        assert_clean(&rt, id, Some(b.path()));
+        assert_no_qemu(&rt, id);
+        (out, err)
+    };
+    let templates = || -> std::collections::BTreeSet<std::path::PathBuf> {
+        std::fs::read_dir(moat_vm::template::store_dir())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.join("state").exists())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (out, _) = run(&common::id("vmvmfsok"), None);
+    assert!(out.contains(" fuse.moatfs "), "not a clone: {out}");
+    let before = templates();
+    assert!(!before.is_empty());
+    let (out, err) = run(&common::id("vmvmfsfails"), Some("/bin/false"));
+    assert!(out.contains(" virtiofs "), "{out}");
+    let notices: Vec<&str> = err.lines().filter(|l| l.contains("notice")).collect();
+    assert_eq!(notices.len(), 1, "{err}");
+    assert!(
+        notices[0].contains("serve the clone's shared directory"),
+        "{err}"
+    );
+    let after = templates();
+    assert!(
+        before.is_subset(&after),
+        "a template went: {before:?} -> {after:?}"
+    );
 }
 
 /// A clone (`templates`: the share is FUSE over a serial port, served by moat-vmfs) or a cold

@@ -76,6 +76,9 @@ pub enum VmError {
     /// A VM template could not be built or used (the caller boots without it).
     #[error("VM template {}: {reason}", dir.display())]
     Template { dir: PathBuf, reason: String },
+    /// A clone's shared directory could not be served (moat-vmfs); the template is sound.
+    #[error("serve the clone's shared directory: {0}")]
+    Share(Box<VmError>),
     #[error("unexpected reply to {request}: {reply}")]
     UnexpectedReply { request: String, reply: String },
 }

@@ -189,6 +189,8 @@ pub fn boot_clone_in(qemu: &Qemu, cfg: &VmConfig, store: &Path) -> Result<Option
     ensure(qemu, cfg, &dir)?;
     match clone(qemu, cfg, &dir) {
         Ok(vm) => Ok(Some(vm)),
+        // The template resumed; the directory could not be served: it stays.
+        Err(e @ VmError::Share(_)) => Err(e),
         Err(e) => {
             // Broken (or unusable here): the next VM of this shape builds a new one.
             let _ = std::fs::remove_dir_all(&dir);
@@ -554,6 +556,9 @@ fn clone(qemu: &Qemu, cfg: &VmConfig, dir: &Path) -> Result<QemuVm> {
             .unwrap_or_else(|_| Err(VmError::Config("the share server thread panicked".into())))
         {
             Ok(child) => vm.set_share_server(child),
+            // The share's fault, not the template's (a resume that failed too is reported as
+            // the template's).
+            Err(e) if resumed.is_ok() => return Err(VmError::Share(Box::new(e))),
             Err(e) => resumed = resumed.and(Err(e)),
         }
     }
