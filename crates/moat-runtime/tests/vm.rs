@@ -328,7 +328,49 @@ fn vm_started_container_has_a_reclaim_helper() {
     let mut b = vm_bundle(&["sleep", "600"]);
     alone_in_its_template(&mut b, 44);
     let id = id("vmreclaimd");
-    let qemu = create_and_start(&rt, &b, &id);
+    vm_ok(
+        &rt,
+        &["create", "--bundle", b.path().to_str().unwrap(), &id],
+    );
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // `start` gets a descriptor above 2, as conmon's sync pipe or `--preserve-fds` are: the
+    // write end of a FIFO. The helper, which lives as long as the VM, must not keep it.
+    let fifo = b.path().join("inherited.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let start = vm_cmd(&rt, &["start", &id]);
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec "$0" "$@" 5>"$FIFO""#)
+        .arg(start.get_program())
+        .args(start.get_args())
+        .envs(start.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env("FIFO", &fifo)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let qemu = rt.state(&id)["pid"].as_i64().unwrap();
+    // No writer left: the FIFO reads end-of-file (EAGAIN while a process holds the write end).
+    let t = Instant::now();
+    loop {
+        match (&reader).read(&mut [0u8; 8]) {
+            Ok(0) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    t.elapsed() < Duration::from_secs(5),
+                    "a process kept start's fd 5"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => panic!("{r:?}"),
+        }
+    }
     let before = pss_file_kib(qemu);
     let helpers = || {
         pids_with_cmdline("vm-reclaim")

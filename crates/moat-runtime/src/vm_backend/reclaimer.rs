@@ -35,9 +35,6 @@ pub(super) fn spawn_unless_followed(store: &Store, id: &str) {
         .stderr(Stdio::null());
     // Never the target of the caller's terminal signals.
     moat_sys::process::new_session_on_spawn(&mut cmd);
-    // It keeps none of the caller's descriptors (`--preserve-fds`, `LISTEN_FDS`, ...): this
-    // process is done with them, start being its last step.
-    let _ = moat_sys::process::cloexec_from(3);
     let Ok(child) = cmd.spawn() else {
         return;
     };
@@ -52,6 +49,9 @@ fn register(dir: &Path, pid: i32) {
 
 /// `moat-runtime vm-reclaim ID`: the helper's body.
 pub fn reclaim_main(store: &Store, id: &str) -> ExitCode {
+    // It keeps none of its caller's descriptors (`--preserve-fds`, `LISTEN_FDS`, a client's
+    // pipes): a helper living as long as the VM must not hold them open.
+    let _ = moat_sys::process::close_from(3);
     match VmState::load(store, id) {
         Ok(st) => {
             moat_vm::reclaim::run(st.qemu_pid as u32, Some(st.qemu_start_time));
