@@ -165,6 +165,16 @@ pub fn propagation(o: &str) -> Option<MsFlags> {
     PROPAGATION.iter().find(|(n, _)| *n == o).map(|(_, f)| *f)
 }
 
+/// Whether a mount with these options receives mounts from its source later: its last
+/// propagation option is `(r)slave` or `(r)shared` (a later option overrides an earlier one, as
+/// the kernel applies them in order).
+pub fn receives_propagation<S: AsRef<str>>(opts: &[S]) -> bool {
+    opts.iter()
+        .filter_map(|o| propagation(o.as_ref()))
+        .last()
+        .is_some_and(|p| p.intersects(MsFlags::MS_SLAVE | MsFlags::MS_SHARED))
+}
+
 /// All options of one mount, folded.
 #[derive(Debug, Clone)]
 pub struct ParsedOptions {
@@ -242,6 +252,16 @@ mod tests {
         assert!(!p.flags.contains(MsFlags::MS_RDONLY));
         assert_eq!(p.data_string().as_deref(), Some("size=65536k"));
         assert_eq!(p.propagation, vec![MsFlags::MS_SLAVE | MsFlags::MS_REC]);
+    }
+
+    #[test]
+    fn the_last_propagation_option_decides_what_a_bind_receives() {
+        assert!(receives_propagation(&["rbind", "rslave"]));
+        assert!(receives_propagation(&["shared"]));
+        assert!(receives_propagation(&["rprivate", "rshared"]));
+        assert!(!receives_propagation(&["rshared", "rprivate"]));
+        assert!(!receives_propagation(&["rbind", "ro"]));
+        assert!(!receives_propagation(&["runbindable"]));
     }
 
     #[test]

@@ -100,9 +100,7 @@ pub(super) fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<SharePlan> {
             target: target.clone().into(),
             readonly: ro,
             recursive: opts.iter().any(|o| o == "rbind"),
-            propagate: opts
-                .iter()
-                .any(|o| matches!(o.as_str(), "rslave" | "slave" | "rshared" | "shared")),
+            propagate: moat_container::mountopts::receives_propagation(&opts),
         });
         p.mounts.push(SharedMount {
             index: i as u32,

@@ -159,9 +159,10 @@ pub fn prepare(id: &str, bundle: &Path) -> Result<GuestContainer> {
                 target: target.clone(),
                 readonly: ro,
                 recursive: has_opt(m, "rbind"),
-                propagate: ["rslave", "slave", "rshared", "shared"]
-                    .iter()
-                    .any(|o| has_opt(m, o)),
+                propagate: m["options"].as_array().is_some_and(|a| {
+                    let opts: Vec<&str> = a.iter().filter_map(|o| o.as_str()).collect();
+                    moat_container::mountopts::receives_propagation(&opts)
+                }),
             });
             mounts.push(SharedMount {
                 index: i as u32,
