@@ -37,14 +37,8 @@ struct CloneArgs {
 /// Number of threads of the calling process, read from `/proc/thread-self/../stat`-equivalent
 /// `/proc/self/stat` (field 20).
 pub fn thread_count() -> Result<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").map_err(|e| io_errno(&e))?;
-    let after = stat.rsplit_once(')').map(|(_, r)| r).ok_or(Errno::EINVAL)?;
-    // Fields after the command name start at field 3 (state); num_threads is field 20.
-    after
-        .split_whitespace()
-        .nth(17)
-        .and_then(|s| s.parse().ok())
-        .ok_or(Errno::EINVAL)
+    // num_threads is field 20.
+    with_stat_fields("/proc/self/stat", |f| f.get(20 - 3)?.parse().ok()).ok_or(Errno::EINVAL)
 }
 
 /// Set in a child created by [`clone3`]: it is single-threaded by construction.
@@ -257,28 +251,31 @@ pub fn cloexec_from(first: i32) -> Result<()> {
     Ok(())
 }
 
-/// The fields of /proc/PID/stat from field 3 (state) on: what follows the command name.
-fn stat_fields(pid: i32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// `read` given the fields of a `stat` file (`/proc/PID/stat`) from field 3 (state) on, what
+/// follows the command name: `fields[n - 3]` is field `n` of proc(5).
+fn with_stat_fields<T>(path: &str, read: impl FnOnce(&[&str]) -> Option<T>) -> Option<T> {
+    let stat = std::fs::read_to_string(path).ok()?;
     let after = stat.rsplit_once(')')?.1;
-    Some(after.split_whitespace().map(String::from).collect())
+    read(&after.split_whitespace().collect::<Vec<_>>())
 }
 
 /// Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat), or None when the
 /// process does not exist or is a zombie.
 pub fn start_time(pid: i32) -> Option<u64> {
-    let f = stat_fields(pid)?;
-    if matches!(f.first()?.as_str(), "Z" | "X") {
-        return None;
-    }
-    f.get(22 - 3)?.parse().ok()
+    with_stat_fields(&format!("/proc/{pid}/stat"), |f| {
+        if matches!(*f.first()?, "Z" | "X") {
+            return None;
+        }
+        f.get(22 - 3)?.parse().ok()
+    })
 }
 
 /// User and system CPU time of process `pid`, all its threads, in clock ticks (fields 14 and 15
 /// of /proc/PID/stat).
 pub fn cpu_time(pid: i32) -> Option<u64> {
-    let f = stat_fields(pid)?;
-    Some(f.get(14 - 3)?.parse::<u64>().ok()? + f.get(15 - 3)?.parse::<u64>().ok()?)
+    with_stat_fields(&format!("/proc/{pid}/stat"), |f| {
+        Some(f.get(14 - 3)?.parse::<u64>().ok()? + f.get(15 - 3)?.parse::<u64>().ok()?)
+    })
 }
 
 /// Convert an `std::io::Error` into an errno, EIO when it carries none.
@@ -372,5 +369,29 @@ pub fn release_free_heap() {
     // SAFETY: malloc_trim only walks and trims glibc's own arenas; no pointer is passed.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_of_this_process() {
+        let me = std::process::id() as i32;
+        let started = start_time(me).unwrap();
+        assert!(started > 0);
+        assert_eq!(start_time(me), Some(started));
+        // Burn some CPU: the count is in clock ticks (10 ms).
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < std::time::Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(cpu_time(me).unwrap() > 0);
+        assert!(thread_count().unwrap() >= 1);
+        // No such process (pid_max is at most 2^22).
+        assert_eq!(start_time(1 << 23), None);
+        assert_eq!(cpu_time(1 << 23), None);
     }
 }
