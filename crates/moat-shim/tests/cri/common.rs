@@ -422,7 +422,6 @@ pub fn pod_network() -> NamespaceOption {
     }
 }
 
-/// A busybox container that prints `started-NAME` and sleeps, host network.
 /// RunPodSandbox with `cfg` on `handler`: the pod's id.
 pub fn start_pod(cri: &Cri, cfg: &PodSandboxConfig, handler: &str) -> String {
     cri_ok!(
@@ -436,6 +435,7 @@ pub fn start_pod(cri: &Cri, cfg: &PodSandboxConfig, handler: &str) -> String {
     .pod_sandbox_id
 }
 
+/// A busybox container that prints `started-NAME` and sleeps, host network.
 pub fn create_and_start(
     cri: &Cri,
     pod: &str,
